@@ -1,0 +1,19 @@
+# One command each: `make demo` sets up and materializes the pipeline on the local profile,
+# `make test` sets up and runs the test suite.
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench ui
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m prismatic_assets.cli demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+ui: setup
+	DAGSTER_HOME=$(CURDIR)/.dagster_home .venv/bin/dagster dev -h 127.0.0.1 -p 3000
