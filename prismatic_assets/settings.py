@@ -1,0 +1,121 @@
+"""Profile settings: one YAML file per profile under `resources/` (local.yaml, paper.yaml).
+
+A profile decides which resources are bound and with what configuration (models, devices,
+projection) plus the method's parameters. `load_settings` validates a file strictly: an
+unknown key is an error naming the file and the key, so a typo never silently falls back
+to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The profile files shipped with the project.
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "resources"
+DEFAULT_PROFILE = "local"
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    source: str = "champ"  # "champ", a .jsonl/.json/.parquet path, or "hf:owner/name[:split]"
+    fields: str | None = None  # e.g. "prompt=question,response=solution,answer=final"
+    limit: int | None = None
+    holdout_fraction: float = 0.2  # kept out of the pool for evaluation
+    holdout_seed: int = 0
+    max_chars: int = 100_000
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    model: str = "packaged:smollm2-135m-instruct"
+    device: str = "cpu"
+    dtype: str = "float32"
+    params: str | None = None  # regex over parameter names; None = all (the paper)
+    autocast: str | None = "bf16"
+    max_length: int = 1024
+
+
+@dataclass(frozen=True)
+class ProjectionSettings:
+    kind: str = "countsketch"  # "rademacher" (dense, the paper's GPU path) or "countsketch"
+    dim: int = 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClusteringSettings:
+    ratio: float = 0.05  # K = max(2, round(ratio * N)); the paper uses 0.01 on large pools
+    niter: int = 20
+    seed: int = 0
+    sparse_ratio: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    q: float = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = DEFAULT_PROFILE
+    data_dir: str = "data"
+    seed: SeedSettings = field(default_factory=SeedSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    projection: ProjectionSettings = field(default_factory=ProjectionSettings)
+    clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_path / "prismatic.duckdb"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING \
+            else known[name].default
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value or {}, f"{where}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_settings(profile_or_path: str | None = None) -> Settings:
+    """Settings from a profile name ("local", "paper") or a YAML path.
+
+    None means $PRISMATIC_PROFILE, else "local". A relative data_dir is resolved against
+    $PRISMATIC_DATA_DIR when set, else the current directory.
+    """
+    choice = profile_or_path or os.environ.get("PRISMATIC_PROFILE") or DEFAULT_PROFILE
+    path = Path(choice)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILES_DIR / f"{choice}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"profile {choice!r}: {path} not found; available profiles: {available}, "
+                                "or pass a path to a YAML file")
+    values = yaml.safe_load(path.read_text()) or {}
+    settings = _build(Settings, values, str(path))
+    if os.environ.get("PRISMATIC_DATA_DIR"):
+        settings = settings.replace(data_dir=os.environ["PRISMATIC_DATA_DIR"])
+    return settings

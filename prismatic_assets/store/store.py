@@ -1,0 +1,321 @@
+"""DuckDB metadata store: samples, rejections, embedding cache, clusterings and scores.
+
+DuckDB lets one process hold a database file at a time (readers included), and Dagster's
+multiprocess executor runs steps in parallel processes. So the store never keeps a
+connection open: every operation opens one, does its work in a single transaction and
+closes it, and an open that meets another process's lock waits and retries (bounded by
+`lock_timeout`). Writes replace their own rows (delete + insert in one transaction), so
+re-running a step never duplicates data.
+
+This module knows tables and rows; it does not compute anything.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from prismatic_assets.core.samples import Rejection, Sample, problem_key
+from prismatic_assets.store import schema as S
+
+
+class StoreLockTimeout(TimeoutError):
+    pass
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def _vectors_to_arrow(vectors: Sequence[np.ndarray | None]) -> pa.Array:
+    return pa.array([None if v is None else np.asarray(v, dtype=np.float32).tolist() for v in vectors],
+                    type=pa.list_(pa.float32()))
+
+
+def _arrow_to_matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    flat = np.asarray(column.flatten(), dtype=np.float32)
+    return flat.reshape(len(column), -1)
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    content_hash: str
+    embedding_key: str
+    model_fingerprint: str
+    projection_key: str
+    gradient_spec: dict
+    dim: int
+    vector: np.ndarray | None
+    grad_norm: float
+    loss: float
+    n_response_tokens: int
+    truncated: bool
+    seconds: float
+    error: str | None
+    run_id: str | None
+
+
+class MetadataStore:
+    """One DuckDB file; safe to use from several processes at once."""
+
+    def __init__(self, path: str | Path, lock_timeout: float = 600.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+
+    # -- connections ---------------------------------------------------------------------
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as exc:
+                if not _is_lock_error(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreLockTimeout(
+                        f"metadata store {self.path} stayed locked by another process for "
+                        f"{self.lock_timeout:.0f} s: {exc}. Stop the other process (a notebook, "
+                        f"the DuckDB CLI) or raise lock_timeout.") from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect() as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run one read query; the result as a polars DataFrame."""
+        with self.connect() as con:
+            return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
+
+    # -- schema --------------------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order; return the versions applied."""
+        applied: list[int] = []
+        with self.connect() as con:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {S.MIGRATIONS} (version INTEGER PRIMARY KEY, "
+                        f"name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)")
+            done = {row[0] for row in con.execute(f"SELECT version FROM {S.MIGRATIONS}").fetchall()}
+            if done and max(done) > S.LATEST_VERSION:
+                raise RuntimeError(
+                    f"metadata store {self.path} has schema version {max(done)}, newer than this "
+                    f"Prismatic ({S.LATEST_VERSION}): upgrade Prismatic or use another data directory")
+            for migration in S.MIGRATIONS_LIST:
+                if migration.version in done:
+                    continue
+                con.begin()
+                try:
+                    con.execute(migration.sql)
+                    con.execute(f"INSERT INTO {S.MIGRATIONS} (version, name) VALUES (?, ?)",
+                                [migration.version, migration.name])
+                except BaseException:
+                    con.rollback()
+                    raise
+                con.commit()
+                applied.append(migration.version)
+        return applied
+
+    def schema_version(self) -> int:
+        return int(self.query(f"SELECT max(version) AS v FROM {S.MIGRATIONS}")["v"][0])
+
+    # -- samples -------------------------------------------------------------------------
+    def replace_samples(self, *, source: str, origin: str, samples: Sequence[Sample],
+                        splits: Mapping[str, str], rejections: Sequence[Rejection],
+                        run_id: str | None, round: int | None = None) -> None:
+        """Replace every row of (source, origin[, round]) with these samples and rejections."""
+        table = pa.table({
+            "sample_id": [s.sample_id for s in samples],
+            "content_hash": [s.content_hash for s in samples],
+            "dedup_key": [s.dedup_key for s in samples],
+            "problem_key": [problem_key(s.prompt) for s in samples],
+            "prompt": [s.prompt for s in samples],
+            "response": [s.response for s in samples],
+            "answer": [s.answer for s in samples],
+            "category": [s.category for s in samples],
+            "source": [s.source or source for s in samples],
+            "source_ref": [s.source_ref for s in samples],
+            "origin": [origin] * len(samples),
+            "split": [splits.get(s.sample_id, "pool") for s in samples],
+            "round": pa.array([round] * len(samples), type=pa.int32()),
+            "meta": [json.dumps(s.meta, default=str) for s in samples],
+            "run_id": [run_id] * len(samples),
+        }, schema=pa.schema([
+            ("sample_id", pa.string()), ("content_hash", pa.string()), ("dedup_key", pa.string()),
+            ("problem_key", pa.string()), ("prompt", pa.string()), ("response", pa.string()),
+            ("answer", pa.string()), ("category", pa.string()), ("source", pa.string()),
+            ("source_ref", pa.string()), ("origin", pa.string()), ("split", pa.string()),
+            ("round", pa.int32()), ("meta", pa.string()), ("run_id", pa.string())]))
+        rejected = pa.table({
+            "source": [r.source or source for r in rejections],
+            "source_ref": [r.source_ref for r in rejections],
+            "line": pa.array([r.line for r in rejections], type=pa.int32()),
+            "reason": [r.reason for r in rejections],
+            "raw": [r.raw for r in rejections],
+            "duplicate_of": pa.array([r.duplicate_of for r in rejections], type=pa.string()),
+            "run_id": pa.array([run_id] * len(rejections), type=pa.string()),
+        })
+        round_clause = "round IS NULL" if round is None else "round = ?"
+        params = [source, origin] + ([] if round is None else [round])
+        with self.transaction() as con:
+            con.execute(f"DELETE FROM {S.SAMPLES} WHERE source = ? AND origin = ? AND {round_clause}", params)
+            con.execute(f"DELETE FROM {S.REJECTIONS} WHERE source = ?", [source])
+            con.register("incoming_samples", table)
+            con.execute(f"INSERT INTO {S.SAMPLES} (sample_id, content_hash, dedup_key, problem_key, prompt, "
+                        f"response, answer, category, source, source_ref, origin, split, round, meta, run_id) "
+                        f"SELECT sample_id, content_hash, dedup_key, problem_key, prompt, response, answer, "
+                        f"category, source, source_ref, origin, split, round, meta::JSON, run_id "
+                        f"FROM incoming_samples")
+            con.register("incoming_rejections", rejected)
+            con.execute(f"INSERT INTO {S.REJECTIONS} (source, source_ref, line, reason, raw, duplicate_of, run_id) "
+                        f"SELECT * FROM incoming_rejections")
+
+    def load_samples(self, sample_ids: Sequence[str] | None = None, *, where: str | None = None,
+                     params: Sequence[Any] | None = None) -> list[Sample]:
+        """Samples by id (in the given order) or by a SQL condition (ordered by sample_id)."""
+        with self.connect() as con:
+            if sample_ids is not None:
+                con.register("wanted", pa.table({"sample_id": list(sample_ids),
+                                                 "pos": list(range(len(sample_ids)))}))
+                rel = con.sql(f"SELECT s.* FROM {S.SAMPLES} s JOIN wanted w USING (sample_id) ORDER BY w.pos")
+            else:
+                rel = con.sql(f"SELECT * FROM {S.SAMPLES} WHERE {where or 'TRUE'} ORDER BY sample_id",
+                              params=params)
+            rows = rel.to_arrow_table().to_pylist()
+        if sample_ids is not None and len(rows) != len(sample_ids):
+            missing = sorted(set(sample_ids) - {r["sample_id"] for r in rows})
+            raise KeyError(f"{len(missing)} sample ids are not in {self.path}, e.g. {missing[:3]}: "
+                           "re-materialize seed_samples")
+        return [Sample(sample_id=r["sample_id"], prompt=r["prompt"], response=r["response"],
+                       answer=r["answer"], category=r["category"], source=r["source"],
+                       source_ref=r["source_ref"] or "", meta=json.loads(r["meta"]) if r["meta"] else {})
+                for r in rows]
+
+    # -- embeddings ----------------------------------------------------------------------
+    def cached_hashes(self, content_hashes: Sequence[str], embedding_key: str) -> set[str]:
+        """Which of these samples already have a stored result (vector or error) for this key."""
+        with self.connect() as con:
+            con.register("wanted", pa.table({"content_hash": list(set(content_hashes))}))
+            rows = con.execute(f"SELECT e.content_hash FROM {S.EMBEDDINGS} e JOIN wanted USING (content_hash) "
+                               f"WHERE e.embedding_key = ?", [embedding_key]).fetchall()
+        return {r[0] for r in rows}
+
+    def put_embeddings(self, rows: Sequence[EmbeddingRow]) -> None:
+        if not rows:
+            return
+        table = pa.table({
+            "content_hash": [r.content_hash for r in rows],
+            "embedding_key": [r.embedding_key for r in rows],
+            "model_fingerprint": [r.model_fingerprint for r in rows],
+            "projection_key": [r.projection_key for r in rows],
+            "gradient_spec": [json.dumps(r.gradient_spec, sort_keys=True) for r in rows],
+            "dim": pa.array([r.dim for r in rows], type=pa.int32()),
+            "vector": _vectors_to_arrow([r.vector for r in rows]),
+            "grad_norm": pa.array([r.grad_norm for r in rows], type=pa.float64()),
+            "loss": pa.array([r.loss for r in rows], type=pa.float64()),
+            "n_response_tokens": pa.array([r.n_response_tokens for r in rows], type=pa.int32()),
+            "truncated": pa.array([r.truncated for r in rows], type=pa.bool_()),
+            "seconds": pa.array([r.seconds for r in rows], type=pa.float64()),
+            "error": pa.array([r.error for r in rows], type=pa.string()),
+            "run_id": pa.array([r.run_id for r in rows], type=pa.string()),
+        })
+        with self.transaction() as con:
+            con.register("incoming", table)
+            con.execute(f"INSERT OR REPLACE INTO {S.EMBEDDINGS} (content_hash, embedding_key, model_fingerprint, "
+                        f"projection_key, gradient_spec, dim, vector, grad_norm, loss, n_response_tokens, "
+                        f"truncated, seconds, error, run_id) SELECT content_hash, embedding_key, "
+                        f"model_fingerprint, projection_key, gradient_spec::JSON, dim, vector, grad_norm, loss, "
+                        f"n_response_tokens, truncated, seconds, error, run_id FROM incoming")
+
+    def load_vectors(self, content_hashes: Sequence[str], embedding_key: str, dim: int
+                     ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Stored vectors for these samples (by content hash) under one embedding key.
+
+        Returns (valid: (n,) bool mask over the input, (n_valid, dim) float32 matrix in input
+        order, {input index: reason} for rows without a vector: a recorded error or "not computed").
+        """
+        with self.connect() as con:
+            con.register("wanted", pa.table({"content_hash": list(content_hashes),
+                                             "pos": list(range(len(content_hashes)))}))
+            table = con.sql(
+                f"SELECT w.pos, e.vector, e.error, e.content_hash IS NULL AS missing FROM wanted w "
+                f"LEFT JOIN {S.EMBEDDINGS} e ON e.content_hash = w.content_hash AND e.embedding_key = ? "
+                f"ORDER BY w.pos", params=[embedding_key]).to_arrow_table()
+        errors = table.column("error").to_pylist()
+        missing = table.column("missing").to_pylist()
+        valid = np.array([e is None and not m for e, m in zip(errors, missing)], dtype=bool)
+        reasons = {i: ("not computed" if m else e) for i, (e, m) in enumerate(zip(errors, missing)) if e or m}
+        matrix = _arrow_to_matrix(table.filter(pa.array(valid)).column("vector"), dim)
+        return valid, matrix, reasons
+
+    # -- clusterings and scores ----------------------------------------------------------
+    def replace_clustering(self, *, clustering_id: str, scope: str, embedding_key: str, k: int, n: int,
+                           niter: int, seed: int, sparse_ratio: float, threshold_size: int,
+                           sizes: np.ndarray, sparse: np.ndarray, centroids: np.ndarray,
+                           member_ids: Sequence[str], assignments: np.ndarray, similarities: np.ndarray,
+                           config: dict, run_id: str | None) -> None:
+        clusters = pa.table({
+            "clustering_id": [clustering_id] * k,
+            "cluster": pa.array(range(k), type=pa.int32()),
+            "size": pa.array(np.asarray(sizes, dtype=np.int32)),
+            "is_sparse": pa.array(np.asarray(sparse, dtype=bool)),
+            "centroid": _vectors_to_arrow(list(np.asarray(centroids, dtype=np.float32))),
+        })
+        members = pa.table({
+            "clustering_id": [clustering_id] * len(member_ids),
+            "sample_id": list(member_ids),
+            "cluster": pa.array(np.asarray(assignments, dtype=np.int32)),
+            "similarity": pa.array(np.asarray(similarities, dtype=np.float64)),
+        })
+        with self.transaction() as con:
+            for table in (S.CLUSTERINGS, S.CLUSTERS, S.CLUSTER_MEMBERS):
+                con.execute(f"DELETE FROM {table} WHERE clustering_id = ?", [clustering_id])
+            con.execute(f"INSERT INTO {S.CLUSTERINGS} (clustering_id, scope, embedding_key, k, n, niter, seed, "
+                        f"sparse_ratio, threshold_size, n_sparse, config, run_id) VALUES "
+                        f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON, ?)",
+                        [clustering_id, scope, embedding_key, k, n, niter, seed, sparse_ratio,
+                         int(threshold_size), int(np.sum(sparse)), json.dumps(config, sort_keys=True), run_id])
+            con.register("incoming_clusters", clusters)
+            con.execute(f"INSERT INTO {S.CLUSTERS} SELECT * FROM incoming_clusters")
+            con.register("incoming_members", members)
+            con.execute(f"INSERT INTO {S.CLUSTER_MEMBERS} SELECT * FROM incoming_members")
+
+    def replace_score(self, *, score_id: str, scope: str, metric: str, q: float, value: float, entropy: float,
+                      n: int, dim: int, n_excluded: int, embedding_key: str, config: dict,
+                      run_id: str | None) -> None:
+        with self.transaction() as con:
+            con.execute(f"DELETE FROM {S.SCORES} WHERE score_id = ?", [score_id])
+            con.execute(f"INSERT INTO {S.SCORES} (score_id, scope, metric, q, value, entropy, n, dim, n_excluded, "
+                        f"embedding_key, config, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON, ?)",
+                        [score_id, scope, metric, float(q), float(value), float(entropy), n, dim, n_excluded,
+                         embedding_key, json.dumps(config, sort_keys=True), run_id])
