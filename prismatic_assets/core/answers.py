@@ -1,0 +1,323 @@
+"""Final answers: extract them from model responses, compare them, and vote on them.
+
+What it does:
+- `extract_boxed` pulls the last non-empty ``\\boxed{...}`` / ``\\boxed x`` / ``\\fbox{...}``
+  out of a response, with nested braces, and returns None when there is none or the last one
+  is cut off (a truncated generation has no reliable final answer).
+- `answers_equivalent` compares two bare answers with math-verify (both are parsed as the
+  content of a ``\\boxed{}``, so free-form gold answers such as ``x = 3``, ``\\frac{1}{2}``,
+  ``n=2 or n=3`` or ``(1, 2)`` parse), and falls back to normalized string equality.
+- `is_correct` grades one response against a gold answer.
+- `majority_vote` groups the answers of several teacher samples and decides acceptance.
+  It stores the evidence (`answers`, `groups`, `agreement`) apart from the decision
+  (`accepted`, `reason`), so a different threshold can be applied later without re-parsing.
+
+What it does not: call any model, pick a solution text to keep (the caller keeps the
+responses at `Vote.majority`), or grade multiple-choice letters specially.
+
+Thread safety: math-verify enforces its time limits with ``signal.alarm``, which only works
+in the main thread. Off the main thread we call it with the timeouts disabled. Either way
+some inputs make sympy compute a huge integer while holding the GIL, which neither a
+signal nor a thread can interrupt, so answers that are longer than `MAX_ANSWER_CHARS` or
+contain a huge power or factorial skip math-verify and are compared as normalized strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from prismatic_assets.core.samples import normalize_text
+
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "MATH_VERIFY_TIMEOUT_S",
+    "Vote",
+    "answers_equivalent",
+    "extract_boxed",
+    "group_answers",
+    "is_correct",
+    "majority_vote",
+    "normalize_answer",
+]
+
+log = logging.getLogger(__name__)
+
+# Longer answers are almost never a single mathematical object, and sympy can take minutes
+# on them; they are compared as normalized strings instead.
+MAX_ANSWER_CHARS = 300
+# Per parse / per comparison, in the main thread only (math-verify's signal-based timeout).
+MATH_VERIFY_TIMEOUT_S = 5
+
+_BOX_START = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox)\s*\{([^{}]*)\}")
+_WORDS_ONLY = re.compile(r"[A-Za-z][A-Za-z\s'\-]*")
+# Inputs where sympy computes huge integers (9^{9^9}, 123456!) while holding the GIL: no
+# signal or thread can interrupt that, so such answers never reach math-verify.
+_EXPENSIVE = re.compile(
+    r"\^\s*\{[^{}]*\^"  # a power in an exponent: 9^{9^9}
+    r"|\^\s*\{?\s*[\d.]+\s*\}?\s*\^"  # a power chain: 9^9^9
+    r"|\^\s*\{?\s*-?\d{5,}"  # an exponent of 5+ digits
+    r"|\d{4,}\s*!"  # the factorial of a 4+ digit number
+    r"|\\uparrow"
+)
+
+
+# ---------------------------------------------------------------------------- extraction
+
+
+def _braced(text: str, open_at: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at text[open_at] == '{' and the index after it.
+
+    Escaped braces (``\\{``, ``\\}``) do not count, so ``\\boxed{\\{1,2\\}}`` works and
+    ``\\boxed{\\left\\{ ... \\right.}`` is balanced. None if the group never closes.
+    """
+    depth = 0
+    i = open_at
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2  # skip the escaped character, whatever it is
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _box_at(text: str, end: int) -> str | None:
+    """The argument of the box command ending at text[end]; None if it is cut off."""
+    i = end
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        return None  # "\\boxed" at the very end: truncated
+    if text[i] == "{":
+        got = _braced(text, i)
+        return None if got is None else got[0]
+    # "\\boxed 5": the argument is one token, up to whitespace or the closing '$'.
+    m = re.match(r"[^\s$]+", text[i:])
+    return m.group(0) if m else ""
+
+
+def extract_boxed(text: str) -> str | None:
+    """The stripped content of the last non-empty box in `text`.
+
+    Handles ``\\boxed{...}`` with nested and escaped braces, ``\\boxed 5`` and
+    ``\\fbox{...}``. Empty boxes (``\\boxed{}``, e.g. an echoed instruction) are skipped.
+    Returns None when there is no box, or when the last box never closes: the response was
+    truncated, and an earlier box is then not a reliable final answer.
+    """
+    if not text:
+        return None
+    for m in reversed(list(_BOX_START.finditer(text))):
+        content = _box_at(text, m.end())
+        if content is None:
+            return None
+        content = content.strip()
+        if content:
+            return content
+    return None
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def normalize_answer(answer: str) -> str:
+    """The string form used when math-verify cannot decide.
+
+    Strips ``$`` delimiters, ``\\text{}``-like wrappers, ``\\left``/``\\right``, a trailing
+    period and all whitespace, then folds case and Unicode form.
+    """
+    s = answer.strip()
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    prev = None
+    while prev != s:
+        prev = s
+        s = _TEXT_WRAPPER.sub(r"\1", s)
+    s = s.strip().rstrip(".").strip().strip("$").strip().rstrip(".").strip()
+    return re.sub(r"\s+", "", normalize_text(s))
+
+
+def _is_words(answer: str) -> bool:
+    """True for answers made of words (``Monday``, ``\\text{yes}``): math-verify would read
+    them as products of symbols, so ``yes`` and ``sey`` would compare equal."""
+    plain = _TEXT_WRAPPER.sub(r"\1", answer).strip().rstrip(".").strip("$").strip().rstrip(".")
+    return bool(_WORDS_ONLY.fullmatch(plain)) and sum(c.isalpha() for c in plain) >= 2
+
+
+def _too_expensive(answer: str) -> bool:
+    """True when math-verify could hang on `answer`: too long, or a huge power/factorial."""
+    return len(answer) > MAX_ANSWER_CHARS or bool(_EXPENSIVE.search(answer))
+
+
+def _timeout() -> int | None:
+    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+@lru_cache(maxsize=65536)
+def _parse(answer: str, timeout: int | None) -> tuple[Any, ...]:
+    """math-verify's parse of a bare answer as the content of a box; () if unparseable."""
+    from math_verify import LatexExtractionConfig, parse
+    from math_verify.errors import TimeoutException
+
+    try:
+        parsed = parse(
+            "\\boxed{" + answer + "}",
+            extraction_config=[LatexExtractionConfig()],
+            parsing_timeout=timeout,  # type: ignore[arg-type]  # None disables the signal
+        )
+    except (Exception, TimeoutException):  # noqa: BLE001 - never raise from grading
+        log.debug("math-verify could not parse %r", answer, exc_info=True)
+        return ()
+    return tuple(parsed)
+
+
+def _verify(a: tuple[Any, ...], b: tuple[Any, ...], timeout: int | None) -> bool:
+    from math_verify import verify
+    from math_verify.errors import TimeoutException
+
+    try:
+        # verify(gold, target) is not symmetric (assignments, intervals): try both ways.
+        return bool(
+            verify(list(a), list(b), timeout_seconds=timeout)
+            or verify(list(b), list(a), timeout_seconds=timeout)
+        )
+    except (Exception, TimeoutException):  # noqa: BLE001
+        log.debug("math-verify failed to compare", exc_info=True)
+        return False
+
+
+def _strip_outer_box(answer: str) -> str:
+    """A gold answer given as ``\\boxed{3}`` or ``$3$`` means ``3``."""
+    s = answer.strip()
+    if _BOX_START.search(s):
+        inner = extract_boxed(s)
+        if inner is not None:
+            return inner
+    return s.strip("$").strip()
+
+
+def answers_equivalent(a: str, b: str) -> bool:
+    """True if the two bare answers denote the same mathematical object.
+
+    Order: identical after `normalize_answer` -> True; either side is words only -> that
+    string comparison is final; either side longer than `MAX_ANSWER_CHARS` or holding a
+    huge power or factorial (``9^{9^9}``, ``10^{100000}``, ``5000!``) -> the string
+    comparison is final; otherwise math-verify parses both (as ``\\boxed{a}``) and verifies in both
+    directions; if it cannot parse one side, the string comparison stands. Never raises.
+    """
+    try:
+        a = _strip_outer_box(a)
+        b = _strip_outer_box(b)
+        na, nb = normalize_answer(a), normalize_answer(b)
+        if not na or not nb:
+            return False
+        if na == nb:
+            return True
+        if _is_words(a) or _is_words(b):
+            return False
+        if _too_expensive(a) or _too_expensive(b):
+            return False
+        timeout = _timeout()
+        pa, pb = _parse(a, timeout), _parse(b, timeout)
+        if not pa or not pb:
+            return False
+        return _verify(pa, pb, timeout)
+    except Exception:  # noqa: BLE001 - grading must not take a pipeline down
+        log.debug("answers_equivalent(%r, %r) failed", a, b, exc_info=True)
+        return False
+
+
+def is_correct(response_text: str, gold_answer: str) -> bool:
+    """True if the last boxed answer in `response_text` is equivalent to `gold_answer`.
+
+    A response without a (complete) box is incorrect. `gold_answer` may be bare
+    (``\\frac{1}{2}``), in ``$...$`` or itself boxed.
+    """
+    predicted = extract_boxed(response_text)
+    if predicted is None or not gold_answer or not gold_answer.strip():
+        return False
+    return answers_equivalent(predicted, gold_answer)
+
+
+# ---------------------------------------------------------------------------- voting
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The evidence and the decision of one majority vote.
+
+    answers: the extracted answer of each response (None: no complete box).
+    groups: indices of responses with equivalent answers, largest group first (ties keep
+        first-appearance order); responses without an answer are in no group.
+    majority: the indices of the winning group; empty unless accepted.
+    agreement: size of the largest group (0 when no response has an answer).
+    accepted / reason: the decision; reason is one of "accepted", "no_answer",
+        "disagreement" (largest group below min_agree) or "tie" (two or more groups of the
+        largest size reach min_agree: the problem is ambiguous, so it is rejected).
+    """
+
+    answers: tuple[str | None, ...]
+    groups: tuple[tuple[int, ...], ...]
+    majority: tuple[int, ...]
+    agreement: int
+    accepted: bool
+    reason: str
+
+    @property
+    def majority_answer(self) -> str | None:
+        """The answer of the winning group's first member, None if not accepted."""
+        return self.answers[self.majority[0]] if self.majority else None
+
+
+def group_answers(answers: Sequence[str | None]) -> tuple[tuple[int, ...], ...]:
+    """Group indices of equivalent answers, largest group first.
+
+    Each answer joins the first group whose first member (its representative) is
+    equivalent to it, else starts a new group. Comparing with one representative keeps the
+    grouping well defined even though numeric tolerance makes equivalence non-transitive.
+    """
+    groups: list[list[int]] = []
+    for i, ans in enumerate(answers):
+        if ans is None:
+            continue
+        for g in groups:
+            if answers_equivalent(answers[g[0]], ans):  # type: ignore[arg-type]
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    # sorted() is stable: equal sizes keep first-appearance order.
+    return tuple(tuple(g) for g in sorted(groups, key=len, reverse=True))
+
+
+def majority_vote(responses: Sequence[str], min_agree: int = 2) -> Vote:
+    """Extract each response's boxed answer, group equivalent ones, and decide.
+
+    Accepted when the largest group has at least `min_agree` members and no other group
+    is as large (a tie between groups that both reach `min_agree` is rejected as "tie").
+    """
+    if min_agree < 1:
+        raise ValueError(f"min_agree={min_agree}: set min_agree >= 1 (the votes needed to accept)")
+    answers = tuple(extract_boxed(r) for r in responses)
+    groups = group_answers(answers)
+    if not groups:
+        return Vote(answers, (), (), 0, False, "no_answer")
+    agreement = len(groups[0])
+    if agreement < min_agree:
+        return Vote(answers, groups, (), agreement, False, "disagreement")
+    if len(groups) > 1 and len(groups[1]) == agreement:
+        return Vote(answers, groups, (), agreement, False, "tie")
+    return Vote(answers, groups, groups[0], agreement, True, "accepted")

@@ -1,0 +1,238 @@
+"""Tests for prismatic_assets.core.answers: extraction, equivalence, grading, voting."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from prismatic_assets.core import answers
+from prismatic_assets.core.answers import (
+    Vote,
+    answers_equivalent,
+    extract_boxed,
+    group_answers,
+    is_correct,
+    majority_vote,
+    normalize_answer,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"The answer is \boxed{42}.", "42"),
+        (r"so $\boxed{\frac{1}{2}}$", r"\frac{1}{2}"),
+        (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),  # nested braces
+        (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # escaped braces do not count
+        (r"\boxed{\left\{ x \right.}", r"\left\{ x \right."),  # unbalanced escaped brace
+        (r"first \boxed{1}, finally \boxed{2}", "2"),  # last of many
+        (r"\boxed{3} (put answers in \boxed{})", "3"),  # empty box skipped
+        (r"\boxed{  7  }", "7"),  # stripped
+        (r"$\boxed 5$.", "5"),  # \boxed without braces
+        (r"\fbox{7}", "7"),
+        (r"\boxed{a \\ b}", r"a \\ b"),  # LaTeX line break inside
+        ("no box here: 42", None),
+        ("", None),
+        (r"\boxed{\frac{1}{2}", None),  # truncated
+        (r"\boxed{3} then, correcting, \boxed{4", None),  # last box truncated
+        (r"we get \boxed", None),  # cut off right after the command
+        (r"\boxedfoo{3}", None),  # a different command
+    ],
+)
+def test_extract_boxed(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("1/2", r"\frac{1}{2}"),
+        ("0.5", r"\frac{1}{2}"),
+        ("1/2", "0.5"),
+        (r"\dfrac12", "0.5"),
+        ("x=3", "3"),
+        ("x = 3", "3"),
+        ("3", "3.0"),
+        (r"2\sqrt{2}", r"\sqrt{8}"),
+        ("n=2 or n=3", "2, 3"),
+        ("2, 3", r"\{2,3\}"),
+        ("3, 2", "2, 3"),  # sets are unordered
+        ("(1, 2)", "(1,2)"),
+        ("a+b", "b+a"),
+        (r"10^\circ", "10"),
+        (r"12 \text{ cm}", "12"),
+        (r"\text{Monday}", "monday"),
+        ("$3$", "3"),
+        (r"\boxed{3}", "3"),  # a boxed gold answer
+        ("1/3", "0.333333"),  # within math-verify's 6-digit rounding
+    ],
+)
+def test_equivalent(a: str, b: str) -> None:
+    assert answers_equivalent(a, b)
+    assert answers_equivalent(b, a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("3", "4"),
+        ("-1", "1"),
+        ("x=3", "y=3"),
+        ("(2,3)", "(3,2)"),  # tuples are ordered
+        ("0.333", "1/3"),
+        (r"\pi", "3.14159"),
+        ("yes", "sey"),  # words are not products of symbols
+        ("Monday", "Sunday"),
+        ("", ""),
+        ("", "3"),
+        ("3", r"\boxed{}"),
+    ],
+)
+def test_not_equivalent(a: str, b: str) -> None:
+    assert not answers_equivalent(a, b)
+    assert not answers_equivalent(b, a)
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [r"\frac{", "}}}{{{", r"\left(", "x" * 5000, r"\sqrt[", "$$", r"\begin{pmatrix}"],
+)
+def test_equivalent_never_raises(junk: str) -> None:
+    assert answers_equivalent(junk, "3") is False
+    assert isinstance(answers_equivalent(junk, junk), bool)
+
+
+def test_long_answers_fall_back_to_string_equality() -> None:
+    long = "1+" * 200 + "1"
+    assert len(long) > answers.MAX_ANSWER_CHARS
+    assert answers_equivalent(long, long + " ")
+    assert not answers_equivalent(long, "401")  # math-verify would say True; not called
+
+
+def test_equivalent_off_the_main_thread() -> None:
+    # math-verify's signal-based timeout raises outside the main thread; we disable it there.
+    results: list[bool] = []
+
+    def work() -> None:
+        results.append(answers_equivalent(r"2\sqrt{2}", r"\sqrt{8}"))
+        results.append(answers_equivalent("x=3", "4"))
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(timeout=60)
+    assert results == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (r"$\text{Yes}$.", "yes"),
+        (r"\left( 1, 2 \right)", "(1,2)"),
+        (r"\dfrac{1}{2}", r"\frac{1}{2}"),
+        ("  A  B ", "ab"),
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        (r"... so the answer is \boxed{\frac{1}{2}}.", "0.5", True),
+        (r"\boxed{3}", "x = 3", True),
+        (r"\boxed{3}", r"$\boxed{3}$", True),
+        (r"\boxed{(1, 2)}", "(1,2)", True),
+        (r"\boxed{4}", "3", False),
+        ("The answer is 3.", "3", False),  # no box: not graded as correct
+        (r"\boxed{3} wait \boxed{", "3", False),  # truncated
+        (r"\boxed{3}", "", False),
+    ],
+)
+def test_is_correct(response: str, gold: str, expected: bool) -> None:
+    assert is_correct(response, gold) is expected
+
+
+def _r(answer: str | None) -> str:
+    return "no final answer" if answer is None else f"Work... \\boxed{{{answer}}}"
+
+
+@pytest.mark.parametrize(
+    ("boxed", "min_agree", "accepted", "reason", "majority", "agreement"),
+    [
+        (["3", "3", "3"], 2, True, "accepted", (0, 1, 2), 3),
+        (["1/2", "0.5", "7"], 2, True, "accepted", (0, 1), 2),
+        (["7", "1/2", r"\frac{1}{2}"], 2, True, "accepted", (1, 2), 2),
+        (["1", "2", "3"], 2, False, "disagreement", (), 1),
+        ([None, None, None], 2, False, "no_answer", (), 0),
+        ([None, "3", "3"], 2, True, "accepted", (1, 2), 2),
+        ([None, "3", "4"], 2, False, "disagreement", (), 1),
+        (["1", "2", "3"], 1, False, "tie", (), 1),  # three groups of one reach min_agree=1
+        (["5", None, None], 1, True, "accepted", (0,), 1),
+        (["1", "1", "2", "2"], 2, False, "tie", (), 2),
+        (["1", "1", "2", "2", "2"], 2, True, "accepted", (2, 3, 4), 3),
+        (["3", "3", "4"], 3, False, "disagreement", (), 2),  # min_agree changes the result
+        ([], 2, False, "no_answer", (), 0),
+    ],
+)
+def test_majority_vote(
+    boxed: list[str | None],
+    min_agree: int,
+    accepted: bool,
+    reason: str,
+    majority: tuple[int, ...],
+    agreement: int,
+) -> None:
+    vote = majority_vote([_r(b) for b in boxed], min_agree=min_agree)
+    assert (vote.accepted, vote.reason, vote.majority, vote.agreement) == (
+        accepted,
+        reason,
+        majority,
+        agreement,
+    )
+    assert vote.answers == tuple(boxed)
+
+
+def test_min_agree_changes_the_decision() -> None:
+    responses = [_r("3"), _r("3"), _r("4")]
+    assert majority_vote(responses, min_agree=2).accepted
+    assert not majority_vote(responses, min_agree=3).accepted
+
+
+def test_vote_keeps_evidence_separate_from_decision() -> None:
+    vote = majority_vote([_r("x=3"), _r("3"), _r("4")])
+    assert isinstance(vote, Vote)
+    assert vote.groups == ((0, 1), (2,))
+    assert vote.majority_answer == "x=3"
+    rejected = majority_vote([_r("1"), _r("2"), _r("3")])
+    assert rejected.groups == ((0,), (1,), (2,))  # the evidence is kept when rejected
+    assert rejected.majority_answer is None
+
+
+def test_majority_vote_rejects_bad_min_agree() -> None:
+    with pytest.raises(ValueError, match="min_agree >= 1"):
+        majority_vote([_r("3")], min_agree=0)
+
+
+def test_group_answers_uses_first_member_as_representative() -> None:
+    # 0.3333333 ~ 1/3 ~ 0.333333 within rounding; grouping is by the first member only.
+    assert group_answers(["1/3", "0.333333", None, "0.5"]) == ((0, 1), (3,))
+    assert group_answers([]) == ()
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("9^{9^{9}}", "9^{9^{9}}+1", False),  # sympy would compute 9^387420489 holding the GIL
+        ("9^{9^{9}}", " 9^{9^{9}} ", True),  # string equality still applies
+        ("9^9^9", "2", False),
+        ("2^{100000}", "2^{100000}", True),
+        ("100000!", "5", False),
+        (r"\sum_{k=1}^{10^9} k", "5", False),
+        ("2^{-10}", "1/1024", True),  # ordinary powers still go to math-verify
+        ("10^9 + 7", "1000000007", True),
+    ],
+)
+def test_huge_powers_skip_math_verify(a: str, b: str, expected: bool) -> None:
+    assert answers_equivalent(a, b) is expected

@@ -1,0 +1,176 @@
+"""Tests for prismatic_assets.core.decontamination: n-gram overlap and duplicates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prismatic_assets.core.decontamination import (
+    DuplicateMatch,
+    Match,
+    NGramIndex,
+    find_duplicates,
+    tokenize,
+)
+
+EVAL = (
+    "Let ABC be a triangle with AB = 13, BC = 14 and CA = 15. "
+    "Find the radius of the inscribed circle of triangle ABC."
+)
+EVAL_TOKENS = tokenize(EVAL)
+
+
+def _index(n: int = 10, label: str = "aime") -> NGramIndex:
+    index = NGramIndex(n=n)
+    index.add([EVAL], label=label)
+    return index
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("Find $x$ if $x^2 = 4$.", ["find", "x", "if", "x", "2", "4"]),
+        (r"Compute \frac{1}{2} + f_1", ["compute", "frac", "1", "2", "f", "1"]),
+        ("ＦＵＬＬ width, CAPS", ["full", "width", "caps"]),  # NFKC + case
+        ("don't  stop", ["don", "t", "stop"]),
+        ("", []),
+    ],
+)
+def test_tokenize(text: str, tokens: list[str]) -> None:
+    assert tokenize(text) == tokens
+
+
+def test_exact_ten_gram_is_a_hit() -> None:
+    ten = " ".join(EVAL_TOKENS[3:13])
+    match = _index().is_contaminated(f"A brand new question. {ten}. What follows?")
+    assert match == Match(label="aime", ngram=ten, eval_index=0)
+
+
+def test_nine_gram_is_not_a_hit_at_n_10() -> None:
+    nine = " ".join(EVAL_TOKENS[3:12])
+    assert _index().is_contaminated(f"A brand new question. {nine}. What follows?") is None
+
+
+def test_n_changes_the_result() -> None:
+    nine = " ".join(EVAL_TOKENS[3:12])
+    text = f"A brand new question. {nine}. What follows?"
+    assert _index(n=10).is_contaminated(text) is None
+    assert _index(n=9).is_contaminated(text) is not None
+
+
+def test_formatting_does_not_hide_overlap() -> None:
+    reformatted = EVAL.upper().replace(" ", "  \n").replace(",", " ;")
+    assert _index().is_contaminated(reformatted) is not None
+
+
+def test_label_reported_and_each_benchmark_named() -> None:
+    index = NGramIndex(n=5)
+    index.add(["how many positive divisors does 360 have"], label="math500")
+    index.add(["a farmer has 12 cows and 7 pigs", "how many positive divisors does 360 have"], "gsm8k")
+    found = index.overlaps("Question: how many positive divisors does 360 have in total?")
+    assert {m.label for m in found} == {"math500", "gsm8k"}
+    assert {m.ngram for m in found} == {
+        "how many positive divisors does",
+        "many positive divisors does 360",
+        "positive divisors does 360 have",
+    }
+    assert index.labels == ("math500", "gsm8k")
+    assert index.n_texts == 3
+    by_label = {m.label: m.eval_index for m in found}
+    assert by_label == {"math500": 0, "gsm8k": 2}
+    assert index.is_contaminated("a farmer has 12 cows and 7 pigs").label == "gsm8k"
+
+
+def test_overlaps_lists_grams_in_text_order_once() -> None:
+    index = NGramIndex(n=2)
+    index.add(["a b c", "a b c"], label="x")
+    assert [m.ngram for m in index.overlaps("a b c a b")] == ["a b", "b c"]
+
+
+@pytest.mark.parametrize(
+    ("eval_text", "query", "hit"),
+    [
+        ("Find x.", "find X", True),  # short texts: whole-text match
+        ("Find x.", "Find x if x + 1 = 2.", False),  # not searched inside longer texts
+        ("Find x if x + 1 = 2.", "Find x.", False),
+        ("", "", False),
+        ("...", "!!!", False),  # no tokens at all
+    ],
+)
+def test_short_text_rule(eval_text: str, query: str, hit: bool) -> None:
+    index = NGramIndex(n=10)
+    index.add([eval_text], label="s")
+    assert (index.is_contaminated(query) is not None) is hit
+
+
+def test_add_after_query_and_empty_index() -> None:
+    index = NGramIndex(n=3)
+    assert index.is_contaminated("one two three") is None
+    index.add(["one two three"], label="a")
+    assert index.is_contaminated("one two three four") is not None
+    index.add(["four five six"], label="b")
+    assert index.is_contaminated("four five six").label == "b"
+    assert len(index) == 2
+    assert index.check(["one two three", "nope"]) == [
+        Match("a", "one two three", 0),
+        None,
+    ]
+
+
+def test_windows_do_not_cross_text_boundaries() -> None:
+    index = NGramIndex(n=3)
+    index.add(["a b", "c d"], label="x")  # short texts; "a b c" spans two texts
+    assert index.is_contaminated("a b c d") is None
+
+
+def test_many_texts_index_quickly() -> None:
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{v}" for v in rng.integers(0, 1000, 40)) for _ in range(5000)]
+    index = NGramIndex()
+    index.add(texts, label="big")
+    assert index.is_contaminated(texts[1234]).eval_index == 1234
+    assert index.is_contaminated("nothing " * 20) is None
+
+
+def test_bad_n() -> None:
+    with pytest.raises(ValueError, match="n >= 1"):
+        NGramIndex(n=0)
+
+
+POOL = ["What is 2 + 2?", "Find all primes p such that p + 2 is prime."]
+
+
+@pytest.mark.parametrize(
+    ("candidates", "expected"),
+    [
+        (["A new problem."], [None]),
+        (["What is 2 + 2?"], [DuplicateMatch("exact", "pool", 0)]),
+        (["  what is 2  +  2?  "], [DuplicateMatch("normalized", "pool", 0)]),
+        (["FIND ALL PRIMES P SUCH THAT P + 2 IS PRIME."], [DuplicateMatch("normalized", "pool", 1)]),
+        (["New one.", "New one."], [None, DuplicateMatch("exact", "batch", 0)]),
+        (["New one.", "x", "new   ONE."], [None, None, DuplicateMatch("normalized", "batch", 0)]),
+        (
+            ["What is 2 + 2?", "What is 2 + 2?"],  # a pool copy twice: both name the pool
+            [DuplicateMatch("exact", "pool", 0), DuplicateMatch("exact", "pool", 0)],
+        ),
+        (["What is 2 + 3?"], [None]),  # different numbers are different problems
+        ([], []),
+    ],
+)
+def test_find_duplicates(candidates: list[str], expected: list[DuplicateMatch | None]) -> None:
+    assert find_duplicates(candidates, POOL) == expected
+
+
+def test_find_duplicates_reports_pool_ids() -> None:
+    got = find_duplicates(["what is 2 + 2?"], POOL, pool_ids=["s1", "s2"])
+    assert got == [DuplicateMatch("normalized", "pool", 0, pool_id="s1")]
+    assert find_duplicates(["what is 2 + 2?"], POOL)[0].pool_id is None
+
+
+def test_find_duplicates_rejects_misaligned_ids() -> None:
+    with pytest.raises(ValueError, match="one id per pool problem"):
+        find_duplicates(["x"], POOL, pool_ids=["only-one"])
+
+
+def test_find_duplicates_with_empty_pool() -> None:
+    assert find_duplicates(["a", "a"], []) == [None, DuplicateMatch("exact", "batch", 0)]
