@@ -37,7 +37,7 @@ class ProxySettings:
     device: str = "cpu"
     dtype: str = "float32"
     params: str | None = None  # regex over parameter names; None = all (the paper)
-    autocast: str | None = "bf16"
+    autocast: str | None = None
     max_length: int = 1024
 
 

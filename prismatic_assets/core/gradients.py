@@ -40,8 +40,8 @@ class GradientSpec:
     against parameter names (e.g. ``r"model\\.layers\\.(28|29)\\."`` for the last two
     layers of SmolLM2) to trade fidelity for speed. Parameters that do not match get no
     gradient, so back-propagation also stops early.
-    `autocast`: None (fp32) or "bf16" (autocast forward and backward; ~1.5x faster on CPUs
-    with bf16 support, noticeably faster on GPUs).
+    `autocast`: None (fp32) or "bf16" (autocast forward and backward: faster on GPUs; on
+    the 2-core CPU of benchmarks/ its backward was much slower than fp32).
     `max_length`: token budget; longer samples are truncated at the end of the response
     (recorded), a prompt that alone exceeds it is an error for that sample.
     """

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence, TypeVar
+from typing import Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -36,8 +36,8 @@ KINDS = ("countsketch", "rademacher")
 #: Default memory allowed for a projector's cached hash table (bucket indices or int8 signs).
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 #: Dense projections larger than this (input_dim * dim) are refused on CPU unless
-#: allow_slow=True: regenerating the signs costs ~10 ns per entry on one core here, so
-#: 2**32 entries is ~40 s per sample and the full SmolLM2 gradient (1.4e11) ~20 minutes.
+#: allow_slow=True: regenerating the signs cost 9-13 ns per entry on the 2-core dev machine,
+#: so 2**32 entries is ~40 s per sample and the full SmolLM2 gradient (1.4e11) ~20 minutes.
 CPU_DENSE_MAX_ENTRIES = 1 << 32
 _CPU_DENSE_NS_PER_ENTRY = 10.0
 #: Bucket ids of both signs (2 * dim) must fit in int32, the index dtype kept in memory.
@@ -50,15 +50,16 @@ _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
 # Distinct streams per kind, so the two kinds with one seed are unrelated.
 _KIND_TAG = {"countsketch": 0x436F756E74536B65, "rademacher": 0x526164656D616368}
-# Hash words per block. On CPU, below torch's 32768-element grain size so each op runs on
-# one thread: the ops are cheap, and on a shared 2-core machine the OpenMP barriers made
-# 2**18-word blocks 20x slower. On a GPU, large blocks amortize kernel launches.
-_CPU_HASH_BLOCK = (1 << 15) - 1
-_GPU_HASH_BLOCK = 1 << 20
+# Work is cut into blocks. On CPU, each op stays below torch's 32768-element grain size and
+# so runs on one thread: these ops are memory-light, and on a shared 2-core machine the
+# OpenMP barriers of 2-thread ops made them 10-20x slower (measured: converting 28M bf16
+# values took 0.57 s on 2 threads, 0.05 s on one). On a GPU, large blocks amortize launches.
+_CPU_BLOCK = (1 << 15) - 1
+_GPU_BLOCK = 1 << 20
 
 
-def _hash_block_size(device: torch.device) -> int:
-    return _CPU_HASH_BLOCK if device.type == "cpu" else _GPU_HASH_BLOCK
+def _block_size(device: torch.device) -> int:
+    return _CPU_BLOCK if device.type == "cpu" else _GPU_BLOCK
 
 
 def _to_i64(x: int) -> int:
@@ -113,6 +114,9 @@ class ProjectionSpec:
             raise ValueError(f"projection dim must be an integer in [1, {MAX_DIM}], got {self.dim!r} (the paper uses 1024)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
             raise ValueError(f"projection seed must be an integer in [0, 2**63), got {self.seed!r}")
+        # numpy integers become Python ints, so keys and the 64-bit hash arithmetic are exact.
+        object.__setattr__(self, "dim", int(self.dim))
+        object.__setattr__(self, "seed", int(self.seed))
 
     def key(self, input_dim: int, device_type: str = "cpu") -> str:
         """A stable string that changes whenever the projected vectors would change.
@@ -192,14 +196,18 @@ class Projector:
             )
         return flats
 
-    def _as_float32(self, flat: torch.Tensor) -> torch.Tensor:
-        """fp32 view of a chunk; other dtypes are converted into a reused scratch buffer."""
+    def _float32_slices(self, flat: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, fp32 values) covering a chunk: the chunk itself if fp32, else block-sized
+        slices converted into a reused scratch buffer (never a full-size copy)."""
         if flat.dtype == torch.float32:
-            return flat
-        n = flat.numel()
-        if self._scratch is None or self._scratch.numel() < n:
-            self._scratch = torch.empty(n, dtype=torch.float32, device=self.device)
-        return self._scratch[:n].copy_(flat)
+            yield 0, flat
+            return
+        size = _block_size(self.device)
+        if self._scratch is None:
+            self._scratch = torch.empty(size, dtype=torch.float32, device=self.device)
+        for start in range(0, flat.numel(), size):
+            part = flat[start:start + size]
+            yield start, self._scratch[: part.numel()].copy_(part)
 
 
 class _CountSketch(Projector):
@@ -214,7 +222,7 @@ class _CountSketch(Projector):
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         super().__init__(spec, input_dim, device, cache_bytes)
         self._index: torch.Tensor | None = None
-        self._hash_block = _hash_block_size(self.device)
+        self._hash_block = _block_size(self.device)
         if 4 * self.input_dim <= self.cache_bytes:
             index = torch.empty(self.input_dim, dtype=torch.int32, device=self.device)  # (input_dim,)
             for start in range(0, self.input_dim, self._hash_block):
@@ -244,15 +252,14 @@ class _CountSketch(Projector):
         acc = torch.zeros(2 * dim, dtype=torch.float32, device=self.device)  # (2*dim,)
         offset = 0
         for flat in flats:
-            n = flat.numel()
-            src = self._as_float32(flat)
-            if self._index is not None:
-                acc.index_add_(0, self._index[offset:offset + n], src)
-            else:
-                for start in range(0, n, self._hash_block):
-                    stop = min(start + self._hash_block, n)
-                    acc.index_add_(0, self._bucket_ids(offset + start, stop - start), src[start:stop])
-            offset += n
+            for start, src in self._float32_slices(flat):
+                if self._index is not None:
+                    acc.index_add_(0, self._index[offset + start:offset + start + src.numel()], src)
+                    continue
+                for s0 in range(0, src.numel(), self._hash_block):
+                    part = src[s0:s0 + self._hash_block]
+                    acc.index_add_(0, self._bucket_ids(offset + start + s0, part.numel()), part)
+            offset += flat.numel()
         return (acc[:dim] - acc[dim:]).to("cpu")  # (dim,)
 
 
@@ -269,16 +276,21 @@ class _Rademacher(Projector):
         super().__init__(spec, input_dim, device, cache_bytes)
         entries = self.input_dim * spec.dim
         if self.device.type == "cpu" and entries > CPU_DENSE_MAX_ENTRIES and not allow_slow:
-            minutes = entries * _CPU_DENSE_NS_PER_ENTRY * 1e-9 / 60
+            seconds = entries * _CPU_DENSE_NS_PER_ENTRY * 1e-9
+            cost = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
             raise ValueError(
                 f"a dense Rademacher projection of {self.input_dim:,} dims to {spec.dim} on CPU costs "
-                f"{entries:.2e} sign draws, roughly {minutes:.0f} minutes per sample here: use "
+                f"{entries:.2e} sign draws, roughly {cost} per sample here: use "
                 "ProjectionSpec(kind='countsketch') on CPU, or restrict the gradient to a parameter "
                 "subset (LoRA or the last layers); pass allow_slow=True to run it anyway"
             )
         self._words = -(-spec.dim // 64)
-        # One block of rows needs at most one hash block of words (16-64 MiB of signs on a GPU).
-        self._block_rows = max(1, _hash_block_size(self.device) // self._words)
+        # Rows per block: on CPU at most _CPU_BLOCK signs (one thread per op, see above); on a
+        # GPU _GPU_BLOCK hash words, i.e. 64M signs (256 MiB as float32).
+        if self.device.type == "cpu":
+            self._block_rows = max(1, _CPU_BLOCK // (self._words * 64))
+        else:
+            self._block_rows = max(1, _GPU_BLOCK // self._words)
         # (256, 8) sign of bit b of byte value v: one gather turns hash bytes into signs.
         bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
         self._lut_f32 = (1 - 2 * bits).to(torch.float32).to(self.device)
@@ -305,7 +317,8 @@ class _Rademacher(Projector):
         _hash_block(z, tmp, r0 * w, self._base)
         # Bytes by shifts rather than a uint8 view, so the bit order never depends on endianness.
         byte = (z.unsqueeze(-1) >> self._byte_shifts) & 255  # (rows*w, 8)
-        signs = lut[byte]  # (rows*w, 8, 8): byte k, bit b -> column 8k + b of the word
+        # index_select, not lut[byte]: advanced indexing was ~100x slower here.
+        signs = lut.index_select(0, byte.reshape(-1))  # (rows*w*8, 8): byte k, bit b -> column 8k + b of a word
         return signs.reshape(rows, w * 64)[:, : self.spec.dim]
 
     def _rows_f32(self, r0: int, rows: int) -> torch.Tensor:
@@ -339,8 +352,11 @@ class _Rademacher(Projector):
             for s0 in range(0, n, self._block_rows):
                 rows = min(self._block_rows, n - s0)
                 signs = self._rows_f32(offset + s0, rows)  # (rows, dim)
-                if batch == 1:
-                    out[0].addmv_(signs.t(), self._as_float32(samples[0][c][s0:s0 + rows]))
+                if batch == 1 or self.device.type == "cpu":
+                    # On CPU one matrix-vector product per sample: small threaded GEMMs
+                    # (B x rows x dim) stalled for ms each on a busy 2-core machine.
+                    for b, flats in enumerate(samples):
+                        out[b].addmv_(signs.t(), flats[c][s0:s0 + rows].to(torch.float32))
                 else:
                     g = torch.stack([flats[c][s0:s0 + rows].to(torch.float32) for flats in samples])  # (B, rows)
                     out.addmm_(g, signs)

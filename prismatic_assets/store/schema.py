@@ -17,6 +17,12 @@ CLUSTERS = "clusters"
 CLUSTER_MEMBERS = "cluster_members"
 SCORES = "scores"
 MIGRATIONS = "schema_migrations"
+# Synthesis rounds (migration 2).
+GENERATIONS = "generation_cache"
+SYNTHESIS_REQUESTS = "synthesis_requests"
+SYNTHESIS_CANDIDATES = "synthesis_candidates"
+SYNTHESIS_DECISIONS = "synthesis_decisions"
+SYNTHESIS_ROUNDS = "synthesis_rounds"
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,104 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             config          JSON,
             run_id          VARCHAR,
             created_at      TIMESTAMP DEFAULT current_timestamp
+        );
+    """),
+    Migration(2, "synthesis: generation cache, requests, candidates, decisions, rounds", f"""
+        CREATE TABLE {GENERATIONS} (
+            gen_key         VARCHAR PRIMARY KEY,  -- hash of model name, messages, sampling key (incl. seed)
+            model           VARCHAR NOT NULL,
+            messages        JSON NOT NULL,
+            sampling        JSON NOT NULL,
+            outputs         VARCHAR[] NOT NULL,   -- the n completions, in order
+            seconds         DOUBLE,               -- wall time of the call this output came from
+            run_id          VARCHAR,
+            created_at      TIMESTAMP DEFAULT current_timestamp
+        );
+        CREATE TABLE {SYNTHESIS_REQUESTS} (     -- one row per generated output of a problem request
+            round           INTEGER NOT NULL,
+            request_id      VARCHAR NOT NULL,     -- 'r3:q0007'
+            output_index    INTEGER NOT NULL,     -- which of the request's n completions
+            request_index   INTEGER NOT NULL,
+            strategy        VARCHAR NOT NULL,     -- 'random' | 'sparse_cluster'
+            target_cluster  INTEGER,              -- the sparse cluster the few-shot came from
+            few_shot_ids    VARCHAR[] NOT NULL,   -- pool sample ids shown, in the order shown
+            clustering_id   VARCHAR NOT NULL,
+            generator_model VARCHAR NOT NULL,
+            sampling        JSON NOT NULL,        -- incl. the per-request seed
+            gen_key         VARCHAR NOT NULL,     -- -> {GENERATIONS}
+            raw_output      VARCHAR,
+            n_problems      INTEGER NOT NULL,     -- problems parsed from this output
+            parse_issues    VARCHAR[] NOT NULL,
+            status          VARCHAR NOT NULL,     -- 'parsed' | 'parse_failed' | 'empty'
+            run_id          VARCHAR,
+            PRIMARY KEY (round, request_id, output_index)
+        );
+        CREATE TABLE {SYNTHESIS_CANDIDATES} (   -- evidence per parsed problem; decisions live apart
+            candidate_id        VARCHAR PRIMARY KEY,  -- 'r3:q0007:o0:p1'
+            round               INTEGER NOT NULL,
+            request_id          VARCHAR NOT NULL,
+            output_index        INTEGER NOT NULL,
+            problem_index       INTEGER NOT NULL,
+            problem             VARCHAR NOT NULL,
+            problem_key         VARCHAR NOT NULL,
+            duplicate_kind      VARCHAR,              -- 'exact' | 'normalized'
+            duplicate_source    VARCHAR,              -- 'pool' | 'batch'
+            duplicate_of        VARCHAR,              -- pool sample_id or candidate_id
+            contamination_label VARCHAR,              -- evaluation set sharing an n-gram
+            contamination_ngram VARCHAR,
+            teacher_model       VARCHAR,              -- NULL: not sent to the teacher
+            solution_sampling   JSON,
+            solution_gen_key    VARCHAR,              -- -> {GENERATIONS}
+            solutions           VARCHAR[],            -- the raw teacher responses
+            answers             VARCHAR[],            -- extracted boxed answers (NULL: none)
+            vote_groups         JSON,                 -- indices of equivalent answers, largest first
+            agreement           INTEGER,
+            vote_reason         VARCHAR,              -- 'accepted' | 'no_answer' | 'disagreement' | 'tie'
+            majority_answer     VARCHAR,
+            response            VARCHAR,              -- the kept (first majority) solution
+            content_hash        VARCHAR,
+            embedding_key       VARCHAR,
+            embedding_error     VARCHAR,
+            cluster             INTEGER,              -- nearest pool centroid (cosine)
+            similarity          DOUBLE,
+            cluster_is_sparse   BOOLEAN,
+            cluster_size        INTEGER,
+            in_random_control   BOOLEAN NOT NULL DEFAULT FALSE,
+            run_id              VARCHAR
+        );
+        CREATE TABLE {SYNTHESIS_DECISIONS} (
+            candidate_id    VARCHAR PRIMARY KEY,
+            round           INTEGER NOT NULL,
+            decision        VARCHAR NOT NULL,     -- 'accepted' | 'rejected'
+            stage           VARCHAR NOT NULL,     -- the stage that decided
+            reason          VARCHAR NOT NULL,
+            sample_id       VARCHAR,              -- the accepted sample in {SAMPLES}
+            rule            JSON,                 -- the thresholds applied
+            run_id          VARCHAR
+        );
+        CREATE TABLE {SYNTHESIS_ROUNDS} (
+            round           INTEGER PRIMARY KEY,
+            status          VARCHAR NOT NULL,     -- 'complete' (a row is written only at the end)
+            settings        JSON NOT NULL,
+            settings_hash   VARCHAR NOT NULL,
+            generator_model VARCHAR NOT NULL,
+            teacher_model   VARCHAR NOT NULL,
+            embedding_key   VARCHAR NOT NULL,
+            clustering_id   VARCHAR NOT NULL,
+            pool_digest     VARCHAR NOT NULL,     -- hash of the pool sample ids the round started from
+            n_pool          INTEGER NOT NULL,
+            k               INTEGER NOT NULL,
+            n_sparse        INTEGER NOT NULL,
+            n_requests      INTEGER NOT NULL,
+            n_candidates    INTEGER NOT NULL,
+            n_verified      INTEGER NOT NULL,
+            n_accepted      INTEGER NOT NULL,
+            g_vendi_before  DOUBLE NOT NULL,
+            g_vendi_after   DOUBLE NOT NULL,
+            g_vendi_random  DOUBLE,               -- NULL when nothing was verified
+            report          JSON NOT NULL,        -- the full RoundReport
+            run_id          VARCHAR,
+            finished_at     TIMESTAMP DEFAULT current_timestamp
         );
     """),
 )

@@ -1,0 +1,160 @@
+"""The `prismatic` command line.
+
+    prismatic score data.jsonl [--model PATH_OR_ID] [--fields prompt=question,response=solution]
+    prismatic demo [--profile local]
+
+`score` prints a data set's G-Vendi without Dagster; `demo` materializes every asset of a
+profile through Dagster (the runs then show in `dagster dev`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _progress_bar(total_hint: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(i: int, n: int, sample, outcome) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n, desc=total_hint, unit="sample", file=sys.stderr)
+        bar.update(1)
+        if outcome.error:
+            bar.write(f"  {sample.sample_id}: {outcome.error} (excluded from the score)")
+        if i == n:
+            bar.close()
+
+    return update
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from prismatic_assets.api import score_dataset
+
+    q = float("inf") if args.q in ("inf", "Infinity") else float(args.q)
+    result = score_dataset(
+        args.data, fields=args.fields, limit=args.limit, model=args.model, device=args.device,
+        params=args.params, autocast="bf16" if args.bf16 else None, max_length=args.max_length,
+        projection=args.projection, dim=args.dim, seed=args.seed, q=q,
+        cache=False if args.no_cache else True, progress=None if args.json else _progress_bar("gradients"))
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    width = 20
+    rows = [
+        ("G-Vendi", f"{result.g_vendi:.4f}" + (f"  (Renyi q={result.q:g})" if result.q != 1 else "")),
+        ("N", f"{result.n} scored, {len(result.errors)} without a valid gradient, "
+              f"{result.n_rejected} rejected rows"),
+        ("d", str(result.dim)),
+        ("model", f"{result.model}  [{result.model_fingerprint[:12]}]"),
+        ("projection", result.projection),
+        ("vectors", f"{result.n_computed} computed, {result.n_cached} from cache"),
+        ("time", f"{result.seconds:.1f} s"),
+    ]
+    for name, value in rows:
+        print(f"{name:<{width}}{value}")
+    for sample_id, reason in list(result.errors.items())[:10]:
+        print(f"  excluded {sample_id}: {reason}")
+    for rejection in result.rejections[:10]:
+        print(f"  rejected {rejection.source_ref}: {rejection.reason}")
+    if result.n_rejected > 10:
+        print(f"  ... {result.n_rejected - 10} more rejected rows (use --json for all)")
+    return 0
+
+
+def dagster_env(profile: str | None) -> dict[str, str]:
+    """Environment for Dagster commands: this project's dagster.yaml as the instance config."""
+    env = dict(os.environ)
+    env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+    if profile:
+        env["PRISMATIC_PROFILE"] = profile
+    return env
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from prismatic_assets.settings import load_settings
+
+    settings = load_settings(args.profile)
+    env = dagster_env(args.profile)
+    os.makedirs(settings.data_path, exist_ok=True)
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "--select", args.select,
+               "-m", "prismatic_assets.definitions"]
+    print(f"[demo] profile {settings.profile}: materializing {args.select!r} (DAGSTER_HOME={env['DAGSTER_HOME']})",
+          flush=True)
+    started = time.perf_counter()
+    code = subprocess.call(command, env=env, cwd=PROJECT_ROOT)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        print(f"[demo] materialization failed after {seconds:.0f} s (exit {code}); see the log above", file=sys.stderr)
+        return code
+    print(f"[demo] done in {seconds:.0f} s")
+    _print_summary(settings)
+    return 0
+
+
+def _print_summary(settings) -> None:
+    from prismatic_assets.store.store import MetadataStore
+
+    store = MetadataStore(settings.store_path)
+    scores = store.query("SELECT scope, metric, q, value, n, dim, n_excluded, created_at FROM scores "
+                         "ORDER BY created_at DESC LIMIT 5")
+    print(f"[demo] metadata store: {settings.store_path}")
+    print(scores)
+    print("[demo] browse it in the UI: make ui  (then open http://127.0.0.1:3000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prismatic_assets.core.models import PACKAGED_MODEL
+
+    parser = argparse.ArgumentParser(prog="prismatic", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    score = sub.add_parser("score", help="print the G-Vendi score of a data set",
+                           description="Print G-Vendi (and N, d, model, projection) of a JSONL/Parquet "
+                                       "file of prompt/response records, 'champ', or hf:owner/name[:split].")
+    score.add_argument("data", help="a .jsonl/.json/.parquet file, 'champ', or hf:owner/name[:split]")
+    score.add_argument("--model", default=PACKAGED_MODEL,
+                       help=f"proxy model: folder, hub id, .gguf file or {PACKAGED_MODEL} (default)")
+    score.add_argument("--fields", help="field mapping, e.g. prompt=question,response=solution,answer=final")
+    score.add_argument("--limit", type=int, help="score only the first N valid rows")
+    score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    score.add_argument("--params", help="regex restricting the gradient to matching parameter names (faster)")
+    score.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; see benchmarks for CPUs)")
+    score.add_argument("--max-length", type=int, default=2048, help="token budget per sample (default 2048)")
+    score.add_argument("--projection", choices=["countsketch", "rademacher"], default="countsketch",
+                       help="countsketch (fast on CPU, default) or rademacher (dense, the paper's GPU path)")
+    score.add_argument("--dim", type=int, default=1024, help="projection dimension d (default 1024)")
+    score.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
+    score.add_argument("--q", default="1", help="Renyi order: 1 (Shannon, default), 2, inf, ...")
+    score.add_argument("--no-cache", action="store_true", help="do not read or write the vector cache")
+    score.add_argument("--json", action="store_true", help="print a JSON report (no progress bar)")
+    score.set_defaults(func=_cmd_score)
+
+    demo = sub.add_parser("demo", help="materialize the pipeline through Dagster on a profile")
+    demo.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
+    demo.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, ImportError, KeyError) as exc:
+        print(f"prismatic: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Small matplotlib figures for asset metadata and MLflow artifacts, as PNG bytes.
+
+Headless (Agg backend). `markdown_image` embeds a PNG in Dagster markdown metadata so the
+plot shows in the asset's page without a separate file server.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def cluster_sizes_png(sizes: Sequence[int], sparse: Sequence[bool], title: str = "Cluster sizes") -> bytes:
+    """Bar chart of cluster sizes, largest first, sparse clusters highlighted."""
+    sizes = np.asarray(sizes)
+    sparse = np.asarray(sparse, dtype=bool)
+    order = np.argsort(-sizes, kind="stable")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    colors = ["tab:orange" if sparse[i] else "tab:blue" for i in order]
+    ax.bar(range(len(order)), sizes[order], color=colors)
+    ax.set_xlabel("cluster (sorted by size)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"{title} (orange = sparse)")
+    return _png(fig)
+
+
+def series_png(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str) -> bytes:
+    """Line plot of one or more series against x (G-Vendi per round, loss per step)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, y in ys.items():
+        ax.plot(list(x), list(y), marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(ys) > 1:
+        ax.legend()
+    return _png(fig)
+
+
+def bars_png(labels: Sequence[str], values: Sequence[float], ylabel: str, title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(list(labels), list(values))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    return _png(fig)

@@ -1,0 +1,77 @@
+"""Dagster resources: the interfaces assets are bound to.
+
+Environment differences (CPU or GPU, which model, where the data lives) are only in which
+resource is bound and with what configuration; `definitions.build_definitions` builds them
+from a profile's settings.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import dagster as dg
+
+from prismatic_assets.core.gradients import GradientEmbedder
+from prismatic_assets.settings import ProjectionSettings, ProxySettings, SeedSettings
+from prismatic_assets.store.store import MetadataStore
+from prismatic_assets.workflows import SeedData, build_embedder, load_seed
+
+
+class MetadataStoreResource(dg.ConfigurableResource):
+    """The DuckDB metadata store (samples, provenance, embeddings, clusterings, scores)."""
+
+    path: str
+    lock_timeout: float = 600.0
+
+    def open(self) -> MetadataStore:
+        return MetadataStore(self.path, lock_timeout=self.lock_timeout)
+
+
+@lru_cache(maxsize=2)
+def _embedder(proxy: ProxySettings, projection: ProjectionSettings) -> GradientEmbedder:
+    # One model load per process and configuration: a step that embeds, then scores, reuses it.
+    return build_embedder(proxy, projection)
+
+
+class ProxyModelResource(dg.ConfigurableResource):
+    """The proxy model whose projected gradients embed samples, with its projection.
+
+    `model` is "packaged:smollm2-135m-instruct" (the embedded default), a .gguf file, a
+    folder or a hub id; `params` an optional regex restricting the gradient to a subset.
+    """
+
+    model: str = "packaged:smollm2-135m-instruct"
+    device: str = "cpu"
+    dtype: str = "float32"
+    params: str | None = None
+    autocast: str | None = None
+    max_length: int = 1024
+    projection_kind: str = "countsketch"
+    projection_dim: int = 1024
+    projection_seed: int = 0
+
+    def proxy_settings(self) -> ProxySettings:
+        return ProxySettings(model=self.model, device=self.device, dtype=self.dtype, params=self.params,
+                             autocast=self.autocast, max_length=self.max_length)
+
+    def projection_settings(self) -> ProjectionSettings:
+        return ProjectionSettings(kind=self.projection_kind, dim=self.projection_dim, seed=self.projection_seed)
+
+    def embedder(self) -> GradientEmbedder:
+        return _embedder(self.proxy_settings(), self.projection_settings())
+
+
+class SeedDataResource(dg.ConfigurableResource):
+    """Where the seed data comes from: "champ", a JSONL/Parquet path or "hf:owner/name[:split]"."""
+
+    source: str = "champ"
+    fields: str | None = None
+    limit: int | None = None
+    holdout_fraction: float = 0.2
+    holdout_seed: int = 0
+    max_chars: int = 100_000
+
+    def load(self) -> SeedData:
+        return load_seed(SeedSettings(source=self.source, fields=self.fields, limit=self.limit,
+                                      holdout_fraction=self.holdout_fraction, holdout_seed=self.holdout_seed,
+                                      max_chars=self.max_chars))

@@ -1,0 +1,264 @@
+"""Tests for prismatic_assets.core.clustering: K, the sparse rule, spherical k-means, assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from prismatic_assets.core.clustering import (
+    Clustering,
+    assign_to_centroids,
+    num_clusters,
+    sparse_cluster_mask,
+    spherical_kmeans,
+)
+
+
+def _blobs(k: int = 4, per: int = 25, d: int = 16, noise: float = 0.05, seed: int = 0):
+    """k well-separated directions (orthogonal) with `per` noisy unit-ish points each."""
+    rng = np.random.default_rng(seed)
+    centers = np.eye(d)[:k]
+    labels = np.repeat(np.arange(k), per)
+    x = centers[labels] + noise * rng.standard_normal((k * per, d))
+    return x * rng.uniform(0.5, 2.0, (k * per, 1)), labels  # norms vary: spherical ignores them
+
+
+def _random(n: int = 600, d: int = 12, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- num_clusters
+
+
+@pytest.mark.parametrize(
+    "n, ratio, minimum, expected",
+    [
+        (1000, 0.01, 2, 10),
+        (100, 0.01, 2, 2),  # 1 -> minimum 2
+        (250, 0.01, 2, 3),  # 2.5 rounds half up
+        (149, 0.01, 1, 1),
+        (150, 0.01, 1, 2),
+        (1000, 0.1, 2, 100),  # the reference code's ratio
+        (1, 0.5, 2, 1),  # capped at n
+        (3, 1.0, 2, 3),
+        (10, 0.01, 5, 5),  # minimum changes the result
+        (10, 0.01, 20, 10),
+    ],
+)
+def test_num_clusters(n, ratio, minimum, expected):
+    assert num_clusters(n, ratio, minimum) == expected
+
+
+def test_num_clusters_default_minimum_is_2():
+    assert num_clusters(10, 0.01) == 2
+
+
+@pytest.mark.parametrize(
+    "n, ratio, minimum",
+    [(0, 0.1, 2), (-5, 0.1, 2), (10.0, 0.1, 2), (10, 0.0, 2), (10, 1.5, 2), (10, -0.1, 2), (10, 0.1, 0), (True, 0.1, 2)],
+)
+def test_num_clusters_rejects_bad_arguments(n, ratio, minimum):
+    with pytest.raises(ValueError):
+        num_clusters(n, ratio, minimum)
+
+
+# ----------------------------------------------------------------------------- sparse rule
+
+
+@pytest.mark.parametrize(
+    "sizes, ratio, expected",
+    [
+        ([5, 1, 3, 2], 0.5, [False, True, False, True]),  # sorted 1 2 3 5, threshold 3
+        ([4, 4, 4, 4], 0.5, [False, False, False, False]),  # all equal: none sparse
+        ([0, 0, 5, 7], 0.5, [True, True, False, False]),  # empty clusters count and are sparse
+        ([0, 0, 0, 1], 0.5, [False, False, False, False]),  # threshold 0: nothing is below it
+        ([1, 2, 2, 2, 3], 0.5, [True, False, False, False, False]),  # ties at the threshold stay dense
+        ([3, 1, 2], 0.5, [False, True, False]),  # odd K: int(1.5) = 1, threshold 2
+        ([7], 0.5, [False]),  # one cluster is never sparse
+        ([1, 2, 3, 4], 0.0, [False, False, False, False]),  # ratio 0: threshold is the minimum
+        ([1, 2, 3, 4], 0.75, [True, True, True, False]),  # ratio changes the result
+        ([1, 2, 3, 4], 0.25, [True, False, False, False]),
+        (np.array([2.0, 1.0]), 0.5, [False, True]),  # integral floats are fine
+    ],
+)
+def test_sparse_cluster_mask(sizes, ratio, expected):
+    mask = sparse_cluster_mask(sizes, ratio)
+    assert mask.dtype == bool and mask.tolist() == expected
+
+
+def test_sparse_cluster_mask_default_ratio_is_half():
+    assert sparse_cluster_mask([5, 1, 3, 2]).tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize(
+    "sizes, ratio",
+    [
+        ([1, 2], 1.0),
+        ([1, 2], -0.1),
+        ([1, 2], 1.5),
+        ([], 0.5),
+        ([[1, 2]], 0.5),
+        ([1, -2], 0.5),
+        ([1.5, 2], 0.5),
+        ([np.nan, 2], 0.5),
+    ],
+)
+def test_sparse_cluster_mask_rejects_bad_arguments(sizes, ratio):
+    with pytest.raises(ValueError):
+        sparse_cluster_mask(sizes, ratio)
+
+
+# ----------------------------------------------------------------------------- assign_to_centroids
+
+
+def test_assign_to_centroids_known_answers():
+    centroids = np.eye(3)
+    x = np.array(
+        [
+            [2.0, 0.1, 0.0],  # clearly centroid 0
+            [0.0, -1.0, 0.5],  # cosines 0, -0.894, 0.447 -> 2
+            [0.0, 5.0, 4.9],  # 1 by a hair
+            [-1.0, -1.0, -1.0],  # all equal (-0.577): the lowest index wins
+            [-1.0, 0.0, 0.0],  # cosines -1, 0, 0: tie between 1 and 2
+        ]
+    )
+    ids, sims = assign_to_centroids(x, centroids)
+    assert ids.dtype == np.int64 and sims.dtype == np.float32
+    assert ids.tolist() == [0, 2, 1, 0, 1]
+    expected = [2 / np.sqrt(4.01), 0.5 / np.sqrt(1.25), 5 / np.sqrt(25 + 4.9**2), -1 / np.sqrt(3), 0.0]
+    assert np.allclose(sims, expected, atol=1e-6)
+
+
+def test_assign_to_centroids_normalizes_both_sides():
+    x = _random(200, 8, seed=1)
+    c = _random(10, 8, seed=2)
+    ids, sims = assign_to_centroids(x * 7.0, c * np.arange(1, 11)[:, None])
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+    cos = xn @ cn.T  # (200, 10)
+    assert ids.tolist() == cos.argmax(axis=1).tolist()
+    assert np.allclose(sims, cos.max(axis=1), atol=1e-6)
+
+
+def test_assign_to_centroids_accepts_torch_and_empty_input():
+    c = np.eye(4)
+    ids, _ = assign_to_centroids(torch.tensor([[0.0, 0.0, 3.0, 0.0]]), torch.from_numpy(c))
+    assert ids.tolist() == [2]
+    ids, sims = assign_to_centroids(np.zeros((0, 4)), c)
+    assert ids.shape == sims.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "x, centroids, match",
+    [
+        (np.ones((2, 3)), np.eye(4), "width"),
+        (np.zeros((0, 3)), np.eye(4), "width"),
+        (np.array([[1.0, 0.0], [0.0, 0.0]]), np.eye(2), "vectors row 1 is all zeros"),
+        (np.array([[1.0, np.nan]]), np.eye(2), "vectors row 0 has a NaN"),
+        (np.ones((2, 2)), np.array([[1.0, 0.0], [0.0, 0.0]]), "centroids row 1"),
+        (np.ones(3), np.eye(3), "2-D"),
+    ],
+)
+def test_assign_to_centroids_errors(x, centroids, match):
+    with pytest.raises(ValueError, match=match):
+        assign_to_centroids(x, centroids)
+
+
+# ----------------------------------------------------------------------------- spherical_kmeans
+
+
+def test_recovers_well_separated_clusters():
+    x, labels = _blobs()
+    c = spherical_kmeans(x, 4, seed=0)
+    assert adjusted_rand_score(labels, c.assignments) == 1.0
+    assert sorted(c.sizes.tolist()) == [25, 25, 25, 25]
+    assert not c.sparse.any()  # all sizes equal
+
+
+def test_clustering_fields_are_consistent():
+    x = _random()
+    c = spherical_kmeans(x, 20, niter=5, seed=3, sparse_ratio=0.4)
+    assert isinstance(c, Clustering)
+    assert (c.k, c.niter, c.seed, c.sparse_ratio) == (20, 5, 3, 0.4)
+    assert c.centroids.shape == (20, 12) and c.centroids.dtype == np.float32
+    assert np.allclose(np.linalg.norm(c.centroids, axis=1), 1.0, atol=1e-5)
+    assert c.assignments.shape == c.similarities.shape == (600,)
+    assert c.sizes.shape == (20,) and c.sizes.sum() == 600
+    assert c.sizes.tolist() == np.bincount(c.assignments, minlength=20).tolist()
+    assert c.sparse.tolist() == sparse_cluster_mask(c.sizes, 0.4).tolist()
+    ids, sims = assign_to_centroids(x, c.centroids)
+    assert np.array_equal(ids, c.assignments) and np.allclose(sims, c.similarities)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(c.similarities, np.sum(xn * c.centroids[c.assignments], axis=1), atol=1e-5)
+
+
+def test_deterministic_for_a_seed():
+    x = _random()
+    a = spherical_kmeans(x, 15, seed=7)
+    b = spherical_kmeans(x, 15, seed=7)
+    assert np.array_equal(a.centroids, b.centroids) and np.array_equal(a.assignments, b.assignments)
+
+
+@pytest.mark.parametrize("change", [{"seed": 8}, {"niter": 1}, {"k": 14}])
+def test_seed_niter_and_k_change_the_clustering(change):
+    x = _random()
+    base = {"k": 15, "niter": 20, "seed": 7}
+    a = spherical_kmeans(x, **base)
+    b = spherical_kmeans(x, **{**base, **change})
+    assert a.centroids.shape != b.centroids.shape or not np.allclose(a.centroids, b.centroids)
+
+
+def test_sparse_ratio_changes_the_sparse_flags_only():
+    x = _random()
+    a = spherical_kmeans(x, 15, seed=7, sparse_ratio=0.5)
+    b = spherical_kmeans(x, 15, seed=7, sparse_ratio=0.8)
+    assert np.array_equal(a.assignments, b.assignments)
+    assert b.sparse.sum() > a.sparse.sum()
+
+
+def test_row_norms_do_not_matter():
+    x = _random()
+    a = spherical_kmeans(x, 10, seed=1)
+    b = spherical_kmeans(x * np.linspace(0.1, 10, 600)[:, None].astype(np.float32), 10, seed=1)
+    assert np.array_equal(a.assignments, b.assignments)
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (5, 5), (10, 3), (40, 2), (3, 1)])
+def test_small_inputs_work_without_faiss_warnings(n, k, capfd):
+    c = spherical_kmeans(_random(n, 6, seed=n), k, seed=0)
+    assert c.sizes.sum() == n and c.centroids.shape == (k, 6)
+    assert "WARNING" not in capfd.readouterr().err
+
+
+def test_duplicate_points_and_k_equal_n():
+    x = np.repeat(np.eye(3), 2, axis=0)  # 6 points, 3 directions
+    c = spherical_kmeans(x, 3, seed=0)
+    assert sorted(c.sizes.tolist()) == [2, 2, 2]
+    assert np.allclose(c.similarities, 1.0, atol=1e-6)
+
+
+def test_accepts_torch_input():
+    x = _random(100, 6)
+    a = spherical_kmeans(torch.from_numpy(x), 4, seed=2)
+    b = spherical_kmeans(x, 4, seed=2)
+    assert np.array_equal(a.assignments, b.assignments)
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, match",
+    [
+        (np.ones((3, 4)), {"k": 4}, "k=4 clusters from 3 vectors"),
+        (np.ones((3, 4)), {"k": 0}, "k must"),
+        (np.ones((3, 4)), {"k": 2, "niter": 0}, "niter"),
+        (np.ones((3, 4)), {"k": 2, "seed": -1}, "seed"),
+        (np.ones((3, 4)), {"k": 2, "sparse_ratio": 1.0}, "sparse ratio"),
+        (np.array([[1.0, 0.0], [0.0, 0.0]]), {"k": 1}, "row 1 is all zeros"),
+        (np.array([[1.0, 0.0], [np.inf, 0.0]]), {"k": 1}, "row 1 has a NaN"),
+        (np.ones(4), {"k": 1}, "2-D"),
+    ],
+)
+def test_spherical_kmeans_errors(x, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        spherical_kmeans(x, **kwargs)

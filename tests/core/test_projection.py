@@ -1,0 +1,402 @@
+"""Tests for prismatic_assets.core.projection: specs, keys, determinism, chunking, JL quality."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prismatic_assets.core import projection
+from prismatic_assets.core.gvendi import g_vendi, vendi_from_kernel
+from prismatic_assets.core.projection import (
+    ALGORITHM_VERSION,
+    ProjectionSpec,
+    Projector,
+    l2_normalize,
+    make_projector,
+)
+
+KINDS = ["countsketch", "rademacher"]
+
+
+def _grad(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _lowrank_grads(n: int, input_dim: int, rank: int, seed: int = 0) -> torch.Tensor:
+    """(n, input_dim) gradients with a decaying rank-`rank` structure, per-coordinate scales
+    spread over orders of magnitude (like per-layer gradients), and a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(input_dim, rank, generator=g) * torch.exp(torch.randn(input_dim, 1, generator=g))
+    coeff = torch.randn(n, rank, generator=g) * torch.linspace(1.0, 0.05, rank)
+    return coeff @ basis.T + 0.05 * torch.randn(n, input_dim, generator=g)
+
+
+# ----------------------------------------------------------------------------- spec and key
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": "gaussian"},
+        {"kind": "CountSketch"},
+        {"dim": 0},
+        {"dim": -5},
+        {"dim": 1.5},
+        {"dim": True},
+        {"dim": projection.MAX_DIM + 1},
+        {"seed": -1},
+        {"seed": 0.5},
+        {"seed": 2**63},
+    ],
+)
+def test_spec_rejects_bad_fields(kwargs):
+    with pytest.raises(ValueError):
+        ProjectionSpec(**kwargs)
+
+
+def test_spec_accepts_numpy_integers():
+    spec = ProjectionSpec(dim=np.int64(16), seed=np.int32(3))
+    assert spec == ProjectionSpec(dim=16, seed=3) and type(spec.seed) is int
+    assert make_projector(spec, 10).project([torch.ones(10)]).shape == (16,)
+
+
+def test_spec_defaults():
+    spec = ProjectionSpec()
+    assert (spec.kind, spec.dim, spec.seed) == ("countsketch", 1024, 0)
+
+
+def test_key_is_a_stable_string():
+    # Pinned: stored vectors are keyed by this string; changing it orphans every cache.
+    assert ProjectionSpec().key(100) == f"countsketch-v{ALGORITHM_VERSION}-dim1024-seed0-in100"
+
+
+@pytest.mark.parametrize(
+    "other, input_dim",
+    [
+        (ProjectionSpec(kind="rademacher"), 100),
+        (ProjectionSpec(dim=512), 100),
+        (ProjectionSpec(seed=1), 100),
+        (ProjectionSpec(), 101),
+    ],
+)
+def test_key_changes_with_every_field(other, input_dim):
+    assert other.key(input_dim) != ProjectionSpec().key(100)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_key_is_device_independent(kind):
+    spec = ProjectionSpec(kind=kind)
+    assert spec.key(10, "cpu") == spec.key(10, "cuda")
+
+
+@pytest.mark.parametrize("input_dim", [0, -1, 2.0, True])
+def test_key_rejects_bad_input_dim(input_dim):
+    with pytest.raises(ValueError, match="input_dim"):
+        ProjectionSpec().key(input_dim)
+
+
+def test_projector_exposes_spec_input_dim_and_key():
+    spec = ProjectionSpec(dim=16, seed=3)
+    p = make_projector(spec, 50)
+    assert isinstance(p, Projector)
+    assert p.spec == spec and p.input_dim == 50 and p.key == spec.key(50)
+
+
+def test_make_projector_rejects_non_spec():
+    with pytest.raises(TypeError, match="ProjectionSpec"):
+        make_projector({"kind": "countsketch"}, 10)
+
+
+# ----------------------------------------------------------------------------- the hash
+
+
+def test_torch_hash_matches_the_python_reference_bit_for_bit():
+    # int64 wraparound and masked shifts must reproduce SplitMix64 exactly: this is what makes
+    # the vectors identical on every device.
+    base = projection._stream_base("countsketch", 12345)
+    start, n = 2**40 - 3, 64
+    out = torch.empty(n, dtype=torch.int64)
+    projection._hash_block(out, torch.empty_like(out), start, base)
+    for k in range(n):
+        expected = projection._splitmix64(base + (start + k + 1) * projection._GOLDEN)
+        assert int(out[k]) & projection._MASK64 == expected
+
+
+def test_splitmix64_reference_matches_published_values():
+    # First outputs of SplitMix64 seeded with 1234567 (from the reference C implementation).
+    state = 1234567
+    outs = []
+    for _ in range(3):
+        state = (state + projection._GOLDEN) & projection._MASK64
+        outs.append(projection._splitmix64(state))
+    assert outs == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+
+
+def test_countsketch_buckets_and_signs_are_pinned():
+    # Regression pin of ALGORITHM_VERSION 1: if this changes, bump ALGORITHM_VERSION.
+    p = make_projector(ProjectionSpec("countsketch", 1024, 0), 8)
+    v = p.project_many([[row] for row in torch.eye(8)])  # (8, 1024): column h(i), sign s(i)
+    got = [(int(r.nonzero()[0, 0]), int(r[r != 0][0])) for r in v]
+    assert got == [(161, -1), (76, 1), (466, -1), (337, -1), (94, -1), (488, 1), (240, -1), (731, 1)]
+
+
+def test_rademacher_signs_are_pinned():
+    p = make_projector(ProjectionSpec("rademacher", 8, 0), 3)
+    rows = p.project_many([[row] for row in torch.eye(3)]) * math.sqrt(8)  # (3, 8) = P * sqrt(dim)
+    assert rows.round().int().tolist() == [
+        [1, 1, 1, -1, -1, 1, 1, 1],
+        [1, -1, -1, -1, 1, -1, 1, -1],
+        [-1, -1, -1, 1, 1, 1, -1, -1],
+    ]
+
+
+def test_countsketch_maps_each_coordinate_to_one_signed_bucket():
+    dim = 16
+    p = make_projector(ProjectionSpec("countsketch", dim, 0), 40)
+    rows = p.project_many([[row] for row in torch.eye(40)])  # (40, 16)
+    assert ((rows != 0).sum(dim=1) == 1).all()
+    assert set(rows[rows != 0].tolist()) <= {1.0, -1.0}
+
+
+def test_countsketch_buckets_and_signs_are_balanced():
+    dim, n = 64, 200_000
+    p = make_projector(ProjectionSpec("countsketch", dim, 7), n)
+    ids = p._index.long()
+    counts = torch.bincount(ids % dim, minlength=dim).double()  # (dim,) coordinates per bucket
+    expected = n / dim
+    # Multinomial: each count has sd sqrt(n/dim) ~ 56; 6 sd is far beyond chance.
+    assert (counts - expected).abs().max() < 6 * math.sqrt(expected)
+    negative = (ids >= dim).double().mean()
+    assert abs(negative - 0.5) < 6 * math.sqrt(0.25 / n)
+
+
+def test_rademacher_entries_are_plus_minus_one_over_sqrt_dim():
+    dim, n = 96, 300  # 96 is not a multiple of 64: the last word is cut
+    p = make_projector(ProjectionSpec("rademacher", dim, 2), n)
+    rows = p.project_many([[row] for row in torch.eye(n)])  # (n, dim) = P
+    assert torch.allclose(rows.abs(), torch.full_like(rows, 1 / math.sqrt(dim)))
+    frac_negative = (rows < 0).double().mean()
+    assert abs(frac_negative - 0.5) < 6 * math.sqrt(0.25 / rows.numel())
+    assert len({tuple(r.sign().int().tolist()) for r in rows}) == n  # rows are distinct
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_spec_gives_same_vector_across_instances(kind):
+    g = _grad(5000)
+    a = make_projector(ProjectionSpec(kind, 64, 3), 5000).project([g])
+    b = make_projector(ProjectionSpec(kind, 64, 3), 5000).project([g])
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("field, value", [("seed", 4), ("dim", 32)])
+def test_seed_and_dim_change_the_vector(kind, field, value):
+    g = _grad(5000)
+    base = ProjectionSpec(kind, 64, 3)
+    other = ProjectionSpec(**{**base.__dict__, field: value})
+    a = make_projector(base, 5000).project([g])
+    b = make_projector(other, 5000).project([g])
+    assert a.shape != b.shape or not torch.allclose(a, b, atol=1e-3)
+    assert b.shape == (other.dim,)
+
+
+def test_kind_changes_the_vector():
+    g = _grad(5000)
+    a = make_projector(ProjectionSpec("countsketch", 64, 0), 5000).project([g])
+    b = make_projector(ProjectionSpec("rademacher", 64, 0), 5000).project([g])
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_is_float32_cpu_and_not_normalized(kind):
+    g = 10 * _grad(3000)
+    v = make_projector(ProjectionSpec(kind, 128, 0), 3000).project([g])
+    assert v.dtype == torch.float32 and v.device.type == "cpu" and v.shape == (128,)
+    assert v.norm() > 100  # about ||g|| = 10 * sqrt(3000) ~ 548, not 1
+
+
+# ----------------------------------------------------------------------------- chunks
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_result_depends_on_coordinates_not_on_how_they_are_split(kind):
+    g = _grad(10_000)
+    p = make_projector(ProjectionSpec(kind, 64, 0), 10_000)
+    whole = p.project([g])
+    split = p.project(list(torch.split(g, [1, 4999, 3000, 2000])))
+    shaped = p.project([g[:6000].reshape(60, 100), g[6000:].reshape(2, 2000)])  # any shape, flattened
+    assert torch.allclose(whole, split, atol=1e-4) and torch.allclose(whole, shaped, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunk_order_matters(kind):
+    a, b = _grad(3000, 1), _grad(3000, 2)
+    p = make_projector(ProjectionSpec(kind, 64, 0), 6000)
+    assert not torch.allclose(p.project([a, b]), p.project([b, a]), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sizes", [[100], [3000, 2999], [3000, 3001], []])
+def test_chunk_sizes_must_sum_to_input_dim(kind, sizes):
+    p = make_projector(ProjectionSpec(kind, 16, 0), 6000 if sizes != [100] else 99)
+    with pytest.raises(ValueError, match="input_dim"):
+        p.project([torch.zeros(s) for s in sizes])
+
+
+@pytest.mark.parametrize(
+    "chunks, error",
+    [
+        (torch.zeros(10), TypeError),  # a bare tensor, not a sequence of chunks
+        ([np.zeros(10)], TypeError),
+        ([torch.zeros(10, dtype=torch.int64)], TypeError),
+    ],
+)
+def test_bad_chunks_raise(chunks, error):
+    with pytest.raises(error):
+        make_projector(ProjectionSpec(dim=8), 10).project(chunks)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_and_fp64_chunks_accumulate_like_fp32(kind):
+    g = _grad(20_000)
+    p = make_projector(ProjectionSpec(kind, 64, 0), 20_000)
+    ref = p.project([g[:5000], g[5000:]])
+    from_bf16 = p.project([g[:5000].bfloat16(), g[5000:].bfloat16()])
+    from_fp64 = p.project([g[:5000].double(), g[5000:]])
+    assert from_bf16.dtype == torch.float32
+    # bf16 keeps 8 mantissa bits: per-coordinate error ~2**-9 relative, random in sign.
+    assert (from_bf16 - ref).norm() / ref.norm() < 2**-7
+    assert torch.allclose(from_fp64, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_bytes_changes_memory_not_vectors(kind):
+    g = _grad(7000)
+    spec = ProjectionSpec(kind, 100, 5)  # 100 is not a multiple of 64
+    cached = make_projector(spec, 7000)
+    regenerated = make_projector(spec, 7000, cache_bytes=0)
+    assert cached.cached and not regenerated.cached
+    assert torch.allclose(cached.project([g[:10], g[10:]]), regenerated.project([g[:10], g[10:]]), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_project_many_equals_stacked_project(kind):
+    grads = [_grad(4000, s) for s in range(5)]
+    p = make_projector(ProjectionSpec(kind, 32, 0), 4000)
+    many = p.project_many([[g[:1000], g[1000:]] for g in grads])
+    one = torch.stack([p.project([g[:1000], g[1000:]]) for g in grads])
+    assert many.shape == (5, 32) and torch.allclose(many, one, atol=1e-4)
+    assert p.project_many([]).shape == (0, 32)
+
+
+def test_project_many_needs_one_chunk_layout_for_dense():
+    p = make_projector(ProjectionSpec("rademacher", 16, 0), 100)
+    with pytest.raises(ValueError, match="chunk sizes"):
+        p.project_many([[torch.zeros(100)], [torch.zeros(50), torch.zeros(50)]])
+
+
+# ----------------------------------------------------------------------------- CPU guard
+
+
+def test_dense_projection_of_a_full_model_is_refused_on_cpu():
+    with pytest.raises(ValueError, match="countsketch"):
+        make_projector(ProjectionSpec("rademacher", 1024, 0), 134_515_008)
+
+
+def test_allow_slow_lifts_the_cpu_guard(monkeypatch):
+    monkeypatch.setattr(projection, "CPU_DENSE_MAX_ENTRIES", 1000)
+    spec = ProjectionSpec("rademacher", 64, 0)
+    with pytest.raises(ValueError, match="allow_slow"):
+        make_projector(spec, 100)
+    slow = make_projector(spec, 100, allow_slow=True)
+    monkeypatch.setattr(projection, "CPU_DENSE_MAX_ENTRIES", 1 << 40)
+    g = _grad(100)
+    assert torch.equal(slow.project([g]), make_projector(spec, 100).project([g]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpu_and_cuda_give_the_same_vectors(kind):
+    g = _grad(50_000)
+    spec = ProjectionSpec(kind, 256, 9)
+    cpu = make_projector(spec, 50_000).project([g[:123], g[123:]])
+    gpu = make_projector(spec, 50_000, device="cuda").project([g[:123].cuda(), g[123:].cuda()])
+    assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- JL quality
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_norms_and_inner_products_are_preserved_approximately(kind):
+    # For a JL map with d = 1024 outputs, ||Px||^2 / ||x||^2 has mean 1 and sd ~ sqrt(2/d)
+    # = 0.044, and <Px, Py> - <x, y> for unit x, y has sd ~ sqrt((1 + <x,y>^2) / d) <= 0.044.
+    # Bounds of 5 sd per pair, and 5 sd / sqrt(m) on the mean of m pairs, are never hit by
+    # chance here, yet a wrong scale or a biased sign would fail them at once.
+    n, dim, m = 20_000, 1024, 20
+    p = make_projector(ProjectionSpec(kind, dim, 1), n)
+    x = l2_normalize(torch.stack([_grad(n, s) for s in range(m)]))  # (m, n)
+    y = l2_normalize(x + 0.7 * l2_normalize(torch.stack([_grad(n, 100 + s) for s in range(m)])))  # correlated
+    px = p.project_many([[r] for r in x])  # (m, dim)
+    py = p.project_many([[r] for r in y])
+    sd = math.sqrt(2 / dim)
+    ratios = px.double().pow(2).sum(1)  # ||x|| = 1
+    assert (ratios - 1).abs().max() < 5 * sd
+    assert abs(ratios.mean() - 1) < 5 * sd / math.sqrt(m)
+    err = (px.double() * py.double()).sum(1) - (x.double() * y.double()).sum(1)
+    assert err.abs().max() < 5 * sd
+    assert abs(err.mean()) < 5 * sd / math.sqrt(m)
+
+
+def test_dense_and_countsketch_g_vendi_agree_and_track_the_exact_score():
+    # 100 gradients of 8000 coordinates with a rank-30 decaying structure: the exact score is
+    # the kernel Vendi of the full gradients (~18.4). Projection to 512 dims distorts each
+    # cosine by ~1/sqrt(512) = 0.044, which shifts the score by a few percent (seeds 0-2
+    # gave 0.05-2.6% between the kinds, at most 3% from the exact score).
+    grads = _lowrank_grads(100, 8000, 30)
+    exact = vendi_from_kernel(grads.double().numpy()).score
+    scores = {}
+    for kind in KINDS:
+        p = make_projector(ProjectionSpec(kind, 512, 0), 8000)
+        scores[kind] = g_vendi(p.project_many([[g] for g in grads])).score
+    assert abs(scores["countsketch"] - scores["rademacher"]) / scores["rademacher"] < 0.05
+    for score in scores.values():
+        assert abs(score - exact) / exact < 0.1
+
+
+# ----------------------------------------------------------------------------- l2_normalize
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]],
+        [[1.0, 1.0, 1.0]],
+        [[-2.0, 0.0]],
+    ],
+)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_l2_normalize_rows(rows, backend):
+    x = np.array(rows) if backend == "numpy" else torch.tensor(rows, dtype=torch.float64)
+    out = l2_normalize(x)
+    assert type(out) is type(x)
+    out_np = np.asarray(out)
+    norms = np.linalg.norm(np.asarray(rows), axis=1)
+    for row, norm, o in zip(rows, norms, out_np):
+        if norm == 0:
+            assert np.all(o == 0)  # zero rows stay zero, never NaN
+        else:
+            assert np.isclose(np.linalg.norm(o), 1.0) and np.allclose(o * norm, row)
+
+
+def test_l2_normalize_keeps_float_dtype_and_floats_integers():
+    assert l2_normalize(np.ones((2, 3), dtype=np.float32)).dtype == np.float32
+    assert l2_normalize(torch.ones(2, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert l2_normalize(np.array([[3, 4]])).tolist() == [[0.6, 0.8]]
+    assert l2_normalize(torch.tensor([3, 4])).dtype == torch.float32  # one (d,) vector
