@@ -81,23 +81,68 @@ def dagster_env(profile: str | None) -> dict[str, str]:
     return env
 
 
+BACKBONE = "seed_samples,gradient_embeddings,gradient_clusters,g_vendi"
+
+
+def _materialize(selection: str, env: dict[str, str], partition: str | None = None) -> tuple[int, float]:
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "--select", selection,
+               "-m", "prismatic_assets.definitions"] + (["--partition", partition] if partition else [])
+    started = time.perf_counter()
+    code = subprocess.call(command, env=env, cwd=PROJECT_ROOT)
+    return code, time.perf_counter() - started
+
+
+def _run_rounds(settings, env: dict[str, str], count: int) -> int:
+    """Add and materialize the next `count` round partitions, one run each, in order."""
+    import dagster as dg
+
+    from prismatic_assets.assets.synthesis import ROUNDS, next_round
+    from prismatic_assets.store.store import MetadataStore
+
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    store = MetadataStore(settings.store_path)
+    with dg.DagsterInstance.get() as instance:
+        for _ in range(count):
+            upcoming = str(next_round(store))
+            if not instance.has_dynamic_partition(ROUNDS.name, upcoming):
+                instance.add_dynamic_partitions(ROUNDS.name, [upcoming])
+            print(f"[rounds] round {upcoming}", flush=True)
+            code, seconds = _materialize("synthesis_round", env, partition=upcoming)
+            if code != 0:
+                print(f"[rounds] round {upcoming} failed after {seconds:.0f} s (exit {code}); its generations are "
+                      f"cached: run the same command again to resume", file=sys.stderr)
+                return code
+            print(f"[rounds] round {upcoming} done in {seconds:.0f} s", flush=True)
+    return 0
+
+
+def _cmd_rounds(args: argparse.Namespace) -> int:
+    from prismatic_assets.settings import load_settings
+
+    settings = load_settings(args.profile)
+    code = _run_rounds(settings, dagster_env(args.profile), args.count)
+    if code == 0:
+        _print_summary(settings)
+    return code
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prismatic_assets.settings import load_settings
 
     settings = load_settings(args.profile)
     env = dagster_env(args.profile)
     os.makedirs(settings.data_path, exist_ok=True)
-    command = [sys.executable, "-m", "dagster", "asset", "materialize", "--select", args.select,
-               "-m", "prismatic_assets.definitions"]
-    print(f"[demo] profile {settings.profile}: materializing {args.select!r} (DAGSTER_HOME={env['DAGSTER_HOME']})",
-          flush=True)
-    started = time.perf_counter()
-    code = subprocess.call(command, env=env, cwd=PROJECT_ROOT)
-    seconds = time.perf_counter() - started
+    print(f"[demo] profile {settings.profile} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
+    timings = {}
+    code, timings["backbone"] = _materialize(BACKBONE, env)
+    if code == 0 and settings.synthesis.demo_rounds:
+        started = time.perf_counter()
+        code = _run_rounds(settings, env, settings.synthesis.demo_rounds)
+        timings["rounds"] = time.perf_counter() - started
     if code != 0:
-        print(f"[demo] materialization failed after {seconds:.0f} s (exit {code}); see the log above", file=sys.stderr)
+        print(f"[demo] failed (exit {code}); see the log above", file=sys.stderr)
         return code
-    print(f"[demo] done in {seconds:.0f} s")
+    print("[demo] wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     _print_summary(settings)
     return 0
 
@@ -142,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="materialize the pipeline through Dagster on a profile")
     demo.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
-    demo.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     demo.set_defaults(func=_cmd_demo)
+
+    rounds = sub.add_parser("rounds", help="run the next N synthesis rounds (one Dagster run each)")
+    rounds.add_argument("count", type=int, nargs="?", default=1, help="how many rounds (default 1)")
+    rounds.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
+    rounds.set_defaults(func=_cmd_rounds)
     return parser
 
 

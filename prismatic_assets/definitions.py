@@ -7,17 +7,24 @@ $PRISMATIC_PROFILE (default "local": resources/local.yaml).
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 
 from prismatic_assets.assets.backbone import build_backbone_assets
+from prismatic_assets.assets.synthesis import build_synthesis_assets
 from prismatic_assets.checks import BACKBONE_CHECKS
-from prismatic_assets.resources import MetadataStoreResource, ProxyModelResource, SeedDataResource
+from prismatic_assets.resources import (GeneratorResource, MetadataStoreResource, ProxyModelResource,
+                                        SeedDataResource)
 from prismatic_assets.settings import Settings, load_settings
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     proxy, projection, seed = settings.proxy, settings.projection, settings.seed
+    generator, teacher = settings.synthesis.generator, settings.synthesis.teacher
     return {
+        "generator": GeneratorResource(**dataclasses.asdict(generator)),
+        "teacher": GeneratorResource(**dataclasses.asdict(teacher)),
         "store": MetadataStoreResource(path=str(settings.store_path)),
         "proxy": ProxyModelResource(model=proxy.model, device=proxy.device, dtype=proxy.dtype, params=proxy.params,
                                     autocast=proxy.autocast, max_length=proxy.max_length,
@@ -30,10 +37,12 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    assets = build_backbone_assets(settings)
+    round_assets, round_jobs, round_schedules = build_synthesis_assets(settings)
     return dg.Definitions(
-        assets=assets,
+        assets=build_backbone_assets(settings) + round_assets,
         asset_checks=BACKBONE_CHECKS,
+        jobs=round_jobs,
+        schedules=round_schedules,
         resources=build_resources(settings),
         executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
     )

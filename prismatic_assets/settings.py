@@ -62,6 +62,44 @@ class ScoreSettings:
 
 
 @dataclass(frozen=True)
+class GeneratorSettings:
+    """An LLM endpoint: the offline vLLM engine, an OpenAI-compatible server, or HF generate."""
+
+    backend: str = "vllm"  # "vllm", "openai" or "transformers"
+    model: str = "packaged:smollm2-135m-instruct"
+    tensor_parallel_size: int = 1  # vllm: GPUs per engine
+    max_model_len: int | None = 2048  # vllm
+    enforce_eager: bool = True  # vllm: skip torch.compile (minutes on a CPU)
+    base_url: str | None = None  # openai: e.g. http://gpu-node:8000/v1 (else $OPENAI_BASE_URL)
+    max_concurrency: int = 8  # openai
+    device: str = "cpu"  # transformers
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """One synthesis round's parameters (the paper's sampling settings are the defaults)."""
+
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    teacher: GeneratorSettings = field(default_factory=GeneratorSettings)
+    requests_per_round: int = 8
+    few_shot: int = 5
+    new_per_request: int = 2
+    strategy: str = "random"  # "random" (the paper) or "sparse_cluster"
+    n_solutions: int = 3
+    min_agree: int = 2
+    problem_temperature: float = 1.0
+    problem_top_p: float = 0.95
+    problem_max_tokens: int = 256
+    solution_temperature: float = 0.75
+    solution_top_p: float = 0.95
+    solution_max_tokens: int = 384
+    ngram: int = 10
+    seed: int = 0
+    eval_sets: tuple[str, ...] = ("holdout",)  # decontaminate against: "holdout" (the seed split)
+    demo_rounds: int = 1  # rounds `prismatic demo` runs after the backbone
+
+
+@dataclass(frozen=True)
 class Settings:
     profile: str = DEFAULT_PROFILE
     data_dir: str = "data"
@@ -70,6 +108,7 @@ class Settings:
     projection: ProjectionSettings = field(default_factory=ProjectionSettings)
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
 
     @property
     def data_path(self) -> Path:
@@ -96,6 +135,8 @@ def _build(cls, values: dict, where: str):
             else known[name].default
         if dataclasses.is_dataclass(default):
             value = _build(type(default), value or {}, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
 

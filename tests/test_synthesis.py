@@ -1,0 +1,553 @@
+"""One synthesis round: the sparse-cluster filter, request planning, a whole round with a
+tiny random-init proxy and scripted LLMs (parse / hygiene / vote / filter plumbing, provenance,
+idempotent re-runs, resume after a crash, round order), and one round on the real vLLM engine.
+
+The scripted generator and teacher are test data for the plumbing: they answer by the
+per-request seed and by markers in the problem text, deterministically, like a seeded LLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from prismatic_assets.core.clustering import Clustering, sparse_cluster_mask, spherical_kmeans
+from prismatic_assets.core.generation import SamplingConfig
+from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
+from prismatic_assets.core.models import model_fingerprint
+from prismatic_assets.core.projection import ProjectionSpec
+from prismatic_assets.core.samples import Sample
+from prismatic_assets.settings import ClusteringSettings
+from prismatic_assets.store import schema as S
+from prismatic_assets.store.store import MetadataStore
+from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary
+from prismatic_assets.synthesis import (LINEAGE_QUERIES, STAGES, RoundOrderError, RoundSettings, judge_candidates,
+                                        plan_requests, request_seed, run_round)
+from prismatic_assets.workflows import embed_samples
+from tests.conftest import make_tiny_llama
+
+# -- (a) the sparse-cluster filter on constructed gradients ------------------------------
+
+
+def _blob(rng, direction: np.ndarray, n: int, noise: float = 0.05) -> np.ndarray:
+    x = direction[None, :] + noise * rng.standard_normal((n, direction.size))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_only_candidates_near_sparse_centroids_are_accepted():
+    rng = np.random.default_rng(0)
+    d = 16
+    eye = np.eye(d)
+    # A pool of one big cluster and four small ones, around known directions. The clustering
+    # is the exact one (centroid = normalized blob mean), so the right answer is known:
+    # sorted sizes 2 3 4 5 30, threshold = sorted[int(5 * 0.5)] = 4, so the blobs of 2 and 3 are sparse.
+    sizes = [30, 2, 3, 4, 5]
+    blobs = [_blob(rng, eye[i], n) for i, n in enumerate(sizes)]
+    centroids = np.stack([b.mean(0) / np.linalg.norm(b.mean(0)) for b in blobs])
+    sparse = sparse_cluster_mask(np.array(sizes), 0.5)
+    assert sparse.tolist() == [False, True, True, False, False]
+    # Two candidates near each centroid: both near a sparse one are accepted (no update between them).
+    candidates = np.concatenate([_blob(rng, eye[i], 2, noise=0.02) for i in range(5)])
+    judged = judge_candidates(candidates, centroids, sparse, np.array(sizes))
+    assert judged.assignments.tolist() == np.repeat(np.arange(5), 2).tolist()
+    assert judged.accepted.tolist() == np.repeat(sparse, 2).tolist()
+    assert judged.cluster_sizes.tolist() == np.repeat(sizes, 2).tolist()
+    assert (judged.similarities > 0.9).all()
+    # The same decision with the centroids spherical k-means finds on this pool.
+    clustering = spherical_kmeans(np.concatenate(blobs), k=5, niter=20, seed=0, sparse_ratio=0.5)
+    again = judge_candidates(candidates, clustering.centroids, clustering.sparse, clustering.sizes)
+    assert again.accepted.tolist() == clustering.sparse[again.assignments].tolist()
+    assert (again.cluster_sizes < np.sort(clustering.sizes)[2]).tolist() == again.accepted.tolist()
+
+
+def test_judge_candidates_edge_cases():
+    centroids = np.eye(3, 4)
+    empty = judge_candidates(np.zeros((0, 4)), centroids, [True, False, False])
+    assert empty.accepted.shape == (0,)
+    with pytest.raises(ValueError, match="one flag per cluster"):
+        judge_candidates(np.ones((1, 4)), centroids, [True, False])
+    with pytest.raises(ValueError, match="width"):
+        judge_candidates(np.ones((1, 4)), np.eye(3, 5), [True, False, False])
+    # Raw (unnormalized) vectors are fine: cosine decides.
+    judged = judge_candidates(np.array([[0.0, 5.0, 0.1, 0.0]]), centroids, [False, True, False])
+    assert judged.assignments.tolist() == [1] and judged.accepted.tolist() == [True]
+
+
+# -- request planning ----------------------------------------------------------------------
+
+
+def _pool_samples(n: int) -> list[Sample]:
+    return [Sample(f"seed:{i:02d}", f"pool problem number {i} about integers", f"solution {i}") for i in range(n)]
+
+
+def _clustering(assignments: list[int], sparse: list[bool]) -> Clustering:
+    a = np.array(assignments)
+    sizes = np.bincount(a, minlength=len(sparse))
+    return Clustering(centroids=np.eye(len(sparse), 4, dtype=np.float32), assignments=a,
+                      similarities=np.ones(len(a), dtype=np.float32), sizes=sizes, sparse=np.array(sparse),
+                      k=len(sparse), niter=20, seed=0, sparse_ratio=0.5)
+
+
+def test_plan_requests_strategies_and_seeds():
+    pool = _pool_samples(20)
+    ids = [s.sample_id for s in pool]
+    # clusters: 0 big (12), 1 small (5), 2 small (3), 3 empty and sparse
+    clustering = _clustering([0] * 12 + [1] * 5 + [2] * 3, [False, True, True, True])
+    members = {c: {i for i, a in zip(ids, clustering.assignments) if a == c} for c in range(4)}
+    settings = RoundSettings(requests_per_round=6, few_shot=3, new_per_request=3, strategy="sparse_cluster")
+    plans = plan_requests(1, pool, ids, clustering, settings)
+    assert [p.strategy for p in plans] == ["sparse_cluster"] * 6
+    assert {p.target_cluster for p in plans} == {1, 2}  # the empty sparse cluster is never a target
+    for p in plans:
+        assert set(p.few_shot_ids) <= members[p.target_cluster] and len(p.few_shot_ids) == 3
+        assert p.sampling.seed == request_seed(settings.seed, 1, p.index)
+        assert "3 new math problems" in p.messages[-1]["content"]
+        shown = re.findall(r"Example \d+:\n(.*)", p.messages[-1]["content"])
+        assert shown == [pool[ids.index(i)].prompt for i in p.few_shot_ids]  # recorded in the order shown
+    assert plans == plan_requests(1, pool, ids, clustering, settings)  # deterministic
+
+    rand = plan_requests(1, pool, ids, clustering, dataclasses.replace(settings, strategy="random"))
+    assert all(p.strategy == "random" and p.target_cluster is None for p in rand)
+    assert any(not set(p.few_shot_ids) <= members[1] | members[2] for p in rand)
+    other_seed = plan_requests(1, pool, ids, clustering, dataclasses.replace(settings, strategy="random", seed=1))
+    other_round = plan_requests(2, pool, ids, clustering, dataclasses.replace(settings, strategy="random"))
+    assert [p.few_shot_ids for p in other_seed] != [p.few_shot_ids for p in rand]
+    assert [p.few_shot_ids for p in other_round] != [p.few_shot_ids for p in rand]
+    assert len({p.sampling.seed for p in rand + other_seed + other_round}) == 18
+
+    no_sparse = _clustering([0] * 10 + [1] * 10, [False, False])
+    fallback = plan_requests(1, pool, ids, no_sparse, settings)
+    assert all(p.strategy == "random" and p.target_cluster is None for p in fallback)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"strategy": "nearest"}, "strategy"),
+    ({"few_shot": 0}, "few_shot"),
+    ({"min_agree": 4}, "min_agree=4 > n_solutions=3"),
+])
+def test_round_settings_are_validated(changes, match):
+    with pytest.raises(ValueError, match=match):
+        RoundSettings(**changes)
+
+
+# -- (b) a whole round with a tiny proxy and scripted LLMs --------------------------------
+
+TOPICS = ["integers", "primes", "polynomials", "triangles", "sequences", "inequalities"]
+POOL_PROBLEMS = [
+    f"Find the number of positive {TOPICS[i % 6]} below {40 + 7 * i} whose digit sum equals {3 + i % 5}."
+    if i % 2 else
+    f"Let a, b be real numbers with a + b = {i + 2} and ab = {i}. Compute the value of a^2 + b^2 for case {i}."
+    for i in range(24)
+]
+EVAL_TEXT = ("Let f be a real function with f(x) + f(1 - x) = 1 for every real number x. "
+             "Compute the sum of f(k/100) for k from 1 to 99.")
+CONTAMINATED = ("Let f be a real function with f(x) + f(1 - x) = 1 for every real number x. "
+                "Find the value of f(1/2) for this function.")
+
+
+def _novel(tag: str, marker: str = "") -> str:
+    n = int(hashlib.sha256(tag.encode()).hexdigest()[:4], 16) % 90 + 10
+    return (f"A {marker}garden path number {tag} has {n} stones, and every second stone is painted red. "
+            f"How many red stones does path {tag} have?")
+
+
+def _tags(*problems: str) -> str:
+    return "Here are the new problems.\n" + "\n".join(f"<problem>\n{p}\n</problem>" for p in problems)
+
+
+def _examples(messages) -> list[str]:
+    return re.findall(r"Example \d+:\n(.*)", messages[-1]["content"])
+
+
+def _script(round: int, seed: int = 0) -> dict:
+    """Problem-generator outputs of round `round`, by per-request sampling seed."""
+    def pool_copy(messages):  # a pool problem that is not among the shown examples (those are dropped by the parser)
+        return next(p for p in POOL_PROBLEMS if p not in _examples(messages))
+
+    outputs = [
+        lambda m: _tags(_novel("0a"), _novel("0b")),
+        lambda m: _tags(_novel("1a"), pool_copy(m)),  # duplicate of the pool
+        lambda m: _tags(_novel("2a"), "  " + _novel("0a").upper() + " "),  # normalized duplicate of 0a
+        lambda m: _tags(_novel("3a"), CONTAMINATED),  # 10-gram overlap with the evaluation text
+        lambda m: "I am not able to write new problems today, sorry.",  # unparsable
+        lambda m: "",  # empty
+        lambda m: _tags(_novel("6a", "tricky "), _novel("6b", "vague ")),  # disagreement, no answer
+        lambda m: _tags(_novel("7a"), _novel("7b", "split ")),  # 2 of 3 agree
+    ]
+    return {request_seed(seed, round, i): out for i, out in enumerate(outputs)}
+
+
+class ScriptedLLM:
+    """A Generator that answers from a script; records every conversation it is asked."""
+
+    def __init__(self, model_name: str, respond) -> None:
+        self.model_name = model_name
+        self.respond = respond
+        self.calls: list[int] = []
+        self.asked: list[list[dict]] = []
+
+    def chat(self, conversations, sampling):
+        samplings = [sampling] * len(conversations) if isinstance(sampling, SamplingConfig) else list(sampling)
+        self.calls.append(len(conversations))
+        self.asked.extend(conversations)
+        return [[self.respond(conv, s, j) for j in range(s.n)] for conv, s in zip(conversations, samplings)]
+
+    def close(self) -> None:
+        pass
+
+
+class Crashing:
+    """Wraps a generator; raises on call number `at` (1-based)."""
+
+    def __init__(self, inner, at: int) -> None:
+        self.inner, self.at, self.n = inner, at, 0
+        self.model_name = inner.model_name
+
+    def chat(self, conversations, sampling):
+        self.n += 1
+        if self.n == self.at:
+            raise RuntimeError("injected crash")
+        return self.inner.chat(conversations, sampling)
+
+    def close(self) -> None:
+        pass
+
+
+def make_generator(seed: int = 0) -> ScriptedLLM:
+    scripts: dict = {}
+    for r in (1, 2, 3):
+        scripts.update(_script(r, seed))
+
+    def respond(messages, sampling, j):
+        out = scripts.get(sampling.seed)
+        if out is None:
+            return _tags(_novel(f"s{sampling.seed}a"), _novel(f"s{sampling.seed}b"))
+        return out(messages)
+    return ScriptedLLM("scripted-generator", respond)
+
+
+def make_teacher() -> ScriptedLLM:
+    def respond(messages, sampling, j):
+        problem = messages[-1]["content"]
+        stones = int(re.search(r"has (\d+) stones", problem).group(1)) if "stones" in problem else 7
+        if "tricky" in problem:
+            return f"Counting carefully gives \\boxed{{{stones + j}}}."
+        if "vague" in problem:
+            return "It depends on how the stones are painted."
+        if "split" in problem and j == 2:
+            return f"Half of them, so \\boxed{{{stones}}}."
+        return f"Every second stone of {stones} is red, so there are \\boxed{{{stones // 2}}} red stones."
+    return ScriptedLLM("scripted-teacher", respond)
+
+
+def _seed_store(path) -> MetadataStore:
+    store = MetadataStore(path)
+    samples = [Sample(f"unit:{i:02d}", p, f"Work it out step by step: the answer is \\boxed{{{i}}}.", answer=str(i),
+                      source="unit", source_ref=f"unit.jsonl:{i + 1}") for i, p in enumerate(POOL_PROBLEMS)]
+    held = [Sample(f"unit:h{i}", f"A held-out problem {i} about squares and cubes.", "done", source="unit")
+            for i in range(3)]
+    store.replace_samples(source="unit", origin="seed", samples=samples + held,
+                          splits={s.sample_id: "holdout" for s in held}, rejections=[], run_id="seed-run")
+    return store
+
+
+@pytest.fixture(scope="module")
+def embedder(packaged_tokenizer):
+    import torch
+
+    # A tiny model's ops are too small to split: on a busy 2-core machine the OpenMP
+    # barriers of 2 threads made each backward pass ~40x slower than 1 thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = make_tiny_llama(packaged_tokenizer)
+    yield GradientEmbedder(model, packaged_tokenizer, ProjectionSpec(dim=32), GradientSpec(max_length=256),
+                           model_fingerprint(model, packaged_tokenizer))
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, embedder):
+    """Copies of one seeded store whose pool gradients are already cached (saves ~6 s a store)."""
+    template = tmp_path_factory.mktemp("template") / "seeded.duckdb"
+    store = _seed_store(template)
+    embed_samples(store.load_samples(where="origin = 'seed' AND split = 'pool'"), embedder, store)
+
+    def copy(path) -> MetadataStore:
+        shutil.copyfile(template, path)
+        return MetadataStore(path)
+    return copy
+
+
+SETTINGS = RoundSettings(requests_per_round=8, chunk_size=2, clustering=ClusteringSettings(ratio=0.25))
+EVAL = {"heldout": [EVAL_TEXT]}
+
+
+def _run(store, embedder, round=1, generator=None, teacher=None, settings=SETTINGS, **kw):
+    return run_round(store, round, generator=generator or make_generator(), teacher=teacher or make_teacher(),
+                     embedder=embedder, settings=settings, eval_texts=EVAL, seed_source="unit", run_id=f"run-{round}",
+                     **kw)
+
+
+def _table(store, table: str, order: str):
+    return store.query(f"SELECT * EXCLUDE (run_id) FROM {table} ORDER BY {order}")
+
+
+def _counts(store) -> dict[str, int]:
+    tables = [S.SAMPLES, S.EMBEDDINGS, S.CLUSTERINGS, S.CLUSTERS, S.CLUSTER_MEMBERS, S.SCORES, S.GENERATIONS,
+              S.SYNTHESIS_REQUESTS, S.SYNTHESIS_CANDIDATES, S.SYNTHESIS_DECISIONS, S.SYNTHESIS_ROUNDS]
+    return {t: int(store.query(f"SELECT count(*) AS n FROM {t}")["n"][0]) for t in tables}
+
+
+@pytest.fixture(scope="module")
+def round_one(tmp_path_factory, seeded, embedder):
+    """Round 1 run once, uninterrupted; shared by the read-only tests below."""
+    store = seeded(tmp_path_factory.mktemp("round1") / "m.duckdb")
+    events: list[tuple[str, int, int]] = []
+    generator, teacher = make_generator(), make_teacher()
+    report = _run(store, embedder, generator=generator, teacher=teacher,
+                  progress=lambda *e: events.append(e))
+    return store, report, events, generator, teacher
+
+
+def test_round_counts_per_stage(round_one):
+    store, report, events, generator, teacher = round_one
+    assert report.round == 1 and report.n_pool == 24 and report.k == 6  # holdout excluded; K = 0.25 * 24
+    assert report.requests == 8 and report.outputs == 8 and report.outputs_cached == 0
+    assert report.problems_asked == 16 and report.problems_parsed == 12
+    assert report.parse_failures == 2 and report.empty_outputs == 1
+    assert (report.duplicates, report.duplicates_pool, report.duplicates_batch) == (2, 1, 1)
+    assert report.contaminated == 1
+    assert report.sent_to_teacher == 9
+    assert report.vote_failures == {"disagreement": 1, "no_answer": 1}
+    assert report.verified == 7
+    assert report.gradient_failures + report.in_dense + report.accepted == report.verified
+    assert report.accepted >= 1, "the fixture should exercise acceptance; adjust the pool if this fails"
+    assert report.llm_requests == {"generator": 8, "teacher": 9}
+    assert generator.calls == [2, 2, 2, 2] and sum(teacher.calls) == 9  # chunk_size=2
+    assert report.acceptance_rate["hygiene"] == pytest.approx(9 / 12)
+    assert report.acceptance_rate["verification"] == pytest.approx(7 / 9)
+    assert report.acceptance_rate["overall"] == pytest.approx(report.accepted / 12)
+    assert 0 < report.n_sparse < report.k and report.sparse_fraction == pytest.approx(report.n_sparse / report.k)
+    assert 0 < report.sparse_coverage <= 1
+    assert report.n_random_control == report.accepted
+    assert report.g_vendi_after >= report.g_vendi_before - 1e-9 or report.accepted == 0
+    assert set(report.seconds) == set(STAGES)
+    assert {e[0] for e in events} >= {"pool", "generate", "solve", "gradients", "write"}
+    assert events[-1] == ("write", 1, 1)
+
+
+def test_round_provenance_for_every_candidate(round_one):
+    store, report, *_ = round_one
+    cands = _table(store, S.SYNTHESIS_CANDIDATES, "candidate_id")
+    decisions = _table(store, S.SYNTHESIS_DECISIONS, "candidate_id")
+    requests = _table(store, S.SYNTHESIS_REQUESTS, "request_id, output_index")
+    assert cands.height == decisions.height == 12
+    assert cands["candidate_id"].to_list() == decisions["candidate_id"].to_list()
+    assert requests.height == 8 and requests["generator_model"].unique().to_list() == ["scripted-generator"]
+    assert requests.filter(requests["status"] != "parsed")["status"].sort().to_list() == ["empty", "parse_failed"]
+    failed = requests.filter(requests["status"] == "parse_failed").row(0, named=True)
+    assert failed["raw_output"].startswith("I am not able") and failed["parse_issues"]
+    assert all(len(ids) == 5 for ids in requests["few_shot_ids"].to_list())
+
+    reasons = dict(zip(decisions["candidate_id"].to_list(), decisions["reason"].to_list()))
+    by_reason = {}
+    for cid, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(cid)
+    assert by_reason["duplicate_pool"] == ["r1:q0001:o0:p1"]
+    assert by_reason["duplicate_batch"] == ["r1:q0002:o0:p1"]
+    assert by_reason["contaminated"] == ["r1:q0003:o0:p1"]
+    assert by_reason["disagreement"] == ["r1:q0006:o0:p0"] and by_reason["no_answer"] == ["r1:q0006:o0:p1"]
+    row = {r["candidate_id"]: r for r in cands.iter_rows(named=True)}
+    assert row["r1:q0001:o0:p1"]["duplicate_of"].startswith("unit:")
+    assert row["r1:q0002:o0:p1"]["duplicate_of"] == "r1:q0000:o0:p0"
+    assert row["r1:q0002:o0:p1"]["duplicate_kind"] == "normalized"
+    assert row["r1:q0003:o0:p1"]["contamination_label"] == "heldout"
+    assert row["r1:q0003:o0:p1"]["teacher_model"] is None  # never sent to the teacher
+    split = row["r1:q0007:o0:p1"]
+    assert split["agreement"] == 2 and split["vote_reason"] == "accepted" and len(split["solutions"]) == 3
+    assert split["majority_answer"] == split["answers"][0]
+    # Every verified candidate has its cluster evidence; the decision follows it.
+    verified = cands.filter(cands["vote_reason"] == "accepted")
+    assert verified.height == 7 and verified["cluster"].null_count() == 0
+    for r in verified.iter_rows(named=True):
+        assert reasons[r["candidate_id"]] == ("sparse_cluster" if r["cluster_is_sparse"] else "dense_cluster")
+
+    accepted = store.query(f"SELECT * FROM {S.SAMPLES} WHERE origin = 'synthetic' ORDER BY sample_id")
+    assert accepted.height == report.accepted
+    assert all(sid.startswith("syn:r1:") for sid in accepted["sample_id"].to_list())
+    assert set(accepted["source"].to_list()) == {"synthesis"} and set(accepted["round"].to_list()) == {1}
+    scores = store.query(f"SELECT scope, value FROM {S.SCORES} ORDER BY scope")
+    assert dict(zip(scores["scope"].to_list(), scores["value"].to_list())) == pytest.approx(
+        {"round:1:after": report.g_vendi_after, "round:1:before": report.g_vendi_before,
+         "round:1:random": report.g_vendi_random})
+    assert round_summary(store, 1)["report"]["accepted"] == report.accepted
+    assert store.query(f"SELECT count(*) AS n FROM {S.CLUSTERINGS} WHERE scope = 'round:1'")["n"][0] == 1
+
+
+def test_lineage_queries(round_one):
+    store, report, *_ = round_one
+    sid = store.query(f"SELECT min(sample_id) AS s FROM {S.SAMPLES} WHERE origin = 'synthetic'")["s"][0]
+    origin = store.query(LINEAGE_QUERIES["sample_origin"], {"sample_id": sid})
+    assert origin.height == 1
+    o = origin.row(0, named=True)
+    assert o["round"] == 1 and o["decision"] == "accepted" and o["cluster_is_sparse"]
+    assert o["generator_model"] == "scripted-generator" and o["teacher_model"] == "scripted-teacher"
+    assert len(o["few_shot_ids"]) == 5 and o["strategy"] == "random" and o["raw_output"]
+    parents = store.query(LINEAGE_QUERIES["sample_parents"], {"sample_id": sid})
+    assert parents["position"].to_list() == [1, 2, 3, 4, 5]
+    assert parents["parent_id"].to_list() == o["few_shot_ids"]
+    assert set(parents["parent_origin"].to_list()) == {"seed"}
+    funnel = store.query(LINEAGE_QUERIES["round_funnel"], {"round": 1})
+    assert funnel["n"].sum() == 12 and funnel["stage"][0] == "hygiene"
+    rejected = store.query(LINEAGE_QUERIES["round_rejections"], {"round": 1})
+    assert rejected.height == 12 - report.accepted
+    fill = store.query(LINEAGE_QUERIES["cluster_fill"], {"round": 1})
+    assert fill.height == report.k and fill["accepted"].sum() == report.accepted
+    assert fill.filter(~fill["is_sparse"])["accepted"].sum() == 0
+
+
+def test_rerun_is_idempotent_and_uses_the_cache(tmp_path, seeded, embedder, round_one):
+    _, first, *_ = round_one
+    store = seeded(tmp_path / "m.duckdb")
+    _run(store, embedder)
+    counts = _counts(store)
+    generator, teacher = make_generator(), make_teacher()
+    again = _run(store, embedder, generator=generator, teacher=teacher)
+    assert _counts(store) == counts
+    assert generator.calls == [] and teacher.calls == []
+    assert again.llm_requests == {"generator": 0, "teacher": 0}
+    assert again.outputs_cached == 8 and again.solutions_cached == 9
+    strip = lambda r: {k: v for k, v in r.as_dict().items() if k not in ("seconds", "llm_requests", "outputs_cached",
+                                                                          "solutions_cached", "run_id")}
+    assert strip(again) == strip(first)
+
+    # Round 2 builds on round 1's accepted samples; re-running round 1 afterwards keeps round 2's rows.
+    second = _run(store, embedder, round=2)
+    assert second.n_pool == 24 + first.accepted
+    assert completed_rounds(store) == [1, 2]
+    n_round2 = store.query(f"SELECT count(*) AS n FROM {S.SYNTHESIS_CANDIDATES} WHERE round = 2")["n"][0]
+    _run(store, embedder, round=1)
+    assert store.query(f"SELECT count(*) AS n FROM {S.SYNTHESIS_CANDIDATES} WHERE round = 2")["n"][0] == n_round2
+    parents = store.query(f"SELECT DISTINCT unnest(few_shot_ids) AS id FROM {S.SYNTHESIS_REQUESTS} WHERE round = 2")
+    pool_ids = set(store.query(f"SELECT sample_id FROM {S.SAMPLES} WHERE split = 'pool' AND "
+                               f"(origin = 'seed' OR round < 2)")["sample_id"].to_list())
+    assert set(parents["id"].to_list()) <= pool_ids
+
+
+def test_resume_after_crash_calls_only_for_missing_outputs(tmp_path, seeded, embedder, round_one):
+    reference_store, reference, *_ = round_one
+    store = seeded(tmp_path / "m.duckdb")
+    # Crash while generating problems: the first two chunks (4 requests) are persisted.
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _run(store, embedder, generator=Crashing(make_generator(), at=3))
+    assert completed_rounds(store) == []
+    assert store.query(f"SELECT count(*) AS n FROM {S.SYNTHESIS_CANDIDATES}")["n"][0] == 0
+    assert store.query(f"SELECT count(*) AS n FROM {S.GENERATIONS}")["n"][0] == 4
+    # Crash while solving: the generator is asked only for the 4 missing requests; one teacher chunk persists.
+    generator = make_generator()
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _run(store, embedder, generator=generator, teacher=Crashing(make_teacher(), at=2))
+    assert generator.calls == [2, 2]
+    assert generator.asked == stored_messages(reference_store, request_indices=[4, 5, 6, 7])
+    # Resume: only the 7 unsolved problems go to the teacher, nothing to the generator.
+    generator, teacher = make_generator(), make_teacher()
+    report = _run(store, embedder, generator=generator, teacher=teacher)
+    assert generator.calls == [] and sum(teacher.calls) == 7
+    assert report.llm_requests == {"generator": 0, "teacher": 7}
+    # The result equals the uninterrupted run's.
+    for table, order in [(S.SYNTHESIS_REQUESTS, "request_id, output_index"),
+                         (S.SYNTHESIS_CANDIDATES, "candidate_id"), (S.SYNTHESIS_DECISIONS, "candidate_id")]:
+        assert _table(store, table, order).equals(_table(reference_store, table, order)), table
+    sql = f"SELECT sample_id, prompt, response, answer, meta FROM {S.SAMPLES} WHERE origin = 'synthetic' ORDER BY 1"
+    assert store.query(sql).equals(reference_store.query(sql))
+    for key in ("accepted", "g_vendi_before", "g_vendi_after", "g_vendi_random", "clustering_id", "k"):
+        assert getattr(report, key) == getattr(reference, key), key
+
+
+def stored_messages(store: MetadataStore, request_indices: list[int]) -> list[list[dict]]:
+    """The problem-request messages the reference run stored for these request indices."""
+    rows = store.query(f"SELECT g.messages FROM {S.SYNTHESIS_REQUESTS} q JOIN {S.GENERATIONS} g USING (gen_key) "
+                       f"WHERE q.round = 1 AND q.request_index IN ({','.join(map(str, request_indices))}) "
+                       f"ORDER BY q.request_index")
+    return [json.loads(m) for m in rows["messages"].to_list()]
+
+
+def test_round_order_is_enforced(tmp_path, seeded, embedder):
+    store = seeded(tmp_path / "m.duckdb")
+    generator = make_generator()
+    with pytest.raises(RoundOrderError, match="run round 1 first"):
+        _run(store, embedder, round=2, generator=generator)
+    with pytest.raises(ValueError, match="numbered 1, 2, 3"):
+        _run(store, embedder, round=0)
+    assert generator.calls == []
+    empty = MetadataStore(tmp_path / "empty.duckdb")
+    with pytest.raises(RuntimeError, match="materialize seed_samples first"):
+        _run(empty, embedder)
+
+
+def test_parameters_change_the_round(tmp_path, seeded, embedder, round_one):
+    """min_agree, strategy and eval_texts each change the outcome."""
+    _, base, *_ = round_one
+    store = seeded(tmp_path / "m.duckdb")
+    strict = _run(store, embedder, settings=dataclasses.replace(SETTINGS, min_agree=3))
+    assert strict.vote_failures == {"disagreement": 2, "no_answer": 1} and strict.verified == base.verified - 1
+
+    store = seeded(tmp_path / "m2.duckdb")
+    sparse = _run(store, embedder, settings=dataclasses.replace(SETTINGS, strategy="sparse_cluster"))
+    targets = store.query(f"SELECT DISTINCT target_cluster FROM {S.SYNTHESIS_REQUESTS}")["target_cluster"].to_list()
+    sparse_clusters = store.query(f"SELECT cluster FROM {S.CLUSTERS} c JOIN {S.CLUSTERINGS} g USING (clustering_id) "
+                                  f"WHERE g.scope = 'round:1' AND c.is_sparse AND c.size > 0")["cluster"].to_list()
+    assert sparse.strategy == "sparse_cluster" and set(targets) <= set(sparse_clusters) and None not in targets
+
+    store = seeded(tmp_path / "m3.duckdb")
+    no_eval = run_round(store, 1, generator=make_generator(), teacher=make_teacher(), embedder=embedder,
+                        settings=SETTINGS, eval_texts=None, seed_source="unit")
+    assert no_eval.contaminated == 0 and no_eval.sent_to_teacher == base.sent_to_teacher + 1
+
+
+# -- (c) the real vLLM CPU engine as generator and teacher --------------------------------
+
+
+@pytest.mark.integration
+def test_round_with_the_real_vllm_engine(tmp_path, seeded, embedder):
+    from prismatic_assets.core.generation import VLLMGenerator
+    from prismatic_assets.core.models import PACKAGED_MODEL
+
+    store = seeded(tmp_path / "m.duckdb")
+    settings = dataclasses.replace(
+        SETTINGS, requests_per_round=2,
+        problem_sampling=SamplingConfig(n=1, temperature=1.0, top_p=0.95, max_tokens=160),
+        solution_sampling=SamplingConfig(n=3, temperature=0.75, top_p=0.95, max_tokens=128))
+    llm = VLLMGenerator(PACKAGED_MODEL, dtype="float32", max_model_len=1024, engine_kwargs={"enforce_eager": True})
+    try:
+        report = run_round(store, 1, generator=llm, teacher=llm, embedder=embedder, settings=settings,
+                           eval_texts=EVAL, seed_source="unit", run_id="vllm")
+    finally:
+        llm.close()
+    # SmolLM2-135M rarely writes verifiable problems: check the bookkeeping, not the yield.
+    assert report.requests == report.outputs == 2 and report.llm_requests["generator"] == 2
+    assert report.problems_parsed == report.duplicates + report.contaminated + report.sent_to_teacher
+    assert report.llm_requests["teacher"] == report.sent_to_teacher
+    assert report.sent_to_teacher == report.verified + sum(report.vote_failures.values())
+    assert report.verified == report.gradient_failures + report.in_dense + report.accepted
+    requests = store.query(f"SELECT * FROM {S.SYNTHESIS_REQUESTS}")
+    assert requests.height == 2 and set(requests["generator_model"].to_list()) == {PACKAGED_MODEL}
+    assert all(r for r in requests["raw_output"].to_list())  # raw text kept, parsed or not
+    n_candidates = store.query(f"SELECT count(*) AS n FROM {S.SYNTHESIS_CANDIDATES}")["n"][0]
+    n_decisions = store.query(f"SELECT count(*) AS n FROM {S.SYNTHESIS_DECISIONS}")["n"][0]
+    assert n_candidates == n_decisions == report.problems_parsed
+    solved = store.query(f"SELECT solutions FROM {S.SYNTHESIS_CANDIDATES} WHERE teacher_model IS NOT NULL")
+    assert all(len(s) == 3 for s in solved["solutions"].to_list())
+    assert completed_rounds(store) == [1]
+    # A re-run is served from the generation cache: the engine never starts.
+    idle = VLLMGenerator(PACKAGED_MODEL, dtype="float32", max_model_len=1024, engine_kwargs={"enforce_eager": True})
+    again = run_round(store, 1, generator=idle, teacher=idle, embedder=embedder, settings=settings,
+                      eval_texts=EVAL, seed_source="unit", run_id="vllm-again")
+    assert not idle.started and again.llm_requests == {"generator": 0, "teacher": 0}
+    assert again.problems_parsed == report.problems_parsed and again.accepted == report.accepted
