@@ -139,6 +139,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         code = _run_rounds(settings, env, settings.synthesis.demo_rounds)
         timings["rounds"] = time.perf_counter() - started
+    if code == 0:
+        code, timings["distill+evaluation"] = _materialize("distilled_model,student_evaluation", env)
     if code != 0:
         print(f"[demo] failed (exit {code}); see the log above", file=sys.stderr)
         return code

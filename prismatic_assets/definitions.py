@@ -12,17 +12,21 @@ import dataclasses
 import dagster as dg
 
 from prismatic_assets.assets.backbone import build_backbone_assets
+from prismatic_assets.assets.distillation import build_distillation_assets
 from prismatic_assets.assets.synthesis import build_synthesis_assets
 from prismatic_assets.checks import BACKBONE_CHECKS
 from prismatic_assets.resources import (GeneratorResource, MetadataStoreResource, ProxyModelResource,
                                         SeedDataResource)
 from prismatic_assets.settings import Settings, load_settings
+from prismatic_assets.tracking_resource import TrackerResource
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     proxy, projection, seed = settings.proxy, settings.projection, settings.seed
     generator, teacher = settings.synthesis.generator, settings.synthesis.teacher
     return {
+        "tracker": TrackerResource(data_dir=str(settings.data_path), tracking_uri=settings.tracking.tracking_uri,
+                                   experiment=settings.tracking.experiment),
         "generator": GeneratorResource(**dataclasses.asdict(generator)),
         "teacher": GeneratorResource(**dataclasses.asdict(teacher)),
         "store": MetadataStoreResource(path=str(settings.store_path)),
@@ -39,7 +43,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 def build_definitions(settings: Settings) -> dg.Definitions:
     round_assets, round_jobs, round_schedules = build_synthesis_assets(settings)
     return dg.Definitions(
-        assets=build_backbone_assets(settings) + round_assets,
+        assets=build_backbone_assets(settings) + round_assets + build_distillation_assets(settings),
         asset_checks=BACKBONE_CHECKS,
         jobs=round_jobs,
         schedules=round_schedules,

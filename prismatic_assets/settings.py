@@ -100,6 +100,43 @@ class SynthesisSettings:
 
 
 @dataclass(frozen=True)
+class DistillSettings:
+    """The student and its supervised fine-tuning (TRL's SFTTrainer)."""
+
+    student: str = "packaged:smollm2-135m-instruct"
+    rounds: str = "all"  # "all", "none" (seed only) or a comma list such as "1,2"
+    max_steps: int = 20
+    learning_rate: float = 5e-5
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    bf16: bool = False
+    save_steps: int = 5
+    seed: int = 0
+    registered_name: str = "prismatic-student"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Held-out evaluation: the seed hold-out split, an offline GSM8K-style set, benchmark files."""
+
+    backend: str = "vllm"  # how the students generate: "vllm" or "transformers"
+    gsm_symbolic: int = 30  # problems from reasoning-gym's gsm_symbolic (0 = none)
+    gsm_symbolic_seed: int = 1234
+    holdout: bool = True  # evaluate on the seed hold-out split
+    files: tuple[str, ...] = ()  # JSONL/Parquet benchmark files (problem, answer), e.g. MATH500
+    max_tokens: int = 384
+    max_model_len: int = 2048
+    tensor_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under data_dir
+    experiment: str = "prismatic"
+
+
+@dataclass(frozen=True)
 class Settings:
     profile: str = DEFAULT_PROFILE
     data_dir: str = "data"
@@ -109,6 +146,9 @@ class Settings:
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
     def data_path(self) -> Path:

@@ -20,6 +20,7 @@ from prismatic_assets.settings import Settings
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.synthesis_tables import completed_rounds
 from prismatic_assets.synthesis import RoundSettings, run_round
+from prismatic_assets.tracking_resource import TrackerResource
 
 GROUP = "synthesis"
 ROUNDS = dg.DynamicPartitionsDefinition(name="synthesis_rounds")
@@ -55,7 +56,7 @@ def build_synthesis_assets(settings: Settings):
     def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot,
                         gradient_embeddings: EmbeddingSnapshot, store: MetadataStoreResource,
                         proxy: ProxyModelResource, generator: GeneratorResource,
-                        teacher: GeneratorResource) -> dg.MaterializeResult:
+                        teacher: GeneratorResource, tracker: TrackerResource) -> dg.MaterializeResult:
         round_number = int(context.partition_key)
         db = store.open()
         holdout = db.load_samples(seed_samples.holdout_ids) if "holdout" in settings.synthesis.eval_sets else []
@@ -86,6 +87,28 @@ def build_synthesis_assets(settings: Settings):
             "before": history["g_vendi_before"].to_list()}, "round", "G-Vendi", "G-Vendi per round")
         acc_png = plots.bars_png([str(r) for r in history["round"].to_list()], history["accepted"].to_list(),
                                  "accepted samples", "Accepted per round")
+        mlflow = tracker.tracker()
+        mlflow_run = mlflow.start_run(f"round-{round_number}", tags={"dagster_run_id": context.run_id,
+                                                                     "stage": "synthesis", "round": round_number})
+        mlflow.log_params(mlflow_run, {"round": round_number, "generator": gen.model_name, "teacher": tea.model_name,
+                                       **{k: v for k, v in rs.__dict__.items() if not k.endswith("sampling")},
+                                       "problem_sampling": rs.problem_sampling.key(),
+                                       "solution_sampling": rs.solution_sampling.key()})
+        mlflow.log_metrics(mlflow_run, {
+            "g_vendi/before": report.g_vendi_before, "g_vendi/after": report.g_vendi_after,
+            "g_vendi/random_control": report.g_vendi_random, "pool/before": report.n_pool,
+            "pool/after": report.n_pool + report.accepted, "count/requests": report.requests,
+            "count/parsed": report.problems_parsed, "count/duplicates": report.duplicates,
+            "count/contaminated": report.contaminated, "count/verified": report.verified,
+            "count/accepted": report.accepted, "clusters/k": report.k, "clusters/sparse": report.n_sparse,
+            "clusters/sparse_coverage": report.sparse_coverage,
+            **{f"acceptance/{k}": v for k, v in report.acceptance_rate.items()}}, step=round_number)
+        for name, png in (("g_vendi_per_round.png", gv_png), ("accepted_per_round.png", acc_png)):
+            path = settings.data_path / "plots" / f"round-{round_number}-{name}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png)
+            mlflow.log_artifact(mlflow_run, path, "plots")
+        mlflow.end_run(mlflow_run)
         context.log.info(f"round {round_number}: accepted {report.accepted} of {report.problems_parsed} parsed "
                          f"problems; G-Vendi {report.g_vendi_before:.3f} -> {report.g_vendi_after:.3f} "
                          f"(random control {report.g_vendi_random:.3f})")
@@ -111,6 +134,8 @@ def build_synthesis_assets(settings: Settings):
             "g_vendi_after": dg.MetadataValue.float(report.g_vendi_after),
             "g_vendi_random_control": report.g_vendi_random,
             "seconds_by_stage": dg.MetadataValue.json({k: round(v, 1) for k, v in report.seconds.items()}),
+            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(mlflow_run)),
+            "mlflow_run_id": mlflow_run,
             "generator": gen.model_name,
             "teacher": tea.model_name,
             "g_vendi_per_round": dg.MetadataValue.md(plots.markdown_image(gv_png, "G-Vendi per round")),

@@ -17,6 +17,7 @@ CLUSTERS = "clusters"
 CLUSTER_MEMBERS = "cluster_members"
 SCORES = "scores"
 MIGRATIONS = "schema_migrations"
+EVAL_RESULTS = "eval_results"
 # Synthesis rounds (migration 2).
 GENERATIONS = "generation_cache"
 SYNTHESIS_REQUESTS = "synthesis_requests"
@@ -222,6 +223,25 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             report          JSON NOT NULL,        -- the full RoundReport
             run_id          VARCHAR,
             finished_at     TIMESTAMP DEFAULT current_timestamp
+        );
+    """),
+    Migration(3, "evaluation: per-problem results of each evaluated model", f"""
+        CREATE TABLE {EVAL_RESULTS} (
+            evaluation_id   VARCHAR NOT NULL,     -- one evaluation of one model on the eval set
+            model_role      VARCHAR NOT NULL,     -- 'base' | 'distilled'
+            model           VARCHAR NOT NULL,     -- path or id of the evaluated model
+            mlflow_run_id   VARCHAR,
+            sample_id       VARCHAR NOT NULL,
+            benchmark       VARCHAR NOT NULL,
+            completion      INTEGER NOT NULL,
+            problem         VARCHAR NOT NULL,
+            response        VARCHAR NOT NULL,
+            extracted       VARCHAR,
+            gold            VARCHAR NOT NULL,
+            correct         BOOLEAN NOT NULL,
+            run_id          VARCHAR,
+            created_at      TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (evaluation_id, sample_id, completion)
         );
     """),
 )

@@ -1,0 +1,516 @@
+"""Supervised fine-tuning (distillation) of a student model on synthesized samples, with TRL.
+
+What it does: turns `Sample`s into a conversational prompt-completion dataset (user turn =
+problem, assistant turn = solution), trains with TRL's `SFTTrainer` with the loss on the
+assistant tokens only, checkpoints every `save_steps`, resumes from the last complete
+checkpoint, and saves the final model and tokenizer atomically to ``output_dir/final``
+(LoRA adapters are merged first, so `final` is a plain model folder that transformers and
+vLLM load). What it does not: track anything in MLflow (see `tracking`), evaluate (see
+`evaluation`), or loop over batches itself (the Trainer does).
+
+Prompt masking. SmolLM2's ChatML template has no ``{% generation %}`` markers, and TRL 1.16
+only patches templates it recognizes, so ``assistant_only_loss=True`` fails for it. We use
+the prompt-completion route instead: TRL tokenizes ``prompt`` (with the generation prompt)
+and ``prompt + completion``, and with ``completion_only_loss=True`` sets the label of every
+token of the common prefix (system turn, user turn, ``<|im_start|>assistant\\n``) to -100.
+This works for any chat template; `tests/core/test_sft.py` checks it token by token.
+
+Output layout::
+
+    output_dir/
+      prismatic_sft.json     what this run is (settings, base model, data digest): resume key
+      checkpoint-10/ ...     Trainer checkpoints (weights, optimizer, scheduler, RNG, state)
+      final/                 model + tokenizer + prismatic_sft.json, written by rename
+
+Local profile (the defaults): SmolLM2-135M-Instruct, fp32, 10 steps of 2 samples, max 512
+tokens (CHAMP samples average ~300 tokens), a checkpoint every 5 steps, only the newest
+kept (a SmolLM2 checkpoint with optimizer state is ~1.6 GB; the Trainer deletes the older
+one only after the newer is complete). Measured on 2 shared Zen 4 cores: one step at batch
+4 x ~512 tokens costs ~65 CPU-seconds (~130 s wall on the loaded machine, ~35 s when the
+two cores are free); about 40% of it is TRL's chunked LM-head loss, which avoids
+materializing logits (a GPU memory win, a CPU time loss). So the default run takes about 2
+minutes on two free cores. Keep ``bf16=False`` on CPU: bf16 autocast made the step many
+times slower here (the vocabulary projection's bf16 matmuls), unlike on GPUs.
+
+GPU profile (paper-scale student, e.g. Qwen2.5-Math-7B): set ``bf16=True``,
+``gradient_checkpointing=True``, a per-device batch that fits (e.g. 4) and
+``gradient_accumulation_steps`` so that devices x batch x accumulation is the global batch
+you want (e.g. 8 GPUs x 4 x 4 = 128), ``max_length=16384`` for long reasoning traces, and
+``learning_rate=1e-5``/``warmup_ratio=0.03`` or so. Multi-GPU is data parallel through
+accelerate; `train_sft` runs unchanged in every process (the Trainer handles the rank)::
+
+    accelerate launch --num_processes 8 -m prismatic_assets.cli sft ...   # or
+    torchrun --nproc_per_node 8 your_script.py                            # calls train_sft
+
+Add ``--config_file`` with a DeepSpeed ZeRO-3 or FSDP accelerate config (TRL ships
+examples in ``trl/accelerate_configs``) when the model and optimizer do not fit one GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from transformers import TrainerCallback
+
+from prismatic_assets.core.samples import Sample
+
+__all__ = [
+    "FINAL_DIR",
+    "RUN_INFO_FILE",
+    "SFT_ALGORITHM_VERSION",
+    "ProgressFn",
+    "SFTResult",
+    "SFTSettings",
+    "build_sft_config",
+    "build_trainer",
+    "complete_checkpoints",
+    "samples_to_dataset",
+    "train_sft",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bump when data formatting or masking changes: it is part of the resume key.
+SFT_ALGORITHM_VERSION = 1
+FINAL_DIR = "final"
+RUN_INFO_FILE = "prismatic_sft.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+#: A plain progress hook: called with (global step, training loss) at every logging step.
+ProgressFn = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """Training settings. Defaults are the local CPU profile (a few minutes for SmolLM2-135M).
+
+    `max_steps` optimizer steps (the data is repeated as needed); the global batch is
+    `per_device_batch_size` x `gradient_accumulation_steps` x number of processes.
+    `max_length` truncates each tokenized sample at its end (samples whose prompt alone
+    fills it are dropped by TRL: they have no response token left to learn from).
+    `warmup_ratio` is the fraction of `max_steps` of linear warm-up before the
+    `lr_scheduler_type` schedule. `bf16` trains with bf16 autocast (CPU or GPU).
+    `seed` seeds initialisation of new weights (LoRA), dropout and the data order.
+    `save_steps` / `save_total_limit`: checkpoint every n steps, keep the newest n.
+    `lora`: train a LoRA adapter (`lora_r`, `lora_alpha`, `lora_dropout` on
+    `lora_target_modules`) instead of all weights; it is merged into `final`.
+    """
+
+    max_steps: int = 10
+    learning_rate: float = 2e-5
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "cosine"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_steps: int = 5
+    save_total_limit: int | None = 1
+    logging_steps: int = 1
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "max_length",
+                    "save_steps", "logging_steps", "lora_r", "lora_alpha")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SFTSettings.{name}={value!r}: must be an integer >= 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"SFTSettings.learning_rate={self.learning_rate}: must be > 0 (e.g. 2e-5)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"SFTSettings.warmup_ratio={self.warmup_ratio}: must be in [0, 1) (e.g. 0.1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"SFTSettings.weight_decay={self.weight_decay}: must be >= 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"SFTSettings.lora_dropout={self.lora_dropout}: must be in [0, 1)")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"SFTSettings.save_total_limit={self.save_total_limit}: use None to keep all, or >= 1")
+        if self.lora and not self.lora_target_modules:
+            raise ValueError("SFTSettings.lora_target_modules is empty: name the modules to adapt, e.g. ('q_proj', 'v_proj')")
+        # Frozen dataclass: normalise a list given by a config system to a tuple.
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+
+    def resume_relevant(self) -> dict[str, Any]:
+        """The settings that change the trained weights (checkpoint/log cadence does not)."""
+        d = asdict(self)
+        for name in ("save_steps", "save_total_limit", "logging_steps"):
+            d.pop(name)
+        d["lora_target_modules"] = list(self.lora_target_modules)
+        return d
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """What a training call produced.
+
+    `loss_history`: (global step, training loss) at every logging step, including the
+    steps done before a resume (restored from the checkpoint's trainer state).
+    `steps`: global step reached. `train_samples`: samples in the training set after TRL's
+    preparation; `dropped_samples` were removed because truncation left no response token.
+    `resumed_from`: the checkpoint folder training resumed from, else None.
+    `seconds`: wall time of this call's training (excluding loading).
+    """
+
+    final_model_dir: Path
+    loss_history: list[tuple[int, float]]
+    steps: int
+    train_samples: int
+    dropped_samples: int
+    resumed_from: Path | None
+    seconds: float
+    run_key: str
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def samples_to_dataset(samples: Sequence[Sample]):
+    """A conversational prompt-completion `datasets.Dataset`: user = prompt, assistant = response."""
+    from datasets import Dataset
+
+    if not samples:
+        raise ValueError("no training samples: train_sft needs at least one Sample with a response")
+    rows = []
+    for s in samples:
+        if not s.prompt.strip() or not s.response.strip():
+            raise ValueError(
+                f"sample {s.sample_id!r} ({s.source_ref or s.source}): empty prompt or response; "
+                "filter such samples out before training"
+            )
+        rows.append({
+            "prompt": [{"role": "user", "content": s.prompt}],
+            "completion": [{"role": "assistant", "content": s.response}],
+        })
+    return Dataset.from_list(rows)
+
+
+def _data_digest(samples: Sequence[Sample]) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(s.sample_id.encode())
+        h.update(b"\0")
+        h.update(s.content_hash.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _run_info(model_path: str, samples: Sequence[Sample], settings: SFTSettings) -> dict[str, Any]:
+    info = {
+        "algorithm_version": SFT_ALGORITHM_VERSION,
+        "base_model": model_path,
+        "data_digest": _data_digest(samples),
+        "num_samples": len(samples),
+        "settings": settings.resume_relevant(),
+    }
+    info["run_key"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    return info
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is racy)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def build_sft_config(settings: SFTSettings, output_dir: Path):
+    """The `trl.SFTConfig` for `settings` (every TRL default we rely on is set explicitly)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.per_device_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_length,
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of max_steps
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        bf16=settings.bf16,
+        fp16=False,
+        # transformers refuses bf16 without a GPU unless told to train on the CPU.
+        use_cpu=not _accelerator_available(),
+        gradient_checkpointing=settings.gradient_checkpointing,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=settings.logging_steps,
+        # Loss on the completion (assistant turn) only: see the module docstring.
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        packing=False,
+        # Never let transformers start an MLflow/W&B run behind our back (tracking.py does it).
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()  # pragma: no cover - torch < 2.6
+
+
+def _peft_config(settings: SFTSettings):
+    if not settings.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoint folders whose trainer state was written (the Trainer writes it last), oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found: list[tuple[int, Path]] = []
+    for child in output_dir.iterdir():
+        m = _CHECKPOINT.match(child.name)
+        if not m or not child.is_dir():
+            continue
+        try:
+            state = json.loads((child / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("ignoring incomplete checkpoint %s (no readable trainer_state.json)", child)
+            continue
+        if state.get("global_step") != int(m.group(1)):
+            log.warning("ignoring checkpoint %s: its trainer state is at step %s", child, state.get("global_step"))
+            continue
+        found.append((int(m.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def _prepare_output_dir(output_dir: Path, info: dict[str, Any], resume: bool) -> Path | None:
+    """Check the resume key and return the checkpoint to resume from (None: start fresh).
+
+    With `resume=False` old checkpoints are deleted, so that a later resume cannot pick up
+    a checkpoint of an earlier run with a higher step number.
+    """
+    info_path = output_dir / RUN_INFO_FILE
+    checkpoints = complete_checkpoints(output_dir)
+    stale = [p for p in output_dir.glob("checkpoint-*") if p.is_dir()] if output_dir.is_dir() else []
+    if resume and checkpoints:
+        try:
+            previous = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("run_key") != info["run_key"]:
+            changed = sorted(
+                k for k in set(previous) | set(info)
+                if k != "run_key" and previous.get(k) != info.get(k)
+            )
+            raise ValueError(
+                f"{output_dir} holds checkpoints of a different training run (differs in: "
+                f"{', '.join(changed) or 'unknown: ' + RUN_INFO_FILE + ' is missing'}); "
+                "pass resume=False to discard them and start over, or choose another output_dir"
+            )
+        return checkpoints[-1]
+    for path in stale:
+        shutil.rmtree(path)
+    _write_json_atomic(info_path, info)
+    return None
+
+
+def _save_final_atomic(trainer, tokenizer, output_dir: Path, info: dict[str, Any]) -> Path:
+    """Save the (merged) model and tokenizer to a temp folder, then rename it to `final`."""
+    final = output_dir / FINAL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-tmp-", dir=output_dir))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; `final` should not be
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(model, "merge_and_unload"):  # a PEFT model: bake the adapter in
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _write_json_atomic(tmp / RUN_INFO_FILE, info)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-old-", dir=output_dir))
+            os.replace(final, old / FINAL_DIR)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+class _ProgressCallback(TrainerCallback):
+    """Adapts a plain `fn(step, loss)` to the Trainer's callback interface."""
+
+    def __init__(self, fn: ProgressFn) -> None:
+        self.fn = fn
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.fn(int(state.global_step), float(logs["loss"]))
+
+
+CallbackLike = Union[TrainerCallback, ProgressFn]
+
+
+def _as_callbacks(callbacks: CallbackLike | Sequence[CallbackLike] | None) -> list[TrainerCallback]:
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, TrainerCallback) or callable(callbacks):
+        callbacks = [callbacks]  # type: ignore[list-item]
+    out: list[TrainerCallback] = []
+    for cb in callbacks:  # type: ignore[union-attr]
+        if isinstance(cb, TrainerCallback) or (isinstance(cb, type) and issubclass(cb, TrainerCallback)):
+            out.append(cb)
+        elif callable(cb):
+            out.append(_ProgressCallback(cb))
+        else:
+            raise TypeError(f"callback {cb!r}: pass a transformers TrainerCallback or a callable(step, loss)")
+    return out
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _load_student(model_path: str, settings: SFTSettings):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prismatic_assets.core.models import resolve_model
+
+    path = resolve_model(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the tokenizer of {model_path} has no chat template; train an instruction-tuned "
+            "model or save a tokenizer with a chat template into the model folder"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # fp32 master weights; `bf16=True` autocasts the compute (mixed precision).
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    return model, tokenizer
+
+
+def build_trainer(model, tokenizer, dataset, output_dir: Path, settings: SFTSettings,
+                  callbacks: CallbackLike | Sequence[CallbackLike] | None = None):
+    """The `trl.SFTTrainer` that `train_sft` runs (its `train_dataset` holds the tokenized,
+    label-masked examples: useful to inspect what the loss sees)."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=build_sft_config(settings, output_dir),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_peft_config(settings),
+        callbacks=_as_callbacks(callbacks),
+    )
+
+
+def train_sft(
+    model_path: str,
+    samples: Sequence[Sample],
+    output_dir: Path,
+    settings: SFTSettings = SFTSettings(),
+    resume: bool = True,
+    callbacks: CallbackLike | Sequence[CallbackLike] | None = None,
+) -> SFTResult:
+    """Fine-tune `model_path` on `samples` and save the result to ``output_dir/final``.
+
+    `model_path`: a model folder, hub id or `models.PACKAGED_MODEL`. `resume`: continue from
+    the last complete checkpoint in `output_dir` when there is one and it belongs to the same
+    run (same base model, data and training settings; else a ValueError says what differs);
+    with False, existing checkpoints are deleted and training starts at step 0.
+    `callbacks`: TrainerCallbacks and/or plain `fn(step, loss)` progress hooks.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dataset = samples_to_dataset(samples)
+    info = _run_info(model_path, samples, settings)
+    resume_from = _prepare_output_dir(output_dir, info, resume)
+
+    model, tokenizer = _load_student(model_path, settings)
+    trainer = build_trainer(model, tokenizer, dataset, output_dir, settings, callbacks)
+    train_samples = len(trainer.train_dataset)
+    if train_samples == 0:
+        raise ValueError(
+            f"no sample has a response token within max_length={settings.max_length}: "
+            "raise SFTSettings.max_length or shorten the prompts"
+        )
+    if resume_from is not None:
+        log.info("resuming SFT from %s", resume_from)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - start
+
+    final = _save_final_atomic(trainer, tokenizer, output_dir, info)
+    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    return SFTResult(
+        final_model_dir=final,
+        loss_history=history,
+        steps=int(trainer.state.global_step),
+        train_samples=train_samples,
+        dropped_samples=len(samples) - train_samples,
+        resumed_from=resume_from,
+        seconds=seconds,
+        run_key=info["run_key"],
+    )
