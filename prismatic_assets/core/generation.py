@@ -235,6 +235,11 @@ _VLLM_MISSING = ("vLLM is not installed: install the `cpu` extra on CPU machines
 #: RAM and refuses to start on a shared machine.
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "2"}
 
+#: Engine arguments vLLM gets on CPU unless engine_kwargs sets them. torch.compile made the
+#: engine start take 350 s instead of 48 s on a 2-core Zen 4 with no faster decoding
+#: (SmolLM2-135M, benchmarks/bench_generation.py --compile).
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True}
+
 _SPAWN_LOCK = threading.Lock()
 
 
@@ -247,7 +252,9 @@ def _spawn_without_main() -> Iterator[None]:
     top level, without an `if __name__ == "__main__":` guard, would start a second engine in
     the child and fail. vLLM's process targets live in `vllm.*`, so the child does not need
     the main module: drop it from the preparation data of vLLM's processes (named
-    EngineCore*/VllmWorker*). Other processes spawned meanwhile are untouched.
+    EngineCore*/VllmWorker*). Other processes spawned meanwhile are untouched. The one cost:
+    objects defined in the main script (a logits processor class passed in engine_kwargs)
+    cannot be unpickled by the engine; define them in an importable module.
     """
     with _SPAWN_LOCK:
         original = multiprocessing.spawn.get_preparation_data
@@ -271,8 +278,8 @@ class VLLMGenerator(BaseGenerator):
 
     model: a packaged name, GGUF file (converted once, vLLM cannot read GGUF), folder or hub
     id. tensor_parallel_size, dtype, max_model_len, gpu_memory_utilization: vLLM's engine
-    arguments of the same names. engine_kwargs: any other `vllm.LLM` argument (e.g.
-    {"enforce_eager": True}, which skips minutes of torch.compile on a CPU).
+    arguments of the same names. engine_kwargs: any other `vllm.LLM` argument. On CPU,
+    `CPU_ENGINE_DEFAULTS` (eager mode) and `CPU_ENV_DEFAULTS` apply where not set.
 
     Works from pytest, a Dagster step process and a script without a main guard: see
     `_spawn_without_main`. Not from a daemonic process (a multiprocessing.Pool worker): vLLM's
@@ -305,7 +312,7 @@ class VLLMGenerator(BaseGenerator):
         self._lock = threading.Lock()
 
     def engine_args(self) -> dict[str, Any]:
-        """The keyword arguments given to `vllm.LLM` (the model reference resolved to a path)."""
+        """The keyword arguments given to `vllm.LLM` (model resolved to a path), before CPU defaults."""
         return {"model": resolve_model(self.model_name), "tensor_parallel_size": self.tensor_parallel_size,
                 "dtype": self.dtype, "max_model_len": self.max_model_len,
                 "gpu_memory_utilization": self.gpu_memory_utilization, **self.engine_kwargs}
@@ -338,8 +345,11 @@ class VLLMGenerator(BaseGenerator):
             raise GenerationError("vLLM cannot start inside a daemonic process (e.g. a multiprocessing.Pool "
                                   "worker): its engine runs in a child process. Start it from a normal "
                                   "process, or use backend='transformers'")
+        args = self.engine_args()
+        if current_platform.is_cpu():
+            args = {**CPU_ENGINE_DEFAULTS, **args}
         with _spawn_without_main():
-            return vllm.LLM(**self.engine_args())
+            return vllm.LLM(**args)
 
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]:
@@ -393,9 +403,10 @@ class OpenAIGenerator(BaseGenerator):
     base_url / api_key: arguments, else $OPENAI_BASE_URL / $OPENAI_API_KEY; with a base_url
     and no key a dummy key is sent (local servers ignore it). max_concurrency: requests in
     flight at once (a thread pool). max_retries: retries after a connection error, timeout,
-    429, 408/409 or 5xx, waiting backoff * 2**attempt seconds (capped at 60 s, or the
-    server's Retry-After). timeout: seconds per request. When a server returns fewer than n
-    choices, the rest are asked for in further requests, seeded seed + (choices so far).
+    429, 408/409 or 5xx, waiting backoff * 2**attempt seconds (capped at 60 s), or the
+    server's Retry-After (capped at 300 s). timeout: seconds per request. When a server
+    returns fewer than n choices, the rest are asked for in further requests, seeded
+    seed + (choices so far). Greedy requests (temperature 0) ask for one choice and repeat it.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
@@ -429,6 +440,7 @@ class OpenAIGenerator(BaseGenerator):
         self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=self.timeout)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     @property
     def endpoint(self) -> str:
@@ -436,6 +448,8 @@ class OpenAIGenerator(BaseGenerator):
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            if self._closed:
+                raise GenerationError(f"OpenAIGenerator({self.model_name!r}) is closed: create a new one")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="openai-generator")
             return self._pool
@@ -476,7 +490,7 @@ class OpenAIGenerator(BaseGenerator):
                 failures.append(f"HTTP {error.status_code}")
                 wait = self._retry_after(error)
             if attempt < self.max_retries:
-                time.sleep(wait if wait is not None else min(60.0, self.backoff * 2**attempt))
+                time.sleep(min(300.0, wait) if wait is not None else min(60.0, self.backoff * 2**attempt))
         attempts = self.max_retries + 1
         if timeouts == attempts:
             raise GenerationError(
@@ -537,7 +551,7 @@ class OpenAIGenerator(BaseGenerator):
     def close(self) -> None:
         """Stop the thread pool and the HTTP connection pool."""
         with self._pool_lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
@@ -604,10 +618,13 @@ class TransformersGenerator(BaseGenerator):
         self.batch_size = batch_size
         self._model: Any = None
         self._tokenizer: Any = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def _load(self) -> tuple[Any, Any]:
         with self._lock:
+            if self._closed:
+                raise GenerationError(f"TransformersGenerator({self.model_name!r}) is closed: create a new one")
             if self._model is None:
                 from prismatic_assets.core.models import load_causal_lm
 
@@ -674,6 +691,7 @@ class TransformersGenerator(BaseGenerator):
         """Drop the model and tokenizer."""
         with self._lock:
             self._model = self._tokenizer = None
+            self._closed = True
         gc.collect()
 
 
