@@ -77,11 +77,10 @@ def gsm_symbolic_set(n: int = 50, seed: int = 1234) -> list[Sample]:
 
     Generated offline and deterministic: the same seed gives the same problems, and a larger
     `n` extends a smaller one (reasoning-gym 0.1.x supports only difficulty 1.0, so there is
-    no difficulty knob). reasoning-gym's index i is kept in the
-    id ``gsm_symbolic:<seed>:<i>``; the rare problem with a non-integer answer (e.g.
-    1687.5) is skipped, so ids can have gaps. The answer is the integer as a string; the
-    response is the reference solution with its final ``#### x`` line written as
-    ``\\boxed{x}``.
+    no difficulty knob). Ids are ``gsm_symbolic:<seed>:<i>`` with reasoning-gym's index i;
+    the rare problem with a non-integer answer (e.g. 1687.5) is skipped, so ids can have
+    gaps. The answer is the integer as a string; the response is the reference solution
+    with its final ``#### x`` line written as ``\\boxed{x}``.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: the number of problems must be an int >= 1")

@@ -20,7 +20,11 @@ Output layout::
     output_dir/
       prismatic_sft.json     what this run is (settings, base model, data digest): resume key
       checkpoint-10/ ...     Trainer checkpoints (weights, optimizer, scheduler, RNG, state)
-      final/                 model + tokenizer + prismatic_sft.json, written by rename
+      final/                 model + tokenizer + prismatic_sft.json (+ steps, sample counts),
+                             written to a temp folder and renamed
+
+Re-running a finished run (a re-materialization) trains nothing: `final` is kept, or
+re-exported from the last checkpoint if a crash lost it.
 
 Local profile (the defaults): SmolLM2-135M-Instruct, fp32, 10 steps of 2 samples, max 512
 tokens (CHAMP samples average ~300 tokens), a checkpoint every 5 steps, only the newest
@@ -39,8 +43,9 @@ you want (e.g. 8 GPUs x 4 x 4 = 128), ``max_length=16384`` for long reasoning tr
 ``learning_rate=1e-5``/``warmup_ratio=0.03`` or so. Multi-GPU is data parallel through
 accelerate; `train_sft` runs unchanged in every process (the Trainer handles the rank)::
 
-    accelerate launch --num_processes 8 -m prismatic_assets.cli sft ...   # or
-    torchrun --nproc_per_node 8 your_script.py                            # calls train_sft
+    accelerate launch --num_processes 8 --mixed_precision bf16 train_student.py   # or
+    torchrun --nproc_per_node 8 train_student.py
+    # train_student.py: load the samples, then train_sft(model, samples, out, settings)
 
 Add ``--config_file`` with a DeepSpeed ZeRO-3 or FSDP accelerate config (TRL ships
 examples in ``trl/accelerate_configs``) when the model and optimizer do not fit one GPU.
@@ -167,7 +172,8 @@ class SFTResult:
     `steps`: global step reached. `train_samples`: samples in the training set after TRL's
     preparation; `dropped_samples` were removed because truncation left no response token.
     `resumed_from`: the checkpoint folder training resumed from, else None.
-    `seconds`: wall time of this call's training (excluding loading).
+    `seconds`: wall time of this call's training (excluding loading); 0.0 when the run had
+    already finished and nothing was trained.
     """
 
     final_model_dir: Path
@@ -340,59 +346,153 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch, or a plain single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _prepare_output_dir(output_dir: Path, info: dict[str, Any], resume: bool) -> Path | None:
     """Check the resume key and return the checkpoint to resume from (None: start fresh).
 
     With `resume=False` old checkpoints are deleted, so that a later resume cannot pick up
-    a checkpoint of an earlier run with a higher step number.
+    a checkpoint of an earlier run with a higher step number. Only the main process of a
+    multi-process launch deletes or writes; every process reaches the same decision.
     """
     info_path = output_dir / RUN_INFO_FILE
     checkpoints = complete_checkpoints(output_dir)
-    stale = [p for p in output_dir.glob("checkpoint-*") if p.is_dir()] if output_dir.is_dir() else []
     if resume and checkpoints:
         try:
             previous = json.loads(info_path.read_text())
         except (OSError, ValueError):
             previous = {}
         if previous.get("run_key") != info["run_key"]:
-            changed = sorted(
-                k for k in set(previous) | set(info)
-                if k != "run_key" and previous.get(k) != info.get(k)
-            )
+            changed = sorted(k for k in info if k != "run_key" and previous.get(k) != info[k])
+            why = f"differs in: {', '.join(changed)}" if previous else f"its {RUN_INFO_FILE} is missing or unreadable"
             raise ValueError(
-                f"{output_dir} holds checkpoints of a different training run (differs in: "
-                f"{', '.join(changed) or 'unknown: ' + RUN_INFO_FILE + ' is missing'}); "
-                "pass resume=False to discard them and start over, or choose another output_dir"
+                f"{output_dir} holds checkpoints of a different training run ({why}); pass "
+                "resume=False to discard them and start over, or choose another output_dir"
             )
         return checkpoints[-1]
-    for path in stale:
-        shutil.rmtree(path)
-    _write_json_atomic(info_path, info)
+    if _is_main_process():
+        for path in output_dir.glob("checkpoint-*"):
+            if path.is_dir():
+                shutil.rmtree(path)
+        _write_json_atomic(info_path, info)
     return None
 
 
-def _save_final_atomic(trainer, tokenizer, output_dir: Path, info: dict[str, Any]) -> Path:
-    """Save the (merged) model and tokenizer to a temp folder, then rename it to `final`."""
+def _publish(tmp: Path, output_dir: Path, info: dict[str, Any]) -> Path:
+    """Write the run info into `tmp`, then rename `tmp` to ``output_dir/final`` (replacing it)."""
     final = output_dir / FINAL_DIR
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled Trainer args: checkpoint-only
+    _write_json_atomic(tmp / RUN_INFO_FILE, info)
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-old-", dir=output_dir))
+        os.replace(final, old / FINAL_DIR)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def _save_final_atomic(trainer, tokenizer, output_dir: Path, info: dict[str, Any]) -> Path:
+    """Save the (merged) model and tokenizer to a temp folder, then rename it to `final`.
+
+    `trainer.save_model` is collective under FSDP / DeepSpeed ZeRO-3 (it gathers the shards)
+    and writes on the main process only. A LoRA adapter is merged on the main process
+    (sharded LoRA training then needs the adapter merged offline instead).
+    """
+    acc = trainer.accelerator
+    tmp = output_dir / f".{FINAL_DIR}-tmp-{info['run_key']}"  # the same path in every process
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash
+    acc.wait_for_everyone()
+    try:
+        model = acc.unwrap_model(trainer.model)
+        if hasattr(model, "merge_and_unload"):  # a PEFT model: bake the adapter in
+            if acc.is_main_process:
+                model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        else:
+            trainer.save_model(str(tmp))
+        if acc.is_main_process:
+            tokenizer.save_pretrained(tmp)
+            _publish(tmp, output_dir, info)
+    finally:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    return output_dir / FINAL_DIR
+
+
+def _export_checkpoint(checkpoint: Path, output_dir: Path, info: dict[str, Any]) -> Path:
+    """Write ``output_dir/final`` from a checkpoint (its LoRA adapter merged), without training."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (checkpoint / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(checkpoint, dtype="float32").merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)  # the Trainer saves it with every checkpoint
     tmp = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-tmp-", dir=output_dir))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; `final` should not be
     try:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        if hasattr(model, "merge_and_unload"):  # a PEFT model: bake the adapter in
-            model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _write_json_atomic(tmp / RUN_INFO_FILE, info)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-old-", dir=output_dir))
-            os.replace(final, old / FINAL_DIR)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        return _publish(tmp, output_dir, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _loss_history(log_history: Sequence[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e]
+
+
+def _finished_run(checkpoint: Path, output_dir: Path, info: dict[str, Any],
+                  settings: SFTSettings, num_samples: int) -> SFTResult | None:
+    """The result of a run whose last checkpoint already reached `max_steps`, else None.
+
+    Resuming such a checkpoint would make the Trainer take one more step (transformers
+    5.19), so a finished run is not resumed: `final` is kept when it matches, or exported
+    from the checkpoint when it is missing (a crash between the last checkpoint and `final`).
+    """
+    state = _read_json(checkpoint / "trainer_state.json")
+    steps = int(state.get("global_step", 0))
+    if steps < settings.max_steps:
+        return None
+    final_info = _read_json(output_dir / FINAL_DIR / RUN_INFO_FILE)
+    if final_info.get("run_key") == info["run_key"] and final_info.get("steps") == steps \
+            and (output_dir / FINAL_DIR / "config.json").is_file():
+        summary = final_info
+    else:
+        if not _is_main_process():
+            raise RuntimeError(f"{output_dir}: the finished run has no final model; export it in one process "
+                               "(run train_sft once without a distributed launcher)")
+        summary = {**_read_json(output_dir / RUN_INFO_FILE), **info, "steps": steps}
+        summary.setdefault("train_samples", num_samples)
+        summary.setdefault("dropped_samples", 0)
+        _export_checkpoint(checkpoint, output_dir, summary)
+    log.info("SFT run %s already finished at step %d: nothing to train", info["run_key"], steps)
+    return SFTResult(
+        final_model_dir=output_dir / FINAL_DIR,
+        loss_history=_loss_history(state.get("log_history", [])),
+        steps=steps,
+        train_samples=int(summary["train_samples"]),
+        dropped_samples=int(summary["dropped_samples"]),
+        resumed_from=checkpoint,
+        seconds=0.0,
+        run_key=info["run_key"],
+    )
 
 
 # ---------------------------------------------------------------------------- callbacks
@@ -487,6 +587,10 @@ def train_sft(
     dataset = samples_to_dataset(samples)
     info = _run_info(model_path, samples, settings)
     resume_from = _prepare_output_dir(output_dir, info, resume)
+    if resume_from is not None:
+        finished = _finished_run(resume_from, output_dir, info, settings, len(samples))
+        if finished is not None:
+            return finished
 
     model, tokenizer = _load_student(model_path, settings)
     trainer = build_trainer(model, tokenizer, dataset, output_dir, settings, callbacks)
@@ -496,20 +600,23 @@ def train_sft(
             f"no sample has a response token within max_length={settings.max_length}: "
             "raise SFTSettings.max_length or shorten the prompts"
         )
+    counts = {"train_samples": train_samples, "dropped_samples": len(samples) - train_samples}
+    if _is_main_process():
+        _write_json_atomic(output_dir / RUN_INFO_FILE, {**info, **counts})
     if resume_from is not None:
         log.info("resuming SFT from %s", resume_from)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start
 
-    final = _save_final_atomic(trainer, tokenizer, output_dir, info)
-    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    steps = int(trainer.state.global_step)
+    final = _save_final_atomic(trainer, tokenizer, output_dir, {**info, **counts, "steps": steps})
     return SFTResult(
         final_model_dir=final,
-        loss_history=history,
-        steps=int(trainer.state.global_step),
+        loss_history=_loss_history(trainer.state.log_history),
+        steps=steps,
         train_samples=train_samples,
-        dropped_samples=len(samples) - train_samples,
+        dropped_samples=counts["dropped_samples"],
         resumed_from=resume_from,
         seconds=seconds,
         run_key=info["run_key"],
