@@ -57,10 +57,13 @@ def _file_digest(path: Path) -> str:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so parallel processes convert a model only once."""
+def file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock file shared by processes (no-op for None): one converts, others wait."""
+    if path is None:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -80,7 +83,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path | None = None) -> Path:
     target = cache_dir / "models" / f"{gguf_path.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
-    with _file_lock(cache_dir / "models" / f".{target.name}.lock"):
+    with file_lock(cache_dir / "models" / f".{target.name}.lock"):
         if (target / "config.json").is_file():
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer

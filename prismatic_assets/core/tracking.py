@@ -25,7 +25,6 @@ What it does not: decide what to log (the assets do), or start a tracking server
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
 import os
@@ -38,6 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
+
+from prismatic_assets.core.models import file_lock
 
 __all__ = ["Tracker", "default_artifact_root", "default_tracking_uri", "flatten_params"]
 
@@ -111,20 +112,6 @@ def _with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
-@contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class Tracker:
     """MLflow runs addressed by explicit run ids (safe with parallel processes and threads).
 
@@ -159,7 +146,7 @@ class Tracker:
                 os.environ.get("MLFLOW_UI_URL", DEFAULT_UI_URL)
         self.ui_url = ui_url.rstrip("/")
         # Serialize schema creation/migration and experiment creation across processes.
-        with _file_lock(db.with_name(db.name + ".lock") if db is not None else None):
+        with file_lock(db.with_name(db.name + ".lock") if db is not None else None):
             self.client = _with_retry(lambda: MlflowClient(tracking_uri=tracking_uri,
                                                            registry_uri=self.registry_uri))
             self.experiment_id = _with_retry(self._ensure_experiment)
