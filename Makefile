@@ -16,4 +16,4 @@ bench: setup
 	$(PY) -m benchmarks.run_all
 
 ui: setup
-	DAGSTER_HOME=$(CURDIR)/.dagster_home .venv/bin/dagster dev -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR) .venv/bin/dagster dev -h 127.0.0.1 -p 3000

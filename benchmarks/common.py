@@ -43,13 +43,15 @@ def machine_line(info: dict | None = None) -> str:
             f"Python {info['python']}, torch {info['torch']}; {info['date']}.")
 
 
-def write_results(name: str, results: dict, markdown: str) -> None:
-    """Write <name>.json and <name>.md atomically and print the table."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, results: dict, markdown: str, directory: Path | None = None) -> None:
+    """Write <name>.json and <name>.md atomically (into `directory`, default benchmarks/results)
+    and print the table."""
+    directory = Path(directory) if directory else RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
     info = results.setdefault("machine", machine())
     text = f"{markdown}\n\n{machine_line(info)}\n"
-    for path, content in ((RESULTS / f"{name}.json", json.dumps(results, indent=2, default=str)),
-                          (RESULTS / f"{name}.md", text)):
+    for path, content in ((directory / f"{name}.json", json.dumps(results, indent=2, default=str)),
+                          (directory / f"{name}.md", text)):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(content)
         tmp.replace(path)

@@ -87,6 +87,7 @@ class SynthesisSettings:
     strategy: str = "random"  # "random" (the paper) or "sparse_cluster"
     n_solutions: int = 3
     min_agree: int = 2
+    stated_answers: bool = False  # also read "The answer is X" from teacher solutions without \boxed{}
     problem_temperature: float = 1.0
     problem_top_p: float = 0.95
     problem_max_tokens: int = 256
@@ -124,6 +125,8 @@ class EvaluationSettings:
     gsm_symbolic: int = 30  # problems from reasoning-gym's gsm_symbolic (0 = none)
     gsm_symbolic_seed: int = 1234
     holdout: bool = True  # evaluate on the seed hold-out split
+    holdout_limit: int = 0  # evaluate on the first N hold-out problems only (0 = all of them)
+    stated_answers: bool = False  # also grade "The answer is X" in responses without \boxed{}
     files: tuple[str, ...] = ()  # JSONL/Parquet benchmark files (problem, answer), e.g. MATH500
     max_tokens: int = 384
     max_model_len: int = 2048

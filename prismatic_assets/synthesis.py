@@ -71,6 +71,7 @@ class RoundSettings:
     strategy: str = "random"  # "random" (the paper) or "sparse_cluster"
     n_solutions: int = 3
     min_agree: int = 2
+    stated_answers: bool = False  # also read "The answer is X" from solutions without \boxed{}
     problem_sampling: SamplingConfig = field(
         default_factory=lambda: dataclasses.replace(PROBLEM_SAMPLING, max_tokens=256))
     solution_sampling: SamplingConfig = field(
@@ -461,7 +462,7 @@ def run_round(store: MetadataStore, round: int, *, generator: Generator, teacher
     vote_rule = {"min_agree": settings.min_agree, "n_solutions": settings.n_solutions}
     verified: list[CandidateRow] = []
     for n, (c, (_, sampling), gen_key, solutions) in enumerate(zip(clean, solve_requests, sol_keys, sol_outputs)):
-        vote = majority_vote(solutions, min_agree=settings.min_agree)
+        vote = majority_vote(solutions, min_agree=settings.min_agree, stated_answers=settings.stated_answers)
         c.teacher_model, c.solution_sampling, c.solution_gen_key = teacher.model_name, _sampling_dict(sampling), gen_key
         c.solutions, c.answers = list(solutions), list(vote.answers)
         c.vote_groups = [list(g) for g in vote.groups]

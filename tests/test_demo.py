@@ -7,6 +7,7 @@ are covered by the asset tests.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from prismatic_assets.store.store import MetadataStore
+from prismatic_assets.synthesis import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +53,16 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
     names = sorted(r.info.run_name for r in client.search_runs(client.get_experiment_by_name("prismatic").experiment_id))
     assert names == ["distillation", "round-1", "round-2"]
+
+    # The round benchmark runs the next round on a copy of this store and reports every stage.
+    out = tmp_path / "bench"
+    bench = subprocess.run([sys.executable, "-m", "benchmarks.bench_round", "--store",
+                            str(tmp_path / "data" / "prismatic.duckdb"), "--profile", str(config), "--out", str(out)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert bench.returncode == 0, bench.stdout[-4000:] + bench.stderr[-4000:]
+    result = json.loads((out / "round.json").read_text())
+    assert result["round"] == 3 and result["report"]["requests"] == 2
+    assert set(result["seconds"]) == set(STAGES) and result["total_s"] >= sum(result["seconds"].values()) * 0.99
+    assert result["report"]["outputs_cached"] == 0  # a cold round: every output generated in this run
+    assert "| **round total** |" in (out / "round.md").read_text()
+    assert store.query("SELECT round FROM synthesis_rounds ORDER BY round")["round"].to_list() == [1, 2]

@@ -108,7 +108,7 @@ def test_plan_requests_strategies_and_seeds():
         assert set(p.few_shot_ids) <= members[p.target_cluster] and len(p.few_shot_ids) == 3
         assert p.sampling.seed == request_seed(settings.seed, 1, p.index)
         assert "3 new math problems" in p.messages[-1]["content"]
-        shown = re.findall(r"Example \d+:\n(.*)", p.messages[-1]["content"])
+        shown = _examples(p.messages)
         assert shown == [pool[ids.index(i)].prompt for i in p.few_shot_ids]  # recorded in the order shown
     assert plans == plan_requests(1, pool, ids, clustering, settings)  # deterministic
 
@@ -162,7 +162,8 @@ def _tags(*problems: str) -> str:
 
 
 def _examples(messages) -> list[str]:
-    return re.findall(r"Example \d+:\n(.*)", messages[-1]["content"])
+    """The few-shot problems shown in a request (its <problem> blocks, without the format's placeholders)."""
+    return [p for p in re.findall(r"<problem>\n(.*)\n</problem>", messages[-1]["content"]) if p != "..."]
 
 
 def _script(round: int, seed: int = 0) -> dict:

@@ -159,7 +159,7 @@ def build_distillation_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             context.log.info(f"evaluating the {role} student ({model}) on {sum(map(len, eval_sets.values()))} problems")
             generator = _eval_generator(ev, model)
             try:
-                report = combine_reports([evaluate(generator, samples, sampling, name)
+                report = combine_reports([evaluate(generator, samples, sampling, name, stated_answers=ev.stated_answers)
                                           for name, samples in eval_sets.items() if samples])
             finally:
                 generator.close()
@@ -199,7 +199,8 @@ def held_out_sets(store, seed: SeedSnapshot, settings: Settings) -> dict[str, li
     if ev.gsm_symbolic:
         sets["gsm_symbolic"] = gsm_symbolic_set(ev.gsm_symbolic, seed=ev.gsm_symbolic_seed)
     if ev.holdout and seed.holdout_ids:
-        sets[f"{seed.source}_holdout"] = store.load_samples(seed.holdout_ids)
+        ids = seed.holdout_ids[:ev.holdout_limit] if ev.holdout_limit else seed.holdout_ids
+        sets[f"{seed.source}_holdout"] = store.load_samples(ids)
     for path in ev.files:
         sets[Path(path).stem] = load_eval_file(path)
     if not sets:

@@ -33,6 +33,7 @@ def round_settings(settings: Settings) -> RoundSettings:
     return RoundSettings(
         requests_per_round=syn.requests_per_round, few_shot=syn.few_shot, new_per_request=syn.new_per_request,
         strategy=syn.strategy, n_solutions=syn.n_solutions, min_agree=syn.min_agree,
+        stated_answers=syn.stated_answers,
         problem_sampling=dataclasses.replace(PROBLEM_SAMPLING, temperature=syn.problem_temperature,
                                              top_p=syn.problem_top_p, max_tokens=syn.problem_max_tokens),
         solution_sampling=dataclasses.replace(SOLUTION_SAMPLING, n=syn.n_solutions,

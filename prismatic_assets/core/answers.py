@@ -3,7 +3,9 @@
 What it does:
 - `extract_boxed` pulls the last non-empty ``\\boxed{...}`` / ``\\boxed x`` / ``\\fbox{...}``
   out of a response, with nested braces, and returns None when there is none or the last one
-  is cut off (a truncated generation has no reliable final answer).
+  is cut off (a truncated generation has no reliable final answer). `extract_answer` can
+  also read an answer stated in words ("The answer is 12.") from a response without a box,
+  for small models that do not box (opt-in: `stated=True`).
 - `answers_equivalent` compares two bare answers with math-verify (both are parsed as the
   content of a ``\\boxed{}``, so free-form gold answers such as ``x = 3``, ``\\frac{1}{2}``,
   ``n=2 or n=3`` or ``(1, 2)`` parse), and falls back to normalized string equality.
@@ -39,7 +41,9 @@ __all__ = [
     "MATH_VERIFY_TIMEOUT_S",
     "Vote",
     "answers_equivalent",
+    "extract_answer",
     "extract_boxed",
+    "extract_stated",
     "group_answers",
     "is_correct",
     "majority_vote",
@@ -128,6 +132,37 @@ def extract_boxed(text: str) -> str | None:
         if content:
             return content
     return None
+
+
+# "The answer is 12.", "Final answer: x = 3", "**Answer:** 5" (markdown stars are stripped).
+_STATED = re.compile(r"(?:final\s+answer|the\s+answer|answer)\W{0,4}?\s*(?:is|:|=)\s*(.+)", re.IGNORECASE)
+
+
+def extract_stated(text: str, max_chars: int = 60) -> str | None:
+    """The answer a response states in words when it has no box: the last "the answer is X",
+    "Final answer: X" or "Answer = X", up to the end of its sentence or line.
+
+    For models that ignore the request to box (SmolLM2-135M writes "The answer is 32.").
+    A stated answer longer than `max_chars` is taken for prose and ignored.
+    """
+    if not text:
+        return None
+    for m in reversed(list(_STATED.finditer(text))):
+        answer = re.split(r"\.\s|\.$", m.group(1).split("\n")[0])[0]
+        answer = answer.strip().strip("*_").strip().strip("$").strip().rstrip(".,;:!").strip()
+        if answer and len(answer) <= max_chars:
+            return answer
+    return None
+
+
+def extract_answer(text: str, *, stated: bool = False) -> str | None:
+    """The final answer of a response: its last ``\\boxed{}`` (`extract_boxed`); with
+    `stated`, a response without any box may instead state it in words (`extract_stated`).
+    A response with a box, even a truncated one, never falls back."""
+    boxed = extract_boxed(text)
+    if boxed is not None or not stated or (text and _BOX_START.search(text)):
+        return boxed
+    return extract_stated(text)
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -303,15 +338,17 @@ def group_answers(answers: Sequence[str | None]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(g) for g in sorted(groups, key=len, reverse=True))
 
 
-def majority_vote(responses: Sequence[str], min_agree: int = 2) -> Vote:
+def majority_vote(responses: Sequence[str], min_agree: int = 2, *, stated_answers: bool = False) -> Vote:
     """Extract each response's boxed answer, group equivalent ones, and decide.
 
     Accepted when the largest group has at least `min_agree` members and no other group
     is as large (a tie between groups that both reach `min_agree` is rejected as "tie").
+    `stated_answers` also reads "The answer is X" from responses without a box
+    (`extract_answer`).
     """
     if min_agree < 1:
         raise ValueError(f"min_agree={min_agree}: set min_agree >= 1 (the votes needed to accept)")
-    answers = tuple(extract_boxed(r) for r in responses)
+    answers = tuple(extract_answer(r, stated=stated_answers) for r in responses)
     groups = group_answers(answers)
     if not groups:
         return Vote(answers, (), (), 0, False, "no_answer")

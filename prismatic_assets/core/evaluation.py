@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from prismatic_assets.core.answers import answers_equivalent, extract_boxed
+from prismatic_assets.core.answers import answers_equivalent, extract_answer
 from prismatic_assets.core.samples import Sample, normalize_text
 
 __all__ = [
@@ -242,13 +242,15 @@ def assert_disjoint(eval_samples: Sequence[Sample], train_samples: Sequence[Samp
 # ---------------------------------------------------------------------------- scoring
 
 
-def score_response(response: str, gold: str) -> tuple[str | None, bool]:
+def score_response(response: str, gold: str, *, stated_answers: bool = False) -> tuple[str | None, bool]:
     """(extracted answer, correct) for one response: the last complete ``\\boxed{}`` vs `gold`.
 
-    No box (or a cut-off last box) is (None, False). Equivalent forms count as correct
-    (``0.5`` = ``\\frac{1}{2}``), as decided by `answers.answers_equivalent`.
+    No box (or a cut-off last box) is (None, False); with `stated_answers`, a response
+    without any box may state its answer in words instead ("The answer is 12.").
+    Equivalent forms count as correct (``0.5`` = ``\\frac{1}{2}``), as decided by
+    `answers.answers_equivalent`.
     """
-    extracted = extract_boxed(response)
+    extracted = extract_answer(response, stated=stated_answers)
     if extracted is None or not gold or not gold.strip():
         return extracted, False
     return extracted, answers_equivalent(extracted, gold)
@@ -326,12 +328,13 @@ def combine_reports(reports: Sequence[EvalReport]) -> EvalReport:
                                    sampling=reports[0].sampling if reports else None)
 
 
-def evaluate(generator: ChatGenerator, samples: Sequence[Sample], sampling: Any, benchmark: str) -> EvalReport:
+def evaluate(generator: ChatGenerator, samples: Sequence[Sample], sampling: Any, benchmark: str, *,
+             stated_answers: bool = False) -> EvalReport:
     """Solve every sample's problem with `generator` and score it against `sample.answer`.
 
     `sampling` is a `generation.SamplingConfig` (its `n` completions per problem are all
     scored); use temperature 0 for a greedy, reproducible evaluation. `benchmark` labels the
-    records. Every sample needs a gold answer.
+    records. Every sample needs a gold answer. `stated_answers`: see `score_response`.
     """
     if not benchmark:
         raise ValueError("benchmark is empty: name the evaluation set, e.g. 'gsm_symbolic'")
@@ -346,7 +349,7 @@ def evaluate(generator: ChatGenerator, samples: Sequence[Sample], sampling: Any,
     records = []
     for s, responses in zip(samples, outputs):
         for j, response in enumerate(responses):
-            extracted, correct = score_response(response, s.answer or "")
+            extracted, correct = score_response(response, s.answer or "", stated_answers=stated_answers)
             records.append(EvalRecord(s.sample_id, benchmark, j, s.prompt, response, extracted,
                                       s.answer or "", correct))
     sampling_dict = sampling.as_dict() if hasattr(sampling, "as_dict") else (

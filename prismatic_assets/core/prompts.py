@@ -6,7 +6,8 @@ What it does:
   ``<problem>`` and ``</problem>`` lines.
 - `parse_problems` reads those problems back from the generated text and says what went
   wrong (`ParsedProblems.issues`), tolerating what small models do: a missing closing tag
-  at the end, numbered ``Problem 1:`` headers instead of tags, markdown, solutions after
+  at the end, numbered ``Problem 1:`` / ``Example 3:`` / ``Question 2.`` headers instead of
+  tags, markdown, solutions after
   the problem, copies of the examples, more or fewer problems than asked.
 - `build_solution_request` asks the teacher for a step-by-step solution ending in
   ``\\boxed{}``.
@@ -52,7 +53,7 @@ _PROBLEM_SYSTEM = (
     "Follow the output format exactly."
 )
 
-_PROBLEM_USER = """Here are some example {subject} problems:
+_PROBLEM_USER = """Here are some example {subject} problems, each between {open} and {close}:
 
 {examples}
 
@@ -62,7 +63,7 @@ Rules:
 - No multiple-choice problems.
 - Do not copy the examples.
 - Do not write solutions or answers.
-- Put each problem between {open} and {close}.
+- Put each new problem between {open} and {close}, like the examples.
 
 Output format:
 {format}"""
@@ -82,10 +83,12 @@ def build_problem_request(
 ) -> list[dict[str, str]]:
     """Chat messages asking for `n_new` new problems modelled on `few_shot`.
 
-    The examples are shuffled with `rng` (kept in the given order when rng is None), shown
-    as ``Example 1:``, ``Example 2:``..., and the expected output is shown as `n_new`
-    ``<problem>`` blocks with ``...`` placeholders (a copied placeholder is too short to
-    survive `parse_problems`). `subject` names the domain ("math"); `include_system`
+    The examples are shuffled with `rng` (kept in the given order when rng is None) and
+    shown in the same ``<problem>`` blocks the answer must use: small models copy the
+    format of what they see (SmolLM2-135M shown ``Example 1:`` headers answered with
+    ``Example 3:`` headers). The expected output is shown as `n_new` ``<problem>`` blocks
+    with ``...`` placeholders (a copied placeholder is too short to survive
+    `parse_problems`). `subject` names the domain ("math"); `include_system`
     adds a one-line system message.
     """
     if n_new < 1:
@@ -96,7 +99,7 @@ def build_problem_request(
     if rng is not None:
         examples = examples[:]
         rng.shuffle(examples)
-    shown = "\n\n".join(f"Example {i}:\n{p}" for i, p in enumerate(examples, 1))
+    shown = "\n\n".join(f"{OPEN_TAG}\n{p}\n{CLOSE_TAG}" for p in examples)
     fmt = "\n".join(f"{OPEN_TAG}\n...\n{CLOSE_TAG}" for _ in range(n_new))
     user = _PROBLEM_USER.format(
         subject=subject,
@@ -141,15 +144,16 @@ class ParsedProblems:
 
 
 _TAG = re.compile(r"<\s*(/?)\s*problem(?:[\s_#-]*\d+)?\s*>", re.IGNORECASE)
-# "Problem 1:", "### Problem 2", "**New Problem 3.**", "Problem:" at the start of a line.
+# "Problem 1:", "### Problem 2", "**New Problem 3.**", "Problem:", "Example 4:", "Question 2."
+# at the start of a line.
 _HEADER = re.compile(
-    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:new[ \t]+)?problem"
+    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:new[ \t]+)?(?:problem|example|question)"
     r"(?:[ \t]*#?[ \t]*\d+[ \t]*[:.)\-]?|[ \t]*:)[ \t]*(?:\*\*|__)?[ \t]*(?:\*\*|__)?",
     re.IGNORECASE | re.MULTILINE,
 )
 # The label a model may repeat inside a block: "Problem 1:", "**Example 2.**".
 _LABEL = re.compile(
-    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:new[ \t]+)?(?:problem|example)"
+    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:new[ \t]+)?(?:problem|example|question)"
     r"(?:[ \t]*#?[ \t]*\d+[ \t]*[:.)\-]?|[ \t]*:)[ \t]*(?:\*\*|__)?[ \t]*",
     re.IGNORECASE,
 )
@@ -229,7 +233,8 @@ def parse_problems(
     """Read the problems out of one generation. Never raises.
 
     Delimiters, in order of preference: ``<problem>...</problem>`` tags (also
-    ``<Problem 1>``); else ``Problem 1:`` / ``### Problem 2`` headers; else a numbered
+    ``<Problem 1>``); else ``Problem 1:`` / ``### Problem 2`` / ``Example 3:`` / ``Question
+    4.`` headers; else a numbered
     list (``1.`` / ``2)``). A last block without its closing tag (the generation ran out)
     is kept only if it ends like a sentence.
 
@@ -248,7 +253,7 @@ def parse_problems(
         else:
             blocks = _split_on(_HEADER, text)
             if blocks:
-                issues.append("no <problem> tags; split on 'Problem N' headers")
+                issues.append("no <problem> tags; split on 'Problem/Example/Question N' headers")
             else:
                 blocks = _split_on(_NUMBERED, text)
                 if len(blocks) >= 2:

@@ -8,6 +8,8 @@ import pytest
 
 from prismatic_assets.core import answers
 from prismatic_assets.core.answers import (
+    extract_answer,
+    extract_stated,
     Vote,
     answers_equivalent,
     extract_boxed,
@@ -236,3 +238,34 @@ def test_group_answers_uses_first_member_as_representative() -> None:
 )
 def test_huge_powers_skip_math_verify(a: str, b: str, expected: bool) -> None:
     assert answers_equivalent(a, b) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12 + 30 = 42\n\nThe answer is 42.", "42"),  # how SmolLM2-135M ends
+        ("So the final answer is $\\frac{1}{2}$. Done.", "\\frac{1}{2}"),
+        ("**Answer:** 3.5", "3.5"),
+        ("Final answer: x = 3\nThanks!", "x = 3"),
+        ("The answer is 10.\nWait, the answer is 12.", "12"),  # the last statement wins
+        ("I think the answer is that we need to consider every case " + "carefully " * 10, None),  # prose
+        ("No statement of a result here.", None),
+        ("", None),
+    ],
+)
+def test_extract_stated(text: str, expected: str | None) -> None:
+    assert extract_stated(text) == expected
+
+
+def test_extract_answer_falls_back_only_when_asked_and_without_a_box() -> None:
+    assert extract_answer("The answer is 42.") is None  # boxed only by default
+    assert extract_answer("The answer is 42.", stated=True) == "42"
+    assert extract_answer("The answer is 41. So \\boxed{42}", stated=True) == "42"  # a box wins
+    assert extract_answer("The answer is 41. So \\boxed{4", stated=True) is None  # cut-off box: no fallback
+
+
+def test_majority_vote_with_stated_answers() -> None:
+    responses = ["2 + 2 = 4. The answer is 4.", "So \\boxed{4}", "The answer is 5."]
+    assert majority_vote(responses).reason == "disagreement"  # one boxed answer only
+    vote = majority_vote(responses, stated_answers=True)
+    assert vote.accepted and vote.answers == ("4", "4", "5") and vote.majority == (0, 1)

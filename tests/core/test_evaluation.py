@@ -55,6 +55,13 @@ def test_score_response(response, gold, extracted, correct):
     assert score_response(response, gold) == (extracted, correct)
 
 
+def test_score_response_with_stated_answers():
+    assert score_response("The answer is 240.", "240", stated_answers=True) == ("240", True)
+    assert score_response("The answer is 241.", "240", stated_answers=True) == ("241", False)
+    assert score_response("I do not know.", "240", stated_answers=True) == (None, False)
+    assert score_response("It is \\boxed{24", "24", stated_answers=True) == (None, False)  # cut-off box
+
+
 def test_prompt_is_built_in_one_place():
     prompt = build_eval_prompt("  What is 2 + 2?\n")
     assert prompt == EVAL_PROMPT.format(problem="What is 2 + 2?")

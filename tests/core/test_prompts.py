@@ -46,10 +46,12 @@ def test_problem_request_shows_examples_and_format() -> None:
     assert [m["role"] for m in messages] == ["system", "user"]
     user = _user(messages)
     for i, shot in enumerate(SHOTS, 1):
-        assert f"Example {i}:\n{shot}" in user  # rng=None keeps the given order
+        assert f"{OPEN_TAG}\n{shot}\n{CLOSE_TAG}" in user  # shown in the answer's own format
+    assert [user.index(shot) for shot in SHOTS] == sorted(user.index(shot) for shot in SHOTS)  # rng=None: in order
     assert "Write 2 new math problems that are similar to the examples or harder." in user
     assert "No multiple-choice problems." in user
-    assert user.count(OPEN_TAG) == 3 and user.count(CLOSE_TAG) == 3  # rule line + 2 blocks
+    # 5 examples + intro line + rule line + 2 format blocks
+    assert user.count(OPEN_TAG) == 9 and user.count(CLOSE_TAG) == 9
 
 
 def test_problem_request_rng_shuffles_examples() -> None:
@@ -71,7 +73,7 @@ def test_problem_request_n_new_changes_the_request() -> None:
     three = _user(build_problem_request(SHOTS, n_new=3))
     assert "Write 1 new math problem that is similar" in one
     assert "Write 3 new math problems that are similar" in three
-    assert one.count(CLOSE_TAG) == 2 and three.count(CLOSE_TAG) == 4
+    assert one.count(CLOSE_TAG) == 8 and three.count(CLOSE_TAG) == 10
 
 
 def test_problem_request_subject_and_system() -> None:
@@ -112,6 +114,16 @@ def test_filled_format_round_trips() -> None:
     echoed = parse_problems(template, 2, SHOTS)
     assert echoed.problems == []
     assert "problem 1: too short (1 words < 5)" in echoed.issues
+
+
+def test_echoed_examples_are_dropped_and_new_problems_kept() -> None:
+    # A small model that copies the shown blocks before writing its own: the copies are examples.
+    user = _user(build_problem_request(SHOTS[:3], n_new=2))
+    shown = user[user.index(f"{OPEN_TAG}\n") : user.index("Write 2 new")]
+    parsed = parse_problems(shown + tagged(P1, P2), 2, SHOTS[:3])
+    assert parsed.problems == [P1, P2]
+    assert [i for i in parsed.issues if "copies a few-shot example" in i] == [
+        f"problem {n}: copies a few-shot example" for n in (1, 2, 3)]
 
 
 # ---------------------------------------------------------------- parse_problems
@@ -160,13 +172,26 @@ def tagged(*problems: str) -> str:
             "headers instead of tags",
             f"### Problem 1\n{P1}\n\n### Problem 2\n{P2}",
             [P1, P2],
-            ["no <problem> tags; split on 'Problem N' headers"],
+            ["no <problem> tags; split on 'Problem/Example/Question N' headers"],
         ),
         (
             "bold headers",
             f"Here are two:\n**Problem 1:** {P1}\n**New Problem 2.** {P2}",
             [P1, P2],
-            ["no <problem> tags; split on 'Problem N' headers"],
+            ["no <problem> tags; split on 'Problem/Example/Question N' headers"],
+        ),
+        (
+            "example headers, as SmolLM2-135M writes them, with an echoed example",
+            f"Here are 2 more math problems.\n\nExample 1:\n{P1}\n\nExample 2:\n{SHOTS[0]}\n\nExample 3:\n{P2}",
+            [P1, P2],
+            ["no <problem> tags; split on 'Problem/Example/Question N' headers",
+             "problem 2: copies a few-shot example"],
+        ),
+        (
+            "question headers",
+            f"Question 1. {P1}\nQuestion 2. {P2}",
+            [P1, P2],
+            ["no <problem> tags; split on 'Problem/Example/Question N' headers"],
         ),
         (
             "numbered list",
