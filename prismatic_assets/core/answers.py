@@ -135,7 +135,7 @@ def extract_boxed(text: str) -> str | None:
 
 
 # "The answer is 12.", "Final answer: x = 3", "**Answer:** 5" (markdown stars are stripped).
-_STATED = re.compile(r"(?:final\s+answer|the\s+answer|answer)\W{0,4}?\s*(?:is|:|=)\s*(.+)", re.IGNORECASE)
+_STATED = re.compile(r"(?:final\s+answer|the\s+answer|answer)\W{0,4}?\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
 
 
 def extract_stated(text: str, max_chars: int = 60) -> str | None:

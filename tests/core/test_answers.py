@@ -246,6 +246,7 @@ def test_huge_powers_skip_math_verify(a: str, b: str, expected: bool) -> None:
         ("12 + 30 = 42\n\nThe answer is 42.", "42"),  # how SmolLM2-135M ends
         ("So the final answer is $\\frac{1}{2}$. Done.", "\\frac{1}{2}"),
         ("**Answer:** 3.5", "3.5"),
+        ("Time = 2 * 2 = 4\n\nThe answer is: 4", "4"),
         ("Final answer: x = 3\nThanks!", "x = 3"),
         ("The answer is 10.\nWait, the answer is 12.", "12"),  # the last statement wins
         ("I think the answer is that we need to consider every case " + "carefully " * 10, None),  # prose
