@@ -15,6 +15,7 @@ Writes benchmarks/results/round.json and round.md (or into `--out`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> None:
                          f"dagster asset materialize --select seed_samples,gradient_embeddings,...)")
     rs = round_settings(settings)
     if args.requests:
-        import dataclasses
-
         rs = dataclasses.replace(rs, requests_per_round=args.requests)
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
         copy = Path(tmp) / "store.duckdb"
