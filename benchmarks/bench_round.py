@@ -28,7 +28,7 @@ from prismatic_assets.settings import load_settings
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.synthesis import STAGES, run_round
-from prismatic_assets.workflows import build_embedder
+from prismatic_assets.pipeline.embeddings import build_embedder
 
 
 def _engine_start(generator) -> float:

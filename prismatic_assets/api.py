@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from prismatic_assets import workflows
+from prismatic_assets.pipeline.embeddings import build_embedder, default_cache_store, embed_samples, pool_vectors
+from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.core.loaders import FieldMap, load_samples
 from prismatic_assets.core.models import PACKAGED_MODEL
 from prismatic_assets.core.samples import Rejection, Sample
@@ -61,20 +62,20 @@ def score_samples(samples: Sequence[Sample], *, model: str = PACKAGED_MODEL, dev
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prismatic-") as tmp:
         if cache is True:
-            store = workflows.default_cache_store()
+            store = default_cache_store()
         elif cache is False or cache is None:
             store = MetadataStore(Path(tmp) / "scratch.duckdb")
         elif isinstance(cache, MetadataStore):
             store = cache
         else:
             store = MetadataStore(cache)
-        embedder = workflows.build_embedder(
+        embedder = build_embedder(
             ProxySettings(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
                           max_length=max_length),
             ProjectionSettings(kind=projection, dim=dim, seed=seed))
-        report = workflows.embed_samples(samples, embedder, store, progress=progress)
-        pool = workflows.pool_vectors(store, samples, report.embedding_key, report.dim)
-        result = workflows.score_pool(None, pool, q, report.embedding_key, scope="api")
+        report = embed_samples(samples, embedder, store, progress=progress)
+        pool = pool_vectors(store, samples, report.embedding_key, report.dim)
+        result = score_pool(None, pool, q, report.embedding_key, scope="api")
     return DatasetScore(
         g_vendi=result.score, q=q, n=result.n, dim=result.dim, model=model,
         model_fingerprint=embedder.model_fingerprint, projection=embedder.projection_key,

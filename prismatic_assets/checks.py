@@ -4,7 +4,7 @@
 import dagster as dg
 import numpy as np
 
-from prismatic_assets import workflows
+from prismatic_assets.pipeline.embeddings import pool_vectors
 from prismatic_assets.assets.backbone import ClusterSnapshot, EmbeddingSnapshot, ScoreSnapshot, SeedSnapshot
 from prismatic_assets.resources import MetadataStoreResource
 
@@ -21,7 +21,7 @@ def seed_rejection_rate(seed_samples: SeedSnapshot) -> dg.AssetCheckResult:
 def embeddings_finite_unit(gradient_embeddings: EmbeddingSnapshot, store: MetadataStoreResource) -> dg.AssetCheckResult:
     db = store.open()
     samples = db.load_samples(gradient_embeddings.sample_ids)
-    pool = workflows.pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
+    pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
     finite = bool(np.isfinite(pool.vectors).all())
     norms = np.linalg.norm(pool.vectors.astype(np.float64), axis=1) if len(pool.vectors) else np.ones(1)
     worst = float(np.max(np.abs(norms - 1.0)))

@@ -15,7 +15,8 @@ from prismatic_assets.core.generation import Generator, make_generator
 from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.settings import GeneratorSettings, ProjectionSettings, ProxySettings, SeedSettings
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.workflows import SeedData, build_embedder, load_seed
+from prismatic_assets.pipeline.embeddings import build_embedder
+from prismatic_assets.pipeline.seed import SeedData, load_seed
 
 
 class MetadataStoreResource(dg.ConfigurableResource):

@@ -52,7 +52,9 @@ from prismatic_assets.store.synthesis_tables import (SYNTHESIS_SOURCE, Candidate
                                                      RequestRow, RoundRecord, RoundRow, ScoreRow, completed_rounds,
                                                      generation_key, get_generations, put_generations,
                                                      round_scope, write_round)
-from prismatic_assets.workflows import cluster_pool, digest, embed_samples, pool_vectors
+from prismatic_assets.core.ids import digest
+from prismatic_assets.pipeline.clusters import cluster_pool
+from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 
 StageProgress = Callable[[str, int, int], None]
 
@@ -344,7 +346,7 @@ def load_pool(store: MetadataStore, round: int, seed_source: str | None = None) 
 
 def _score_row(scope: str, result: GVendiResult, member_ids: Sequence[str], q: float, embedding_key: str,
                n_excluded: int, config: dict[str, Any]) -> ScoreRow:
-    # Same id payload as workflows.score_pool, so identical members give identical ids.
+    # Same id payload as pipeline.scores.score_pool, so identical members give identical ids.
     score_id = digest({"scope": scope, "metric": "g_vendi", "q": q, "members": list(member_ids),
                        "key": embedding_key})
     return ScoreRow(score_id=score_id, scope=scope, q=q, value=result.score, entropy=result.entropy, n=result.n,

@@ -29,7 +29,7 @@ from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary
 from prismatic_assets.synthesis import (LINEAGE_QUERIES, STAGES, RoundOrderError, RoundSettings, judge_candidates,
                                         plan_requests, request_seed, run_round)
-from prismatic_assets.workflows import embed_samples
+from prismatic_assets.pipeline.embeddings import embed_samples
 from tests.conftest import make_tiny_llama
 
 # -- (a) the sparse-cluster filter on constructed gradients ------------------------------

@@ -1,6 +1,6 @@
 """The backbone assets: seed_samples -> gradient_embeddings -> gradient_clusters -> g_vendi.
 
-Each asset reads its inputs, calls `prismatic_assets.workflows`, and attaches the metadata
+Each asset reads its inputs, calls the pipeline layer (`prismatic_assets.pipeline`), and attaches the metadata
 a user wants at a glance. Assets hand each other small snapshots (ids and keys); the data
 itself lives in the metadata store.
 """
@@ -14,7 +14,11 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from prismatic_assets import plots, workflows
+from prismatic_assets import plots
+from prismatic_assets.pipeline.clusters import cluster_pool
+from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.pipeline.scores import score_pool
+from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
 from prismatic_assets.resources import MetadataStoreResource, ProxyModelResource, SeedDataResource
 from prismatic_assets.settings import ClusteringSettings, Settings
@@ -81,7 +85,7 @@ def build_backbone_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def seed_samples(context: dg.AssetExecutionContext, seed_data: SeedDataResource,
                      store: MetadataStoreResource) -> dg.Output[SeedSnapshot]:
         seed = seed_data.load()
-        workflows.store_seed(store.open(), seed, context.run_id)
+        store_seed(store.open(), seed, context.run_id)
         result = seed.result
         reasons = Counter(_reason_kind(r.reason) for r in result.rejections)
         categories = Counter(s.category or "-" for s in seed.pool)
@@ -118,8 +122,8 @@ def build_backbone_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
                 context.log.info(f"gradients {i}/{n}, {elapsed / i:.2f} s/sample, ETA {eta:.0f} s{note}")
 
-        report = workflows.embed_samples(samples, embedder, db, context.run_id, progress=progress)
-        vectors = workflows.pool_vectors(db, samples, report.embedding_key, report.dim)
+        report = embed_samples(samples, embedder, db, context.run_id, progress=progress)
+        vectors = pool_vectors(db, samples, report.embedding_key, report.dim)
         snapshot = EmbeddingSnapshot(report.embedding_key, report.dim, seed_samples.pool_ids,
                                      len(vectors.sample_ids), vectors.excluded)
         return dg.Output(snapshot, metadata={
@@ -148,10 +152,10 @@ def build_backbone_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                           store: MetadataStoreResource) -> dg.Output[ClusterSnapshot]:
         db = store.open()
         samples = db.load_samples(gradient_embeddings.sample_ids)
-        pool = workflows.pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
+        pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
         settings_ = ClusteringSettings(ratio=config.ratio, niter=config.niter, seed=config.seed,
                                        sparse_ratio=config.sparse_ratio)
-        clustering_id, clustering = workflows.cluster_pool(db, pool, settings_, gradient_embeddings.embedding_key,
+        clustering_id, clustering = cluster_pool(db, pool, settings_, gradient_embeddings.embedding_key,
                                                            scope=SEED_SCOPE, run_id=context.run_id)
         sizes = clustering.sizes.tolist()
         png = plots.cluster_sizes_png(sizes, clustering.sparse)
@@ -177,8 +181,8 @@ def build_backbone_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 gradient_clusters: ClusterSnapshot, store: MetadataStoreResource) -> dg.Output[ScoreSnapshot]:
         db = store.open()
         samples = db.load_samples(gradient_embeddings.sample_ids)
-        pool = workflows.pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
-        result = workflows.score_pool(db, pool, config.q, gradient_embeddings.embedding_key, scope=SEED_SCOPE,
+        pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
+        result = score_pool(db, pool, config.q, gradient_embeddings.embedding_key, scope=SEED_SCOPE,
                                       run_id=context.run_id)
         sizes = np.asarray(gradient_clusters.sizes, dtype=float)
         cluster_vendi = float(np.exp(renyi_entropy(sizes / sizes.sum(), 1.0)))

@@ -14,7 +14,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from prismatic_assets import plots, workflows
+from prismatic_assets import plots
+from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.core.ids import digest
+from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.assets.backbone import EmbeddingSnapshot, SeedSnapshot
 from prismatic_assets.core.evaluation import (assert_disjoint, combine_reports, evaluate, gsm_symbolic_set,
                                               load_eval_file)
@@ -89,15 +92,15 @@ def build_distillation_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         samples = training_samples(db, seed_samples.pool_ids, rounds)
         # The training set's diversity, under the same proxy and projection as the pool.
         embedder = proxy.embedder()
-        workflows.embed_samples(samples, embedder, db, context.run_id)
-        vectors = workflows.pool_vectors(db, samples, embedder.key, embedder.projector.spec.dim)
-        g_vendi = workflows.score_pool(db, vectors, settings.score.q, embedder.key, scope="distill:train",
+        embed_samples(samples, embedder, db, context.run_id)
+        vectors = pool_vectors(db, samples, embedder.key, embedder.projector.spec.dim)
+        g_vendi = score_pool(db, vectors, settings.score.q, embedder.key, scope="distill:train",
                                        run_id=context.run_id).score
         sft = SFTSettings(max_steps=config.max_steps, learning_rate=config.learning_rate,
                           per_device_batch_size=ds.per_device_batch_size,
                           gradient_accumulation_steps=ds.gradient_accumulation_steps, max_length=ds.max_length,
                           bf16=ds.bf16, save_steps=ds.save_steps, seed=ds.seed)
-        data_key = workflows.digest({"student": ds.student, "ids": [s.sample_id for s in samples],
+        data_key = digest({"student": ds.student, "ids": [s.sample_id for s in samples],
                                      "sft": sft.resume_relevant()})
         output_dir = settings.data_path / "models" / f"distilled-{data_key}"
         t = tracker.tracker()
@@ -163,7 +166,7 @@ def build_distillation_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                                           for name, samples in eval_sets.items() if samples])
             finally:
                 generator.close()
-            evaluation_id = workflows.digest({"run": context.run_id, "role": role, "model": model})
+            evaluation_id = digest({"run": context.run_id, "role": role, "model": model})
             _store_results(db, evaluation_id, role, model, distilled_model.mlflow_run_id, report, context.run_id)
             results[role] = report
         t = tracker.tracker()

@@ -1,0 +1,35 @@
+"""Gradient clusters: spherical k-means of a pool's vectors, stored with the sparse clusters marked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prismatic_assets.core.clustering import Clustering, num_clusters, spherical_kmeans
+from prismatic_assets.core.ids import digest
+from prismatic_assets.pipeline.embeddings import PoolVectors
+from prismatic_assets.settings import ClusteringSettings
+from prismatic_assets.store.store import MetadataStore
+
+
+def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringSettings, embedding_key: str,
+                 scope: str, run_id: str | None = None) -> tuple[str, Clustering]:
+    """Spherical k-means of the pool's vectors, stored under a content-derived id."""
+    n = len(pool.sample_ids)
+    if n < 2:
+        raise ValueError(f"clustering needs at least 2 samples with a valid gradient, got {n} "
+                         f"({len(pool.excluded)} excluded: {list(pool.excluded.values())[:3]})")
+    k = num_clusters(n, settings.ratio)
+    clustering = spherical_kmeans(pool.vectors, k, niter=settings.niter, seed=settings.seed,
+                                  sparse_ratio=settings.sparse_ratio)
+    config = {"ratio": settings.ratio, "niter": settings.niter, "seed": settings.seed,
+              "sparse_ratio": settings.sparse_ratio}
+    clustering_id = digest({"scope": scope, "members": pool.sample_ids, "key": embedding_key, "config": config})
+    sorted_sizes = np.sort(clustering.sizes)
+    threshold = int(sorted_sizes[int(k * settings.sparse_ratio)]) if k else 0
+    store.replace_clustering(
+        clustering_id=clustering_id, scope=scope, embedding_key=embedding_key, k=k, n=n,
+        niter=settings.niter, seed=settings.seed, sparse_ratio=settings.sparse_ratio, threshold_size=threshold,
+        sizes=clustering.sizes, sparse=clustering.sparse, centroids=clustering.centroids,
+        member_ids=pool.sample_ids, assignments=clustering.assignments, similarities=clustering.similarities,
+        config=config, run_id=run_id)
+    return clustering_id, clustering
