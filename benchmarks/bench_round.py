@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_results
-from prismatic_assets.assets.synthesis import next_round, round_settings
-from prismatic_assets.resources import open_generator
-from prismatic_assets.settings import load_settings
+from prismatic_assets.assets.rounds import next_round
+from prismatic_assets.config import build_config, load_config
+from prismatic_assets.engines import EngineSet, open_engine
+from prismatic_assets.pipeline.embeddings import build_embedder
+from prismatic_assets.pipeline.round import STAGES, lend, run_round
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.synthesis import STAGES, run_round
-from prismatic_assets.pipeline.embeddings import build_embedder
 
 
 def _engine_start(generator) -> float:
@@ -47,14 +47,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="where to write round.json / round.md (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    settings = load_settings(args.profile)
+    settings = load_config(args.profile)
     source = Path(args.store)
     if not source.is_file():
         raise SystemExit(f"{source}: no such store; materialize the backbone first (make demo, or "
                          f"dagster asset materialize --select seed_samples,gradient_embeddings,...)")
-    rs = round_settings(settings)
     if args.requests:
-        rs = dataclasses.replace(rs, requests_per_round=args.requests)
+        values = settings.model_dump()
+        values["synthesis"]["requests_per_round"] = args.requests
+        settings = build_config(values)
+    rs = settings.synthesis
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
         copy = Path(tmp) / "store.duckdb"
         shutil.copyfile(source, copy)
@@ -67,14 +69,16 @@ def main(argv: list[str] | None = None) -> None:
         round_number = next_round(store)
         holdout = store.query(f"SELECT prompt FROM {S.SAMPLES} WHERE split = 'holdout'")["prompt"].to_list()
         embedder = build_embedder(settings.proxy, settings.projection)
-        generator = open_generator(settings.synthesis.generator)
+        generator = open_engine(settings.synthesis.generator)
         teacher = (generator if settings.synthesis.teacher == settings.synthesis.generator
-                   else open_generator(settings.synthesis.teacher))
+                   else open_engine(settings.synthesis.teacher))
         try:
             start = _engine_start(generator) + (_engine_start(teacher) if teacher is not generator else 0.0)
             began = time.perf_counter()
-            report = run_round(store, round_number, generator=generator, teacher=teacher, embedder=embedder,
-                               settings=rs, eval_texts={"seed_holdout": holdout} if holdout else {},
+            # Engines started above (timed apart) and lent to the round.
+            report = run_round(store, round_number, engines=EngineSet.of(generator=generator, teacher=teacher),
+                               proxy=lend(embedder), config=settings,
+                               eval_texts={"seed_holdout": holdout} if holdout else {},
                                progress=lambda stage, done, total: print(f"  {stage} {done}/{total}", flush=True))
             total = time.perf_counter() - began
         finally:

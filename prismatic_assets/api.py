@@ -22,7 +22,7 @@ from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.core.loaders import FieldMap, load_samples
 from prismatic_assets.core.models import PACKAGED_MODEL
 from prismatic_assets.core.samples import Rejection, Sample
-from prismatic_assets.settings import ProjectionSettings, ProxySettings
+from prismatic_assets.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.store.store import MetadataStore
 
 
@@ -70,9 +70,9 @@ def score_samples(samples: Sequence[Sample], *, model: str = PACKAGED_MODEL, dev
         else:
             store = MetadataStore(cache)
         embedder = build_embedder(
-            ProxySettings(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
+            ProxyConfig(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
                           max_length=max_length),
-            ProjectionSettings(kind=projection, dim=dim, seed=seed))
+            ProjectionConfig(kind=projection, dim=dim, seed=seed))
         report = embed_samples(samples, embedder, store, progress=progress)
         pool = pool_vectors(store, samples, report.embedding_key, report.dim)
         result = score_pool(None, pool, q, report.embedding_key, scope="api")

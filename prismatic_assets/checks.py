@@ -6,7 +6,7 @@ import numpy as np
 
 from prismatic_assets.pipeline.embeddings import pool_vectors
 from prismatic_assets.assets.backbone import ClusterSnapshot, EmbeddingSnapshot, ScoreSnapshot, SeedSnapshot
-from prismatic_assets.resources import MetadataStoreResource
+from prismatic_assets.dagster_resources import StoreResource
 
 
 @dg.asset_check(asset="seed_samples", description="Most rows load: a high rejection rate means a wrong field mapping.")
@@ -18,7 +18,7 @@ def seed_rejection_rate(seed_samples: SeedSnapshot) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="gradient_embeddings", description="Every stored vector is finite and unit length.")
-def embeddings_finite_unit(gradient_embeddings: EmbeddingSnapshot, store: MetadataStoreResource) -> dg.AssetCheckResult:
+def embeddings_finite_unit(gradient_embeddings: EmbeddingSnapshot, store: StoreResource) -> dg.AssetCheckResult:
     db = store.open()
     samples = db.load_samples(gradient_embeddings.sample_ids)
     pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)

@@ -2,6 +2,8 @@
 
     prismatic score data.jsonl [--model PATH_OR_ID] [--fields prompt=question,response=solution]
     prismatic demo [--profile local]
+    prismatic rounds N [--profile local]
+    prismatic config show [--profile paper] [--defaults] [--markdown]
 
 `score` prints a data set's G-Vendi without Dagster; `demo` materializes every asset of a
 profile through Dagster (the runs then show in `dagster dev`).
@@ -96,7 +98,7 @@ def _run_rounds(settings, env: dict[str, str], count: int) -> int:
     """Add and materialize the next `count` round partitions, one run each, in order."""
     import dagster as dg
 
-    from prismatic_assets.assets.synthesis import ROUNDS, next_round
+    from prismatic_assets.assets.rounds import ROUNDS, next_round
     from prismatic_assets.store.store import MetadataStore
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
@@ -117,9 +119,9 @@ def _run_rounds(settings, env: dict[str, str], count: int) -> int:
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
-    from prismatic_assets.settings import load_settings
+    from prismatic_assets.config import load_config
 
-    settings = load_settings(args.profile)
+    settings = load_config(args.profile)
     code = _run_rounds(settings, dagster_env(args.profile), args.count)
     if code == 0:
         _print_summary(settings)
@@ -127,9 +129,9 @@ def _cmd_rounds(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from prismatic_assets.settings import load_settings
+    from prismatic_assets.config import load_config
 
-    settings = load_settings(args.profile)
+    settings = load_config(args.profile)
     env = dagster_env(args.profile)
     os.makedirs(settings.data_path, exist_ok=True)
     print(f"[demo] profile {settings.profile} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
@@ -158,6 +160,29 @@ def _print_summary(settings) -> None:
     print(f"[demo] metadata store: {settings.store_path}")
     print(scores)
     print("[demo] browse it in the UI: make ui  (then open http://127.0.0.1:3000)")
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from prismatic_assets.config import defaults, defaults_markdown, describe, profile_path
+
+    if args.defaults:
+        if args.markdown:
+            print(defaults_markdown(), end="")
+        else:
+            for key, value in defaults():
+                print(f"{key:<48}{value!r}")
+        return 0
+    rows = describe(args.profile)
+    print(f"# profile: {profile_path(args.profile)}")
+    if args.markdown:
+        print("| key | value | from |\n|---|---|---|")
+        for key, value, origin in rows:
+            print(f"| `{key}` | `{value!r}` | {origin} |")
+        return 0
+    width = max(len(k) for k, _, _ in rows) + 2
+    for key, value, origin in rows:
+        print(f"{key:<{width}}{value!r:<40} {origin}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     rounds.add_argument("count", type=int, nargs="?", default=1, help="how many rounds (default 1)")
     rounds.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
     rounds.set_defaults(func=_cmd_rounds)
+
+    config = sub.add_parser("config", help="print the resolved configuration of a profile")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    show = config_sub.add_parser("show", help="every setting, its value and where it comes from (file or default)")
+    show.add_argument("--profile", default=None, help="local (default: $PRISMATIC_PROFILE or local), paper, "
+                                                      "or a YAML path")
+    show.add_argument("--defaults", action="store_true", help="the built-in defaults only, no profile")
+    show.add_argument("--markdown", action="store_true", help="a Markdown table")
+    show.set_defaults(func=_cmd_config)
     return parser
 
 
@@ -203,8 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, ImportError, KeyError) as exc:
-        print(f"prismatic: error: {exc}", file=sys.stderr)
+        print(f"prismatic: error: {_describe_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _describe_error(exc: BaseException) -> str:
+    """The error with its type and its chain of causes, so nothing of the reason is lost."""
+    parts = [f"{type(exc).__name__}: {exc}"]
+    seen = {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        parts.append(f"caused by {type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,14 @@ def tiny_model_dir(tmp_path_factory, packaged_tokenizer) -> str:
     model.save_pretrained(path)
     packaged_tokenizer.save_pretrained(path)
     return str(path)
+
+
+def write_profile(folder, values: dict, name: str = "test") -> str:
+    """A profile YAML file with these overrides; returns its path (for build_definitions)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"profile": name, **values}))
+    return str(path)

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.synthesis import STAGES
+from prismatic_assets.pipeline.round import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +30,12 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
         "proxy": {"model": tiny_model_dir, "max_length": 256},
         "projection": {"dim": 64},
         "clustering": {"ratio": 0.2},
-        "synthesis": {"generator": llm, "teacher": llm, "requests_per_round": 2, "problem_max_tokens": 16,
-                      "solution_max_tokens": 16, "demo_rounds": 2},
-        "distill": {"student": tiny_model_dir, "max_steps": 2, "save_steps": 1, "max_length": 256},
-        "evaluation": {"backend": "transformers", "gsm_symbolic": 2, "max_tokens": 8},
+        "synthesis": {"generator": llm, "teacher": llm, "requests_per_round": 2,
+                      "problem_sampling": {"max_tokens": 16}, "solution_sampling": {"max_tokens": 16},
+                      "demo_rounds": 2},
+        "distill": {"student": tiny_model_dir, "launcher": "python",
+                    "sft": {"max_steps": 2, "save_steps": 1, "max_length": 256}},
+        "evaluation": {"engine": {"backend": "transformers"}, "gsm_symbolic": 2, "max_tokens": 8},
     }
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(profile))

@@ -1,14 +1,16 @@
 """The backbone assets: seed_samples -> gradient_embeddings -> gradient_clusters -> g_vendi.
 
-Each asset reads its inputs, calls the pipeline layer (`prismatic_assets.pipeline`), and attaches the metadata
-a user wants at a glance. Assets hand each other small snapshots (ids and keys); the data
-itself lives in the metadata store.
+Each asset reads its inputs, calls the pipeline layer (`prismatic_assets.pipeline`), and
+attaches the metadata a user wants at a glance. Assets hand each other small snapshots (ids
+and keys); the data itself lives in the metadata store. Settings come from the profile the
+resources are bound to; the launchpad's run config can override a few per run.
 """
 
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Optional
 
 import dagster as dg
 import numpy as np
@@ -20,8 +22,9 @@ from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
-from prismatic_assets.resources import MetadataStoreResource, ProxyModelResource, SeedDataResource
-from prismatic_assets.settings import ClusteringSettings, Settings
+from prismatic_assets.config import ClusteringConfig
+from prismatic_assets.dagster_resources import ProfileResource, ProxyResource, StoreResource
+from prismatic_assets.pipeline.seed import load_seed
 
 GROUP = "backbone"
 SEED_SCOPE = "seed"
@@ -66,139 +69,153 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def build_backbone_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    """The four backbone assets, with run-config defaults taken from the profile."""
-    cl, sc = settings.clustering, settings.score
+class ClusterRunConfig(dg.Config):
+    """Per-run overrides of the profile's `clustering` block (empty: the profile's value)."""
 
-    class ClusterConfig(dg.Config):
-        ratio: float = Field(cl.ratio, description="K = max(2, round(ratio * N)); the paper uses 0.01")
-        niter: int = Field(cl.niter, description="k-means iterations (the paper: 20)")
-        seed: int = Field(cl.seed, description="k-means seed")
-        sparse_ratio: float = Field(cl.sparse_ratio, description="clusters smaller than the size at "
-                                    "position int(K * sparse_ratio) of the sorted sizes are sparse")
+    ratio: Optional[float] = Field(None, description="K = max(2, round(ratio * N)); the paper uses 0.01")
+    niter: Optional[int] = Field(None, description="k-means iterations (the paper: 20)")
+    seed: Optional[int] = Field(None, description="k-means seed")
+    sparse_ratio: Optional[float] = Field(None, description="clusters smaller than the size at position "
+                                          "int(K * sparse_ratio) of the sorted sizes are sparse")
 
-    class ScoreConfig(dg.Config):
-        q: float = Field(sc.q, description="Renyi order: 1 = Shannon (the paper), 2, or inf")
+    def resolve(self, profile: ClusteringConfig) -> ClusteringConfig:
+        return ClusteringConfig(**{**profile.model_dump(), **self.model_dump(exclude_none=True)})
 
-    @dg.asset(group_name=GROUP, kinds={"python", "duckdb"},
-              description="Seed problems with worked solutions, validated; rejected rows are kept with reasons.")
-    def seed_samples(context: dg.AssetExecutionContext, seed_data: SeedDataResource,
-                     store: MetadataStoreResource) -> dg.Output[SeedSnapshot]:
-        seed = seed_data.load()
-        store_seed(store.open(), seed, context.run_id)
-        result = seed.result
-        reasons = Counter(_reason_kind(r.reason) for r in result.rejections)
-        categories = Counter(s.category or "-" for s in seed.pool)
-        context.log.info(result.summary())
-        snapshot = SeedSnapshot(result.source, [s.sample_id for s in seed.pool],
-                                [s.sample_id for s in seed.holdout], len(result.rejections))
-        return dg.Output(snapshot, metadata={
-            "source": result.source,
-            "n_loaded": len(result.samples),
-            "n_pool": len(seed.pool),
-            "n_holdout": len(seed.holdout),
-            "n_rejected": len(result.rejections),
-            "n_duplicates": result.n_duplicates,
-            "rejections_by_reason": dg.MetadataValue.json(dict(reasons)),
-            "pool_by_category": dg.MetadataValue.json(dict(categories)),
-        })
 
-    @dg.asset(group_name=GROUP, kinds={"pytorch", "duckdb"},
-              description="Projected, L2-normalized response-only loss gradients of the pool under the proxy "
-                          "model; cached by (content hash, model fingerprint, projection, gradient spec).")
-    def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot,
-                            proxy: ProxyModelResource, store: MetadataStoreResource) -> dg.Output[EmbeddingSnapshot]:
-        db = store.open()
-        samples = db.load_samples(seed_samples.pool_ids)
-        started = time.perf_counter()
-        embedder = proxy.embedder()
-        load_seconds = time.perf_counter() - started
-        log_every = max(1, len(samples) // 20)
+class ScoreRunConfig(dg.Config):
+    q: Optional[float] = Field(None, description="Renyi order: 1 = Shannon (the paper), 2, or inf")
 
-        def progress(i: int, n: int, sample, outcome) -> None:
-            if i % log_every == 0 or i == n or outcome.error:
-                elapsed = time.perf_counter() - started - load_seconds
-                eta = elapsed / i * (n - i)
-                note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
-                context.log.info(f"gradients {i}/{n}, {elapsed / i:.2f} s/sample, ETA {eta:.0f} s{note}")
 
-        report = embed_samples(samples, embedder, db, context.run_id, progress=progress)
-        vectors = pool_vectors(db, samples, report.embedding_key, report.dim)
-        snapshot = EmbeddingSnapshot(report.embedding_key, report.dim, seed_samples.pool_ids,
-                                     len(vectors.sample_ids), vectors.excluded)
-        return dg.Output(snapshot, metadata={
-            "n": len(samples),
-            "n_valid": len(vectors.sample_ids),
-            "n_errors": len(vectors.excluded),
-            "errors": dg.MetadataValue.json(dict(list(vectors.excluded.items())[:50])),
-            "n_cached": report.n_cached,
-            "n_computed": report.n_computed,
-            "n_truncated": report.n_truncated,
-            "seconds_per_sample": round(report.seconds_per_sample, 3),
-            "model_load_seconds": round(load_seconds, 1),
-            "model": proxy.model,
-            "model_fingerprint": embedder.model_fingerprint,
-            "projection": embedder.projection_key,
-            "gradient_params": proxy.params or "all",
-            "parameters": embedder.input_dim,
-            "dim": report.dim,
-            "embedding_key": report.embedding_key,
-        })
+@dg.asset(group_name=GROUP, kinds={"python", "duckdb"},
+          description="Seed problems with worked solutions, validated; rejected rows are kept with reasons.")
+def seed_samples(context: dg.AssetExecutionContext, profile: ProfileResource,
+                 store: StoreResource) -> dg.Output[SeedSnapshot]:
+    seed = load_seed(profile.config().seed)
+    store_seed(store.open(), seed, context.run_id)
+    result = seed.result
+    reasons = Counter(_reason_kind(r.reason) for r in result.rejections)
+    categories = Counter(s.category or "-" for s in seed.pool)
+    context.log.info(result.summary())
+    snapshot = SeedSnapshot(result.source, [s.sample_id for s in seed.pool],
+                            [s.sample_id for s in seed.holdout], len(result.rejections))
+    return dg.Output(snapshot, metadata={
+        "source": result.source,
+        "n_loaded": len(result.samples),
+        "n_pool": len(seed.pool),
+        "n_holdout": len(seed.holdout),
+        "n_rejected": len(result.rejections),
+        "n_duplicates": result.n_duplicates,
+        "rejections_by_reason": dg.MetadataValue.json(dict(reasons)),
+        "pool_by_category": dg.MetadataValue.json(dict(categories)),
+    })
 
-    @dg.asset(group_name=GROUP, kinds={"python", "duckdb"},
-              description="Spherical k-means of the pool's gradient vectors, with the sparse clusters marked.")
-    def gradient_clusters(context: dg.AssetExecutionContext, config: ClusterConfig,
-                          gradient_embeddings: EmbeddingSnapshot, seed_samples: SeedSnapshot,
-                          store: MetadataStoreResource) -> dg.Output[ClusterSnapshot]:
-        db = store.open()
-        samples = db.load_samples(gradient_embeddings.sample_ids)
-        pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
-        settings_ = ClusteringSettings(ratio=config.ratio, niter=config.niter, seed=config.seed,
-                                       sparse_ratio=config.sparse_ratio)
-        clustering_id, clustering = cluster_pool(db, pool, settings_, gradient_embeddings.embedding_key,
-                                                           scope=SEED_SCOPE, run_id=context.run_id)
-        sizes = clustering.sizes.tolist()
-        png = plots.cluster_sizes_png(sizes, clustering.sparse)
-        context.log.info(f"K={clustering.k}, sizes={sorted(sizes, reverse=True)}")
-        snapshot = ClusterSnapshot(clustering_id, clustering.k, sizes, clustering.sparse.tolist())
-        return dg.Output(snapshot, metadata={
-            "clustering_id": clustering_id,
-            "n": len(pool.sample_ids),
-            "k": clustering.k,
-            "n_sparse": int(clustering.sparse.sum()),
-            "largest": int(max(sizes)),
-            "smallest": int(min(sizes)),
-            "empty_clusters": int(sum(1 for s in sizes if s == 0)),
-            "mean_similarity": float(np.mean(clustering.similarities)),
-            "sizes": dg.MetadataValue.json(sizes),
-            "cluster_sizes": dg.MetadataValue.md(plots.markdown_image(png, "cluster sizes")),
-        })
 
-    @dg.asset(group_name=GROUP, kinds={"python", "duckdb"},
-              description="G-Vendi: exp(entropy) of the eigenvalues of the pool's gradient second-moment "
-                          "matrix, with the cluster-size entropy beside it.")
-    def g_vendi(context: dg.AssetExecutionContext, config: ScoreConfig, gradient_embeddings: EmbeddingSnapshot,
-                gradient_clusters: ClusterSnapshot, store: MetadataStoreResource) -> dg.Output[ScoreSnapshot]:
-        db = store.open()
-        samples = db.load_samples(gradient_embeddings.sample_ids)
-        pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
-        result = score_pool(db, pool, config.q, gradient_embeddings.embedding_key, scope=SEED_SCOPE,
-                                      run_id=context.run_id)
-        sizes = np.asarray(gradient_clusters.sizes, dtype=float)
-        cluster_vendi = float(np.exp(renyi_entropy(sizes / sizes.sum(), 1.0)))
-        context.log.info(f"G-Vendi = {result.score:.3f} (N={result.n}, d={result.dim}, q={config.q})")
-        snapshot = ScoreSnapshot(result.score, config.q, result.n, result.dim, result.entropy,
-                                 len(pool.excluded))
-        return dg.Output(snapshot, metadata={
-            "g_vendi": dg.MetadataValue.float(result.score),
-            "entropy": result.entropy,
-            "q": config.q,
-            "n": result.n,
-            "dim": result.dim,
-            "n_excluded": len(pool.excluded),
-            "g_vendi_per_sample": result.score / result.n,
-            "cluster_size_vendi": dg.MetadataValue.float(cluster_vendi),
-            "embedding_key": gradient_embeddings.embedding_key,
-        })
+@dg.asset(group_name=GROUP, kinds={"pytorch", "duckdb"},
+          description="Projected, L2-normalized response-only loss gradients of the pool under the proxy "
+                      "model; cached by (content hash, model fingerprint, projection, gradient spec).")
+def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, profile: ProfileResource,
+                        proxy: ProxyResource, store: StoreResource) -> dg.Output[EmbeddingSnapshot]:
+    db = store.open()
+    samples = db.load_samples(seed_samples.pool_ids)
+    started = time.perf_counter()
+    with proxy.open() as embedder:
+        about = {"model": profile.config().proxy.model,
+                 "model_load_seconds": round(time.perf_counter() - started, 1)}
+        return _embed_pool(context, db, samples, embedder, seed_samples, about)
 
-    return [seed_samples, gradient_embeddings, gradient_clusters, g_vendi]
+
+def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_samples: SeedSnapshot,
+                about: dict) -> dg.Output[EmbeddingSnapshot]:
+    started = time.perf_counter()
+    log_every = max(1, len(samples) // 20)
+
+    def progress(i: int, n: int, sample, outcome) -> None:
+        if i % log_every == 0 or i == n or outcome.error:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / i * (n - i)
+            note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
+            context.log.info(f"gradients {i}/{n}, {elapsed / i:.2f} s/sample, ETA {eta:.0f} s{note}")
+
+    report = embed_samples(samples, embedder, db, context.run_id, progress=progress)
+    vectors = pool_vectors(db, samples, report.embedding_key, report.dim)
+    snapshot = EmbeddingSnapshot(report.embedding_key, report.dim, seed_samples.pool_ids,
+                                 len(vectors.sample_ids), vectors.excluded)
+    return dg.Output(snapshot, metadata={
+        "n": len(samples),
+        "n_valid": len(vectors.sample_ids),
+        "n_errors": len(vectors.excluded),
+        "errors": dg.MetadataValue.json(dict(list(vectors.excluded.items())[:50])),
+        "n_cached": report.n_cached,
+        "n_computed": report.n_computed,
+        "n_truncated": report.n_truncated,
+        "seconds_per_sample": round(report.seconds_per_sample, 3),
+        "model_fingerprint": embedder.model_fingerprint,
+        "projection": embedder.projection_key,
+        "gradient_params": embedder.gradient.params or "all",
+        "parameters": embedder.input_dim,
+        "dim": report.dim,
+        "embedding_key": report.embedding_key,
+        **about,
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "duckdb"},
+          description="Spherical k-means of the pool's gradient vectors, with the sparse clusters marked.")
+def gradient_clusters(context: dg.AssetExecutionContext, config: ClusterRunConfig,
+                      gradient_embeddings: EmbeddingSnapshot, seed_samples: SeedSnapshot,
+                      profile: ProfileResource, store: StoreResource) -> dg.Output[ClusterSnapshot]:
+    db = store.open()
+    samples = db.load_samples(gradient_embeddings.sample_ids)
+    pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
+    settings_ = config.resolve(profile.config().clustering)
+    clustering_id, clustering = cluster_pool(db, pool, settings_, gradient_embeddings.embedding_key,
+                                                       scope=SEED_SCOPE, run_id=context.run_id)
+    sizes = clustering.sizes.tolist()
+    png = plots.cluster_sizes_png(sizes, clustering.sparse)
+    context.log.info(f"K={clustering.k}, sizes={sorted(sizes, reverse=True)}")
+    snapshot = ClusterSnapshot(clustering_id, clustering.k, sizes, clustering.sparse.tolist())
+    return dg.Output(snapshot, metadata={
+        "clustering_id": clustering_id,
+        "n": len(pool.sample_ids),
+        "k": clustering.k,
+        "n_sparse": int(clustering.sparse.sum()),
+        "largest": int(max(sizes)),
+        "smallest": int(min(sizes)),
+        "empty_clusters": int(sum(1 for s in sizes if s == 0)),
+        "mean_similarity": float(np.mean(clustering.similarities)),
+        "sizes": dg.MetadataValue.json(sizes),
+        "cluster_sizes": dg.MetadataValue.md(plots.markdown_image(png, "cluster sizes")),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "duckdb"},
+          description="G-Vendi: exp(entropy) of the eigenvalues of the pool's gradient second-moment "
+                      "matrix, with the cluster-size entropy beside it.")
+def g_vendi(context: dg.AssetExecutionContext, config: ScoreRunConfig, gradient_embeddings: EmbeddingSnapshot,
+            gradient_clusters: ClusterSnapshot, profile: ProfileResource,
+            store: StoreResource) -> dg.Output[ScoreSnapshot]:
+    db = store.open()
+    samples = db.load_samples(gradient_embeddings.sample_ids)
+    pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
+    q = config.q if config.q is not None else profile.config().score.q
+    result = score_pool(db, pool, q, gradient_embeddings.embedding_key, scope=SEED_SCOPE,
+                                  run_id=context.run_id)
+    sizes = np.asarray(gradient_clusters.sizes, dtype=float)
+    cluster_vendi = float(np.exp(renyi_entropy(sizes / sizes.sum(), 1.0)))
+    context.log.info(f"G-Vendi = {result.score:.3f} (N={result.n}, d={result.dim}, q={q})")
+    snapshot = ScoreSnapshot(result.score, q, result.n, result.dim, result.entropy,
+                             len(pool.excluded))
+    return dg.Output(snapshot, metadata={
+        "g_vendi": dg.MetadataValue.float(result.score),
+        "entropy": result.entropy,
+        "q": q,
+        "n": result.n,
+        "dim": result.dim,
+        "n_excluded": len(pool.excluded),
+        "g_vendi_per_sample": result.score / result.n,
+        "cluster_size_vendi": dg.MetadataValue.float(cluster_vendi),
+        "embedding_key": gradient_embeddings.embedding_key,
+    })
+
+
+BACKBONE_ASSETS = [seed_samples, gradient_embeddings, gradient_clusters, g_vendi]

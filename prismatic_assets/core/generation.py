@@ -273,6 +273,24 @@ def _spawn_without_main() -> Iterator[None]:
             multiprocessing.spawn.get_preparation_data = original
 
 
+@contextlib.contextmanager
+def _visible_devices(devices: tuple[int, ...] | None) -> Iterator[None]:
+    """CUDA_VISIBLE_DEVICES = `devices` while vLLM spawns its engine processes (they read it
+    at start, so this process's own CUDA state, if any, is untouched)."""
+    if devices is None:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
 class VLLMGenerator(BaseGenerator):
     """The offline vLLM engine, started once on the first `chat` and kept until `close()`.
 
@@ -288,7 +306,7 @@ class VLLMGenerator(BaseGenerator):
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 engine_kwargs: dict[str, Any] | None = None) -> None:
+                 engine_kwargs: dict[str, Any] | None = None, devices: Sequence[int] | None = None) -> None:
         super().__init__()
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size!r}: must be an int >= 1 (GPUs per engine)")
@@ -307,6 +325,10 @@ class VLLMGenerator(BaseGenerator):
         self.max_model_len = max_model_len
         self.gpu_memory_utilization = gpu_memory_utilization
         self.engine_kwargs = engine_kwargs
+        if devices is not None and len(devices) != tensor_parallel_size:
+            raise ValueError(f"devices={list(devices)}: list one GPU per tensor-parallel shard "
+                             f"({tensor_parallel_size})")
+        self.devices = tuple(devices) if devices is not None else None
         self._llm: Any = None
         self._closed = False
         self._lock = threading.Lock()
@@ -348,7 +370,7 @@ class VLLMGenerator(BaseGenerator):
         args = self.engine_args()
         if current_platform.is_cpu():
             args = {**CPU_ENGINE_DEFAULTS, **args}
-        with _spawn_without_main():
+        with _spawn_without_main(), _visible_devices(self.devices):
             return vllm.LLM(**args)
 
     def chat(self, conversations: Sequence[Sequence[Message]],

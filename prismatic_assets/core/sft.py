@@ -96,6 +96,10 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 ProgressFn = Callable[[int, float], None]
 
 
+#: How several training processes share the model: whole copies (DDP), FSDP, DeepSpeed ZeRO-3.
+SHARDING_CHOICES = ("none", "fsdp", "zero3")
+
+
 @dataclass(frozen=True)
 class SFTSettings:
     """Training settings. Defaults are the local CPU profile (a few minutes for SmolLM2-135M).
@@ -110,6 +114,8 @@ class SFTSettings:
     `save_steps` / `save_total_limit`: checkpoint every n steps, keep the newest n.
     `lora`: train a LoRA adapter (`lora_r`, `lora_alpha`, `lora_dropout` on
     `lora_target_modules`) instead of all weights; it is merged into `final`.
+    `sharding`: with several processes, "none" (DDP: a whole copy each), "fsdp" or "zero3"
+    (parameters, gradients and optimizer state sharded: a 7B student on 8 GPUs).
     """
 
     max_steps: int = 10
@@ -131,8 +137,12 @@ class SFTSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    sharding: str = "none"
 
     def __post_init__(self) -> None:
+        if self.sharding not in SHARDING_CHOICES:
+            raise ValueError(f"SFTSettings.sharding={self.sharding!r}: choose one of {SHARDING_CHOICES} (none: every "
+                             "process holds the whole model, data parallel; fsdp / zero3 shard it across processes)")
         positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "max_length",
                     "save_steps", "logging_steps", "lora_r", "lora_alpha")
         for name in positive:
@@ -157,7 +167,7 @@ class SFTSettings:
     def resume_relevant(self) -> dict[str, Any]:
         """The settings that change the trained weights (checkpoint/log cadence does not)."""
         d = asdict(self)
-        for name in ("save_steps", "save_total_limit", "logging_steps"):
+        for name in ("save_steps", "save_total_limit", "logging_steps", "sharding"):
             d.pop(name)
         d["lora_target_modules"] = list(self.lora_target_modules)
         return d
@@ -278,7 +288,7 @@ def build_sft_config(settings: SFTSettings, output_dir: Path):
         fp16=False,
         # transformers refuses bf16 without a GPU unless told to train on the CPU.
         use_cpu=not _accelerator_available(),
-        gradient_checkpointing=settings.gradient_checkpointing,
+        **({} if settings.sharding == "fsdp" else {"gradient_checkpointing": settings.gradient_checkpointing}),
         seed=settings.seed,
         data_seed=settings.seed,
         save_strategy="steps",
@@ -295,7 +305,23 @@ def build_sft_config(settings: SFTSettings, output_dir: Path):
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataset_num_proc=None,
+        **_sharding_args(settings),
     )
+
+
+def _sharding_args(settings: SFTSettings) -> dict[str, Any]:
+    """Trainer arguments for FSDP or DeepSpeed ZeRO-3 (the launcher starts the processes)."""
+    if settings.sharding == "fsdp":
+        # Activation checkpointing inside FSDP replaces the Trainer's own (which FSDP forbids).
+        return {"fsdp": "full_shard auto_wrap",
+                "fsdp_config": {"activation_checkpointing": settings.gradient_checkpointing,
+                                "use_orig_params": True, "state_dict_type": "FULL_STATE_DICT"}}
+    if settings.sharding == "zero3":
+        return {"deepspeed": {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+                              "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
+                              "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+                              "gradient_clipping": "auto"}}
+    return {}
 
 
 def _accelerator_available() -> bool:
@@ -545,9 +571,19 @@ def _load_student(model_path: str, settings: SFTSettings):
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # fp32 master weights; `bf16=True` autocasts the compute (mixed precision).
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    # bf16 weights where the device computes in bf16 (a 7B student's fp32 weights, gradients
+    # and Adam state need ~120 GB); elsewhere fp32 master weights, bf16 autocast if asked.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_weights_dtype(settings))
     return model, tokenizer
+
+
+def _weights_dtype(settings: SFTSettings) -> str:
+    import torch
+
+    if settings.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
 
 
 def build_trainer(model, tokenizer, dataset, output_dir: Path, settings: SFTSettings,

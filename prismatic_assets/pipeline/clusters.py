@@ -7,11 +7,11 @@ import numpy as np
 from prismatic_assets.core.clustering import Clustering, num_clusters, spherical_kmeans
 from prismatic_assets.core.ids import digest
 from prismatic_assets.pipeline.embeddings import PoolVectors
-from prismatic_assets.settings import ClusteringSettings
+from prismatic_assets.config import ClusteringConfig
 from prismatic_assets.store.store import MetadataStore
 
 
-def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringSettings, embedding_key: str,
+def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringConfig, embedding_key: str,
                  scope: str, run_id: str | None = None) -> tuple[str, Clustering]:
     """Spherical k-means of the pool's vectors, stored under a content-derived id."""
     n = len(pool.sample_ids)

@@ -6,10 +6,12 @@ module decides what is missing, computes it with a `GradientEmbedder` and writes
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,13 +19,13 @@ from prismatic_assets.core.gradients import Embedding, GradientEmbedder, Gradien
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.settings import ProjectionSettings, ProxySettings
+from prismatic_assets.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.store.store import EmbeddingRow, MetadataStore
 
 Progress = Callable[[int, int, Sample, Embedding], None]
 
 
-def build_embedder(proxy: ProxySettings, projection: ProjectionSettings) -> GradientEmbedder:
+def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig) -> GradientEmbedder:
     """Load the proxy model and freeze everything the vectors depend on."""
     model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device)
     spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)
@@ -109,3 +111,19 @@ def default_cache_store() -> MetadataStore:
     from prismatic_assets.core.models import default_cache_dir
 
     return MetadataStore(Path(default_cache_dir()) / "score-cache.duckdb")
+
+
+@contextlib.contextmanager
+def open_embedder(proxy: ProxyConfig, projection: ProjectionConfig) -> Iterator[GradientEmbedder]:
+    """The proxy model for the duration of a stage; its memory (GPU included) freed on exit,
+    so an LLM engine that needs the same device can start next."""
+    embedder = build_embedder(proxy, projection)
+    try:
+        yield embedder
+    finally:
+        del embedder
+        gc.collect()
+        if proxy.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prismatic_assets.core.loaders import FieldMap, LoadResult, load_samples, split_holdout
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.settings import SeedSettings
+from prismatic_assets.config import SeedConfig
 from prismatic_assets.store.store import MetadataStore
 
 
@@ -17,7 +17,7 @@ class SeedData:
     holdout: list[Sample]
 
 
-def load_seed(settings: SeedSettings) -> SeedData:
+def load_seed(settings: SeedConfig) -> SeedData:
     fields = FieldMap.parse(settings.fields) if settings.fields else None
     result = load_samples(settings.source, fields=fields, limit=settings.limit, max_chars=settings.max_chars)
     if settings.holdout_fraction > 0:

@@ -10,7 +10,7 @@ Two kinds of writes, with different lifetimes:
   duplicates rows.
 
 This module knows tables and rows; the round itself is computed in
-`prismatic_assets.synthesis`.
+`prismatic_assets.pipeline.round`.
 """
 
 from __future__ import annotations

@@ -18,15 +18,15 @@ import yaml
 
 from prismatic_assets.cli import BACKBONE
 from prismatic_assets.definitions import build_definitions
-from prismatic_assets.settings import (ClusteringSettings, ProxySettings, SeedSettings, Settings,
-                                       load_settings)
+from prismatic_assets.config import load_config
 from prismatic_assets.store.store import MetadataStore
+from tests.conftest import write_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _materialize(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    defs = build_definitions(settings)
+def _materialize(profile: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    defs = build_definitions(profile)
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey(key) for key in BACKBONE.split(",")})
     return job.execute_in_process(instance=instance)
@@ -39,14 +39,11 @@ def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 @pytest.mark.integration
 def test_materialize_backbone_with_packaged_model(tmp_path):
-    settings = Settings(
-        data_dir=str(tmp_path / "data"),
-        seed=SeedSettings(source="champ", limit=10, holdout_fraction=0.2),
-        proxy=ProxySettings(max_length=384),
-        clustering=ClusteringSettings(ratio=0.3),
-    )
+    profile = write_profile(tmp_path, {"data_dir": str(tmp_path / "data"),
+                                       "seed": {"source": "champ", "limit": 10, "holdout_fraction": 0.2},
+                                       "proxy": {"max_length": 384}, "clustering": {"ratio": 0.3}})
     with dg.instance_for_test() as instance:
-        result = _materialize(settings, instance)
+        result = _materialize(profile, instance)
         assert result.success
         meta = _metadata(result)
         assert meta["seed_samples"]["n_pool"].value == 8 and meta["seed_samples"]["n_holdout"].value == 2
@@ -59,13 +56,13 @@ def test_materialize_backbone_with_packaged_model(tmp_path):
         assert len(checks) == 4 and all(c.passed for c in checks)
 
         # A second materialization reuses every vector and replaces, never duplicates, rows.
-        again = _materialize(settings, instance)
+        again = _materialize(profile, instance)
         meta2 = _metadata(again)
         assert meta2["gradient_embeddings"]["n_cached"].value == 8
         assert meta2["gradient_embeddings"]["n_computed"].value == 0
         assert meta2["g_vendi"]["g_vendi"].value == pytest.approx(score, rel=1e-9)
 
-    store = MetadataStore(settings.store_path)
+    store = MetadataStore(load_config(profile).store_path)
     counts = store.query("SELECT (SELECT count(*) FROM samples) AS s, (SELECT count(*) FROM embeddings) AS e, "
                          "(SELECT count(*) FROM scores) AS g, (SELECT count(*) FROM clusterings) AS c").row(0)
     assert counts == (10, 8, 1, 1)
@@ -75,7 +72,7 @@ def test_materialize_backbone_with_packaged_model(tmp_path):
 
 def test_shipped_multiprocess_executor_via_dagster_cli(tmp_path, tiny_model_dir):
     """`dagster asset materialize` with the definitions' own executor (parallel processes, one DuckDB file)."""
-    profile = load_settings("local")
+    profile = load_config("local")
     values = {
         "profile": "test", "data_dir": str(tmp_path / "data"),
         "seed": {"source": "champ", "limit": 24, "holdout_fraction": 0.25},

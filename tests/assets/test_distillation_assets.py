@@ -6,26 +6,27 @@ import dagster as dg
 from mlflow import MlflowClient
 
 from prismatic_assets.definitions import build_definitions
-from prismatic_assets.settings import (ClusteringSettings, DistillSettings, EvaluationSettings, ProjectionSettings,
-                                       ProxySettings, SeedSettings, Settings)
+from prismatic_assets.config import load_config
 from prismatic_assets.store.store import MetadataStore
+from tests.conftest import write_profile
 
 BACKBONE = ["seed_samples", "gradient_embeddings", "gradient_clusters", "g_vendi"]
 
 
 def test_distill_and_evaluate_track_everything_in_mlflow(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = Settings(
-        data_dir=str(tmp_path / "data"),
-        seed=SeedSettings(source="champ", limit=20, holdout_fraction=0.2),
-        proxy=ProxySettings(model=tiny_model_dir, max_length=256),
-        projection=ProjectionSettings(dim=64),
-        clustering=ClusteringSettings(ratio=0.2),
-        distill=DistillSettings(student=tiny_model_dir, rounds="none", max_steps=3, save_steps=2, max_length=256,
-                                learning_rate=1e-3),
-        evaluation=EvaluationSettings(backend="transformers", gsm_symbolic=3, holdout=True, holdout_limit=3,
-                                      max_tokens=8),  # 3 of the 4 hold-out problems
-    )
+    settings = write_profile(tmp_path, {
+        "data_dir": str(tmp_path / "data"),
+        "seed": {"source": "champ", "limit": 20, "holdout_fraction": 0.2},
+        "proxy": {"model": tiny_model_dir, "max_length": 256},
+        "projection": {"dim": 64},
+        "clustering": {"ratio": 0.2},
+        # SFT in its own process through Pipes (the python launcher: one CPU process).
+        "distill": {"student": tiny_model_dir, "rounds": "none", "launcher": "python",
+                    "sft": {"max_steps": 3, "save_steps": 2, "max_length": 256, "learning_rate": 1e-3}},
+        "evaluation": {"engine": {"backend": "transformers"}, "gsm_symbolic": 3, "holdout": True,
+                       "holdout_limit": 3, "max_tokens": 8},  # 3 of the 4 hold-out problems
+    })
     defs = build_definitions(settings)
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
@@ -51,7 +52,7 @@ def test_distill_and_evaluate_track_everything_in_mlflow(tmp_path, tiny_model_di
     assert "eval/accuracy/overall" in version.tags
     assert distilled["registered_model"].value == "prismatic-student v1"
 
-    store = MetadataStore(settings.store_path)
+    store = MetadataStore(load_config(settings).store_path)
     counts = store.query("SELECT model_role, benchmark, count(*) AS n FROM eval_results "
                          "GROUP BY ALL ORDER BY ALL").rows()
     assert counts == [("base", "champ_holdout", 3), ("base", "gsm_symbolic", 3),

@@ -5,26 +5,26 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from prismatic_assets.assets.synthesis import ROUNDS, next_round
+from prismatic_assets.assets.rounds import ROUNDS, next_round
+from prismatic_assets.config import load_config
 from prismatic_assets.definitions import build_definitions
-from prismatic_assets.settings import (ClusteringSettings, GeneratorSettings, ProjectionSettings, ProxySettings,
-                                       SeedSettings, Settings, SynthesisSettings)
 from prismatic_assets.store.store import MetadataStore
+from tests.conftest import write_profile
 
 BACKBONE = ["seed_samples", "gradient_embeddings", "gradient_clusters", "g_vendi"]
 
 
-def _settings(tmp_path, tiny_model_dir, backend: str) -> Settings:
-    llm = GeneratorSettings(backend=backend, model="packaged:smollm2-135m-instruct", max_model_len=1024)
-    return Settings(
-        data_dir=str(tmp_path / "data"),
-        seed=SeedSettings(source="champ", limit=30, holdout_fraction=0.2),
-        proxy=ProxySettings(model=tiny_model_dir, max_length=256),
-        projection=ProjectionSettings(dim=64),
-        clustering=ClusteringSettings(ratio=0.2),
-        synthesis=SynthesisSettings(generator=llm, teacher=llm, requests_per_round=2, problem_max_tokens=96,
-                                    solution_max_tokens=96),
-    )
+def _settings(tmp_path, tiny_model_dir, backend: str) -> str:
+    llm = {"backend": backend, "model": "packaged:smollm2-135m-instruct", "max_model_len": 1024}
+    return write_profile(tmp_path, {
+        "data_dir": str(tmp_path / "data"),
+        "seed": {"source": "champ", "limit": 30, "holdout_fraction": 0.2},
+        "proxy": {"model": tiny_model_dir, "max_length": 256},
+        "projection": {"dim": 64},
+        "clustering": {"ratio": 0.2},
+        "synthesis": {"generator": llm, "teacher": llm, "requests_per_round": 2,
+                      "problem_sampling": {"max_tokens": 96}, "solution_sampling": {"max_tokens": 96}},
+    })
 
 
 def _run(defs: dg.Definitions, selection, instance, partition=None) -> dg.ExecuteInProcessResult:
@@ -51,7 +51,12 @@ def test_round_partition_with_real_vllm_on_cpu(tmp_path, tiny_model_dir):
                     "g_vendi_per_round", "seconds_by_stage"):
             assert key in meta
         assert meta["accepted"].value <= meta["verified"].value <= meta["solved"].value
-    store = MetadataStore(settings.store_path)
+        # Whole stages per engine call: the 2 problem requests in one call, the solutions in one.
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+        calls = [m for m in logs if "one engine call with" in m]
+        assert any("generate: one engine call with 2 requests" in m for m in calls), calls
+        assert len([m for m in calls if "generate:" in m]) == 1 and len([m for m in calls if "solve:" in m]) <= 1
+    store = MetadataStore(load_config(settings).store_path)
     assert next_round(store) == 2
     requests = store.query("SELECT count(*) AS n FROM synthesis_requests WHERE round = 1")["n"][0]
     assert requests == 2
@@ -76,7 +81,7 @@ def test_schedule_is_stopped_by_default_and_requests_the_next_round(tmp_path, ti
     defs = build_definitions(settings)
     schedule = defs.resolve_schedule_def("next_synthesis_round")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    MetadataStore(settings.store_path)
+    MetadataStore(load_config(settings).store_path)
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance, resources={"store": defs.resources["store"]},
                                             repository_def=defs.get_repository_def())

@@ -286,6 +286,7 @@ SETTING_CASES = [
     ("lora_alpha", 8, lambda c, p: p.lora_alpha),
     ("lora_dropout", 0.2, lambda c, p: p.lora_dropout),
     ("lora_target_modules", ("q_proj",), lambda c, p: sorted(p.target_modules)),
+    ("sharding", "fsdp", lambda c, p: (c.fsdp, c.deepspeed)),
 ]
 
 

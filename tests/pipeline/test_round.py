@@ -23,12 +23,13 @@ from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
 from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.settings import ClusteringSettings
+from prismatic_assets.config import EngineConfig, SynthesisConfig, build_config
+from prismatic_assets.engines import EngineSet
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary
-from prismatic_assets.synthesis import (LINEAGE_QUERIES, STAGES, RoundOrderError, RoundSettings, judge_candidates,
-                                        plan_requests, request_seed, run_round)
+from prismatic_assets.pipeline.round import LINEAGE_QUERIES, STAGES, lend, run_round
+from prismatic_assets.pipeline.round_stages import RoundOrderError, judge_candidates, plan_requests, request_seed
 from prismatic_assets.pipeline.embeddings import embed_samples
 from tests.conftest import make_tiny_llama
 
@@ -100,7 +101,7 @@ def test_plan_requests_strategies_and_seeds():
     # clusters: 0 big (12), 1 small (5), 2 small (3), 3 empty and sparse
     clustering = _clustering([0] * 12 + [1] * 5 + [2] * 3, [False, True, True, True])
     members = {c: {i for i, a in zip(ids, clustering.assignments) if a == c} for c in range(4)}
-    settings = RoundSettings(requests_per_round=6, few_shot=3, new_per_request=3, strategy="sparse_cluster")
+    settings = SynthesisConfig(requests_per_round=6, few_shot=3, new_per_request=3, strategy="sparse_cluster")
     plans = plan_requests(1, pool, ids, clustering, settings)
     assert [p.strategy for p in plans] == ["sparse_cluster"] * 6
     assert {p.target_cluster for p in plans} == {1, 2}  # the empty sparse cluster is never a target
@@ -112,11 +113,11 @@ def test_plan_requests_strategies_and_seeds():
         assert shown == [pool[ids.index(i)].prompt for i in p.few_shot_ids]  # recorded in the order shown
     assert plans == plan_requests(1, pool, ids, clustering, settings)  # deterministic
 
-    rand = plan_requests(1, pool, ids, clustering, dataclasses.replace(settings, strategy="random"))
+    rand = plan_requests(1, pool, ids, clustering, settings.model_copy(update={"strategy": "random"}))
     assert all(p.strategy == "random" and p.target_cluster is None for p in rand)
     assert any(not set(p.few_shot_ids) <= members[1] | members[2] for p in rand)
-    other_seed = plan_requests(1, pool, ids, clustering, dataclasses.replace(settings, strategy="random", seed=1))
-    other_round = plan_requests(2, pool, ids, clustering, dataclasses.replace(settings, strategy="random"))
+    other_seed = plan_requests(1, pool, ids, clustering, settings.model_copy(update={"strategy": "random", "seed": 1}))
+    other_round = plan_requests(2, pool, ids, clustering, settings.model_copy(update={"strategy": "random"}))
     assert [p.few_shot_ids for p in other_seed] != [p.few_shot_ids for p in rand]
     assert [p.few_shot_ids for p in other_round] != [p.few_shot_ids for p in rand]
     assert len({p.sampling.seed for p in rand + other_seed + other_round}) == 18
@@ -133,7 +134,7 @@ def test_plan_requests_strategies_and_seeds():
 ])
 def test_round_settings_are_validated(changes, match):
     with pytest.raises(ValueError, match=match):
-        RoundSettings(**changes)
+        SynthesisConfig(**changes)
 
 
 # -- (b) a whole round with a tiny proxy and scripted LLMs --------------------------------
@@ -285,14 +286,21 @@ def seeded(tmp_path_factory, embedder):
     return copy
 
 
-SETTINGS = RoundSettings(requests_per_round=8, chunk_size=2, clustering=ClusteringSettings(ratio=0.25))
+SETTINGS = build_config({"synthesis": {"requests_per_round": 8, "chunk_size": 2}, "clustering": {"ratio": 0.25}})
+
+
+def _with(config, **synthesis):
+    """`config` with some synthesis settings changed (validated like a profile)."""
+    values = config.model_dump()
+    values["synthesis"].update(synthesis)
+    return build_config(values)
 EVAL = {"heldout": [EVAL_TEXT]}
 
 
 def _run(store, embedder, round=1, generator=None, teacher=None, settings=SETTINGS, **kw):
-    return run_round(store, round, generator=generator or make_generator(), teacher=teacher or make_teacher(),
-                     embedder=embedder, settings=settings, eval_texts=EVAL, seed_source="unit", run_id=f"run-{round}",
-                     **kw)
+    engines = EngineSet.of(generator=generator or make_generator(), teacher=teacher or make_teacher())
+    return run_round(store, round, engines=engines, proxy=lend(embedder), config=settings, eval_texts=EVAL,
+                     seed_source="unit", run_id=f"run-{round}", **kw)
 
 
 def _table(store, table: str, order: str):
@@ -496,19 +504,19 @@ def test_parameters_change_the_round(tmp_path, seeded, embedder, round_one):
     """min_agree, strategy and eval_texts each change the outcome."""
     _, base, *_ = round_one
     store = seeded(tmp_path / "m.duckdb")
-    strict = _run(store, embedder, settings=dataclasses.replace(SETTINGS, min_agree=3))
+    strict = _run(store, embedder, settings=_with(SETTINGS, min_agree=3))
     assert strict.vote_failures == {"disagreement": 2, "no_answer": 1} and strict.verified == base.verified - 1
 
     store = seeded(tmp_path / "m2.duckdb")
-    sparse = _run(store, embedder, settings=dataclasses.replace(SETTINGS, strategy="sparse_cluster"))
+    sparse = _run(store, embedder, settings=_with(SETTINGS, strategy="sparse_cluster"))
     targets = store.query(f"SELECT DISTINCT target_cluster FROM {S.SYNTHESIS_REQUESTS}")["target_cluster"].to_list()
     sparse_clusters = store.query(f"SELECT cluster FROM {S.CLUSTERS} c JOIN {S.CLUSTERINGS} g USING (clustering_id) "
                                   f"WHERE g.scope = 'round:1' AND c.is_sparse AND c.size > 0")["cluster"].to_list()
     assert sparse.strategy == "sparse_cluster" and set(targets) <= set(sparse_clusters) and None not in targets
 
     store = seeded(tmp_path / "m3.duckdb")
-    no_eval = run_round(store, 1, generator=make_generator(), teacher=make_teacher(), embedder=embedder,
-                        settings=SETTINGS, eval_texts=None, seed_source="unit")
+    no_eval = run_round(store, 1, engines=EngineSet.of(generator=make_generator(), teacher=make_teacher()),
+                        proxy=lend(embedder), config=SETTINGS, eval_texts=None, seed_source="unit")
     assert no_eval.contaminated == 0 and no_eval.sent_to_teacher == base.sent_to_teacher + 1
 
 
@@ -517,20 +525,19 @@ def test_parameters_change_the_round(tmp_path, seeded, embedder, round_one):
 
 @pytest.mark.integration
 def test_round_with_the_real_vllm_engine(tmp_path, seeded, embedder):
-    from prismatic_assets.core.generation import VLLMGenerator
     from prismatic_assets.core.models import PACKAGED_MODEL
 
     store = seeded(tmp_path / "m.duckdb")
-    settings = dataclasses.replace(
-        SETTINGS, requests_per_round=2,
-        problem_sampling=SamplingConfig(n=1, temperature=1.0, top_p=0.95, max_tokens=160),
-        solution_sampling=SamplingConfig(n=3, temperature=0.75, top_p=0.95, max_tokens=128))
-    llm = VLLMGenerator(PACKAGED_MODEL, dtype="float32", max_model_len=1024, engine_kwargs={"enforce_eager": True})
-    try:
-        report = run_round(store, 1, generator=llm, teacher=llm, embedder=embedder, settings=settings,
-                           eval_texts=EVAL, seed_source="unit", run_id="vllm")
-    finally:
-        llm.close()
+    settings = _with(SETTINGS, requests_per_round=2,
+                     problem_sampling={"n": 1, "temperature": 1.0, "top_p": 0.95, "max_tokens": 160},
+                     solution_sampling={"n": 3, "temperature": 0.75, "top_p": 0.95, "max_tokens": 128})
+    # One configuration for both roles: one engine, opened for the generator, reused by the
+    # teacher, closed (its processes gone) when the teacher is done.
+    cfg = EngineConfig(model=PACKAGED_MODEL, max_model_len=1024)
+    engines = EngineSet({"generator": cfg, "teacher": cfg})
+    report = run_round(store, 1, engines=engines, proxy=lend(embedder), config=settings, eval_texts=EVAL,
+                       seed_source="unit", run_id="vllm")
+    assert engines.calls == [("open", "generator"), ("reuse", "teacher"), ("close", "teacher")]
     # SmolLM2-135M rarely writes verifiable problems: check the bookkeeping, not the yield.
     assert report.requests == report.outputs == 2 and report.llm_requests["generator"] == 2
     assert report.problems_parsed == report.duplicates + report.contaminated + report.sent_to_teacher
@@ -547,8 +554,7 @@ def test_round_with_the_real_vllm_engine(tmp_path, seeded, embedder):
     assert all(len(s) == 3 for s in solved["solutions"].to_list())
     assert completed_rounds(store) == [1]
     # A re-run is served from the generation cache: the engine never starts.
-    idle = VLLMGenerator(PACKAGED_MODEL, dtype="float32", max_model_len=1024, engine_kwargs={"enforce_eager": True})
-    again = run_round(store, 1, generator=idle, teacher=idle, embedder=embedder, settings=settings,
-                      eval_texts=EVAL, seed_source="unit", run_id="vllm-again")
-    assert not idle.started and again.llm_requests == {"generator": 0, "teacher": 0}
+    again = run_round(store, 1, engines=EngineSet({"generator": cfg, "teacher": cfg}), proxy=lend(embedder),
+                      config=settings, eval_texts=EVAL, seed_source="unit", run_id="vllm-again")
+    assert again.llm_requests == {"generator": 0, "teacher": 0}
     assert again.problems_parsed == report.problems_parsed and again.accepted == report.accepted

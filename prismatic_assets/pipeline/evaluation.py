@@ -1,0 +1,67 @@
+"""Held-out evaluation sets and student accuracy.
+
+The same sets serve twice: as the texts every synthetic problem is decontaminated against
+(a round rejects an n-gram overlap with any of them), and as what the students are scored
+on. Sets: the seed hold-out split, reasoning-gym's offline GSM8K-style problems, and any
+configured benchmark files (MATH500, AIME, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+
+from prismatic_assets.config import EvaluationConfig
+from prismatic_assets.core.evaluation import gsm_symbolic_set, load_eval_file
+from prismatic_assets.core.samples import Sample
+from prismatic_assets.store import schema as S
+from prismatic_assets.store.store import MetadataStore
+
+
+def held_out_sets(store: MetadataStore, seed_source: str, holdout_ids: Sequence[str],
+                  ev: EvaluationConfig, *, limit_holdout: bool = True) -> dict[str, list[Sample]]:
+    """{name: samples} of every configured evaluation set.
+
+    `limit_holdout`: apply `holdout_limit` (evaluation); decontamination uses every
+    held-out problem."""
+    sets: dict[str, list[Sample]] = {}
+    if ev.gsm_symbolic:
+        sets["gsm_symbolic"] = gsm_symbolic_set(ev.gsm_symbolic, seed=ev.gsm_symbolic_seed)
+    if ev.holdout and holdout_ids:
+        ids = list(holdout_ids)[:ev.holdout_limit] if (limit_holdout and ev.holdout_limit) else list(holdout_ids)
+        sets[f"{seed_source}_holdout"] = store.load_samples(ids)
+    for path in ev.files:
+        sets[Path(path).stem] = load_eval_file(path)
+    return sets
+
+
+def decontamination_texts(store: MetadataStore, seed_source: str, holdout_ids: Sequence[str],
+                          ev: EvaluationConfig) -> dict[str, list[str]]:
+    """{label: problem texts} a synthetic problem must not overlap: every evaluation set,
+    files included, and the whole seed hold-out split even when evaluation uses part of it."""
+    sets = held_out_sets(store, seed_source, holdout_ids, ev, limit_holdout=False)
+    if holdout_ids and f"{seed_source}_holdout" not in sets:
+        sets[f"{seed_source}_holdout"] = store.load_samples(list(holdout_ids))
+    return {name: [s.prompt for s in samples] for name, samples in sets.items() if samples}
+
+
+def store_results(store: MetadataStore, evaluation_id: str, role: str, model: str, mlflow_run_id: str, report,
+                  run_id: str) -> None:
+    """Replace one evaluation's per-problem rows."""
+    rows = report.rows()
+    table = pa.table({
+        "evaluation_id": [evaluation_id] * len(rows), "model_role": [role] * len(rows), "model": [model] * len(rows),
+        "mlflow_run_id": [mlflow_run_id] * len(rows), "sample_id": [r["sample_id"] for r in rows],
+        "benchmark": [r["benchmark"] for r in rows], "completion": [r["completion"] for r in rows],
+        "problem": [r["problem"] for r in rows], "response": [r["response"] for r in rows],
+        "extracted": pa.array([r["extracted"] for r in rows], type=pa.string()),
+        "gold": [r["gold"] for r in rows], "correct": [bool(r["correct"]) for r in rows],
+        "run_id": [run_id] * len(rows)})
+    with store.transaction() as con:
+        con.execute(f"DELETE FROM {S.EVAL_RESULTS} WHERE evaluation_id = ?", [evaluation_id])
+        con.register("incoming", table)
+        con.execute(f"INSERT INTO {S.EVAL_RESULTS} (evaluation_id, model_role, model, mlflow_run_id, sample_id, "
+                    f"benchmark, completion, problem, response, extracted, gold, correct, run_id) "
+                    f"SELECT * FROM incoming")

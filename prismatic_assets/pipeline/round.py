@@ -1,0 +1,282 @@
+"""One Prismatic Synthesis round: `run_round` runs the stages of `round_stages` in order.
+
+A round (SPEC, "Prismatic Synthesis, the loop"): cluster the pool (seed + earlier rounds)
+and mark the sparse clusters; ask the generator for new problems showing pool problems;
+parse them; reject duplicates and evaluation overlaps; solve each `n_solutions` times with
+the teacher and keep the majority-verified; embed them and keep those whose nearest pool
+centroid is sparse; score G-Vendi before, after and for a random control; write the round
+in one transaction (re-running a round replaces its rows).
+
+Each engine is opened for its stage and closed after it (`engines.EngineSet`), and the
+proxy is held only while gradients are computed, so on GPUs each of them finds its devices
+free. LLM outputs are stored as they arrive: a crashed round, run again, asks only for
+what is missing. No Dagster here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
+
+from prismatic_assets.config import Config
+from prismatic_assets.core.gradients import GradientEmbedder
+from prismatic_assets.core.ids import digest
+from prismatic_assets.engines import EngineSet
+from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, StageProgress,
+                                                    check_round_order, decontaminate, embed_candidates,
+                                                    filter_candidates, generate_problems, parse_outputs,
+                                                    plan_requests, prepare_pool, score_round, solve_problems, vote)
+from prismatic_assets.store import schema as S
+from prismatic_assets.store.store import MetadataStore
+from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, write_round
+
+#: Stage names, in order, as passed to the progress callback and keyed in RoundReport.seconds.
+STAGES = ("pool", "generate", "parse", "hygiene", "solve", "vote", "gradients", "filter", "score", "write")
+
+#: Opens the proxy for a stage: a context manager yielding the embedder, released on exit.
+ProxyOpener = Callable[[], ContextManager[GradientEmbedder]]
+
+
+def lend(embedder: GradientEmbedder) -> ProxyOpener:
+    """A ProxyOpener for an embedder the caller owns (kept loaded)."""
+    return lambda: contextlib.nullcontext(embedder)
+
+
+@dataclass
+class RoundReport:
+    """What one round did, stage by stage. Counts are of candidates (parsed problems) unless named."""
+
+    round: int
+    run_id: str | None
+    clustering_id: str
+    embedding_key: str
+    n_pool: int  # pool samples (seed pool + earlier rounds)
+    n_pool_excluded: int  # pool samples without a valid gradient (not clustered)
+    k: int
+    n_sparse: int
+    strategy: str
+    strategy_fallbacks: int  # "sparse_cluster" requests drawn at random: no non-empty sparse cluster
+    requests: int
+    outputs: int  # generated outputs (requests x problem_sampling.n)
+    outputs_cached: int  # of which read from the generation cache
+    problems_asked: int  # outputs x new_per_request
+    problems_parsed: int  # candidates
+    parse_failures: int  # outputs with no usable problem (empty included)
+    empty_outputs: int
+    duplicates: int  # of the pool or of an earlier candidate
+    duplicates_pool: int
+    duplicates_batch: int
+    contaminated: int
+    sent_to_teacher: int
+    solutions_cached: int  # teacher requests served by the generation cache
+    verified: int
+    vote_failures: dict[str, int]  # reason -> count ("no_answer", "disagreement", "tie")
+    gradient_failures: int
+    in_dense: int  # verified, with a gradient, nearest centroid dense
+    accepted: int
+    acceptance_rate: dict[str, float]  # stage -> passed / entered
+    llm_requests: dict[str, int]  # conversations sent this run: {"generator": n, "teacher": n}
+    g_vendi_before: float
+    g_vendi_after: float
+    g_vendi_random: float
+    n_random_control: int
+    sparse_fraction: float  # sparse clusters / K
+    sparse_coverage: float  # sparse clusters that received >= 1 accepted sample / sparse clusters
+    clusters_filled: list[int]
+    seconds: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _rate(passed: int, entered: int) -> float:
+    return passed / entered if entered else 0.0
+
+
+def _rate(passed: int, entered: int) -> float:
+    return passed / entered if entered else 0.0
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - began
+
+
+def run_round(store: MetadataStore, round: int, *, engines: EngineSet, proxy: ProxyOpener, config: Config,
+              eval_texts: Mapping[str, Sequence[str]] | None = None, seed_source: str | None = None,
+              run_id: str | None = None, progress: StageProgress | None = None) -> RoundReport:
+    """Run synthesis round `round` (>= 1; rounds 1..round-1 must be complete) and store it.
+
+    engines: serves the "generator" and "teacher" roles. proxy: opens the gradient embedder
+    (the pool's embedding key). eval_texts: {label: texts} that new problems must not share
+    a `synthesis.ngram`-gram with. seed_source: the seed samples' `source` (None: all).
+    """
+    syn = config.synthesis
+    check_round_order(store, round)
+    timer = _Timer()
+    with timer("pool"), proxy() as embedder:
+        pool = prepare_pool(store, round, embedder, config.clustering, seed_source, run_id, progress)
+    plans = plan_requests(round, pool.samples, pool.vectors.sample_ids, pool.clustering, syn)
+    with timer("generate"), engines.open("generator") as generator:
+        generated = generate_problems(store, generator, plans, syn.chunk_size, run_id, progress)
+        models = {"generator": generator.model_name}
+    with timer("parse"):
+        ledger = parse_outputs(round, plans, generated, pool, models["generator"], syn)
+    with timer("hygiene"):
+        clean = decontaminate(ledger, pool, eval_texts, syn.ngram)
+    with timer("solve"), engines.open("teacher") as teacher:
+        solved = solve_problems(store, teacher, clean, round, syn, run_id, progress)
+        models["teacher"] = teacher.model_name
+    with timer("vote"):
+        verified = vote(ledger, clean, solved, models["teacher"], syn)
+    with timer("gradients"), proxy() as embedder:
+        embedded = embed_candidates(store, embedder, ledger, verified, run_id, progress)
+    with timer("filter"):
+        accepted = filter_candidates(ledger, embedded, pool, plans, models, config.clustering.sparse_ratio)
+    with timer("score"):
+        scores = score_round(pool, embedded, accepted, config.score.q, round, syn.seed)
+    report = build_report(ledger, pool, plans, generated.stats.cached, generated.stats.called, clean, solved,
+                          verified, embedded, accepted, scores, syn.strategy, syn.new_per_request, run_id)
+    with timer("write"):
+        commit_round(store, ledger, pool, embedded, accepted, scores, report, config, models, run_id)
+    report.seconds = timer.seconds
+    if progress:
+        progress("write", 1, 1)
+    return report
+
+
+def build_report(ledger: RoundLedger, pool: PoolState, plans, outputs_cached: int, generator_calls: int, clean,
+                 solved, verified, embedded: Embedded, accepted: Sequence[int], scores: RoundScores, strategy: str,
+                 new_per_request: int, run_id: str | None) -> RoundReport:
+    """The round's counts, rates and scores, from what the stages recorded."""
+    clustering = pool.clustering
+    sparse_ids = {int(c) for c, s in enumerate(clustering.sparse) if s}
+    filled = sorted({int(embedded.candidates[r].cluster) for r in accepted})
+    reasons = ledger.reasons()
+    vote_failures: dict[str, int] = {}
+    for c in clean:
+        if c.vote_reason and c.vote_reason != "accepted":
+            vote_failures[c.vote_reason] = vote_failures.get(c.vote_reason, 0) + 1
+    n_outputs, n_candidates = len(ledger.requests), len(ledger.candidates)
+    problems_asked = n_outputs * new_per_request
+    return RoundReport(
+        round=ledger.round, run_id=run_id, clustering_id=pool.clustering_id, embedding_key=pool.embedding_key,
+        n_pool=len(pool.samples), n_pool_excluded=len(pool.vectors.excluded), k=int(clustering.k),
+        n_sparse=len(sparse_ids), strategy=strategy,
+        strategy_fallbacks=sum(1 for p in plans if p.strategy != strategy),
+        requests=len(plans), outputs=n_outputs, outputs_cached=outputs_cached, problems_asked=problems_asked,
+        problems_parsed=n_candidates, parse_failures=sum(1 for r in ledger.requests if r.status != "parsed"),
+        empty_outputs=sum(1 for r in ledger.requests if r.status == "empty"),
+        duplicates=reasons.count("duplicate_pool") + reasons.count("duplicate_batch"),
+        duplicates_pool=reasons.count("duplicate_pool"), duplicates_batch=reasons.count("duplicate_batch"),
+        contaminated=reasons.count("contaminated"), sent_to_teacher=len(clean),
+        solutions_cached=solved.stats.cached, verified=len(verified), vote_failures=vote_failures,
+        gradient_failures=len(verified) - len(embedded.candidates), in_dense=len(embedded.candidates) - len(accepted),
+        accepted=len(accepted),
+        acceptance_rate={
+            "parse": _rate(n_candidates, problems_asked), "hygiene": _rate(len(clean), n_candidates),
+            "verification": _rate(len(verified), len(clean)),
+            "gradient": _rate(len(embedded.candidates), len(verified)),
+            "cluster": _rate(len(accepted), len(embedded.candidates)),
+            "overall": _rate(len(accepted), n_candidates),
+        },
+        llm_requests={"generator": generator_calls, "teacher": solved.stats.called},
+        g_vendi_before=scores.before.score, g_vendi_after=scores.after.score, g_vendi_random=scores.random.score,
+        n_random_control=len(scores.control_rows), sparse_fraction=_rate(len(sparse_ids), int(clustering.k)),
+        sparse_coverage=_rate(len(set(filled) & sparse_ids), len(sparse_ids)), clusters_filled=filled, seconds={})
+
+
+def commit_round(store: MetadataStore, ledger: RoundLedger, pool: PoolState, embedded: Embedded,
+                 accepted: Sequence[int], scores: RoundScores, report: RoundReport, config: Config,
+                 models: Mapping[str, str], run_id: str | None) -> None:
+    """Write the round's requests, candidates, decisions, accepted samples and scores in one
+    transaction, replacing any earlier run of the same round."""
+    settings = config.synthesis.model_dump(mode="json", exclude={"generator", "teacher"})
+    settings.update(clustering=config.clustering.model_dump(mode="json"), q=config.score.q)
+    n_verified = report.verified
+    row = RoundRow(
+        round=ledger.round, settings=settings,
+        settings_hash=digest({"settings": settings, "generator": models["generator"], "teacher": models["teacher"],
+                              "embedding_key": pool.embedding_key}),
+        generator_model=models["generator"], teacher_model=models["teacher"], embedding_key=pool.embedding_key,
+        clustering_id=pool.clustering_id, pool_digest=digest([s.sample_id for s in pool.samples]),
+        n_pool=len(pool.samples), k=int(pool.clustering.k), n_sparse=report.n_sparse, n_requests=report.requests,
+        n_candidates=len(ledger.candidates), n_verified=n_verified, n_accepted=len(accepted),
+        g_vendi_before=scores.before.score, g_vendi_after=scores.after.score, g_vendi_random=scores.random.score,
+        report=report.as_dict())
+    write_round(store, RoundRecord(
+        round=ledger.round, requests=ledger.requests, candidates=ledger.candidates,
+        decisions=[ledger.decisions[c.candidate_id] for c in ledger.candidates],
+        samples=[embedded.drafts[r] for r in accepted], scores=scores.rows, row=row, run_id=run_id))
+
+
+# -- lineage -----------------------------------------------------------------------------
+#: One SQL query per lineage question (DuckDB, named parameters). Run with
+#: `store.query(LINEAGE_QUERIES[name], {"sample_id": ...})`.
+LINEAGE_QUERIES: dict[str, str] = {
+    # Where did this accepted sample come from? Round, request, few-shot parents, strategy,
+    # target cluster, generator and sampling, raw output, teacher and votes, cluster.
+    "sample_origin": f"""
+        SELECT s.sample_id, s.round, c.candidate_id, c.request_id, q.strategy, q.target_cluster,
+               q.few_shot_ids, q.generator_model, q.sampling, q.raw_output, c.problem,
+               c.teacher_model, c.solution_sampling, c.solutions, c.answers, c.agreement,
+               c.majority_answer, c.cluster, c.similarity, c.cluster_is_sparse, c.cluster_size,
+               q.clustering_id, d.decision, d.reason
+        FROM {S.SAMPLES} s
+        JOIN {S.SYNTHESIS_DECISIONS} d ON d.sample_id = s.sample_id
+        JOIN {S.SYNTHESIS_CANDIDATES} c ON c.candidate_id = d.candidate_id
+        JOIN {S.SYNTHESIS_REQUESTS} q
+          ON q.round = c.round AND q.request_id = c.request_id AND q.output_index = c.output_index
+        WHERE s.sample_id = $sample_id""",
+    # The few-shot parents of a sample, and where each parent came from (seed or a round).
+    "sample_parents": f"""
+        SELECT d.sample_id AS child_id, p.position, p.parent_id, par.origin AS parent_origin,
+               par.source AS parent_source, par.round AS parent_round, par.prompt AS parent_prompt
+        FROM {S.SYNTHESIS_DECISIONS} d
+        JOIN {S.SYNTHESIS_CANDIDATES} c ON c.candidate_id = d.candidate_id
+        JOIN {S.SYNTHESIS_REQUESTS} q
+          ON q.round = c.round AND q.request_id = c.request_id AND q.output_index = c.output_index
+        CROSS JOIN LATERAL (SELECT unnest(q.few_shot_ids) AS parent_id,
+                                   generate_subscripts(q.few_shot_ids, 1) AS position) p
+        LEFT JOIN {S.SAMPLES} par ON par.sample_id = p.parent_id
+        WHERE d.sample_id = $sample_id
+        ORDER BY p.position""",
+    # How many candidates each stage of a round rejected, and why.
+    "round_funnel": f"""
+        SELECT stage, decision, reason, count(*) AS n
+        FROM {S.SYNTHESIS_DECISIONS}
+        WHERE round = $round
+        GROUP BY stage, decision, reason
+        ORDER BY list_position(['hygiene', 'verification', 'gradient', 'cluster'], stage), reason""",
+    # Every rejected candidate of a round with the evidence behind its rejection.
+    "round_rejections": f"""
+        SELECT c.candidate_id, d.stage, d.reason, c.problem, c.duplicate_of, c.duplicate_kind,
+               c.contamination_label, c.contamination_ngram, c.answers, c.agreement, c.vote_reason,
+               c.embedding_error, c.cluster, c.similarity, c.cluster_is_sparse
+        FROM {S.SYNTHESIS_CANDIDATES} c
+        JOIN {S.SYNTHESIS_DECISIONS} d USING (candidate_id)
+        WHERE c.round = $round AND d.decision = 'rejected'
+        ORDER BY c.candidate_id""",
+    # Which sparse clusters of a round's pool clustering received accepted samples.
+    "cluster_fill": f"""
+        SELECT k.cluster, k.size, k.is_sparse, count(d.sample_id) AS accepted,
+               count(c.candidate_id) AS candidates_assigned
+        FROM {S.SYNTHESIS_ROUNDS} r
+        JOIN {S.CLUSTERS} k ON k.clustering_id = r.clustering_id
+        LEFT JOIN {S.SYNTHESIS_CANDIDATES} c ON c.round = r.round AND c.cluster = k.cluster
+        LEFT JOIN {S.SYNTHESIS_DECISIONS} d ON d.candidate_id = c.candidate_id AND d.decision = 'accepted'
+        WHERE r.round = $round
+        GROUP BY ALL
+        ORDER BY k.cluster""",
+}
