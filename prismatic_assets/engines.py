@@ -115,10 +115,23 @@ def open_engine(cfg: EngineConfig, model: str | None = None) -> Generator:
     return make_generator("transformers", model=model, device=cfg.device)
 
 
+#: Helpers that Python's multiprocessing starts once and keeps for the parent's lifetime:
+#: not part of any engine, so not expected to exit when one closes.
+_PROCESS_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
 def _children() -> set[int]:
+    """This process's descendants, without multiprocessing's own long-lived helpers."""
     import psutil
 
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if not any(h in " ".join(p.cmdline()) for h in _PROCESS_HELPERS):
+                pids.add(p.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return pids
 
 
 def _gpu_used_bytes(devices: tuple[int, ...]) -> dict[int, int] | None:
