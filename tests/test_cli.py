@@ -58,3 +58,16 @@ def test_api_q_and_projection_change_the_score(data_file, tiny_model_dir):
     assert shannon.g_vendi != pytest.approx(renyi.g_vendi)
     assert shannon.g_vendi != pytest.approx(other_seed.g_vendi)
     assert shannon.projection != other_seed.projection
+
+
+def test_cli_errors_keep_their_cause():
+    from prismatic_assets.cli import _describe_error
+
+    try:
+        try:
+            raise KeyError("problem")
+        except KeyError as inner:
+            raise ValueError("seed file x.jsonl line 3: bad row") from inner
+    except ValueError as exc:
+        text = _describe_error(exc)
+    assert text == "ValueError: seed file x.jsonl line 3: bad row; caused by KeyError: 'problem'"

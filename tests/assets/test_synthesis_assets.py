@@ -74,6 +74,12 @@ def test_round_order_is_enforced_through_dagster(tmp_path, tiny_model_dir):
         assert not result.success
         failure = result.failure_data_for_node("synthesis_round")
         assert "round 1" in str(failure.error)
+    # The round's MLflow run is ended FAILED, not left RUNNING.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{load_config(settings).data_path / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("prismatic").experiment_id)
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("round-2", "FAILED")]
 
 
 def test_schedule_is_stopped_by_default_and_requests_the_next_round(tmp_path, tiny_model_dir):
