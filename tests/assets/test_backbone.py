@@ -95,3 +95,18 @@ def test_shipped_multiprocess_executor_via_dagster_cli(tmp_path, tiny_model_dir)
     assert 1.0 <= score[0] <= min(score[1], score[2]) and score[1] == 18
     instance_runs = list((home / "storage").iterdir()) if (home / "storage").exists() else []
     assert instance_runs, "the run should be recorded in the Dagster instance"
+
+
+def test_an_asset_materializes_without_definitions(tmp_path):
+    """Assets are module-level: bind resources and materialize one, no Definitions built."""
+    from prismatic_assets.assets.backbone import seed_samples
+    from prismatic_assets.dagster_resources import ProfileResource, StoreResource
+
+    profile = write_profile(tmp_path, {"data_dir": str(tmp_path / "data"),
+                                       "seed": {"source": "champ", "limit": 10, "holdout_fraction": 0.2}})
+    result = dg.materialize([seed_samples], resources={"profile": ProfileResource(profile=profile),
+                                                        "store": StoreResource(profile=profile)})
+    assert result.success
+    snapshot = result.output_for_node("seed_samples")
+    assert len(snapshot.pool_ids) == 8 and len(snapshot.holdout_ids) == 2
+    assert MetadataStore(load_config(profile).store_path).query("SELECT count(*) AS n FROM samples")["n"][0] == 10
