@@ -113,12 +113,14 @@ def assign_to_centroids(x, centroids) -> tuple[np.ndarray, np.ndarray]:
     return ids[:, 0].astype(np.int64), sims[:, 0].astype(np.float32)
 
 
-def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: float = 0.5) -> Clustering:
+def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: float = 0.5,
+                     init_centroids=None) -> Clustering:
     """Cluster the rows of x (normalized here) into k cosine clusters; deterministic for a seed.
 
     Every point takes part in every iteration: faiss would otherwise subsample above 256
     points per centroid and warn below 39. Assignments and sizes are recomputed against the
     final centroids, so they are exactly what `assign_to_centroids` gives for the pool.
+    init_centroids: (k, d) starting centroids (e.g. k-means++); None lets faiss draw k rows.
     """
     v = _unit_rows(x, "vectors")  # (N, d)
     n, d = v.shape
@@ -135,7 +137,10 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
         d, int(k), niter=int(niter), seed=int(seed), spherical=True, verbose=False,
         min_points_per_centroid=1, max_points_per_centroid=max(256, -(-n // int(k))),
     )
-    km.train(v)
+    init = None if init_centroids is None else _unit_rows(init_centroids, "init_centroids")
+    if init is not None and init.shape != (int(k), d):
+        raise ValueError(f"init_centroids must have shape (k, d) = ({k}, {d}), got {init.shape}")
+    km.train(v, init_centroids=init)
     centroids = _unit_rows(km.centroids, "centroids")  # (K, d)
     assignments, similarities = assign_to_centroids(v, centroids)
     sizes = np.bincount(assignments, minlength=int(k)).astype(np.int64)
