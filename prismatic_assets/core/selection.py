@@ -93,7 +93,7 @@ def _shape(vectors) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def row_norms(vectors, batch_size: int = 65536) -> np.ndarray:
+def row_norms(vectors, batch_size: int = 16384) -> np.ndarray:
     """(N,) float64 L2 norms, in batches; raises on a non-finite or zero row, naming it."""
     n, _ = _shape(vectors)
     norms = np.empty(n, dtype=np.float64)
