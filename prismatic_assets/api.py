@@ -11,18 +11,16 @@ file again, or a file that shares samples with it, computes only what is new.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from prismatic_assets.pipeline.embeddings import build_embedder, default_cache_store, embed_samples, pool_vectors
-from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.core.loaders import FieldMap, load_samples
 from prismatic_assets.core.models import PACKAGED_MODEL
 from prismatic_assets.core.samples import Rejection, Sample
-from prismatic_assets.config import ProjectionConfig, ProxyConfig
+from prismatic_assets.pipeline.datasets import cache_store, proxy_embedder, set_vectors
+from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.store.store import MetadataStore
 
 
@@ -60,21 +58,10 @@ def score_samples(samples: Sequence[Sample], *, model: str = PACKAGED_MODEL, dev
                   progress: Callable | None = None, rejections: Sequence[Rejection] = ()) -> DatasetScore:
     """G-Vendi of in-memory samples. `cache`: True (the shared cache), False, a path or a store."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="prismatic-") as tmp:
-        if cache is True:
-            store = default_cache_store()
-        elif cache is False or cache is None:
-            store = MetadataStore(Path(tmp) / "scratch.duckdb")
-        elif isinstance(cache, MetadataStore):
-            store = cache
-        else:
-            store = MetadataStore(cache)
-        embedder = build_embedder(
-            ProxyConfig(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
-                          max_length=max_length),
-            ProjectionConfig(kind=projection, dim=dim, seed=seed))
-        report = embed_samples(samples, embedder, store, progress=progress)
-        pool = pool_vectors(store, samples, report.embedding_key, report.dim)
+    with cache_store(cache) as store:
+        embedder = proxy_embedder(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
+                                  max_length=max_length, projection=projection, dim=dim, seed=seed)
+        report, pool = set_vectors(samples, embedder, store, progress=progress)
         result = score_pool(None, pool, q, report.embedding_key, scope="api")
     return DatasetScore(
         g_vendi=result.score, q=q, n=result.n, dim=result.dim, model=model,
@@ -91,3 +78,62 @@ def score_dataset(source: str | Path, *, fields: FieldMap | str | None = None, l
         fields = FieldMap.parse(fields)
     loaded = load_samples(str(source), fields=fields, limit=limit)
     return score_samples(loaded.samples, rejections=loaded.rejections, **options)
+
+
+def compare_datasets(sources: Sequence[str | Path], *, names: Sequence[str] | None = None,
+                     fields: FieldMap | str | Sequence[FieldMap | str | None] | None = None,
+                     limit: int | None = None, model: str = PACKAGED_MODEL, device: str = "cpu",
+                     dtype: str = "float32", params: str | None = None, autocast: str | None = None,
+                     max_length: int = 2048, projection: str = "countsketch", dim: int = 1024, seed: int = 0,
+                     qs: Sequence[float] = (1.0, 2.0, float("inf")), clusters: int | None = None,
+                     cluster_seed: int = 0, examples: int = 2, batch_size: int = 8,
+                     cache: MetadataStore | str | Path | None | bool = True, store_scores: MetadataStore | None = None,
+                     progress: Callable | None = None, hidden_progress: Callable | None = None):
+    """Compare data sets under one proxy and projection (see `pipeline.compare.compare_sets`).
+
+    >>> report = compare_datasets(["champ", "gsm.jsonl"], limit=30, params=r"model\\.layers\\.29\\.")
+    >>> report.sets[0].g_vendi[1.0], report.coverage.exclusive
+
+    `fields`: one mapping for every set or one per set. `seed` is the projection seed,
+    `cluster_seed` the coverage clustering's. `store_scores`: also write every set's metrics
+    as `scores` rows (scope "compare:<name>") into this metadata store.
+    """
+    from prismatic_assets.pipeline.compare import compare_sets, store_comparison
+    from prismatic_assets.pipeline.datasets import load_sets
+
+    sets = load_sets(sources, names=names, fields=fields, limit=limit)
+    with cache_store(cache) as store:
+        embedder = proxy_embedder(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
+                                  max_length=max_length, projection=projection, dim=dim, seed=seed)
+        report = compare_sets(sets, embedder, store, qs=qs, clusters=clusters, cluster_seed=cluster_seed,
+                              examples=examples, batch_size=batch_size, model=model,
+                              gradient_progress=progress, hidden_progress=hidden_progress)
+    if store_scores is not None:
+        store_comparison(store_scores, report, sets)
+    return report
+
+
+def select_subset(source: str | Path, *, k: int, method: str = "greedy", seed: int = 0, q: float = 1.0,
+                  clusters: int | None = None, out: str | Path | None = None,
+                  fields: FieldMap | str | None = None, limit: int | None = None, model: str = PACKAGED_MODEL,
+                  device: str = "cpu", dtype: str = "float32", params: str | None = None,
+                  autocast: str | None = None, max_length: int = 2048, projection: str = "countsketch",
+                  dim: int = 1024, projection_seed: int = 0, cache: MetadataStore | str | Path | None | bool = True,
+                  progress: Callable | None = None, step_progress: Callable | None = None):
+    """Pick k diverse samples of a data set (see `pipeline.select.select_from_set`); write them to `out`.
+
+    >>> report = select_subset("data.jsonl", k=100, method="greedy", out="subset.jsonl")
+    >>> report.g_vendi, report.random_mean, report.random_std
+    """
+    from prismatic_assets.pipeline.datasets import load_set
+    from prismatic_assets.pipeline.select import select_from_set, write_subset
+
+    loaded = load_set(source, fields=fields, limit=limit)
+    with cache_store(cache) as store:
+        embedder = proxy_embedder(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
+                                  max_length=max_length, projection=projection, dim=dim, seed=projection_seed)
+        report = select_from_set(loaded, embedder, store, k=k, method=method, seed=seed, q=q, clusters=clusters,
+                                 model=model, gradient_progress=progress, step_progress=step_progress)
+    if out is not None:
+        write_subset(report, out)
+    return report

@@ -1,6 +1,8 @@
 """The `prismatic` command line.
 
     prismatic score data.jsonl [--model PATH_OR_ID] [--fields prompt=question,response=solution]
+    prismatic compare A B [C ...] [--json] [--html report.html]
+    prismatic select DATA --k N [--method cluster-balanced|greedy|random] --out subset.jsonl
     prismatic demo [--profile local]
     prismatic rounds N [--profile local]
     prismatic config show [--profile paper] [--defaults] [--markdown]
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from prismatic_assets.cli_toolkit import add_toolkit_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--defaults", action="store_true", help="the built-in defaults only, no profile")
     show.add_argument("--markdown", action="store_true", help="a Markdown table")
     show.set_defaults(func=_cmd_config)
+    add_toolkit_commands(sub)
     return parser
 
 
