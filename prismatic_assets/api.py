@@ -126,9 +126,10 @@ def select_subset(source: str | Path, *, k: int, method: str = "greedy", seed: i
     >>> report.g_vendi, report.random_mean, report.random_std
     """
     from prismatic_assets.pipeline.datasets import load_set
-    from prismatic_assets.pipeline.select import select_from_set, write_subset
+    from prismatic_assets.pipeline.select import check_request, select_from_set, write_subset
 
     loaded = load_set(source, fields=fields, limit=limit)
+    check_request(loaded, k, method, q)
     with cache_store(cache) as store:
         embedder = proxy_embedder(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
                                   max_length=max_length, projection=projection, dim=dim, seed=projection_seed)

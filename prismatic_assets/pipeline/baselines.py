@@ -128,7 +128,7 @@ def text_metrics(samples: Sequence[Sample]) -> list[MetricValue]:
     for n in (1, 2, 3):
         d = distinct_n(texts, n)
         out.append(MetricValue(f"distinct_{n}", d.value, len(texts),
-                               details={"n": n, "unique": d.unique, "total": d.total,
+                               details={"ngram": n, "unique": d.unique, "total": d.total,
                                         "tokens": "lowercased words and punctuation marks"}))
     c = compression_ratio(texts)
     out.append(MetricValue("compression_ratio", c.value, len(texts),

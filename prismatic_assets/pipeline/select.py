@@ -88,6 +88,19 @@ class SubsetReport:
         return out
 
 
+def check_request(loaded: LoadedSet, k: int, method: str, q: float) -> None:
+    """Raise on a bad k, method or q before any model is loaded: a typo should not cost minutes."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"--k must be a positive integer (how many samples to keep), got {k!r}")
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q < 0:
+        raise ValueError(f"q must be a number >= 0 (1 is Shannon, the paper's; inf is -ln max), got {q!r}")
+    if k > len(loaded.samples):
+        raise ValueError(f"--k {k} but {loaded.source} has only {len(loaded.samples)} valid samples "
+                         f"({len(loaded.rejections)} rows rejected): choose k <= {len(loaded.samples)}")
+
+
 def select_from_set(loaded: LoadedSet, embedder: GradientEmbedder, store: MetadataStore, *, k: int,
                     method: str = "greedy", seed: int = 0, q: float = 1.0, clusters: int | None = None,
                     model: str | None = None, run_id: str | None = None, gradient_progress: Progress | None = None,
@@ -98,16 +111,7 @@ def select_from_set(loaded: LoadedSet, embedder: GradientEmbedder, store: Metada
     clusters: K for cluster-balanced (default about sqrt(k)).
     """
     started = time.perf_counter()
-    # Checked before any gradient is computed: a typo should not cost minutes.
-    if method not in METHODS:
-        raise ValueError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"--k must be a positive integer (how many samples to keep), got {k!r}")
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q < 0:
-        raise ValueError(f"q must be a number >= 0 (1 is Shannon, the paper's; inf is -ln max), got {q!r}")
-    if k > len(loaded.samples):
-        raise ValueError(f"--k {k} but {loaded.source} has only {len(loaded.samples)} valid samples "
-                         f"({len(loaded.rejections)} rows rejected): choose k <= {len(loaded.samples)}")
+    check_request(loaded, k, method, q)
     report, pool = set_vectors(loaded.samples, embedder, store, run_id=run_id, progress=gradient_progress)
     n = len(pool.sample_ids)
     if n == 0:

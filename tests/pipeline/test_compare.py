@@ -1,0 +1,165 @@
+"""compare: every number against an independent computation, parameters that must change it, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from vendi_score import vendi
+
+from prismatic_assets.api import compare_datasets, score_dataset
+from prismatic_assets.core.diversity import compression_ratio, distinct_n, mean_pooled_hidden_states
+from prismatic_assets.core.loaders import LoadError, load_samples
+from prismatic_assets.store.store import MetadataStore
+
+INF = float("inf")
+
+
+def write_sets(folder):
+    """Two small sets that differ in kind: arithmetic Q&A and word salad (plus one broken row)."""
+    rng = random.Random(0)
+    arithmetic = folder / "arith.jsonl"
+    with open(arithmetic, "w") as f:
+        for _ in range(12):
+            a, b = rng.randint(1, 99), rng.randint(1, 99)
+            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "response": f"{a} + {b} = {a + b}."}) + "\n")
+    words = "apple river mountain quickly blue seven dance theory window".split()
+    salad = folder / "salad.jsonl"
+    with open(salad, "w") as f:
+        for _ in range(10):
+            f.write(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(6)) + "?",
+                                "response": " ".join(rng.choice(words) for _ in range(12))}) + "\n")
+        f.write('{"prompt": "cut off\n')
+    return arithmetic, salad
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    return write_sets(tmp_path_factory.mktemp("sets"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache") / "cache.duckdb"
+
+
+@pytest.fixture(scope="module")
+def report(sets, tiny_model_dir, cache):
+    return compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache)
+
+
+def test_g_vendi_of_each_set_equals_score_and_vendi_score(report, sets, tiny_model_dir, cache):
+    store = MetadataStore(cache)
+    for summary, path in zip(report.sets, sets):
+        scored = score_dataset(path, model=tiny_model_dir, dim=64, cache=cache)
+        assert summary.g_vendi[1.0] == pytest.approx(scored.g_vendi, rel=1e-9)
+        assert summary.n_vectors == scored.n
+        samples = load_samples(str(path)).samples
+        _, x, _ = store.load_vectors([s.content_hash for s in samples], report.embedding_key, 64)
+        kernel = x.astype(np.float64) @ x.T.astype(np.float64)
+        assert summary.g_vendi[2.0] == pytest.approx(vendi.score_K(kernel, q=2), rel=1e-5)
+        assert summary.g_vendi[INF] == pytest.approx(vendi.score_K(kernel, q="inf"), rel=1e-5)
+
+
+def test_embedding_vendi_equals_vendi_score_on_hidden_states(report, sets, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for summary, path in zip(report.sets, sets):
+        samples = load_samples(str(path)).samples
+        hidden = mean_pooled_hidden_states(model, tokenizer, [s.prompt for s in samples],
+                                           [s.response for s in samples], batch_size=1)
+        emb = summary.metric("embedding_vendi")
+        assert emb.n == len(samples) and emb.dim == model.config.hidden_size
+        assert emb.value == pytest.approx(vendi.score_X(hidden.astype(np.float64)), rel=1e-4)
+
+
+def test_text_metrics_and_counts(report, sets):
+    arith, salad = report.sets
+    assert (arith.n_loaded, arith.n_rejected, salad.n_loaded, salad.n_rejected) == (12, 0, 10, 1)
+    assert salad.rejections[0]["ref"].endswith("salad.jsonl:11") and "malformed_json" in salad.rejections[0]["reason"]
+    texts = [f"{s.prompt}\n{s.response}" for s in load_samples(str(sets[1])).samples]
+    assert salad.metric("distinct_2").value == pytest.approx(distinct_n(texts, 2).value)
+    assert salad.metric("compression_ratio").value == pytest.approx(compression_ratio(texts).value)
+    # Word salad from 9 words repeats unigrams far more than arithmetic with random numbers.
+    assert salad.metric("distinct_1").value < arith.metric("distinct_1").value
+
+
+def test_coverage_counts_every_sample_once(report):
+    cov = report.coverage
+    assert cov.counts.sum(axis=1).tolist() == [12, 10]
+    np.testing.assert_allclose(cov.shares.sum(axis=1), 1.0)
+    assert cov.sizes.sum() == 22
+    for name, clusters in cov.exclusive.items():
+        other = 1 - report.coverage.set_names.index(name)
+        assert all(cov.counts[other, c] == 0 for c in clusters)
+    assert 0 <= cov.entropy["arith"] <= math.log(cov.k) + 1e-12
+    assert report.examples and report.examples[0].contrast == pytest.approx(max(cov.contrast))
+    for example in report.examples:
+        owner = report.coverage.set_names.index(example.set_name)
+        assert example.samples and all(s["source_ref"].startswith(str(report.sets[owner].source))
+                                       for s in example.samples)
+    assert report.map_xy.shape == (22, 2)
+
+
+def test_json_report_is_strict_json(report):
+    text = json.dumps(report.as_dict(), allow_nan=False)
+    data = json.loads(text)
+    assert set(data["sets"][0]["g_vendi"]) == {"1", "2", "inf"}
+    assert data["sets"][1]["metrics"]["distinct_3"]["n"] == 10
+
+
+@pytest.mark.parametrize("change", [{"clusters": 3}, {"cluster_seed": 5}])
+def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir, cache, change):
+    other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, **change)
+    assert other.coverage.k == change.get("clusters", report.coverage.k)
+    assert not np.array_equal(other.coverage.counts, report.coverage.counts) or other.coverage.k != report.coverage.k
+    # metrics that do not depend on the clustering stay put
+    assert other.sets[0].g_vendi[1.0] == pytest.approx(report.sets[0].g_vendi[1.0])
+
+
+def test_projection_seed_qs_names_and_fields_change_the_report(report, sets, tiny_model_dir, cache, tmp_path):
+    other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, seed=1, qs=(0.5,),
+                             names=["A", "B"])
+    assert [s.name for s in other.sets] == ["A", "B"]
+    assert set(other.sets[0].g_vendi) == {0.5}
+    assert other.projection != report.projection
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("".join(json.dumps({"q": r["prompt"], "a": r["response"]}) + "\n"
+                               for r in map(json.loads, open(sets[0]))))
+    mapped = compare_datasets([renamed, sets[1]], fields=["prompt=q,response=a", None], model=tiny_model_dir,
+                              dim=64, cache=cache)
+    assert mapped.sets[0].g_vendi[1.0] == pytest.approx(report.sets[0].g_vendi[1.0])
+
+
+def test_store_scores_writes_every_metric_per_set(sets, tiny_model_dir, cache, tmp_path):
+    store = MetadataStore(tmp_path / "meta.duckdb")
+    for _ in range(2):  # a second run replaces its rows
+        compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, store_scores=store)
+    rows = store.query("SELECT scope, metric, count(*) AS c FROM scores GROUP BY ALL ORDER BY ALL")
+    assert set(rows["scope"]) == {"compare:arith", "compare:salad"}
+    assert set(rows["metric"]) == {"g_vendi", "embedding_vendi", "distinct_1", "distinct_2", "distinct_3",
+                                   "compression_ratio"}
+    assert rows.filter(rows["metric"] == "g_vendi")["c"].to_list() == [3, 3]  # q = 1, 2, inf
+    assert rows.filter(rows["metric"] != "g_vendi")["c"].to_list() == [1] * 10
+
+
+def test_bad_inputs_give_the_errors_of_score(sets, tiny_model_dir, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError) as from_score:
+        score_dataset(missing, model=tiny_model_dir, cache=False)
+    with pytest.raises(FileNotFoundError) as from_compare:
+        compare_datasets([sets[0], missing], model=tiny_model_dir, cache=False)
+    assert str(from_compare.value) == str(from_score.value) and "nope.jsonl" in str(from_score.value)
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"question": "q?", "solution": "s."}) + "\n")
+    with pytest.raises(LoadError) as from_score:
+        score_dataset(wrong, model=tiny_model_dir, cache=False)
+    with pytest.raises(LoadError) as from_compare:
+        compare_datasets([sets[0], wrong], model=tiny_model_dir, cache=False)
+    assert str(from_compare.value) == str(from_score.value)
+    assert "wrong.jsonl:1" in str(from_score.value) and "--fields" in str(from_score.value)
