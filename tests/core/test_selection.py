@@ -185,3 +185,16 @@ def test_no_pair_repeats():
     for method, seed in itertools.product(("greedy", "cluster-balanced", "random"), range(3)):
         idx = select(x, 55, method=method, seed=seed).indices
         assert sorted(idx.tolist()) == list(range(55))
+
+
+def test_spherical_kmeans_starts_from_given_centroids():
+    from prismatic_assets.core.clustering import spherical_kmeans
+
+    x, labels = planted(sizes=(2000, 20, 20), d=32, noise=0.05, seed=2)
+    start = np.stack([x[labels == i][0] for i in range(3)])  # one row of each planted mode
+    seeded = spherical_kmeans(x, 3, niter=5, seed=0, init_centroids=start)
+    assert sorted(seeded.sizes.tolist()) == [20, 20, 2000]  # each mode keeps its own centroid
+    crowded = spherical_kmeans(x, 3, niter=1, seed=0, init_centroids=x[labels == 0][:3])
+    assert sorted(crowded.sizes.tolist()) != [20, 20, 2000]  # three starts in the big mode: it gets split
+    with pytest.raises(ValueError, match="init_centroids must have shape"):
+        spherical_kmeans(x, 3, init_centroids=start[:2])
