@@ -19,6 +19,7 @@ from pydantic import Field
 from prismatic_assets import plots
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.pipeline.baselines import record_baselines
 from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
@@ -192,8 +193,8 @@ def gradient_clusters(context: dg.AssetExecutionContext, config: ClusterRunConfi
           description="G-Vendi: exp(entropy) of the eigenvalues of the pool's gradient second-moment "
                       "matrix, with the cluster-size entropy beside it.")
 def g_vendi(context: dg.AssetExecutionContext, config: ScoreRunConfig, gradient_embeddings: EmbeddingSnapshot,
-            gradient_clusters: ClusterSnapshot, profile: ProfileResource,
-            store: StoreResource) -> dg.Output[ScoreSnapshot]:
+            gradient_clusters: ClusterSnapshot, profile: ProfileResource, store: StoreResource,
+            proxy: ProxyResource) -> dg.Output[ScoreSnapshot]:
     db = store.open()
     samples = db.load_samples(gradient_embeddings.sample_ids)
     pool = pool_vectors(db, samples, gradient_embeddings.embedding_key, gradient_embeddings.dim)
@@ -203,6 +204,9 @@ def g_vendi(context: dg.AssetExecutionContext, config: ScoreRunConfig, gradient_
     sizes = np.asarray(gradient_clusters.sizes, dtype=float)
     cluster_vendi = float(np.exp(renyi_entropy(sizes / sizes.sum(), 1.0)))
     context.log.info(f"G-Vendi = {result.score:.3f} (N={result.n}, d={result.dim}, q={q})")
+    with proxy.open() as embedder:  # baselines beside it: embedding Vendi, distinct-n, compression ratio
+        baselines = record_baselines(db, [x for x in samples if x.sample_id not in pool.excluded], scope=SEED_SCOPE,
+                                     embedder=embedder, run_id=context.run_id)
     snapshot = ScoreSnapshot(result.score, q, result.n, result.dim, result.entropy,
                              len(pool.excluded))
     return dg.Output(snapshot, metadata={
@@ -215,6 +219,7 @@ def g_vendi(context: dg.AssetExecutionContext, config: ScoreRunConfig, gradient_
         "g_vendi_per_sample": result.score / result.n,
         "cluster_size_vendi": dg.MetadataValue.float(cluster_vendi),
         "embedding_key": gradient_embeddings.embedding_key,
+        "baselines": dg.MetadataValue.json(baselines),
     })
 
 

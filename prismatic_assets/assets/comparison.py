@@ -6,41 +6,63 @@ sets' vectors are cached there too. Every set's metrics are stored as `scores` r
 scope "compare:<name>", the self-contained HTML report is written next to the store
 (`<data_dir>/reports/dataset_comparison.html`), and the plots show on the asset's page.
 
-Settings come from the `comparison` resource (the profile's `compare` section):
-`datasets` (paths, "champ" or "hf:owner/name[:split]"), `names`, `fields`, `limit`,
-`include_seed`, `clusters`, `cluster_seed`, `examples`. With no data sets listed, the seed
-pool is reported alone (its metrics and cluster spread), with a note saying how to add sets.
+Settings: the profile's `compare` section (`CompareConfig`), each overridable per run in
+the launchpad. With no data sets listed, the seed pool is reported alone (its metrics and
+cluster spread), with a note saying how to add sets.
 """
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from prismatic_assets import plots
 from prismatic_assets.compare_report import map_png, metric_rows, render_html, share_bars_png
+from prismatic_assets.dagster_resources import ProfileResource, ProxyResource, StoreResource
 from prismatic_assets.pipeline.compare import compare_sets, store_comparison
 from prismatic_assets.pipeline.datasets import LoadedSet, load_sets
-from prismatic_assets.resources import MetadataStoreResource, ProxyModelResource, SeedDataResource
+from prismatic_assets.pipeline.seed import load_seed
 
 GROUP = "analysis"
 SEED_SET = "seed"
 
 
-class ComparisonResource(dg.ConfigurableResource):
-    """Which data sets `dataset_comparison` compares with the seed pool."""
+class CompareConfig(BaseModel):
+    """The profile's `compare` section: which data sets `dataset_comparison` puts beside the seed pool."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     datasets: list[str] = Field(default_factory=list,
                                 description="paths (.jsonl/.json/.parquet), 'champ' or 'hf:owner/name[:split]'")
     names: list[str] = Field(default_factory=list, description="one label per data set (default: file stems)")
-    fields: str | None = Field(None, description="field mapping for the data sets, e.g. prompt=question,response=a")
-    limit: int | None = Field(None, description="read only the first N valid rows of each data set")
-    include_seed: bool = Field(True, description="compare the seed pool too (as the first set, named 'seed')")
-    clusters: int | None = Field(None, description="clusters of the union for coverage (default ~sqrt(N))")
+    fields: Optional[str] = Field(None, description="field mapping for the data sets, e.g. prompt=question,...")
+    limit: Optional[int] = Field(None, ge=1, description="read only the first N valid rows of each data set")
+    include_seed: bool = Field(True, description="compare the seed pool too, as the first set ('seed')")
+    clusters: Optional[int] = Field(None, ge=2, description="clusters of the union for coverage (None: ~sqrt(N))")
     cluster_seed: int = 0
-    examples: int = Field(2, description="samples shown per distinguishing cluster")
+    examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
+
+
+class CompareRunConfig(dg.Config):
+    """Per-run overrides of the profile's `compare` section (unset: the profile's value)."""
+
+    datasets: Optional[list[str]] = Field(None, description="data sets to put beside the seed pool")
+    names: Optional[list[str]] = None
+    fields: Optional[str] = None
+    limit: Optional[int] = None
+    include_seed: Optional[bool] = None
+    clusters: Optional[int] = None
+    cluster_seed: Optional[int] = None
+
+
+def compare_settings(profile: ProfileResource, run: CompareRunConfig) -> CompareConfig:
+    """The profile's `compare` section with the run's overrides applied."""
+    base = getattr(profile.config(), "compare", None) or CompareConfig()
+    changes = {k: v for k, v in run.model_dump().items() if v is not None}
+    return CompareConfig(**{**base.model_dump(), **changes})
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -53,31 +75,32 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 @dg.asset(group_name=GROUP, kinds={"python", "duckdb"}, deps=[dg.AssetKey("gradient_embeddings")],
-          description="The seed pool beside the data sets in the profile's `compare` section: G-Vendi (q = 1, 2, "
+          description="The seed pool beside the data sets of the profile's `compare` section: G-Vendi (q = 1, 2, "
                       "inf), embedding Vendi, distinct-n, compression ratio, and each set's share of the clusters "
                       "of their union; an HTML report with plots.")
-def dataset_comparison(context: dg.AssetExecutionContext, comparison: ComparisonResource, proxy: ProxyModelResource,
-                       seed_data: SeedDataResource, store: MetadataStoreResource) -> dg.MaterializeResult:
-    if not comparison.datasets and not comparison.include_seed:
+def dataset_comparison(context: dg.AssetExecutionContext, config: CompareRunConfig, profile: ProfileResource,
+                       proxy: ProxyResource, store: StoreResource) -> dg.MaterializeResult:
+    settings = compare_settings(profile, config)
+    if not settings.datasets and not settings.include_seed:
         raise dg.Failure("nothing to compare: list data sets under `compare.datasets` in the profile, or set "
                          "`compare.include_seed: true` to report the seed pool")
-    if comparison.names and len(comparison.names) != len(comparison.datasets):
-        raise dg.Failure(f"compare.names has {len(comparison.names)} entries for {len(comparison.datasets)} "
+    if settings.names and len(settings.names) != len(settings.datasets):
+        raise dg.Failure(f"compare.names has {len(settings.names)} entries for {len(settings.datasets)} "
                          "data sets: give one name per data set, or none")
     sets = []
-    if comparison.include_seed:
-        seed = seed_data.load()
-        sets.append(LoadedSet(SEED_SET, f"seed pool ({seed_data.source})", list(seed.pool),
+    if settings.include_seed:
+        seed_config = profile.config().seed
+        seed = load_seed(seed_config)
+        sets.append(LoadedSet(SEED_SET, f"seed pool ({seed_config.source})", list(seed.pool),
                               list(seed.result.rejections)))
-    if comparison.datasets:
-        sets += load_sets(comparison.datasets, names=comparison.names or None, fields=comparison.fields,
-                          limit=comparison.limit)
+    if settings.datasets:
+        sets += load_sets(settings.datasets, names=settings.names or None, fields=settings.fields,
+                          limit=settings.limit)
     notes = []
     if len(sets) == 1:
         notes.append("no data sets listed under compare.datasets: the seed pool is reported alone; add files "
                      "there to compare them with it")
     db = store.open()
-    embedder = proxy.embedder()
     log_every = max(1, sum(len(s.samples) for s in sets) // 20)
 
     def progress(i: int, n: int, sample, outcome) -> None:
@@ -85,9 +108,10 @@ def dataset_comparison(context: dg.AssetExecutionContext, comparison: Comparison
             note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
             context.log.info(f"gradients {i}/{n}{note}")
 
-    report = compare_sets(sets, embedder, db, clusters=comparison.clusters, cluster_seed=comparison.cluster_seed,
-                          examples=comparison.examples, model=proxy.model, run_id=context.run_id,
-                          gradient_progress=progress, on_stage=context.log.info)
+    with proxy.open() as embedder:
+        report = compare_sets(sets, embedder, db, clusters=settings.clusters, cluster_seed=settings.cluster_seed,
+                              examples=settings.examples, model=profile.config().proxy.model, run_id=context.run_id,
+                              gradient_progress=progress, on_stage=context.log.info)
     report.notes.extend(notes)
     n_rows = store_comparison(db, report, sets, run_id=context.run_id)
     html_path = Path(db.path).parent / "reports" / "dataset_comparison.html"

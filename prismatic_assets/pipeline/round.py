@@ -5,7 +5,8 @@ and mark the sparse clusters; ask the generator for new problems showing pool pr
 parse them; reject duplicates and evaluation overlaps; solve each `n_solutions` times with
 the teacher and keep the majority-verified; embed them and keep those whose nearest pool
 centroid is sparse; score G-Vendi before, after and for a random control; write the round
-in one transaction (re-running a round replaces its rows).
+in one transaction (re-running a round replaces its rows); then store the baseline metrics
+of the pool after the round beside its G-Vendi (`pipeline.baselines`).
 
 Each engine is opened for its stage and closed after it (`engines.EngineSet`), and the
 proxy is held only while gradients are computed, so on GPUs each of them finds its devices
@@ -29,12 +30,14 @@ from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLe
                                                     check_round_order, decontaminate, embed_candidates,
                                                     filter_candidates, generate_problems, parse_outputs,
                                                     plan_requests, prepare_pool, score_round, solve_problems, vote)
+from prismatic_assets.pipeline.baselines import record_baselines
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, write_round
+from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, round_scope, write_round
 
 #: Stage names, in order, as passed to the progress callback and keyed in RoundReport.seconds.
-STAGES = ("pool", "generate", "parse", "hygiene", "solve", "vote", "gradients", "filter", "score", "write")
+STAGES = ("pool", "generate", "parse", "hygiene", "solve", "vote", "gradients", "filter", "score", "write",
+          "baselines")
 
 #: Opens the proxy for a stage: a context manager yielding the embedder, released on exit.
 ProxyOpener = Callable[[], ContextManager[GradientEmbedder]]
@@ -150,6 +153,10 @@ def run_round(store: MetadataStore, round: int, *, engines: EngineSet, proxy: Pr
                           verified, embedded, accepted, scores, syn.strategy, syn.new_per_request, run_id)
     with timer("write"):
         commit_round(store, ledger, pool, embedded, accepted, scores, report, config, models, run_id)
+    with timer("baselines"), proxy() as embedder:  # beside G-Vendi "after", after the commit replaced the round's rows
+        after = [x for x in pool.samples if x.sample_id not in pool.vectors.excluded]
+        record_baselines(store, after + [embedded.drafts[r] for r in accepted], scope=round_scope(round, "after"),
+                         embedder=embedder, run_id=run_id)
     report.seconds = timer.seconds
     if progress:
         progress("write", 1, 1)

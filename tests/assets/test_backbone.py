@@ -65,7 +65,7 @@ def test_materialize_backbone_with_packaged_model(tmp_path):
     store = MetadataStore(load_config(profile).store_path)
     counts = store.query("SELECT (SELECT count(*) FROM samples) AS s, (SELECT count(*) FROM embeddings) AS e, "
                          "(SELECT count(*) FROM scores) AS g, (SELECT count(*) FROM clusterings) AS c").row(0)
-    assert counts == (10, 8, 1, 1)
+    assert counts == (10, 16, 6, 1)  # 8 gradient vectors + 8 hidden states; G-Vendi + 5 baselines
     runs = store.query("SELECT DISTINCT run_id FROM scores")["run_id"].to_list()
     assert len(runs) == 1 and runs[0]  # the Dagster run id is stored with the score
 
@@ -91,7 +91,7 @@ def test_shipped_multiprocess_executor_via_dagster_cli(tmp_path, tiny_model_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RUN_SUCCESS" in proc.stderr + proc.stdout
     store = MetadataStore(tmp_path / "data" / "prismatic.duckdb")
-    score = store.query("SELECT value, n, dim FROM scores").row(0)
+    score = store.query("SELECT value, n, dim FROM scores WHERE metric = 'g_vendi'").row(0)
     assert 1.0 <= score[0] <= min(score[1], score[2]) and score[1] == 18
     instance_runs = list((home / "storage").iterdir()) if (home / "storage").exists() else []
     assert instance_runs, "the run should be recorded in the Dagster instance"

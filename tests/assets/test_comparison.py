@@ -7,29 +7,32 @@ import json
 import dagster as dg
 import pytest
 
-from prismatic_assets.assets.comparison import ComparisonResource, dataset_comparison
-from prismatic_assets.resources import MetadataStoreResource, ProxyModelResource, SeedDataResource
+from prismatic_assets.assets.comparison import CompareConfig, dataset_comparison
+from prismatic_assets.dagster_resources import build_resources
 from prismatic_assets.store.store import MetadataStore
+from tests.conftest import write_profile
 from tests.pipeline.test_compare import write_sets
 
 
-def _resources(tmp_path, tiny_model_dir, **comparison):
+def _profile(tmp_path, tiny_model_dir) -> str:
     seed = tmp_path / "seed.jsonl"
     seed.write_text("".join(json.dumps({"prompt": f"Compute {i} * {i + 3}.", "response": f"{i * (i + 3)}"}) + "\n"
                             for i in range(10)))
-    return {
-        "comparison": ComparisonResource(**comparison),
-        "proxy": ProxyModelResource(model=tiny_model_dir, max_length=128, projection_dim=64),
-        "seed_data": SeedDataResource(source=str(seed), holdout_fraction=0.2),
-        "store": MetadataStoreResource(path=str(tmp_path / "data" / "prismatic.duckdb")),
-    }
+    return write_profile(tmp_path, {"data_dir": str(tmp_path / "data"),
+                                    "seed": {"source": str(seed), "holdout_fraction": 0.2},
+                                    "proxy": {"model": tiny_model_dir, "max_length": 128},
+                                    "projection": {"dim": 64}})
+
+
+def _materialize(tmp_path, tiny_model_dir, **run):
+    return dg.materialize([dataset_comparison], resources=build_resources(_profile(tmp_path, tiny_model_dir)),
+                          run_config={"ops": {"dataset_comparison": {"config": run}}})
 
 
 def test_compares_the_seed_pool_with_configured_sets(tmp_path, tiny_model_dir):
     arith, salad = write_sets(tmp_path)
-    resources = _resources(tmp_path, tiny_model_dir, datasets=[str(arith), str(salad)], names=["arith", "words"],
-                           limit=5)
-    result = dg.materialize([dataset_comparison], resources=resources)
+    result = _materialize(tmp_path, tiny_model_dir, datasets=[str(arith), str(salad)], names=["arith", "words"],
+                          limit=5)
     assert result.success
     meta = result.asset_materializations_for_node("dataset_comparison")[0].metadata
     assert meta["sets"].value == ["seed", "arith", "words"]
@@ -44,7 +47,7 @@ def test_compares_the_seed_pool_with_configured_sets(tmp_path, tiny_model_dir):
 
 
 def test_without_configured_sets_reports_the_seed_pool_alone(tmp_path, tiny_model_dir):
-    result = dg.materialize([dataset_comparison], resources=_resources(tmp_path, tiny_model_dir))
+    result = _materialize(tmp_path, tiny_model_dir)
     meta = result.asset_materializations_for_node("dataset_comparison")[0].metadata
     assert meta["sets"].value == ["seed"]
     assert any("compare.datasets" in note for note in meta["notes"].value)
@@ -52,4 +55,10 @@ def test_without_configured_sets_reports_the_seed_pool_alone(tmp_path, tiny_mode
 
 def test_nothing_to_compare_fails_with_the_fix(tmp_path, tiny_model_dir):
     with pytest.raises(dg.Failure, match="compare.datasets"):
-        dg.materialize([dataset_comparison], resources=_resources(tmp_path, tiny_model_dir, include_seed=False))
+        _materialize(tmp_path, tiny_model_dir, include_seed=False)
+
+
+def test_compare_config_is_strict():
+    with pytest.raises(ValueError, match="extra"):
+        CompareConfig(dataset=["x.jsonl"])
+    assert CompareConfig().datasets == [] and CompareConfig().include_seed

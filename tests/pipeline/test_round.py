@@ -28,6 +28,7 @@ from prismatic_assets.engines import EngineSet
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary
+from prismatic_assets.pipeline.baselines import BASELINE_METRICS
 from prismatic_assets.pipeline.round import LINEAGE_QUERIES, STAGES, lend, run_round
 from prismatic_assets.pipeline.round_stages import RoundOrderError, judge_candidates, plan_requests, request_seed
 from prismatic_assets.pipeline.embeddings import embed_samples
@@ -391,10 +392,13 @@ def test_round_provenance_for_every_candidate(round_one):
     assert accepted.height == report.accepted
     assert all(sid.startswith("syn:r1:") for sid in accepted["sample_id"].to_list())
     assert set(accepted["source"].to_list()) == {"synthesis"} and set(accepted["round"].to_list()) == {1}
-    scores = store.query(f"SELECT scope, value FROM {S.SCORES} ORDER BY scope")
+    scores = store.query(f"SELECT scope, value FROM {S.SCORES} WHERE metric = 'g_vendi' ORDER BY scope")
     assert dict(zip(scores["scope"].to_list(), scores["value"].to_list())) == pytest.approx(
         {"round:1:after": report.g_vendi_after, "round:1:before": report.g_vendi_before,
          "round:1:random": report.g_vendi_random})
+    baselines = store.query(f"SELECT metric, n FROM {S.SCORES} WHERE metric != 'g_vendi' AND scope = 'round:1:after'")
+    assert sorted(baselines["metric"].to_list()) == sorted(BASELINE_METRICS)
+    assert set(baselines["n"].to_list()) == {24 - report.n_pool_excluded + report.accepted}  # the pool after
     assert round_summary(store, 1)["report"]["accepted"] == report.accepted
     assert store.query(f"SELECT count(*) AS n FROM {S.CLUSTERINGS} WHERE scope = 'round:1'")["n"][0] == 1
 
