@@ -15,6 +15,7 @@ import sys
 BENCHMARKS = {
     "gvendi": ["--sizes", "10000,100000,1000000", "--dim", "1024"],
     "kmeans": ["--n", "100000", "--dim", "1024", "--ks", "1000", "--niter", "20"],
+    "select": ["--greedy", "100000:1000", "--balanced", "1000000:100000", "--dim", "1024"],
     "projection": [],
     "gradients": [],
     "generation": ["--prompts", "8", "--max-tokens", "128"],

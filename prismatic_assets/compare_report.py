@@ -85,7 +85,7 @@ def render_text(report: ComparisonReport, width: int = 30) -> str:
     for note in report.notes:
         lines.append(f"note: {note}")
     lines.append(f"time {report.seconds:.1f} s")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # -- plots -------------------------------------------------------------------------------

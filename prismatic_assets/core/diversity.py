@@ -93,6 +93,7 @@ def mean_pooled_hidden_states(model, tokenizer, prompts: Sequence[str], response
     order = sorted(range(n), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
     decoder = model.base_model  # LlamaModel for LlamaForCausalLM: hidden states without logits
+    whole = decoder is model  # a model without a separate decoder module: ask for its hidden states
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: np.ndarray | None = None
     done = 0
@@ -105,7 +106,9 @@ def mean_pooled_hidden_states(model, tokenizer, prompts: Sequence[str], response
             for r, i in enumerate(rows):
                 ids[r, :len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
                 mask[r, :len(encoded[i])] = 1
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state  # (b, T, h)
+            extra = {"output_hidden_states": True} if whole else {}
+            result = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
+            hidden = result.hidden_states[-1] if whole else result.last_hidden_state  # (b, T, h)
             m = mask.to(device=device, dtype=torch.float32).unsqueeze(-1)  # (b, T, 1)
             pooled = (hidden.float() * m).sum(dim=1) / m.sum(dim=1)  # (b, h)
             pooled = pooled.cpu().numpy()
