@@ -124,8 +124,10 @@ def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir,
 
 def test_projection_seed_qs_names_and_fields_change_the_report(report, sets, tiny_model_dir, cache, tmp_path):
     other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, seed=1, qs=(0.5,),
-                             names=["A", "B"])
+                             names=["A", "B"], examples=1, limit=8)
     assert [s.name for s in other.sets] == ["A", "B"]
+    assert all(len(e.samples) == 1 for e in other.examples) and len(report.examples[0].samples) == 2
+    assert [s.n_loaded for s in other.sets] == [8, 8]
     assert set(other.sets[0].g_vendi) == {0.5}
     assert other.projection != report.projection
     renamed = tmp_path / "renamed.jsonl"
