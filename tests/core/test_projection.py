@@ -295,6 +295,91 @@ def test_project_many_equals_stacked_project(kind):
     assert p.project_many([]).shape == (0, 32)
 
 
+# Cached (table in memory) and regenerated paths; the regenerated ones span several blocks:
+# CountSketch hashes 32767 coordinates per block on CPU, the dense kind 511 rows at dim 64.
+_PATHS = [("countsketch", None), ("countsketch", 0), ("rademacher", None), ("rademacher", 0)]
+
+
+@pytest.mark.parametrize("kind, cache_bytes", _PATHS)
+def test_batched_projection_equals_one_at_a_time(kind, cache_bytes):
+    n = 70_000 if kind == "countsketch" else 5_000
+    kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    p = make_projector(ProjectionSpec(kind, 64, 2), n, **kwargs)
+    assert p.cached == (cache_bytes is None)
+    grads = torch.stack([_grad(n, s) for s in range(6)])  # (6, n)
+    cut = [0, 7, 3000, n]
+    one = torch.stack([p.project([g[a:b] for a, b in zip(cut, cut[1:])]) for g in grads])
+    many = p.project_many([[g[a:b] for a, b in zip(cut, cut[1:])] for g in grads])
+    torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-6)
+    # Slices of B gradients, in any order and of any sizes, add up to the same vectors.
+    pieces = [(0, 1), (1, 4000), (4000, n)]
+    sliced = sum(p.project_slice(grads[:, a:b], a) for a, b in reversed(pieces))
+    # Another summation order: round-off relative to the largest entry, not to each entry.
+    scale = float(one.abs().max())
+    torch.testing.assert_close(sliced, one, rtol=1e-5, atol=1e-5 * scale)
+    # Without the batch, each vector is its own: no sample leaks into another.
+    torch.testing.assert_close(p.project_slice(grads[2:3], 0), one[2:3], rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("kind, cache_bytes", _PATHS)
+def test_project_rows_equals_the_projection_of_the_scattered_matrix(kind, cache_bytes):
+    vocab, width, offset = 300, 24, 50  # a (300, 24) table stored after 50 other coordinates
+    n = offset + vocab * width + 10
+    kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    p = make_projector(ProjectionSpec(kind, 64, 4), n, **kwargs)
+    rows = torch.tensor([299, 3, 150, 0, 17])
+    values = torch.randn(3, len(rows), width, generator=torch.Generator().manual_seed(1))  # (B, R, width)
+    dense = torch.zeros(3, n)
+    for r, row in enumerate(rows.tolist()):
+        dense[:, offset + row * width: offset + (row + 1) * width] = values[:, r]
+    expected = p.project_many([[d] for d in dense])
+    torch.testing.assert_close(p.project_rows(values, rows, offset), expected, rtol=1e-5,
+                               atol=1e-5 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="outside input_dim"):
+        p.project_rows(values, torch.tensor([0, 1, 2, 3, vocab + 1]), offset)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_project_slice_checks_its_arguments(kind):
+    p = make_projector(ProjectionSpec(kind, 16, 0), 100)
+    with pytest.raises(ValueError, match="past input_dim"):
+        p.project_slice(torch.zeros(2, 60), 50)
+    with pytest.raises(TypeError, match="2-D"):
+        p.project_slice(torch.zeros(60), 0)
+    with pytest.raises(ValueError, match="offset"):
+        p.project_slice(torch.zeros(1, 10), -1)
+
+
+def test_bf16_dense_projection_rounds_values_and_accumulates_in_fp32():
+    n = 5_000
+    spec = ProjectionSpec("rademacher", 64, 3)
+    fp32 = make_projector(spec, n, cache_bytes=0)
+    bf16 = make_projector(spec, n, cache_bytes=0, compute_dtype="bfloat16")
+    assert fp32.compute_dtype == "float32" and bf16.compute_dtype == "bfloat16"
+    assert bf16.key == fp32.key + "-bf16"  # other vectors, other cache key
+    grads = [_grad(n, s) for s in range(3)]
+    got = bf16.project_many([[g] for g in grads])
+    # Same as the fp32 projection of the bf16-rounded values (signs are exact in bf16) ...
+    rounded = fp32.project_many([[g.bfloat16().float()] for g in grads])
+    torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-5)
+    # ... which is not the fp32 projection of the values themselves, though close to it.
+    exact = fp32.project_many([[g] for g in grads])
+    assert not torch.allclose(got, exact, rtol=1e-5, atol=1e-5)
+    assert (got - exact).norm() / exact.norm() < 2**-7
+    with pytest.raises(ValueError, match="compute_dtype"):
+        make_projector(spec, n, compute_dtype="float16")
+
+
+def test_block_bytes_changes_the_block_not_the_vectors():
+    n = 5_000
+    spec = ProjectionSpec("rademacher", 64, 3)
+    grads = [[_grad(n, s)] for s in range(4)]
+    small = make_projector(spec, n, cache_bytes=0, block_bytes=64 * 4 * 7)  # 7 rows per block
+    default = make_projector(spec, n, cache_bytes=0)
+    assert small._block_rows == 7
+    torch.testing.assert_close(small.project_many(grads), default.project_many(grads), rtol=1e-5, atol=1e-5)
+
+
 def test_project_many_needs_one_chunk_layout_for_dense():
     p = make_projector(ProjectionSpec("rademacher", 16, 0), 100)
     with pytest.raises(ValueError, match="chunk sizes"):
@@ -326,8 +411,20 @@ def test_cpu_and_cuda_give_the_same_vectors(kind):
     g = _grad(50_000)
     spec = ProjectionSpec(kind, 256, 9)
     cpu = make_projector(spec, 50_000).project([g[:123], g[123:]])
-    gpu = make_projector(spec, 50_000, device="cuda").project([g[:123].cuda(), g[123:].cuda()])
+    gpu = make_projector(spec, 50_000, device="cuda", compute_dtype="float32" if kind == "rademacher" else None
+                         ).project([g[:123].cuda(), g[123:].cuda()])
     assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_dense_projection_matches_the_cpu_emulation():
+    grads = torch.stack([_grad(50_000, s) for s in range(4)])
+    spec = ProjectionSpec("rademacher", 256, 9)
+    gpu = make_projector(spec, 50_000, device="cuda", cache_bytes=0)
+    assert gpu.compute_dtype == "bfloat16" and gpu.key.endswith("-bf16")
+    cpu = make_projector(spec, 50_000, compute_dtype="bfloat16", cache_bytes=0)
+    assert torch.allclose(gpu.project_many([[g.cuda()] for g in grads]), cpu.project_many([[g] for g in grads]),
+                          rtol=1e-4, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- JL quality
