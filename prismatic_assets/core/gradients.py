@@ -2,9 +2,18 @@
 
 For each (prompt, response) pair: format it with the proxy's chat template (user turn =
 prompt, assistant turn = response), take the mean token cross-entropy over the response
-tokens only (prompt tokens are masked), back-propagate one sample at a time with the model
-in eval mode, and project the gradient of the selected parameters chunk by chunk (no
-flattened copy of all parameters). The result is L2-normalized.
+tokens only (prompt tokens are masked), with the model in eval mode, and project the
+gradient of the selected parameters. The result is L2-normalized.
+
+Two ways to the same vectors:
+- `GradientEmbedder.embed`: one sample per forward and backward, the gradient projected
+  chunk by chunk from `.grad` (the reference).
+- `GradientEmbedder.embed_many`: B samples per step. One right-padded forward (logits only
+  where a response token is predicted) and one backward of the summed per-sample losses;
+  hooks (`core/per_sample.py`) rebuild each sample's gradient block by block and project
+  each block at once, so the projection's random block is made once for B samples and no
+  full gradient is ever held. Padding changes nothing: a causal model never lets a real
+  token see a pad, and pads carry no label. Equal to `embed` within float32 round-off.
 
 This module does not cache or store anything (the metadata store does), and it never
 raises for a bad sample: zero, non-finite or empty gradients come back as an
@@ -15,15 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prismatic_assets.core.per_sample import PerSampleGradients, UnsupportedModule
 from prismatic_assets.core.projection import Projector, ProjectionSpec, make_projector
 
 #: Bump when the loss, masking or formatting changes: it is part of every cache key.
@@ -188,6 +201,11 @@ class GradientEmbedder:
         self.projection_key = self.projector.key
         self.model_fingerprint = model_fingerprint
         self.key = embedding_key(model_fingerprint, self.projection_key, gradient)
+        self._per_sample: PerSampleGradients | None = None
+        self.batched_unsupported: str | None = None  # why embed_many falls back to one at a time
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = int(pad) if pad is not None else 0
 
     def _autocast(self):
         if self.gradient.autocast == "bf16":
@@ -195,11 +213,75 @@ class GradientEmbedder:
         return contextlib.nullcontext()
 
     def embed(self, prompt: str, response: str) -> Embedding:
+        """One sample's embedding: its own forward and backward (the reference for `embed_many`)."""
         start = time.perf_counter()
         try:
             encoded = encode_chat_sample(self.tokenizer, prompt, response, self.gradient.max_length)
         except SampleError as exc:
             return Embedding(None, 0.0, float("nan"), 0, False, time.perf_counter() - start, str(exc))
+        return self._embed_encoded(encoded, start)
+
+    # -- batches ---------------------------------------------------------------------------
+    def embed_many(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+                   max_batch_tokens: int | None = None) -> list[Embedding]:
+        """Embeddings of (prompt, response) pairs, in input order, `batch_size` samples per step.
+
+        The same vectors as `embed` on each pair (float32: within round-off, rtol ~1e-5).
+        Samples are grouped by length so that batches pad little; `max_batch_tokens` caps
+        batch_size x longest sample (activation memory). A model the hooks cannot handle
+        falls back to one sample at a time, with a warning and `batched_unsupported` set.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be positive or None, got {max_batch_tokens!r}")
+        results: list[Embedding | None] = [None] * len(pairs)
+        encoded: list[tuple[int, EncodedSample]] = []
+        for i, (prompt, response) in enumerate(pairs):
+            start = time.perf_counter()
+            try:
+                encoded.append((i, encode_chat_sample(self.tokenizer, prompt, response, self.gradient.max_length)))
+            except SampleError as exc:
+                results[i] = Embedding(None, 0.0, float("nan"), 0, False, time.perf_counter() - start, str(exc))
+        encoded.sort(key=lambda item: -item[1].input_ids.shape[1])  # longest first
+        batch: list[tuple[int, EncodedSample]] = []
+        for item in encoded + [None]:
+            if item is not None and batch:
+                longest = batch[0][1].input_ids.shape[1]
+                fits = len(batch) < batch_size and (
+                    max_batch_tokens is None or (len(batch) + 1) * longest <= max_batch_tokens)
+                if fits:
+                    batch.append(item)
+                    continue
+            if batch:
+                for (i, _), out in zip(batch, self._embed_batch([enc for _, enc in batch]), strict=True):
+                    results[i] = out
+                batch = []
+            if item is not None:
+                batch.append(item)
+        return results  # type: ignore[return-value]
+
+    def _embed_batch(self, encs: list[EncodedSample]) -> list[Embedding]:
+        if self.batched_unsupported is None and self._per_sample is None:
+            try:
+                self._per_sample = PerSampleGradients(self.model, self.params)
+            except UnsupportedModule as exc:
+                self._fall_back(str(exc))
+        if self.batched_unsupported is not None:
+            return [self._embed_encoded(enc) for enc in encs]
+        try:
+            return self._embed_batch_hooks(encs)
+        except UnsupportedModule as exc:
+            self._fall_back(str(exc))
+            return [self._embed_encoded(enc) for enc in encs]
+
+    def _fall_back(self, reason: str) -> None:
+        self.batched_unsupported = reason
+        warnings.warn(f"batched gradients are not available for this model ({reason}); embedding one sample "
+                      "at a time", RuntimeWarning, stacklevel=4)
+
+    def _embed_encoded(self, encoded: EncodedSample, start: float | None = None) -> Embedding:
+        start = time.perf_counter() if start is None else start
         self.model.zero_grad(set_to_none=True)
         with self._autocast():
             loss = response_loss(self.model, encoded)
@@ -208,21 +290,82 @@ class GradientEmbedder:
             return Embedding(None, 0.0, loss_value, encoded.n_response_tokens, encoded.truncated,
                              time.perf_counter() - start, f"non-finite loss ({loss_value})")
         loss.backward()
-        chunks = []
-        for name, p in self.params:
-            # A parameter the loss does not reach (possible with a subset) has no gradient: zeros.
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            chunks.append(grad.reshape(-1))
+        # A parameter the loss does not reach (possible with a subset) has no gradient: zeros.
+        chunks = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for _, p in self.params]
         projected = self.projector.project(chunks)  # (d,)
         self.model.zero_grad(set_to_none=True)
-        vector = projected.double().numpy()
-        norm = float(np.linalg.norm(vector))
-        seconds = time.perf_counter() - start
-        if not np.all(np.isfinite(vector)):
-            return Embedding(None, norm, loss_value, encoded.n_response_tokens, encoded.truncated, seconds,
-                             "non-finite gradient")
-        if norm == 0.0:
-            return Embedding(None, 0.0, loss_value, encoded.n_response_tokens, encoded.truncated, seconds,
-                             "zero gradient")
-        return Embedding((vector / norm).astype(np.float32), norm, loss_value, encoded.n_response_tokens,
-                         encoded.truncated, seconds)
+        return _finish(projected.double().numpy(), loss_value, encoded, time.perf_counter() - start)
+
+    def _embed_batch_hooks(self, encs: list[EncodedSample]) -> list[Embedding]:
+        start = time.perf_counter()
+        batch = len(encs)
+        lengths = [e.input_ids.shape[1] for e in encs]
+        longest = max(lengths)
+        ids = torch.full((batch, longest), self._pad_id, dtype=torch.long)  # (B, T), right-padded
+        labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros(batch, longest, dtype=torch.long)
+        for b, enc in enumerate(encs):
+            ids[b, : lengths[b]] = enc.input_ids[0]
+            labels[b, : lengths[b]] = enc.labels[0]
+            mask[b, : lengths[b]] = 1
+        # Position t predicts token t + 1: logits are needed from the first response
+        # token's predecessor on, never for the last position.
+        first = min(e.n_prompt_tokens for e in encs) - 1
+        keep = torch.arange(first, longest - 1, device=self.device)  # (K,)
+        targets = labels[:, first + 1:].to(self.device)  # (B, K)
+        kwargs = {"input_ids": ids.to(self.device), "use_cache": False}
+        if min(lengths) != longest:
+            kwargs["attention_mask"] = mask.to(self.device)
+        sink = _ProjectingSink(self.projector, batch)
+        self.model.zero_grad(set_to_none=True)
+        with self._per_sample.attach(sink, batch):
+            with self._autocast():
+                if self._keeps_logits:
+                    logits = self.model(**kwargs, logits_to_keep=keep).logits  # (B, K, V)
+                else:
+                    logits = self.model(**kwargs).logits[:, first:longest - 1]
+                per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                            ignore_index=IGNORE_INDEX, reduction="none").view(batch, -1)
+                losses = per_token.sum(1) / (targets != IGNORE_INDEX).sum(1)  # (B,) mean over response tokens
+            finite = torch.isfinite(losses.detach())
+            total = losses[finite].sum()
+            if total.requires_grad:
+                total.backward()  # the hooks project every sample's gradient into sink.acc
+        vectors = sink.acc.to("cpu", torch.float64).numpy()  # (B, d)
+        loss_values = losses.detach().to("cpu", torch.float64).tolist()
+        seconds = (time.perf_counter() - start) / batch
+        out = []
+        for b, enc in enumerate(encs):
+            if not finite[b]:
+                out.append(Embedding(None, 0.0, loss_values[b], enc.n_response_tokens, enc.truncated, seconds,
+                                     f"non-finite loss ({loss_values[b]})"))
+            else:
+                out.append(_finish(vectors[b], loss_values[b], enc, seconds))
+        return out
+
+
+class _ProjectingSink:
+    """Adds each per-sample gradient piece's projection into a (B, d) accumulator on the device."""
+
+    def __init__(self, projector: Projector, batch: int) -> None:
+        self.projector = projector
+        self.acc = torch.zeros(batch, projector.spec.dim, dtype=torch.float32, device=projector.device)
+
+    def dense(self, values: torch.Tensor, offset: int) -> None:
+        self.acc += self.projector.project_slice(values, offset)
+
+    def rows(self, values: torch.Tensor, rows: torch.Tensor, offset: int) -> None:
+        self.acc += self.projector.project_rows(values, rows, offset)
+
+
+def _finish(vector: np.ndarray, loss_value: float, encoded: EncodedSample, seconds: float) -> Embedding:
+    """The Embedding of a projected gradient: normalized, or an error row if zero or non-finite."""
+    norm = float(np.linalg.norm(vector))
+    if not np.all(np.isfinite(vector)):
+        return Embedding(None, norm, loss_value, encoded.n_response_tokens, encoded.truncated, seconds,
+                         "non-finite gradient")
+    if norm == 0.0:
+        return Embedding(None, 0.0, loss_value, encoded.n_response_tokens, encoded.truncated, seconds,
+                         "zero gradient")
+    return Embedding((vector / norm).astype(np.float32), norm, loss_value, encoded.n_response_tokens,
+                     encoded.truncated, seconds)

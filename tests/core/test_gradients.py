@@ -152,3 +152,98 @@ def test_invalid_gradient_spec_names_the_fix():
         GradientSpec(autocast="fp8")
     with pytest.raises(ValueError, match="regular expression"):
         GradientSpec(params="(")
+
+
+# -- batched per-sample gradients --------------------------------------------------------------
+PAIRS = [
+    (PROMPT, RESPONSE),
+    ("What is 2 + 2?", "4"),
+    ("x " * 400, "the prompt alone is over max_length"),  # an error row amid the batch
+    ("Prove that there are infinitely many primes.", "Suppose finitely many; multiply them and add one. " * 3),
+    ("a problem", ""),  # only the end-of-turn token to predict
+    (PROMPT + " Show your work.", RESPONSE),
+]
+
+
+def _assert_same_embeddings(many, one, atol=1e-5):
+    assert len(many) == len(one)
+    for m, o in zip(many, one):
+        assert m.error == o.error
+        if o.vector is None:
+            assert m.vector is None
+            continue
+        # Unit vectors: entries ~0.1; rtol 1e-5 plus an absolute floor for entries near zero.
+        np.testing.assert_allclose(m.vector, o.vector, rtol=1e-5, atol=atol)
+        assert m.loss == pytest.approx(o.loss, rel=1e-5)
+        assert m.grad_norm == pytest.approx(o.grad_norm, rel=1e-5)
+        assert (m.n_response_tokens, m.truncated) == (o.n_response_tokens, o.truncated)
+
+
+@pytest.mark.parametrize("kind, params, cache_bytes, batch_size", [
+    ("countsketch", None, None, 4),  # all parameters, tied embeddings: the paper's setting
+    ("countsketch", None, None, 1),  # one sample per step through the same hooks
+    ("countsketch", None, 0, 4),  # bucket ids hashed per block instead of held
+    ("rademacher", r"layers\.", None, 4),  # dense signs cached as int8
+    ("rademacher", r"layers\.1\.", 0, 4),  # dense signs regenerated, several blocks per weight
+])
+def test_embed_many_equals_embed_one_at_a_time(packaged_tokenizer, kind, params, cache_bytes, batch_size):
+    from prismatic_assets.core.projection import make_projector
+
+    model = make_tiny_llama(packaged_tokenizer)
+    embedder = _embedder(model, packaged_tokenizer, projection=ProjectionSpec(kind, dim=64),
+                         gradient=GradientSpec(params=params, max_length=96))
+    if cache_bytes is not None:
+        embedder.projector = make_projector(embedder.projector.spec, embedder.input_dim, cache_bytes=cache_bytes)
+        assert not embedder.projector.cached
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    many = embedder.embed_many(PAIRS, batch_size=batch_size)
+    assert embedder.batched_unsupported is None
+    _assert_same_embeddings(many, one)
+    assert one[2].error and "prompt alone" in one[2].error
+    # The batched path leaves the model as the one-at-a-time path expects it.
+    chosen = {id(p) for _, p in embedder.params}
+    assert [p.requires_grad for p in model.parameters()] == [id(p) in chosen for p in model.parameters()]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_embed_many_with_biases_and_untied_embeddings(packaged_tokenizer):
+    """Qwen2 shapes: biased q/k/v projections and a separate output matrix."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(packaged_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=False, pad_token_id=packaged_tokenizer.pad_token_id)
+    model = Qwen2ForCausalLM(config).eval()
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    embedder = _embedder(model, packaged_tokenizer, gradient=GradientSpec(max_length=96))
+    _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=6), [embedder.embed(p, r) for p, r in PAIRS])
+
+
+def test_batching_and_token_budget_change_nothing_but_speed(packaged_tokenizer, tiny_llama):
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=96))
+    base = embedder.embed_many(PAIRS, batch_size=6)
+    for kwargs in ({"batch_size": 2}, {"batch_size": 6, "max_batch_tokens": 100}):
+        _assert_same_embeddings(embedder.embed_many(PAIRS, **kwargs), base)
+    assert embedder.embed_many([], batch_size=4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.embed_many(PAIRS, batch_size=0)
+
+
+def test_embed_many_in_bf16_autocast_stays_close(packaged_tokenizer, tiny_llama):
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(autocast="bf16", max_length=96))
+    many = embedder.embed_many(PAIRS, batch_size=6)
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    for m, o in zip(many, one):
+        if o.vector is not None:
+            # bf16 products in other shapes round differently; the directions stay the same.
+            assert float(m.vector @ o.vector) > 0.99
+
+
+def test_embed_many_reports_zero_gradients_per_sample(packaged_tokenizer, tiny_llama):
+    with torch.no_grad():
+        for p in tiny_llama.parameters():
+            p.zero_()
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(params=r"layers\.0\.self_attn"))
+    out = embedder.embed_many(PAIRS[:2], batch_size=2)
+    assert [o.error for o in out] == ["zero gradient", "zero gradient"]

@@ -1,0 +1,153 @@
+"""Per-sample gradients by hooks: equal, in float64, to one backward pass per sample."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prismatic_assets.core.per_sample import PerSampleGradients, UnsupportedModule
+
+
+class _Rotate(nn.Module):
+    """A module of no known kind: its weight enters a matrix product (replayed under vmap)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.m = nn.Parameter(torch.randn(width, width) / width)
+        self.shift = nn.Parameter(torch.randn(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.m + self.shift.sin()
+
+
+class TinyRMSNorm(nn.Module):
+    """Written like transformers' RMSNorm classes: replayed once for the whole batch."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.1 * torch.randn(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class _Net(nn.Module):
+    """Every kind of owner: an embedding with a padding row, tied output weights, a biased
+    Linear, an RMSNorm (replayed for the batch), a LayerNorm (whose
+    fused kernel refuses that, so it is replayed per sample), a module of no known kind (replayed per
+    sample) and a Linear applied twice."""
+
+    def __init__(self, vocab: int = 11, width: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width, padding_idx=0)
+        self.mix = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.rms = TinyRMSNorm(width)
+        self.rotate = _Rotate(width)
+        self.twice = nn.Linear(width, width, bias=False)
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.embed.weight  # tied, as in SmolLM2 and Qwen2.5-0.5B
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)  # (B, T, w)
+        h = h + torch.tanh(self.mix(h))
+        h = self.rotate(self.rms(self.norm(h)))
+        h = self.twice(torch.relu(self.twice(h)))
+        return self.out(h)  # (B, T, vocab)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(B,) per-sample losses; positions past a sample's length are padding and ignored."""
+    per = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
+    mask = torch.arange(targets.shape[1]) < torch.tensor(lengths).unsqueeze(1)
+    return (per * mask).sum(1) / mask.sum(1)
+
+
+class _Collect:
+    """Writes every delivered piece into a dense (B, input_dim) matrix."""
+
+    def __init__(self, batch: int, input_dim: int) -> None:
+        self.grads = torch.zeros(batch, input_dim, dtype=torch.float64)
+
+    def dense(self, values, offset):
+        self.grads[:, offset:offset + values.shape[1]] += values.double()
+
+    def rows(self, values, rows, offset):
+        width = values.shape[2]
+        for r, row in enumerate(rows.tolist()):
+            self.grads[:, offset + row * width: offset + (row + 1) * width] += values[:, r].double()
+
+
+def _reference(model, ids, targets, lengths, params) -> torch.Tensor:
+    """One forward and backward per sample, on the unpadded sample alone."""
+    rows = []
+    for b, n in enumerate(lengths):
+        model.zero_grad(set_to_none=True)
+        _loss(model(ids[b:b + 1, :n]), targets[b:b + 1, :n], [n]).sum().backward()
+        rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                               for _, p in params]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("pattern", [None, "norm|twice", "embed", "rotate|rms"])
+def test_hooks_give_each_samples_own_gradient(pattern):
+    torch.manual_seed(0)
+    model = _Net().double()
+    params = [(n, p) for n, p in model.named_parameters() if pattern is None or any(k in n for k in pattern.split("|"))]
+    chosen = {id(p) for _, p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    lengths = [7, 3, 5, 7]
+    ids = torch.randint(1, 11, (4, 7))
+    ids[1, 1] = 0  # the padding row of the embedding appears inside a sample: it gets no gradient
+    for b, n in enumerate(lengths):
+        ids[b, n:] = 0  # right padding
+    targets = torch.randint(0, 11, (4, 7))
+    expected = _reference(model, ids, targets, lengths, params)
+    model.zero_grad(set_to_none=True)
+
+    # Small blocks, so the Linear weights and the embedding rows are delivered in several pieces.
+    hooks = PerSampleGradients(model, params, block_bytes=4 * 8 * 6 * 2)
+    kinds = {o.name: o.kind for o in hooks.owners}
+    assert {"norm": "norm", "rms": "norm", "rotate": "generic", "embed": "embedding"}.items() >= \
+        {k: v for k, v in kinds.items() if k in ("norm", "rms", "rotate", "embed")}.items()
+    sink = _Collect(4, hooks.input_dim)
+    with hooks.attach(sink, 4):
+        _loss(model(ids), targets, lengths).sum().backward()
+    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    assert all(p.grad is None for p in model.parameters())  # nothing was summed into .grad
+    assert [p.requires_grad for p in model.parameters()] == [id(p) in chosen for p in model.parameters()]
+    assert (expected.abs().sum(1) > 0).all()
+
+
+def test_a_module_with_two_inputs_is_refused_with_the_fix():
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x, y):
+            return self.scale * x + y
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = Gate()
+
+        def forward(self, x):
+            return self.gate(x, x)
+
+    model = Model()
+    hooks = PerSampleGradients(model, list(model.named_parameters()))
+    with pytest.raises(UnsupportedModule, match="batch_size=1"):
+        with hooks.attach(_Collect(2, 3), 2):
+            model(torch.ones(2, 3)).sum().backward()
+    assert model.gate.scale.requires_grad  # restored on the way out
+
+
+def test_a_parameter_outside_any_module_is_refused():
+    model = nn.Linear(2, 2)
+    stray = nn.Parameter(torch.zeros(3))
+    with pytest.raises(UnsupportedModule, match="no module"):
+        PerSampleGradients(model, [("stray", stray)])
