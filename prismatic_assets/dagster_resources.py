@@ -46,7 +46,7 @@ class ProxyResource(ProfileResource):
     def open(self) -> Iterator[GradientEmbedder]:
         """The embedder for one stage; the model's memory is freed on exit."""
         config = self.config()
-        with open_embedder(config.proxy, config.projection) as embedder:
+        with open_embedder(config.proxy, config.projection, config.compute) as embedder:
             yield embedder
 
 

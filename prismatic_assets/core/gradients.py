@@ -201,11 +201,18 @@ class GradientEmbedder:
         self.projection_key = self.projector.key
         self.model_fingerprint = model_fingerprint
         self.key = embedding_key(model_fingerprint, self.projection_key, gradient)
+        #: Samples per step of `embed_many` when the call does not say (does not change vectors).
+        self.batch_size = 8
         self._per_sample: PerSampleGradients | None = None
         self.batched_unsupported: str | None = None  # why embed_many falls back to one at a time
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_id = int(pad) if pad is not None else 0
+
+    @property
+    def dim(self) -> int:
+        """The projected dimension d of every vector."""
+        return self.projector.spec.dim
 
     def _autocast(self):
         if self.gradient.autocast == "bf16":
@@ -222,15 +229,17 @@ class GradientEmbedder:
         return self._embed_encoded(encoded, start)
 
     # -- batches ---------------------------------------------------------------------------
-    def embed_many(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+    def embed_many(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None,
                    max_batch_tokens: int | None = None) -> list[Embedding]:
         """Embeddings of (prompt, response) pairs, in input order, `batch_size` samples per step.
 
         The same vectors as `embed` on each pair (float32: within round-off, rtol ~1e-5).
-        Samples are grouped by length so that batches pad little; `max_batch_tokens` caps
+        batch_size None means `self.batch_size`. Samples are grouped by length so that
+        batches pad little; `max_batch_tokens` caps
         batch_size x longest sample (activation memory). A model the hooks cannot handle
         falls back to one sample at a time, with a warning and `batched_unsupported` set.
         """
+        batch_size = self.batch_size if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if max_batch_tokens is not None and max_batch_tokens < 1:

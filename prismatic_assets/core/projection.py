@@ -454,8 +454,7 @@ class _Rademacher(Projector):
 
     @property
     def key(self) -> str:
-        base = self.spec.key(self.input_dim, self.device.type)
-        return base + "-bf16" if self.compute_dtype == "bfloat16" else base
+        return projection_key(self.spec, self.input_dim, self.device, self.compute_dtype)
 
     @property
     def cached(self) -> bool:
@@ -532,6 +531,18 @@ class _Rademacher(Projector):
 
     def _accumulate_at(self, acc: torch.Tensor, parts: list[torch.Tensor], coords: torch.Tensor) -> None:
         self._apply(acc, parts, self._signs_at(coords))
+
+
+def projection_key(spec: ProjectionSpec, input_dim: int, device: str | torch.device = "cpu",
+                   compute_dtype: str | None = None) -> str:
+    """The key of `make_projector(spec, input_dim, device, compute_dtype=...)`, without building it
+    (a dense projector on a GPU defaults to bf16, which its key records)."""
+    key = spec.key(input_dim)
+    if spec.kind == "rademacher":
+        dtype = compute_dtype or ("float32" if torch.device(device).type == "cpu" else "bfloat16")
+        if dtype == "bfloat16":
+            key += "-bf16"
+    return key
 
 
 def make_projector(spec: ProjectionSpec, input_dim: int, device: str | torch.device = "cpu", *,

@@ -265,7 +265,7 @@ class PoolState:
 def prepare_pool(store: MetadataStore, round: int, embedder: GradientEmbedder, clustering: ClusteringConfig,
                  seed_source: str | None, run_id: str | None, progress: StageProgress | None = None) -> PoolState:
     """Pool = seed pool + earlier rounds; compute missing gradients; cluster from scratch."""
-    key, dim = embedder.key, embedder.projector.spec.dim
+    key, dim = embedder.key, embedder.dim
     pool = load_pool(store, round, seed_source)
     embed_samples(pool, embedder, store, run_id=run_id,
                   progress=lambda i, n, *_: progress and progress("pool", i, n))
@@ -419,7 +419,7 @@ def embed_candidates(store: MetadataStore, embedder: GradientEmbedder, ledger: R
                      verified: Sequence[CandidateRow], run_id: str | None,
                      progress: StageProgress | None = None) -> Embedded:
     """Gradients of the verified candidates (same embedder and cache as the pool)."""
-    round, key, dim = ledger.round, embedder.key, embedder.projector.spec.dim
+    round, key, dim = ledger.round, embedder.key, embedder.dim
     drafts = [Sample(sample_id="", prompt=c.problem, response=c.response or "", answer=c.majority_answer,
                      source=SYNTHESIS_SOURCE, source_ref=c.candidate_id) for c in verified]
     drafts = [dataclasses.replace(d, sample_id=f"syn:r{round}:{d.content_hash[:12]}") for d in drafts]

@@ -257,6 +257,27 @@ class MetadataStore:
                         f"model_fingerprint, projection_key, gradient_spec::JSON, dim, vector, grad_norm, loss, "
                         f"n_response_tokens, truncated, seconds, error, run_id FROM incoming")
 
+    def ingest_embedding_shards(self, shards: Sequence[Path]) -> int:
+        """Load finished Parquet shards (store/shards.py) with one insert in one transaction.
+
+        A sample present in several shards or already stored is replaced, never duplicated.
+        Returns the number of rows read.
+        """
+        if not shards:
+            return 0
+        files = [str(Path(s)) for s in shards]
+        with self.transaction() as con:
+            n = con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone()[0]
+            # Last shard wins for a sample written twice (a retried chunk): one row per key.
+            con.execute(f"INSERT OR REPLACE INTO {S.EMBEDDINGS} (content_hash, embedding_key, model_fingerprint, "
+                        f"projection_key, gradient_spec, dim, vector, grad_norm, loss, n_response_tokens, "
+                        f"truncated, seconds, error, run_id) SELECT content_hash, embedding_key, model_fingerprint, "
+                        f"projection_key, gradient_spec::JSON, dim, vector, grad_norm, loss, n_response_tokens, "
+                        f"truncated, seconds, error, run_id FROM read_parquet(?, filename = true) "
+                        f"QUALIFY row_number() OVER (PARTITION BY content_hash, embedding_key "
+                        f"ORDER BY filename DESC) = 1", [files])
+        return int(n)
+
     def load_vectors(self, content_hashes: Sequence[str], embedding_key: str, dim: int
                      ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Stored vectors for these samples (by content hash) under one embedding key.
