@@ -14,7 +14,7 @@ def score_pool(store: MetadataStore | None, pool: PoolVectors, q: float, embeddi
     if not pool.sample_ids:
         raise ValueError(f"no sample has a valid gradient vector ({len(pool.excluded)} excluded, e.g. "
                          f"{list(pool.excluded.items())[:3]}): nothing to score")
-    result = g_vendi(pool.vectors, q=q)
+    result = g_vendi(pool.vectors, q=q, compute_dtype="float32")
     if store is not None:
         score_id = digest({"scope": scope, "metric": "g_vendi", "q": q, "members": pool.sample_ids,
                            "key": embedding_key})

@@ -310,3 +310,22 @@ def test_renyi_entropy_table(eigenvalues, q, expected):
 def test_renyi_entropy_errors(eigenvalues, q, match):
     with pytest.raises(ValueError, match=match):
         renyi_entropy(np.array(eigenvalues), q)
+
+
+def test_float32_path_keeps_the_callers_array_and_names_bad_rows():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 16)).astype(np.float32) * 5
+    before = x.copy()
+    fast = g_vendi(x, compute_dtype="float32", batch_size=128)
+    assert np.array_equal(x, before)  # normalized in a copy, never in place
+    assert fast.score == pytest.approx(g_vendi(x.astype(np.float64)).score, rel=1e-5)
+    unnormalized = g_vendi(x, normalize=False, compute_dtype="float32", batch_size=128)
+    assert unnormalized.score == pytest.approx(g_vendi(x, normalize=False).score, rel=1e-5)
+    assert unnormalized.score != pytest.approx(fast.score, rel=1e-4)  # row lengths count when not normalized
+    bad = x.copy()
+    bad[200, 3] = np.nan
+    with pytest.raises(ValueError, match="row 200"):
+        g_vendi(bad, compute_dtype="float32", batch_size=128)
+    bad[200] = 0
+    with pytest.raises(ValueError, match="row 200 is all zeros"):
+        g_vendi(bad, compute_dtype="float32", batch_size=128)
