@@ -79,6 +79,9 @@ class ClusteringConfig(_Block):
     niter: int = Field(20, ge=1)
     seed: int = 0
     sparse_ratio: float = Field(0.5, gt=0, lt=1, description="clusters below the size at int(K * ratio) are sparse")
+    max_points_per_centroid: Optional[int] = Field(
+        None, ge=1, description="train k-means on a sample of K x this many points (None: every point); "
+                                "every point is still assigned")
 
 
 class ScoreConfig(_Block):

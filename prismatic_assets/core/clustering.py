@@ -6,6 +6,12 @@ only if its nearest centroid belongs to a sparse cluster. This module holds the 
 pieces: `spherical_kmeans`, `sparse_cluster_mask` and `assign_to_centroids`, plus
 `num_clusters` for K as a fraction of the pool.
 
+At scale: k-means trains on a sample of the pool when `max_points_per_centroid` is set
+(faiss draws K x that many points), then every point is assigned to the final centroids
+in batches of `ASSIGN_BATCH` rows, so memory beyond the (N, d) float32 input stays
+bounded. With CUDA and a GPU build of faiss (the `faiss-gpu-cu12` package of the `gpu`
+extra) training and assignment run on the GPU(s); otherwise on CPU.
+
 It does not decide acceptance (the synthesis loop does, storing the cluster and similarity
 next to the decision) and does not store clusterings.
 """
@@ -17,6 +23,23 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+
+#: Rows per nearest-centroid search: bounds the (rows, K) similarity block faiss holds.
+ASSIGN_BATCH = 65_536
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use: 0 with faiss-cpu (whose get_num_gpus exists and returns 0)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def _use_gpu(gpu: bool | None) -> bool:
+    available = gpu_count() > 0
+    if gpu and not available:
+        raise ValueError("gpu=True but faiss sees no GPU: install faiss-gpu-cu12 (the `gpu` extra) on a CUDA "
+                         "machine, or pass gpu=None to use the CPU")
+    return available if gpu is None else bool(gpu)
 
 
 def num_clusters(n: int, ratio: float, minimum: int = 2) -> int:
@@ -76,50 +99,83 @@ class Clustering:
     sparse_ratio: float
 
 
-def _unit_rows(x, name: str) -> np.ndarray:
-    """(n, d) float32 C-contiguous unit rows; raises on non-finite or zero rows with their index."""
+def _unit_rows(x, name: str, offset: int = 0) -> np.ndarray:
+    """(n, d) float32 C-contiguous unit rows; raises on non-finite or zero rows with their index.
+
+    Works in float32 (one copy at most): norms are summed in float64 so large values
+    cannot overflow them.
+    """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor
         x = x.detach().cpu().float().numpy()
-    a = np.asarray(x, dtype=np.float64)
+    a = np.asarray(x)
     if a.ndim != 2 or a.shape[1] == 0:
         raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {a.shape}")
-    finite = np.isfinite(a).all(axis=1)
-    if not finite.all():
-        raise ValueError(f"{name} row {int(np.argmin(finite))} has a NaN or infinite value: exclude it first")
-    norms = np.linalg.norm(a, axis=1)  # (n,)
+    given = a
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))  # (n,)
+    if not np.isfinite(norms).all():
+        finite = np.isfinite(a).all(axis=1)
+        raise ValueError(f"{name} row {offset + int(np.argmin(finite))} has a NaN or infinite value: exclude it first")
     if not (norms > 0).all():
-        raise ValueError(f"{name} row {int(np.argmin(norms > 0))} is all zeros and has no direction: exclude it first")
-    return np.ascontiguousarray(a / norms[:, None], dtype=np.float32)
+        raise ValueError(f"{name} row {offset + int(np.argmin(norms > 0))} is all zeros and has no direction: "
+                         "exclude it first")
+    scale = (1.0 / norms).astype(np.float32)[:, None]
+    if np.may_share_memory(a, given):
+        return a * scale  # the caller's array is never changed
+    a *= scale
+    return a
 
 
-def assign_to_centroids(x, centroids) -> tuple[np.ndarray, np.ndarray]:
+def _flat_index(d: int, use_gpu: bool):
+    index = faiss.IndexFlatIP(d)
+    if use_gpu:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def assign_to_centroids(x, centroids, batch_size: int = ASSIGN_BATCH, gpu: bool | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of each row by cosine similarity -> (assignments (N,) int64, similarities (N,) float32).
 
     Rows and centroids are L2-normalized here, so raw vectors may be passed. Exact search
-    (faiss IndexFlatIP); among equally similar centroids the lower index wins.
+    (faiss IndexFlatIP, on GPU when available and gpu is not False), `batch_size` rows at a
+    time; among equally similar centroids the lower index wins.
     """
     c = _unit_rows(centroids, "centroids")  # (K, d)
     if hasattr(x, "shape") and len(x.shape) == 2 and x.shape[0] == 0:
         if x.shape[1] != c.shape[1]:
             raise ValueError(f"vectors have width {x.shape[1]} but centroids have {c.shape[1]}")
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    v = _unit_rows(x, "vectors")  # (N, d)
-    if v.shape[1] != c.shape[1]:
-        raise ValueError(f"vectors have width {v.shape[1]} but centroids have {c.shape[1]}: "
+    if hasattr(x, "shape") and len(x.shape) == 2 and x.shape[1] != c.shape[1]:
+        raise ValueError(f"vectors have width {x.shape[1]} but centroids have {c.shape[1]}: "
                          "project both with the same ProjectionSpec")
-    index = faiss.IndexFlatIP(c.shape[1])
+    n = len(x)
+    index = _flat_index(c.shape[1], _use_gpu(gpu))
     index.add(c)
-    sims, ids = index.search(v, 1)  # (N, 1) each
-    return ids[:, 0].astype(np.int64), sims[:, 0].astype(np.float32)
+    ids = np.empty(n, dtype=np.int64)
+    sims = np.empty(n, dtype=np.float32)
+    for start in range(0, n, batch_size):
+        v = _unit_rows(x[start:start + batch_size], "vectors", offset=start)  # (b, d)
+        if v.shape[1] != c.shape[1]:
+            raise ValueError(f"vectors have width {v.shape[1]} but centroids have {c.shape[1]}: "
+                             "project both with the same ProjectionSpec")
+        s, i = index.search(v, 1)  # (b, 1) each
+        ids[start:start + len(v)] = i[:, 0]
+        sims[start:start + len(v)] = s[:, 0]
+    return ids, sims
 
 
 def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: float = 0.5,
+                     max_points_per_centroid: int | None = None, gpu: bool | None = None,
                      init_centroids=None) -> Clustering:
     """Cluster the rows of x (normalized here) into k cosine clusters; deterministic for a seed.
 
-    Every point takes part in every iteration: faiss would otherwise subsample above 256
-    points per centroid and warn below 39. Assignments and sizes are recomputed against the
-    final centroids, so they are exactly what `assign_to_centroids` gives for the pool.
+    max_points_per_centroid: None (default) trains on every point, as the paper's 20
+    iterations over the pool; an integer m trains on a seeded sample of k * m points when
+    the pool is larger (faiss's own subsampling; 256 is faiss's default), which divides the
+    cost of each iteration by N / (k * m). Either way every point is then assigned to the
+    final centroids (in batches), so assignments and sizes are exactly what
+    `assign_to_centroids` gives for the pool. gpu: None uses faiss's GPUs when it sees any.
     init_centroids: (k, d) starting centroids (e.g. k-means++); None lets faiss draw k rows.
     """
     v = _unit_rows(x, "vectors")  # (N, d)
@@ -132,17 +188,22 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
         raise ValueError(f"niter must be a positive integer (the paper uses 20), got {niter!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
         raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+    if max_points_per_centroid is not None and (isinstance(max_points_per_centroid, bool) or not isinstance(
+            max_points_per_centroid, (int, np.integer)) or max_points_per_centroid < 1):
+        raise ValueError(f"max_points_per_centroid must be a positive integer or None, got {max_points_per_centroid!r}")
     _check_sparse_ratio(sparse_ratio)
+    use_gpu = _use_gpu(gpu)
+    per_centroid = max(256, -(-n // int(k))) if max_points_per_centroid is None else int(max_points_per_centroid)
     km = faiss.Kmeans(
-        d, int(k), niter=int(niter), seed=int(seed), spherical=True, verbose=False,
-        min_points_per_centroid=1, max_points_per_centroid=max(256, -(-n // int(k))),
+        d, int(k), niter=int(niter), seed=int(seed), spherical=True, verbose=False, gpu=use_gpu,
+        min_points_per_centroid=1, max_points_per_centroid=per_centroid,
     )
     init = None if init_centroids is None else _unit_rows(init_centroids, "init_centroids")
     if init is not None and init.shape != (int(k), d):
         raise ValueError(f"init_centroids must have shape (k, d) = ({k}, {d}), got {init.shape}")
     km.train(v, init_centroids=init)
     centroids = _unit_rows(km.centroids, "centroids")  # (K, d)
-    assignments, similarities = assign_to_centroids(v, centroids)
+    assignments, similarities = assign_to_centroids(v, centroids, gpu=use_gpu)
     sizes = np.bincount(assignments, minlength=int(k)).astype(np.int64)
     return Clustering(
         centroids=centroids, assignments=assignments, similarities=similarities, sizes=sizes,

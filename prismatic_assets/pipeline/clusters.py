@@ -20,9 +20,12 @@ def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringCo
                          f"({len(pool.excluded)} excluded: {list(pool.excluded.values())[:3]})")
     k = num_clusters(n, settings.ratio)
     clustering = spherical_kmeans(pool.vectors, k, niter=settings.niter, seed=settings.seed,
-                                  sparse_ratio=settings.sparse_ratio)
+                                  sparse_ratio=settings.sparse_ratio,
+                                  max_points_per_centroid=settings.max_points_per_centroid)
     config = {"ratio": settings.ratio, "niter": settings.niter, "seed": settings.seed,
               "sparse_ratio": settings.sparse_ratio}
+    if settings.max_points_per_centroid is not None:  # absent when None: ids of earlier clusterings stay valid
+        config["max_points_per_centroid"] = settings.max_points_per_centroid
     clustering_id = digest({"scope": scope, "members": pool.sample_ids, "key": embedding_key, "config": config})
     sorted_sizes = np.sort(clustering.sizes)
     threshold = int(sorted_sizes[int(k * settings.sparse_ratio)]) if k else 0

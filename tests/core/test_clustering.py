@@ -262,3 +262,59 @@ def test_accepts_torch_input():
 def test_spherical_kmeans_errors(x, kwargs, match):
     with pytest.raises(ValueError, match=match):
         spherical_kmeans(x, **kwargs)
+
+
+def _groups(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((8, d))
+    return (centers[rng.integers(0, 8, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def test_training_on_a_sample_still_assigns_every_point():
+    from prismatic_assets.core.clustering import assign_to_centroids, spherical_kmeans
+
+    x = _groups(3000)
+    full = spherical_kmeans(x, 20, niter=5, seed=1)
+    sampled = spherical_kmeans(x, 20, niter=5, seed=1, max_points_per_centroid=10)  # trains on 200 points
+    assert not np.allclose(full.centroids, sampled.centroids)  # the parameter reaches faiss
+    assert sampled.assignments.shape == (3000,) and sampled.sizes.sum() == 3000
+    ids, sims = assign_to_centroids(x, sampled.centroids)
+    assert np.array_equal(ids, sampled.assignments) and np.allclose(sims, sampled.similarities)
+    with pytest.raises(ValueError, match="max_points_per_centroid"):
+        spherical_kmeans(x, 20, max_points_per_centroid=0)
+
+
+def test_assignment_in_batches_equals_one_search():
+    from prismatic_assets.core.clustering import assign_to_centroids
+
+    x = _groups(1000, seed=2)
+    centroids = _groups(30, seed=3)
+    one = assign_to_centroids(x, centroids, batch_size=10**6)
+    batched = assign_to_centroids(x, centroids, batch_size=77)
+    assert np.array_equal(one[0], batched[0]) and np.array_equal(one[1], batched[1])
+    bad = x.copy()
+    bad[500, 2] = np.inf
+    with pytest.raises(ValueError, match="row 500 "):  # the row's index in the whole input, not in its batch
+        assign_to_centroids(bad, centroids, batch_size=77)
+
+
+def test_gpu_is_used_only_where_faiss_sees_one():
+    from prismatic_assets.core.clustering import gpu_count, spherical_kmeans
+
+    x = _groups(200)
+    if gpu_count() == 0:
+        with pytest.raises(ValueError, match="faiss-gpu"):
+            spherical_kmeans(x, 4, gpu=True)
+    assert spherical_kmeans(x, 4, gpu=False).sizes.sum() == 200
+
+
+@pytest.mark.skipif(__import__("prismatic_assets.core.clustering", fromlist=["gpu_count"]).gpu_count() == 0,
+                    reason="needs CUDA and faiss-gpu")
+def test_gpu_and_cpu_clusterings_agree():
+    from prismatic_assets.core.clustering import assign_to_centroids
+
+    x = _groups(5000)
+    centroids = _groups(50, seed=9)
+    cpu = assign_to_centroids(x, centroids, gpu=False)
+    gpu = assign_to_centroids(x, centroids, gpu=True)
+    assert (cpu[0] == gpu[0]).mean() > 0.999 and np.allclose(cpu[1], gpu[1], atol=1e-4)
