@@ -1,0 +1,147 @@
+"""GPU smoke benchmark: gradient embeddings at Qwen2.5-0.5B scale with the dense projection.
+
+A random-init Qwen2 model with Qwen2.5-0.5B's shapes (24 layers, hidden 896, 151,936-token
+vocabulary, tied embeddings: 494M parameters; nothing is downloaded), float32 weights and
+bf16 autocast as in the paper profile, the dense Rademacher projection to d = 1024 (bf16
+signs, float32 accumulation) and synthetic texts of about --tokens byte tokens. Reports:
+
+- samples/s of `GradientEmbedder.embed_many` at --batch-size (forward, backward,
+  per-sample gradients and projection, all on the device);
+- the projection's ms per sample: `project_slice` over all 494M coordinates for a batch,
+  the signs of each block made once for the batch, divided by the batch size.
+
+Goals (the issue): >= 25 samples/s on one H100-class GPU, projection < 30 ms per sample.
+`--tiny` runs the same code with a 2-layer model on whatever device is there (CPU in the
+tests); `--check` exits 1 when a goal is missed.
+
+    python -m benchmarks.bench_gpu_gradients --device cuda --check      # scripts/gpu_smoke_gradients.sh
+    python -m benchmarks.bench_gpu_gradients --tiny --out /tmp/x        # CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151_936, max_position_embeddings=32_768, rope_theta=1e6,
+                  tie_word_embeddings=True)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=512, max_position_embeddings=1024, tie_word_embeddings=True)
+GOAL_SAMPLES_PER_S = 25.0
+GOAL_PROJECTION_MS = 30.0
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def texts(n: int, tokens: int) -> list[tuple[str, str]]:
+    """Synthetic (prompt, response) pairs of about `tokens` byte tokens in all."""
+    out = []
+    for i in range(n):
+        prompt = f"Problem {i}: what is {i * 37 % 1000} times {i % 89}? "
+        body = f"Step: {i * 37 % 1000} * {i % 89} = {(i * 37 % 1000) * (i % 89)}. "
+        response = (body * (tokens // len(body) + 1))[: max(8, tokens - len(prompt) - 30)]
+        out.append((prompt, response))
+    return out
+
+
+def run(args) -> dict:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from benchmarks.bench_scale import tiny_proxy
+    from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
+    from prismatic_assets.core.projection import ProjectionSpec, make_projector
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = TINY if args.tiny else QWEN25_05B
+    with tempfile.TemporaryDirectory() as tmp:  # a byte-level ChatML tokenizer, no download
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_proxy(Path(tmp) / "tok"))
+    torch.manual_seed(0)
+    config = Qwen2Config(**shapes, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    kind = "rademacher"
+    spec = ProjectionSpec(kind, args.dim, 0)
+    gradient = GradientSpec(autocast="bf16" if args.autocast else None, max_length=args.tokens + 64)
+    embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint="random-init")
+    pairs = texts(args.n + args.batch_size, args.tokens)
+    embedder.embed_many(pairs[: args.batch_size], batch_size=args.batch_size)  # warm-up: kernels, allocator
+    _sync(device)
+    start = time.perf_counter()
+    out = embedder.embed_many(pairs[args.batch_size:], batch_size=args.batch_size)
+    _sync(device)
+    embed_s = time.perf_counter() - start
+    errors = sorted({o.error for o in out if o.error})
+
+    # The projection alone: every coordinate of a batch of gradients, block by block.
+    projector = make_projector(spec, n_params, device=device, cache_bytes=0)
+    block = min(n_params, 1 << 24)
+    values = torch.randn(args.batch_size, block, device=device)
+    projector.project_slice(values[:, : min(block, 1 << 20)], 0)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    acc = torch.zeros(args.batch_size, args.dim, device=device)
+    for offset in range(0, n_params, block):
+        m = min(block, n_params - offset)
+        acc += projector.project_slice(values[:, :m], offset)
+    _sync(device)
+    projection_s = time.perf_counter() - start
+    result = {
+        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "tiny": bool(args.tiny), "parameters": n_params, "tokens": args.tokens, "batch_size": args.batch_size,
+        "n": len(out), "autocast": "bf16" if args.autocast else None, "projection": projector.key,
+        "embed_s": embed_s, "samples_per_s": len(out) / embed_s,
+        "projection_ms_per_sample": 1e3 * projection_s / args.batch_size,
+        "errors": errors, "load": os.getloadavg()[0],
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+    }
+    result["meets_goals"] = (result["samples_per_s"] >= GOAL_SAMPLES_PER_S
+                             and result["projection_ms_per_sample"] < GOAL_PROJECTION_MS and not errors)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="2-layer model, for CPUs and tests")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--n", type=int, default=256, help="timed samples (after one warm-up batch)")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--no-autocast", dest="autocast", action="store_false")
+    parser.add_argument("--out", default=None, help="folder for gpu_gradients.json/.md (default benchmarks/results)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args(argv)
+    result = run(args)
+    from benchmarks.common import write_results
+
+    md = ("| device | parameters | batch | tokens | samples/s | projection ms/sample | peak GPU GiB | goals met |\n"
+          "|---|---|---|---|---|---|---|---|\n"
+          f"| {result['device']} | {result['parameters']:,} | {result['batch_size']} | {result['tokens']} | "
+          f"{result['samples_per_s']:.1f} | {result['projection_ms_per_sample']:.1f} | "
+          f"{result['peak_gpu_mem_gib'] if result['peak_gpu_mem_gib'] is None else round(result['peak_gpu_mem_gib'], 1)}"
+          f" | {result['meets_goals']} |\n\nGoals: >= {GOAL_SAMPLES_PER_S:g} samples/s, projection < "
+          f"{GOAL_PROJECTION_MS:g} ms per sample ({result['projection']}, bf16 autocast: {result['autocast']}).")
+    write_results("gpu_gradients", result, md, directory=Path(args.out) if args.out else None)
+    print(json.dumps(result))
+    if args.check and not result["meets_goals"]:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
