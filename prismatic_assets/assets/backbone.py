@@ -119,9 +119,13 @@ def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSna
     db = store.open()
     samples = db.load_samples(seed_samples.pool_ids)
     started = time.perf_counter()
-    with proxy.open() as embedder:
+    compute = profile.config().compute
+    with proxy.open() as embedder:  # compute.backend=ray: Ray Data actors hold the proxy (pipeline/ray_compute.py)
         about = {"model": profile.config().proxy.model,
-                 "model_load_seconds": round(time.perf_counter() - started, 1)}
+                 "model_load_seconds": round(time.perf_counter() - started, 1),
+                 "compute": compute.backend if compute.backend == "local" else
+                 f"ray: {compute.workers} workers x ({compute.gpus_per_worker:g} GPU, {compute.cpus_per_worker:g} CPU)",
+                 "batch_size": compute.batch_size}
         return _embed_pool(context, db, samples, embedder, seed_samples, about)
 
 
@@ -150,6 +154,9 @@ def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_s
         "n_computed": report.n_computed,
         "n_truncated": report.n_truncated,
         "seconds_per_sample": round(report.seconds_per_sample, 3),
+        "n_shards": report.n_shards,
+        "n_resumed": report.n_resumed,
+        "store_insert_seconds": round(report.ingest_seconds, 2),
         "model_fingerprint": embedder.model_fingerprint,
         "projection": embedder.projection_key,
         "gradient_params": embedder.gradient.params or "all",
