@@ -75,6 +75,7 @@ class SecondMoment:
         # Only the upper triangle is accumulated (syrk), Fortran order so BLAS updates in place.
         self._sum = np.zeros((self.dim, self.dim), dtype=np.float64, order="F")  # (d, d)
         self._trace = 0.0
+        self._buffer: np.ndarray | None = None  # float32 rows of the current batch (float32 path)
 
     def update(self, batch) -> "SecondMoment":
         """Add a (b, dim) batch (numpy or torch); rows are validated and, by default, normalized."""
@@ -103,25 +104,24 @@ class SecondMoment:
         return self
 
     def _update_float32(self, x: np.ndarray) -> None:
-        """One pass in float32: norms, scaling, then x^T x (numpy hands `x.T @ x` to BLAS syrk,
-        threaded); each batch's product is added to the float64 sum."""
-        given = x
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)  # (b,) norms in float64: no overflow
+        """One pass in float32: copy into a reused buffer, norms, scaling in place, then x^T x
+        (numpy hands `x.T @ x` to BLAS syrk, threaded); each batch's product is added to the
+        float64 sum. The reused buffer spares the page faults of a fresh array per batch."""
+        b = x.shape[0]
+        if self._buffer is None or self._buffer.shape[0] < b:
+            self._buffer = np.empty((b, self.dim), dtype=np.float32)
+        view = self._buffer[:b]
+        np.copyto(view, x, casting="unsafe")  # the caller's array is never changed
+        sq = np.einsum("ij,ij->i", view, view)  # (b,)
         if not (np.isfinite(sq).all() and (sq > 0).all()):
-            _check_rows(x.astype(np.float64), self.n)  # names the offending row
+            sq = _check_rows(np.asarray(x, dtype=np.float64), self.n)  # names a bad row; else huge values
         if self.normalize:
-            scale = (1.0 / np.sqrt(sq)).astype(np.float32)
-            if np.may_share_memory(x, given):
-                x = x * scale[:, None]  # the caller's array: never scaled in place
-            else:
-                x *= scale[:, None]
-            self._trace += x.shape[0]
+            view *= (1.0 / np.sqrt(sq)).astype(np.float32)[:, None]
+            self._trace += b
         else:
-            self._trace += float(sq.sum())
-        product = np.dot(x.T, x)  # (d, d) float32, full (syrk fills both halves)
-        self._sum += product
-        self.n += x.shape[0]
+            self._trace += float(np.sum(sq, dtype=np.float64))
+        self._sum += np.dot(view.T, view)  # (d, d) float32
+        self.n += b
 
     def matrix(self) -> np.ndarray:
         """The (dim, dim) float64 second-moment matrix, trace 1."""
