@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_tiny_gpu_gradient_benchmark_runs_on_cpu(tmp_path):
     from benchmarks.bench_gpu_gradients import main
 
-    assert main(["--tiny", "--device", "cpu", "--batch-size", "4", "--n", "8", "--tokens", "64", "--dim", "64",
+    assert main(["--tiny", "--device", "cpu", "--batch-size", "4", "--n", "4", "--tokens", "48", "--dim", "64",
                  "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "gpu_gradients.json").read_text())
-    assert result["tiny"] and result["device"] == "cpu" and result["n"] == 8 and result["errors"] == []
+    assert result["tiny"] and result["device"] == "cpu" and result["n"] == 4 and result["errors"] == []
     assert result["samples_per_s"] > 0 and result["projection_ms_per_sample"] > 0
     assert result["projection"].startswith("rademacher-") and result["autocast"] == "bf16"
     assert "samples/s" in (tmp_path / "gpu_gradients.md").read_text()
