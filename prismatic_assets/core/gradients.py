@@ -235,9 +235,9 @@ class GradientEmbedder:
 
         The same vectors as `embed` on each pair (float32: within round-off, rtol ~1e-5).
         batch_size None means `self.batch_size`. Samples are grouped by length so that
-        batches pad little; `max_batch_tokens` caps
-        batch_size x longest sample (activation memory). A model the hooks cannot handle
-        falls back to one sample at a time, with a warning and `batched_unsupported` set.
+        batches pad little; `max_batch_tokens` caps batch_size x longest sample (activation
+        memory). A model the hooks cannot handle falls back to one sample at a time, with a
+        warning and `batched_unsupported` set.
         """
         batch_size = self.batch_size if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
