@@ -149,7 +149,7 @@ def embed_samples(samples: Sequence[Sample], embedder: GradientEmbedder | Embedd
     shards.remove(written)
     report.ingest_seconds = time.perf_counter() - began
     report.n_shards = len(written)
-    _, _, reasons = store.load_vectors([s.content_hash for s in samples], key, dim)
+    reasons = store.missing_or_failed([s.content_hash for s in samples], key)
     report.errors = {samples[i].sample_id: reason for i, reason in reasons.items()}
     return report
 

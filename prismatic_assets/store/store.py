@@ -278,6 +278,18 @@ class MetadataStore:
                         f"ORDER BY filename DESC) = 1", [files])
         return int(n)
 
+    def missing_or_failed(self, content_hashes: Sequence[str], embedding_key: str) -> dict[int, str]:
+        """{input index: reason} for samples without a vector under this key (an error or "not
+        computed"); vectors are not read, so memory stays small at any N."""
+        with self.connect() as con:
+            con.register("wanted", pa.table({"content_hash": list(content_hashes),
+                                             "pos": list(range(len(content_hashes)))}))
+            rows = con.execute(
+                f"SELECT w.pos, e.error, e.content_hash IS NULL AS missing FROM wanted w "
+                f"LEFT JOIN {S.EMBEDDINGS} e ON e.content_hash = w.content_hash AND e.embedding_key = ? "
+                f"WHERE e.content_hash IS NULL OR e.error IS NOT NULL", [embedding_key]).fetchall()
+        return {int(pos): ("not computed" if missing else error) for pos, error, missing in rows}
+
     def load_vectors(self, content_hashes: Sequence[str], embedding_key: str, dim: int
                      ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Stored vectors for these samples (by content hash) under one embedding key.

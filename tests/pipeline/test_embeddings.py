@@ -62,6 +62,13 @@ def test_interrupted_run_resumes_from_finished_shards(tmp_path, tiny_model_dir):
     assert fresh.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 40
 
 
+def test_errors_are_reported_by_sample_id(tmp_path, tiny_model_dir):
+    samples = make_samples(3) + [Sample(sample_id="long", prompt="x " * 200, response="y", source="test")]
+    embedder = build_embedder(ProxyConfig(model=tiny_model_dir, max_length=64), ProjectionConfig(dim=32))
+    report = embed_samples(samples, embedder, MetadataStore(tmp_path / "prismatic.duckdb"))
+    assert list(report.errors) == ["long"] and "prompt alone" in report.errors["long"]
+
+
 def test_local_and_batched_paths_store_the_same_vectors_as_one_at_a_time(tmp_path, tiny_model_dir):
     samples = make_samples(12)
     embedder = build_embedder(ProxyConfig(model=tiny_model_dir), ProjectionConfig(dim=32),
