@@ -29,37 +29,37 @@ def _vectors(store: MetadataStore, samples, key: str, dim: int) -> np.ndarray:
 
 
 def test_interrupted_run_resumes_from_finished_shards(tmp_path, tiny_model_dir):
-    samples = make_samples(40)
+    samples = make_samples(24)
     embedder = build_embedder(ProxyConfig(model=tiny_model_dir), ProjectionConfig(dim=32))
     store = MetadataStore(tmp_path / "a" / "prismatic.duckdb")
 
-    def stop_after_24(i, n, sample, outcome):
-        if i == 24:
+    def stop_after_20(i, n, sample, outcome):
+        if i == 20:
             raise Stop
 
     with pytest.raises(Stop):
         # Local chunks of 8 batches of 2: a shard is written after the first chunk (16 rows,
         # over shard_rows=8), and the run stops inside the second one.
         embedder.batch_size = 2
-        embed_samples(samples, embedder, store, progress=stop_after_24, shard_rows=8)
+        embed_samples(samples, embedder, store, progress=stop_after_20, shard_rows=8)
     finished = shard_folder(store, embedder.key).finished()
     assert len(finished) == 1  # the first chunk of 16, written atomically; nothing in the store yet
     assert store.cached_hashes([s.content_hash for s in samples], embedder.key) == set()
     (finished[0].parent / "half-written.parquet.tmp").write_bytes(b"PAR1")  # a writer that died mid-file
 
     report = embed_samples(samples, embedder, store, shard_rows=8)
-    assert (report.n_resumed, report.n_cached, report.n_computed) == (16, 16, 24)
+    assert (report.n_resumed, report.n_cached, report.n_computed) == (16, 16, 8)
     assert shard_folder(store, embedder.key).finished() == []
     assert not list(finished[0].parent.glob("*.tmp"))
 
     fresh = MetadataStore(tmp_path / "b" / "prismatic.duckdb")
     again = embed_samples(samples, embedder, fresh, shard_rows=1000)
-    assert (again.n_computed, again.n_shards) == (40, 1)
+    assert (again.n_computed, again.n_shards) == (24, 1)
     np.testing.assert_allclose(_vectors(store, samples, embedder.key, 32), _vectors(fresh, samples, embedder.key, 32),
                                rtol=1e-5, atol=1e-6)
     # Re-running stores nothing twice.
     assert embed_samples(samples, embedder, fresh).n_computed == 0
-    assert fresh.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 40
+    assert fresh.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 24
 
 
 def test_errors_are_reported_by_sample_id(tmp_path, tiny_model_dir):
