@@ -13,11 +13,12 @@ import subprocess
 import sys
 
 BENCHMARKS = {
-    "gvendi": ["--sizes", "10000,100000,1000000", "--dim", "1024"],
+    "gvendi": ["--sizes", "100000,300000,1000000", "--dim", "1024"],
     "kmeans": ["--n", "100000", "--dim", "1024", "--ks", "1000", "--niter", "20"],
     "select": ["--greedy", "100000:1000", "--balanced", "1000000:100000", "--dim", "1024"],
     "projection": [],
     "gradients": [],
+    "scale": ["--sizes", "100000,1000000", "--backends", "local,ray"],
     "generation": ["--prompts", "8", "--max-tokens", "128"],
     "stage": ["--requests", "32", "--max-tokens", "128"],
     "round": ["--store", "data/prismatic.duckdb"],  # needs the backbone: run `make demo` first
