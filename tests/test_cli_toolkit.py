@@ -9,7 +9,7 @@ import re
 import pytest
 
 from prismatic_assets.cli import main
-from tests.pipeline.test_compare import write_sets
+from tests.pipeline.test_compare import shared_cache, write_sets
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,9 @@ def sets(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def shared_cache(tmp_path_factory, monkeypatch):
-    # One vector cache for the module: the first command computes, the others reuse.
-    monkeypatch.setenv("PRISMATIC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "toolkit-cli-cache"))
+def cache_dir(tmp_path_factory, monkeypatch):
+    # The toolkit tests' shared vector cache: the first command computes, the others reuse.
+    monkeypatch.setenv("PRISMATIC_CACHE_DIR", str(shared_cache(tmp_path_factory).parent))
 
 
 def test_compare_prints_a_table_writes_html_and_json(sets, tiny_model_dir, tmp_path, capsys):

@@ -32,7 +32,7 @@ def _materialize(tmp_path, tiny_model_dir, **run):
 def test_compares_the_seed_pool_with_configured_sets(tmp_path, tiny_model_dir):
     arith, salad = write_sets(tmp_path)
     result = _materialize(tmp_path, tiny_model_dir, datasets=[str(arith), str(salad)], names=["arith", "words"],
-                          limit=5)
+                          limit=3)
     assert result.success
     meta = result.asset_materializations_for_node("dataset_comparison")[0].metadata
     assert meta["sets"].value == ["seed", "arith", "words"]

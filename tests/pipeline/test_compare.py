@@ -41,9 +41,17 @@ def sets(tmp_path_factory):
     return write_sets(tmp_path_factory.mktemp("sets"))
 
 
+def shared_cache(tmp_path_factory):
+    """One vector cache for every toolkit test of the session (the same file `prismatic` uses
+    with PRISMATIC_CACHE_DIR=<base>/toolkit-cache): the sets' gradients are computed once."""
+    folder = tmp_path_factory.getbasetemp() / "toolkit-cache"
+    folder.mkdir(exist_ok=True)
+    return folder / "score-cache.duckdb"
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache") / "cache.duckdb"
+    return shared_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +132,10 @@ def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir,
 
 def test_projection_seed_qs_names_and_fields_change_the_report(report, sets, tiny_model_dir, cache, tmp_path):
     other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, seed=1, qs=(0.5,),
-                             names=["A", "B"], examples=1, limit=8)
+                             names=["A", "B"], examples=1, limit=4)
     assert [s.name for s in other.sets] == ["A", "B"]
     assert all(len(e.samples) == 1 for e in other.examples) and len(report.examples[0].samples) == 2
-    assert [s.n_loaded for s in other.sets] == [8, 8]
+    assert [s.n_loaded for s in other.sets] == [4, 4]
     assert set(other.sets[0].g_vendi) == {0.5}
     assert other.projection != report.projection
     renamed = tmp_path / "renamed.jsonl"

@@ -11,7 +11,7 @@ from prismatic_assets.core.loaders import LoadError, load_samples
 from prismatic_assets.pipeline.datasets import load_set, proxy_embedder
 from prismatic_assets.pipeline.select import RANDOM_BASELINE_SEEDS, baseline_seeds, select_from_set, write_subset
 from prismatic_assets.store.store import MetadataStore
-from tests.pipeline.test_compare import write_sets
+from tests.pipeline.test_compare import shared_cache, write_sets
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache") / "cache.duckdb"
+    return shared_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
