@@ -14,7 +14,10 @@ completion texts in order. The backends:
 Seeds mean the same thing everywhere: completion `j` of a conversation is drawn with seed
 `sampling.seed + j` (vLLM's own rule for `n > 1`), so a conversation's outputs depend only on
 the conversation and its `SamplingConfig`, never on what else is in the batch. That is what
-lets a cache key generations by (model, messages, `SamplingConfig.key()`). Two identical
+lets a cache key generations by (model, messages, `SamplingConfig.key()`). The model enters a
+cache key by its `fingerprint`, an identity derived from the weights' content (or, behind an
+OpenAI-compatible server, the served id plus a `revision` the user sets), never by its name
+alone: a changed model under the same name does not reuse the old one's generations. Two identical
 conversations with the same seed give identical completions; ask for a larger `n` instead.
 
 This module builds no prompts and parses no outputs (`prompts.py` does), and imports no
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import inspect
 import json
 import math
@@ -38,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
-from prismatic_assets.core.models import resolve_model
+from prismatic_assets.core.models import RemoteCodeRequired, model_source_fingerprint, needs_remote_code, resolve_model
 
 Message = dict[str, str]
 """One chat message: {"role": "system" | "user" | "assistant", "content": text}."""
@@ -148,6 +152,9 @@ class Generator(Protocol):
     """
 
     model_name: str
+    #: What generation caches are keyed by: changes when the model's weights, architecture or
+    #: tokenizer change, whatever its name (see `BaseGenerator.fingerprint`).
+    fingerprint: str
 
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]: ...
@@ -165,6 +172,24 @@ class BaseGenerator:
         self.last_usage = None
         self.total_completion_tokens = 0
         self.total_prompt_tokens = 0
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's content-derived identity, computed once (`_identity`): the generation cache key.
+
+        Local folders, packaged and GGUF models: a digest of config, tokenizer files and each
+        weight file's sha256 (computed once per file and remembered by path, size and mtime,
+        so a 72B model costs minutes once, then nothing). Hub ids: the same digest of their
+        local snapshot. Not the weights in memory: a generator's engine holds them in other
+        processes, and hashing 145 GB each run would cost more than it saves.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = self._identity()
+        return self._fingerprint
+
+    def _identity(self) -> str:
+        return model_source_fingerprint(self.model_name, download=True)
 
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]:
@@ -306,7 +331,8 @@ class VLLMGenerator(BaseGenerator):
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 engine_kwargs: dict[str, Any] | None = None, devices: Sequence[int] | None = None) -> None:
+                 engine_kwargs: dict[str, Any] | None = None, devices: Sequence[int] | None = None,
+                 trust_remote_code: bool = False) -> None:
         super().__init__()
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size!r}: must be an int >= 1 (GPUs per engine)")
@@ -315,7 +341,8 @@ class VLLMGenerator(BaseGenerator):
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization!r}: must be in (0, 1]")
         engine_kwargs = dict(engine_kwargs or {})
-        named = {"model", "tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization"}
+        named = {"model", "tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization",
+                 "trust_remote_code"}
         clash = sorted(named & engine_kwargs.keys())
         if clash:
             raise ValueError(f"engine_kwargs sets {clash}: pass them as VLLMGenerator arguments instead")
@@ -329,6 +356,7 @@ class VLLMGenerator(BaseGenerator):
             raise ValueError(f"devices={list(devices)}: list one GPU per tensor-parallel shard "
                              f"({tensor_parallel_size})")
         self.devices = tuple(devices) if devices is not None else None
+        self.trust_remote_code = bool(trust_remote_code)
         self._llm: Any = None
         self._closed = False
         self._lock = threading.Lock()
@@ -337,7 +365,11 @@ class VLLMGenerator(BaseGenerator):
         """The keyword arguments given to `vllm.LLM` (model resolved to a path), before CPU defaults."""
         return {"model": resolve_model(self.model_name), "tensor_parallel_size": self.tensor_parallel_size,
                 "dtype": self.dtype, "max_model_len": self.max_model_len,
-                "gpu_memory_utilization": self.gpu_memory_utilization, **self.engine_kwargs}
+                "gpu_memory_utilization": self.gpu_memory_utilization, "trust_remote_code": self.trust_remote_code,
+                **self.engine_kwargs}
+
+    def _identity(self) -> str:
+        return model_source_fingerprint(self.model_name, revision=self.engine_kwargs.get("revision"), download=True)
 
     @property
     def started(self) -> bool:
@@ -368,6 +400,8 @@ class VLLMGenerator(BaseGenerator):
                                   "worker): its engine runs in a child process. Start it from a normal "
                                   "process, or use backend='transformers'")
         args = self.engine_args()
+        if not self.trust_remote_code and needs_remote_code(self.model_name):
+            raise RemoteCodeRequired(self.model_name)
         if current_platform.is_cpu():
             args = {**CPU_ENGINE_DEFAULTS, **args}
         with _spawn_without_main(), _visible_devices(self.devices):
@@ -429,11 +463,16 @@ class OpenAIGenerator(BaseGenerator):
     server's Retry-After (capped at 300 s). timeout: seconds per request. When a server
     returns fewer than n choices, the rest are asked for in further requests, seeded
     seed + (choices so far). Greedy requests (temperature 0) ask for one choice and repeat it.
+    revision: a label for the weights behind `model` on that server (a commit, a date):
+    the server's weights cannot be read from here, so the fingerprint is the served id plus
+    this label; change it whenever the server's model changes, or cached generations of the
+    old weights are reused. The API key is kept only inside the HTTP client: it is not an
+    attribute, not in repr, and not part of the fingerprint.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0,
-                 backoff: float = 1.0) -> None:
+                 backoff: float = 1.0, revision: str | None = None) -> None:
         super().__init__()
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency!r}: must be an int >= 1")
@@ -448,6 +487,7 @@ class OpenAIGenerator(BaseGenerator):
         except ImportError as error:
             raise ImportError("the openai backend needs the `openai` package: pip install openai") from error
         self.model_name = model
+        self.revision = revision
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if self.base_url else None)
         if api_key is None:
@@ -467,6 +507,11 @@ class OpenAIGenerator(BaseGenerator):
     @property
     def endpoint(self) -> str:
         return str(self._client.base_url)
+
+    def _identity(self) -> str:
+        # The served id names the model; nothing on this side can see its weights.
+        payload = json.dumps({"backend": "openai", "model": self.model_name, "revision": self.revision})
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -627,7 +672,8 @@ class TransformersGenerator(BaseGenerator):
     of padded batches).
     """
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
+                 trust_remote_code: bool = False) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
@@ -638,6 +684,7 @@ class TransformersGenerator(BaseGenerator):
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.trust_remote_code = bool(trust_remote_code)
         self._model: Any = None
         self._tokenizer: Any = None
         self._closed = False
@@ -650,7 +697,8 @@ class TransformersGenerator(BaseGenerator):
             if self._model is None:
                 from prismatic_assets.core.models import load_causal_lm
 
-                model, tokenizer = load_causal_lm(self.model_name, dtype=self.dtype, device=self.device)
+                model, tokenizer = load_causal_lm(self.model_name, dtype=self.dtype, device=self.device,
+                                                  trust_remote_code=self.trust_remote_code)
                 if not getattr(tokenizer, "chat_template", None):
                     raise ValueError(f"model {self.model_name!r} has no chat template: use an instruction-tuned "
                                      "model, or set tokenizer.chat_template")
