@@ -192,7 +192,7 @@ def generate_cached(store: MetadataStore, generator: Generator, requests: Sequen
     before the next is asked for, so a crash loses at most one chunk. Returns the cache
     keys and the outputs, in request order, and how many came from where.
     """
-    keys = [generation_key(generator.model_name, messages, sampling.key()) for messages, sampling in requests]
+    keys = [generation_key(generator.fingerprint, messages, sampling.key()) for messages, sampling in requests]
     found = get_generations(store, keys)
     stats = CallStats(cached=sum(1 for k in keys if k in found))
     todo: list[int] = []

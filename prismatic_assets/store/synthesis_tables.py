@@ -2,7 +2,7 @@
 
 Two kinds of writes, with different lifetimes:
 - `put_generations` adds LLM outputs to the generation cache as they arrive, keyed by a
-  hash of (model name, messages, sampling key incl. seed). The cache is never cleared by a
+  hash of (model fingerprint, messages, sampling key incl. seed). The cache is never cleared by a
   round: a retried round reads it back and calls the LLM only for what is missing.
 - `write_round` replaces everything one round produced (requests, candidates, decisions,
   accepted samples, the three G-Vendi scores, stale clusterings of its scope and the
@@ -36,9 +36,13 @@ def round_scope(round: int, suffix: str | None = None) -> str:
 
 
 # -- generation cache --------------------------------------------------------------------
-def generation_key(model: str, messages: Sequence[Mapping[str, str]], sampling_key: str) -> str:
-    """The cache key of one chat request: same model, messages and sampling -> same outputs."""
-    payload = json.dumps({"model": model, "messages": list(messages), "sampling": sampling_key},
+def generation_key(model_fingerprint: str, messages: Sequence[Mapping[str, str]], sampling_key: str) -> str:
+    """The cache key of one chat request: same model, messages and sampling -> same outputs.
+
+    `model_fingerprint` is the generator's `fingerprint` (derived from the weights, not the
+    name), so a changed model under an unchanged name misses the cache.
+    """
+    payload = json.dumps({"model": model_fingerprint, "messages": list(messages), "sampling": sampling_key},
                          sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
