@@ -233,10 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from prismatic_assets.store.store import StoreError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImportError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, ImportError, KeyError, StoreError) as exc:
         print(f"prismatic: error: {_describe_error(exc)}", file=sys.stderr)
         return 2
 

@@ -129,7 +129,7 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
     """),
     Migration(2, "synthesis: generation cache, requests, candidates, decisions, rounds", f"""
         CREATE TABLE {GENERATIONS} (
-            gen_key         VARCHAR PRIMARY KEY,  -- hash of model name, messages, sampling key (incl. seed)
+            gen_key         VARCHAR PRIMARY KEY,  -- hash of model fingerprint, messages, sampling key (incl. seed)
             model           VARCHAR NOT NULL,
             messages        JSON NOT NULL,
             sampling        JSON NOT NULL,
