@@ -38,7 +38,7 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
@@ -141,6 +141,19 @@ class Usage:
 
 class GenerationError(RuntimeError):
     """A backend could not produce completions (server down, timeouts, a closed engine)."""
+
+
+class PartialGenerationError(GenerationError):
+    """Some conversations of a `chat` call failed; `completed` holds the others' outputs.
+
+    completed: {conversation index: its n completion texts} for every conversation that
+    finished before the failure, so a caller can keep what was paid for (the synthesis
+    stages store them in the generation cache) and ask again only for the rest.
+    """
+
+    def __init__(self, message: str, completed: dict[int, list[str]]) -> None:
+        super().__init__(message)
+        self.completed = completed
 
 
 @runtime_checkable
@@ -453,14 +466,37 @@ class VLLMGenerator(BaseGenerator):
 _RETRY_STATUS = {408, 409, 429}
 
 
+class _Malformed(Exception):
+    """A response that parsed but is not a chat completion."""
+
+
+class _Skipped(Exception):
+    """A conversation not sent because another of the same call had already failed."""
+
+
+def _checked(response: Any) -> Any:
+    """The response if it looks like a chat completion with messages; raise _Malformed otherwise."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise _Malformed(f"no 'choices' list in {str(response)[:80]!r}")
+    for choice in choices:
+        if getattr(choice, "message", None) is None or not isinstance(getattr(choice, "index", None), int):
+            raise _Malformed(f"a choice without message or index: {str(choice)[:80]!r}")
+    return response
+
+
 class OpenAIGenerator(BaseGenerator):
     """Any OpenAI-compatible chat endpoint: `vllm serve`, a hosted API, llama.cpp's server.
 
     base_url / api_key: arguments, else $OPENAI_BASE_URL / $OPENAI_API_KEY; with a base_url
     and no key a dummy key is sent (local servers ignore it). max_concurrency: requests in
     flight at once (a thread pool). max_retries: retries after a connection error, timeout,
-    429, 408/409 or 5xx, waiting backoff * 2**attempt seconds (capped at 60 s), or the
-    server's Retry-After (capped at 300 s). timeout: seconds per request. When a server
+    429, 408/409 or 5xx, or a reply that is not a chat completion (truncated JSON, a proxy's
+    HTML page), waiting backoff * 2**attempt seconds (capped at 60 s, jittered up to 25%), or
+    the server's Retry-After (capped at 300 s). timeout: seconds per request. When a
+    conversation still fails, no further request of that call is sent, those in flight
+    finish their current attempt, and `PartialGenerationError.completed` returns the
+    conversations that did complete, so a caller keeps what was paid for. When a server
     returns fewer than n choices, the rest are asked for in further requests, seeded
     seed + (choices so far). Greedy requests (temperature 0) ask for one choice and repeat it.
     revision: a label for the weights behind `model` on that server (a commit, a date):
@@ -529,7 +565,8 @@ class OpenAIGenerator(BaseGenerator):
         except ValueError:
             return None
 
-    def _request(self, messages: list[Message], sampling: SamplingConfig, n: int, seed: int | None) -> Any:
+    def _request(self, messages: list[Message], sampling: SamplingConfig, n: int, seed: int | None,
+                 abort: threading.Event | None = None) -> Any:
         openai = self._openai
         kwargs: dict[str, Any] = {"model": self.model_name, "messages": messages, "n": n,
                                   "temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -539,15 +576,24 @@ class OpenAIGenerator(BaseGenerator):
         failures: list[str] = []
         timeouts = 0
         for attempt in range(self.max_retries + 1):
+            if abort is not None and abort.is_set() and attempt > 0:
+                raise GenerationError(f"{self.endpoint}: stopped retrying because another request of this batch "
+                                      f"failed ({'; '.join(failures)})")
             try:
-                return self._client.chat.completions.create(**kwargs, timeout=self.timeout)
+                return _checked(self._client.chat.completions.create(**kwargs, timeout=self.timeout))
+            except _Malformed as error:  # a 200 with a body that is not a chat completion: truncated, a proxy page
+                failures.append(f"malformed response ({error})")
+                retry_after = None
+            except json.JSONDecodeError as error:  # the client could not parse the body (truncated JSON)
+                failures.append(f"unreadable response ({type(error).__name__}: {error})")
+                retry_after = None
             except openai.APITimeoutError:
                 timeouts += 1
                 failures.append(f"timed out after {self.timeout:g} s")
-                wait = None
+                retry_after = None
             except openai.APIConnectionError as error:
                 failures.append(f"connection error ({error.__cause__ or error})")
-                wait = None
+                retry_after = None
             except openai.APIStatusError as error:
                 if error.status_code not in _RETRY_STATUS and error.status_code < 500:
                     hint = (" (is the model name right? GET /v1/models lists what the server serves)"
@@ -555,9 +601,15 @@ class OpenAIGenerator(BaseGenerator):
                     raise GenerationError(f"{self.endpoint} refused the request for model {self.model_name!r}: "
                                           f"HTTP {error.status_code} {error.message}{hint}") from error
                 failures.append(f"HTTP {error.status_code}")
-                wait = self._retry_after(error)
+                retry_after = self._retry_after(error)
             if attempt < self.max_retries:
-                time.sleep(min(300.0, wait) if wait is not None else min(60.0, self.backoff * 2**attempt))
+                # Jittered, so that max_concurrency failed requests do not return in lockstep.
+                pause = min(300.0, retry_after) if retry_after is not None else min(60.0, self.backoff * 2**attempt)
+                pause = pause * random.uniform(1.0, 1.25) if retry_after is None else pause
+                if abort is not None:
+                    abort.wait(pause)  # wakes early when the batch is given up
+                else:
+                    time.sleep(pause)
         attempts = self.max_retries + 1
         if timeouts == attempts:
             raise GenerationError(
@@ -567,7 +619,18 @@ class OpenAIGenerator(BaseGenerator):
         raise GenerationError(f"{self.endpoint} failed {attempts} attempts ({'; '.join(failures)}): check that the "
                               "server is up (vllm serve answers GET /health), or raise max_retries / backoff")
 
-    def _complete(self, messages: list[Message], sampling: SamplingConfig) -> tuple[list[str], list[str], int, int, list[int] | None]:
+    def _complete_unless_aborted(self, messages: list[Message], sampling: SamplingConfig, abort: threading.Event):
+        """`_complete`, unless another conversation of the call failed first (then no request is sent)."""
+        if abort.is_set():
+            raise _Skipped()
+        try:
+            return self._complete(messages, sampling, abort)
+        except BaseException:
+            abort.set()  # before this worker thread takes the next queued conversation
+            raise
+
+    def _complete(self, messages: list[Message], sampling: SamplingConfig, abort: threading.Event | None = None
+                  ) -> tuple[list[str], list[str], int, int, list[int] | None]:
         texts: list[str] = []
         reasons: list[str] = []
         prompt_tokens = completion_tokens = 0
@@ -575,7 +638,7 @@ class OpenAIGenerator(BaseGenerator):
         target = _decoded(sampling)
         while len(texts) < target:
             want = target - len(texts)
-            response = self._request(messages, sampling, want, sampling.completion_seed(len(texts)))
+            response = self._request(messages, sampling, want, sampling.completion_seed(len(texts)), abort)
             choices = sorted(response.choices, key=lambda ch: ch.index)[:want]
             if not choices:
                 raise GenerationError(f"{self.endpoint} returned no choices for model {self.model_name!r}")
@@ -599,13 +662,30 @@ class OpenAIGenerator(BaseGenerator):
         if not convs:
             return []
         began = time.perf_counter()
-        futures = [self._executor().submit(self._complete, c, s) for c, s in zip(convs, samplings)]
+        abort = threading.Event()
+        futures = [self._executor().submit(self._complete_unless_aborted, c, s, abort) for c, s in zip(convs, samplings)]
         try:
-            results = [f.result() for f in futures]
-        except BaseException:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # interrupted: start nothing more, stop retrying
+            abort.set()
             for f in futures:
                 f.cancel()
             raise
+        failed = [i for i, f in enumerate(futures) if f.done() and not f.cancelled()
+                  and f.exception() is not None and not isinstance(f.exception(), _Skipped)]
+        if failed:
+            # Keep what was received: start no new request, let those in flight finish their
+            # current attempt (they retry no more), and hand the finished ones to the caller.
+            abort.set()
+            for f in futures:
+                f.cancel()
+            wait([f for f in futures if not f.cancelled()])
+            completed = {i: f.result()[0] for i, f in enumerate(futures)
+                         if not f.cancelled() and f.exception() is None}
+            first = futures[failed[0]].exception()
+            raise PartialGenerationError(f"{first} ({len(completed)} of {len(futures)} conversations of this call "
+                                         f"completed and are returned with the error)", completed) from first
+        results = [f.result() for f in futures]
         seconds = time.perf_counter() - began
         all_counts = [r[4] for r in results]
         self._record(Usage(prompt_tokens=sum(r[2] for r in results), completion_tokens=sum(r[3] for r in results),
