@@ -57,7 +57,8 @@ def score_samples(samples: Sequence[Sample], *, model: str = PACKAGED_MODEL, dev
                   dtype: str = "float32", params: str | None = None, autocast: str | None = None,
                   max_length: int = 2048, projection: str = "countsketch", dim: int = 1024, seed: int = 0,
                   q: float = 1.0, cache: MetadataStore | str | Path | None | bool = True,
-                  progress: Callable | None = None, rejections: Sequence[Rejection] = ()) -> DatasetScore:
+                  progress: Callable | None = None, rejections: Sequence[Rejection] = (),
+                  trust_remote_code: bool = False) -> DatasetScore:
     """G-Vendi of in-memory samples. `cache`: True (the shared cache), False, a path or a store."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prismatic-") as tmp:
@@ -71,7 +72,7 @@ def score_samples(samples: Sequence[Sample], *, model: str = PACKAGED_MODEL, dev
             store = MetadataStore(cache)
         embedder = build_embedder(
             ProxyConfig(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
-                          max_length=max_length),
+                        max_length=max_length, trust_remote_code=trust_remote_code),
             ProjectionConfig(kind=projection, dim=dim, seed=seed))
         report = embed_samples(samples, embedder, store, progress=progress)
         pool = pool_vectors(store, samples, report.embedding_key, report.dim)

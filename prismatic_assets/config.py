@@ -110,7 +110,9 @@ class EngineConfig(_Block):
     base_url: Optional[str] = Field(None, description="openai: e.g. http://gpu-node:8000/v1 (else $OPENAI_BASE_URL)")
     max_concurrency: int = Field(64, ge=1, description="openai: requests in flight")
     device: str = Field("cpu", description="transformers: torch device")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (off unless set)")
+    revision: Optional[str] = Field(None, description="a label of the weights, part of the generation cache key: "
+                                    "openai: change it whenever the server's model changes; vllm: a hub revision")
 
     @model_validator(mode="after")
     def _devices_match_tp(self) -> "EngineConfig":

@@ -167,7 +167,8 @@ class RemoteCodeRequired(ValueError):
         super().__init__(
             f"model {model_ref!r} ships its own Python code (auto_map in its config), which Prismatic does not "
             "run by default: read that code, then set trust_remote_code: true for this model in the config "
-            "(or pass trust_remote_code=True), or use a model that transformers supports natively")
+            "(prismatic score: --trust-remote-code; Python: trust_remote_code=True), or use a model that "
+            "transformers supports natively")
         self.model_ref = model_ref
 
 

@@ -27,7 +27,8 @@ Progress = Callable[[int, int, Sample, Embedding], None]
 
 def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig) -> GradientEmbedder:
     """Load the proxy model and freeze everything the vectors depend on."""
-    model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device)
+    model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
+                                      trust_remote_code=proxy.trust_remote_code)
     spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)
     gradient = GradientSpec(params=proxy.params, autocast=proxy.autocast, max_length=proxy.max_length)
     return GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer))

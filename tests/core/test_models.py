@@ -220,5 +220,20 @@ def test_cli_says_when_a_model_needs_remote_code(remote_code_model, tmp_path):
     done = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "score", str(data), "--model", str(folder),
                            "--no-cache", "--dim", "8"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
-    assert "ships its own Python code" in done.stderr and "trust_remote_code" in done.stderr
+    assert "ships its own Python code" in done.stderr and "--trust-remote-code" in done.stderr
     assert "Traceback" not in done.stderr and not marker.exists()
+
+
+def test_engine_configs_carry_remote_code_and_revision(tiny_folders, monkeypatch):
+    from prismatic_assets.config import EngineConfig
+    from prismatic_assets.engines import open_engine
+
+    a = str(tiny_folders[0])
+    assert not open_engine(EngineConfig(backend="vllm", model=a)).trust_remote_code
+    vllm = open_engine(EngineConfig(backend="vllm", model=a, trust_remote_code=True, revision="v2"))
+    assert vllm.trust_remote_code and vllm.engine_args()["trust_remote_code"] and vllm.engine_args()["revision"] == "v2"
+    assert open_engine(EngineConfig(backend="transformers", model=a, trust_remote_code=True)).trust_remote_code
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    served = [open_engine(EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", revision=r))
+              for r in (None, "2026-12-01", "2026-12-02")]
+    assert len({g.fingerprint for g in served}) == 3
