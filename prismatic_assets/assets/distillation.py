@@ -28,7 +28,7 @@ from prismatic_assets.pipeline.distill import (check_lengths, parse_rounds, read
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 from prismatic_assets.pipeline.evaluation import held_out_sets, store_results
 from prismatic_assets.pipeline.scores import score_pool
-from prismatic_assets.store.synthesis_tables import completed_rounds
+from prismatic_assets.store.synthesis_tables import completed_rounds, refresh_staleness
 
 GROUP = "distillation"
 
@@ -67,6 +67,10 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
                                                                                   **sft_changes})})
     check_lengths(ds, settings.evaluation)
     rounds = parse_rounds(config.rounds or ds.rounds, completed_rounds(db))
+    stale = {r: why for r, why in refresh_staleness(db).items() if r in rounds}
+    if stale:  # trained on rounds whose diversity filter judged against a pool that is gone
+        raise dg.Failure(description=f"distillation would train on stale round(s) {sorted(stale)}: "
+                                     f"{stale[min(stale)]}", allow_retries=False)
     samples = training_samples(db, seed_samples.pool_ids, rounds)
     with proxy.open() as embedder:  # the training set's diversity, under the pool's proxy and projection
         embed_samples(samples, embedder, db, context.run_id)

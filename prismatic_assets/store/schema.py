@@ -244,6 +244,10 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             PRIMARY KEY (evaluation_id, sample_id, completion)
         );
     """),
+    Migration(4, "round staleness: the seed source a round's pool was drawn from, and why it is stale", f"""
+        ALTER TABLE {SYNTHESIS_ROUNDS} ADD COLUMN seed_source VARCHAR;   -- NULL: every seed source
+        ALTER TABLE {SYNTHESIS_ROUNDS} ADD COLUMN stale_reason VARCHAR;  -- NULL: built on the current pool
+    """),
 )
 
 LATEST_VERSION = MIGRATIONS_LIST[-1].version

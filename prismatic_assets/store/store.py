@@ -12,7 +12,9 @@ This module knows tables and rows; it does not compute anything.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -42,6 +44,10 @@ class StoreError(RuntimeError):
 
 class StoreDiskFull(StoreError):
     """A write failed for lack of space; the transaction rolled back, the store holds what it held."""
+
+
+class StoreBusy(StoreError):
+    """Another process (or thread) holds the store's lock for this work; nothing was done."""
 
 
 #: DuckDB error texts that mean the file itself is unusable (not a bug in a query).
@@ -191,6 +197,46 @@ class MetadataStore:
                 con.close()
             except duckdb.Error:
                 pass  # closing after a failed write: the error above is the one to report
+
+    @contextmanager
+    def exclusive(self, name: str, what: str, **holder: Any) -> Iterator[None]:
+        """Hold the store's lock `name` for a piece of work, or raise `StoreBusy` at once.
+
+        A file lock (flock) beside the store file, so the kernel releases it when the holder
+        exits, however it exits (SIGKILL included): no stale lock survives a crash. The
+        holder's details (`what`, pid, start time, `holder` fields) are written into the lock
+        file and quoted to whoever is refused.
+        """
+        path = self.path.with_name(f"{self.path.name}.{name}.lock")
+        handle = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                try:
+                    other = json.loads(handle.read() or "{}")
+                except ValueError:
+                    other = {}
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other["since"])) if "since" in other else "?"
+                extra = ", ".join(f"{k} {v}" for k, v in other.items() if k not in ("what", "pid", "since"))
+                raise StoreBusy(
+                    f"{what} was refused: {other.get('what', 'other work')} holds {path.name} (pid {other.get('pid', '?')}"
+                    f"{', ' + extra if extra else ''}, since {since}). Wait for it to finish, or stop it; running "
+                    f"both would write the same rows twice.") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"what": what, "pid": os.getpid(), "since": time.time(), **holder}, default=str))
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
