@@ -38,7 +38,7 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
@@ -207,6 +207,16 @@ class BaseGenerator:
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]:
         raise NotImplementedError
+
+    def chat_stream(self, conversations: Sequence[Sequence[Message]],
+                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[tuple[int, list[str]]]:
+        """Yield (conversation index, its completions) as conversations finish, in any order.
+
+        A caller that stores each result as it arrives loses nothing that finished when the
+        process dies. Backends that finish a whole batch at once (vLLM's offline engine, HF
+        generate) yield everything at the end; the OpenAI backend yields per request.
+        """
+        yield from enumerate(self.chat(conversations, sampling))
 
     def close(self) -> None:
         """Release what the backend holds (engine, processes, threads). Idempotent."""
@@ -655,6 +665,40 @@ class OpenAIGenerator(BaseGenerator):
         repeat = sampling.n // target  # greedy: decoded once, repeated
         return texts * repeat, reasons * repeat, prompt_tokens, completion_tokens, \
             None if counts is None else counts * repeat
+
+    def chat_stream(self, conversations: Sequence[Sequence[Message]],
+                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[tuple[int, list[str]]]:
+        """Each conversation's completions as soon as its request returns (see `BaseGenerator`).
+
+        On a failure no further request is sent, those in flight finish their attempt and are
+        still yielded, then `GenerationError` is raised. Closing the iterator early stops the
+        call the same way."""
+        convs, samplings = check_conversations(conversations, sampling)
+        abort = threading.Event()
+        futures = {self._executor().submit(self._complete_unless_aborted, c, s, abort): i
+                   for i, (c, s) in enumerate(zip(convs, samplings))}
+        failure: BaseException | None = None
+        delivered = 0
+        try:
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None:
+                    delivered += 1
+                    yield futures[future], future.result()[0]
+                elif not isinstance(error, _Skipped) and failure is None:
+                    failure = error
+                    abort.set()
+                    for other in futures:
+                        other.cancel()
+        finally:
+            abort.set()
+            for other in futures:
+                other.cancel()
+        if failure is not None:
+            raise GenerationError(f"{failure} ({delivered} of {len(futures)} conversations of this call completed "
+                                  f"and were delivered)") from failure
 
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]:

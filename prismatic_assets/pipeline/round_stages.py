@@ -27,7 +27,7 @@ from prismatic_assets.config import ClusteringConfig, SynthesisConfig
 from prismatic_assets.core.answers import majority_vote
 from prismatic_assets.core.clustering import Clustering, assign_to_centroids
 from prismatic_assets.core.decontamination import NGramIndex, find_duplicates
-from prismatic_assets.core.generation import Generator, PartialGenerationError, SamplingConfig
+from prismatic_assets.core.generation import GenerationError, Generator, PartialGenerationError, SamplingConfig
 from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.gvendi import GVendiResult, g_vendi
 from prismatic_assets.core.ids import digest
@@ -195,6 +195,51 @@ def _chat(generator: Generator, conversations: list[list[dict[str, str]]],
     return [[str(o) for o in out] for out in outputs]
 
 
+#: While a chunk streams in, its results are stored every this many results or seconds.
+STREAM_FLUSH_ROWS, STREAM_FLUSH_S = 32, 2.0
+
+
+def _stream_chunk(store: MetadataStore, generator: Any, requests: Sequence[tuple[list[dict], SamplingConfig]],
+                  keys: Sequence[str], chunk: Sequence[int], found: dict[str, list[str]], stats: CallStats,
+                  run_id: str | None, stage: str, n_todo: int) -> None:
+    """One engine call whose results are stored as they arrive (`chat_stream`), so a process
+    killed mid-call keeps every request that had come back at its last flush."""
+    began = last_flush = time.monotonic()
+    pending: list[GenerationRow] = []
+    seen: set[int] = set()
+
+    def flush() -> None:
+        nonlocal last_flush
+        put_generations(store, pending)
+        pending.clear()
+        last_flush = time.monotonic()
+
+    try:
+        for j, out in generator.chat_stream([requests[i][0] for i in chunk], [requests[i][1] for i in chunk]):
+            i = chunk[j]
+            outputs = [str(o) for o in out]
+            pending.append(GenerationRow(gen_key=keys[i], model=generator.model_name, messages=requests[i][0],
+                                         sampling=requests[i][1].as_dict(), outputs=outputs,
+                                         seconds=time.monotonic() - began, run_id=run_id))
+            found[keys[i]] = outputs
+            seen.add(j)
+            stats.called += 1
+            if len(pending) >= STREAM_FLUSH_ROWS or time.monotonic() - last_flush >= STREAM_FLUSH_S:
+                flush()
+    except GenerationError as error:
+        flush()
+        raise GenerationError(f"{stage}: {error}. The {stats.called} completed requests are stored in the "
+                              f"generation cache; run the stage again to ask only for the other "
+                              f"{n_todo - stats.called}.") from error
+    except BaseException:
+        flush()
+        raise
+    flush()
+    if len(seen) != len(chunk):
+        raise RuntimeError(f"generator {generator.model_name!r} delivered {len(seen)} of {len(chunk)} conversations "
+                           "without an error: a Generator's chat_stream yields every conversation once")
+
+
 def generate_cached(store: MetadataStore, generator: Generator, requests: Sequence[tuple[list[dict], SamplingConfig]],
                     *, chunk_size: int, run_id: str | None, stage: str,
                     progress: StageProgress | None = None) -> tuple[list[str], list[list[str]], CallStats]:
@@ -224,6 +269,11 @@ def generate_cached(store: MetadataStore, generator: Generator, requests: Sequen
         began = time.perf_counter()
         if progress:  # one event per engine call: a stage should need one (or chunks of chunk_size)
             progress(f"engine_call:{stage}", len(chunk), len(todo))
+        if hasattr(generator, "chat_stream"):
+            _stream_chunk(store, generator, requests, keys, chunk, found, stats, run_id, stage, len(todo))
+            if progress:
+                progress(stage, stats.cached + stats.called, total)
+            continue
         try:
             outputs = _chat(generator, [requests[i][0] for i in chunk], [requests[i][1] for i in chunk])
         except PartialGenerationError as error:  # keep what was paid for, then fail

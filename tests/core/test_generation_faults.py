@@ -137,3 +137,16 @@ def test_a_request_hanging_past_the_timeout_fails_while_the_others_complete():
         assert time.perf_counter() - began < 2.5  # two 0.4 s attempts, not the 3 s hang
         assert caught.value.completed == {0: ["answer to q0"], 2: ["answer to q2"]}
         assert server.seen.count("q1") == 2
+
+
+def test_stream_yields_each_result_as_it_arrives_then_the_failure():
+    script = lambda q, attempt: "500" if q == "q2" else "ok"  # noqa: E731
+    with ScriptedServer(script, delay=0.05) as server, OpenAIGenerator("m", base_url=server.url, max_concurrency=1,
+                                                                       max_retries=1, backoff=0.01) as g:
+        got: list[tuple[int, list[str], int]] = []
+        with pytest.raises(GenerationError, match=r"HTTP 500.*2 of 4 conversations of this call completed"):
+            for index, outputs in g.chat_stream(_convs(4), SamplingConfig()):
+                got.append((index, outputs, len(server.seen)))  # what the server had seen when it arrived
+        assert [(i, o) for i, o, _ in got] == [(0, ["answer to q0"]), (1, ["answer to q1"])]
+        assert got[0][2] <= 2  # q0 came out before q2 was even sent: one by one, not at the end
+        assert "q3" not in server.seen
