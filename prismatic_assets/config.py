@@ -184,6 +184,8 @@ class EvaluationConfig(_Block):
     stated_answers: bool = False
     files: tuple[str, ...] = Field((), description="JSONL/Parquet benchmark files (problem, answer)")
     max_tokens: int = Field(384, ge=1)
+    chunk_size: int = Field(256, ge=1, description="problems per engine call; answers stored after each (a rerun "
+                            "asks only for the rest)")
 
 
 class TrackingConfig(_Block):

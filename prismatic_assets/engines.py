@@ -209,9 +209,13 @@ class EngineSet:
         """Wait until the engine's processes have exited and its GPUs' memory is back."""
         import psutil
 
+        from prismatic_assets.core.answers import worker_pids
+
         deadline = time.monotonic() + self.release_timeout
         while True:
-            stray = [pid for pid in _children() - lease.children_before if psutil.pid_exists(pid)
+            # The answer-verification worker may start while an engine is open (grading its
+            # outputs); it outlives engines on purpose.
+            stray = [pid for pid in _children() - lease.children_before - worker_pids() if psutil.pid_exists(pid)
                      and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
             used = _gpu_used_bytes(tuple(lease.gpu_before)) if lease.gpu_before else None
             held = {d: used[d] - lease.gpu_before[d] for d in used if used[d] - lease.gpu_before[d] > 1 << 30} \

@@ -368,8 +368,19 @@ class _VerifyWorker:
                 self._proc = None
 
 
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+
 _WORKER = _VerifyWorker()
 atexit.register(_WORKER.close)
+
+
+def worker_pids() -> set[int]:
+    """Process ids of the verification worker (a long-lived helper, not an engine's process)."""
+    pid = _WORKER.pid()
+    return {pid} if pid is not None else set()
 
 
 @lru_cache(maxsize=65536)

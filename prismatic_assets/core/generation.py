@@ -38,7 +38,7 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
@@ -209,14 +209,15 @@ class BaseGenerator:
         raise NotImplementedError
 
     def chat_stream(self, conversations: Sequence[Sequence[Message]],
-                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[tuple[int, list[str]]]:
-        """Yield (conversation index, its completions) as conversations finish, in any order.
+                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[list[tuple[int, list[str]]]]:
+        """Yield batches of (conversation index, its completions) as conversations finish.
 
-        A caller that stores each result as it arrives loses nothing that finished when the
-        process dies. Backends that finish a whole batch at once (vLLM's offline engine, HF
-        generate) yield everything at the end; the OpenAI backend yields per request.
+        Each batch holds what finished since the previous one, so a caller can store each
+        batch as it arrives and lose nothing finished when the process dies. Backends that
+        finish a whole call at once (vLLM's offline engine, HF generate) yield one batch at
+        the end; the OpenAI backend yields as requests return.
         """
-        yield from enumerate(self.chat(conversations, sampling))
+        yield list(enumerate(self.chat(conversations, sampling)))
 
     def close(self) -> None:
         """Release what the backend holds (engine, processes, threads). Idempotent."""
@@ -667,8 +668,9 @@ class OpenAIGenerator(BaseGenerator):
             None if counts is None else counts * repeat
 
     def chat_stream(self, conversations: Sequence[Sequence[Message]],
-                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[tuple[int, list[str]]]:
-        """Each conversation's completions as soon as its request returns (see `BaseGenerator`).
+                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[list[tuple[int, list[str]]]]:
+        """Completions as their requests return, in batches of what returned together (see
+        `BaseGenerator.chat_stream`).
 
         On a failure no further request is sent, those in flight finish their attempt and are
         still yielded, then `GenerationError` is raised. Closing the iterator early stops the
@@ -679,19 +681,25 @@ class OpenAIGenerator(BaseGenerator):
                    for i, (c, s) in enumerate(zip(convs, samplings))}
         failure: BaseException | None = None
         delivered = 0
+        waiting = set(futures)
         try:
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                error = future.exception()
-                if error is None:
-                    delivered += 1
-                    yield futures[future], future.result()[0]
-                elif not isinstance(error, _Skipped) and failure is None:
-                    failure = error
-                    abort.set()
-                    for other in futures:
-                        other.cancel()
+            while waiting:
+                done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+                batch = []
+                for future in done:
+                    error = None if future.cancelled() else future.exception()
+                    if future.cancelled() or isinstance(error, _Skipped):
+                        continue
+                    if error is None:
+                        batch.append((futures[future], future.result()[0]))
+                    elif failure is None:
+                        failure = error
+                        abort.set()
+                        for other in futures:
+                            other.cancel()
+                if batch:
+                    delivered += len(batch)
+                    yield sorted(batch)
         finally:
             abort.set()
             for other in futures:

@@ -195,37 +195,32 @@ def _chat(generator: Generator, conversations: list[list[dict[str, str]]],
     return [[str(o) for o in out] for out in outputs]
 
 
-#: While a chunk streams in, its results are stored every this many results or seconds.
-STREAM_FLUSH_ROWS, STREAM_FLUSH_S = 32, 2.0
-
-
 def _stream_chunk(store: MetadataStore, generator: Any, requests: Sequence[tuple[list[dict], SamplingConfig]],
                   keys: Sequence[str], chunk: Sequence[int], found: dict[str, list[str]], stats: CallStats,
                   run_id: str | None, stage: str, n_todo: int) -> None:
-    """One engine call whose results are stored as they arrive (`chat_stream`), so a process
-    killed mid-call keeps every request that had come back at its last flush."""
-    began = last_flush = time.monotonic()
+    """One engine call whose results are stored as they arrive (`chat_stream`: one transaction
+    per batch of results that returned together), so a process killed mid-call keeps every
+    request that had come back."""
+    began = time.monotonic()
     pending: list[GenerationRow] = []
     seen: set[int] = set()
 
     def flush() -> None:
-        nonlocal last_flush
         put_generations(store, pending)
         pending.clear()
-        last_flush = time.monotonic()
 
     try:
-        for j, out in generator.chat_stream([requests[i][0] for i in chunk], [requests[i][1] for i in chunk]):
-            i = chunk[j]
-            outputs = [str(o) for o in out]
-            pending.append(GenerationRow(gen_key=keys[i], model=generator.model_name, messages=requests[i][0],
-                                         sampling=requests[i][1].as_dict(), outputs=outputs,
-                                         seconds=time.monotonic() - began, run_id=run_id))
-            found[keys[i]] = outputs
-            seen.add(j)
-            stats.called += 1
-            if len(pending) >= STREAM_FLUSH_ROWS or time.monotonic() - last_flush >= STREAM_FLUSH_S:
-                flush()
+        for batch in generator.chat_stream([requests[i][0] for i in chunk], [requests[i][1] for i in chunk]):
+            for j, out in batch:
+                i = chunk[j]
+                outputs = [str(o) for o in out]
+                pending.append(GenerationRow(gen_key=keys[i], model=generator.model_name, messages=requests[i][0],
+                                             sampling=requests[i][1].as_dict(), outputs=outputs,
+                                             seconds=time.monotonic() - began, run_id=run_id))
+                found[keys[i]] = outputs
+                seen.add(j)
+                stats.called += 1
+            flush()
     except GenerationError as error:
         flush()
         raise GenerationError(f"{stage}: {error}. The {stats.called} completed requests are stored in the "

@@ -125,3 +125,17 @@ def test_a_timed_out_comparison_makes_the_vote_unverifiable(monkeypatch):
         answers._math_equal.cache_clear()
     assert vote.reason == "unverifiable" and any("verify_timeout" in i for i in vote.issues), vote
     assert seconds < 3 * (0.05 + answers._KILL_GRACE_S) + SLACK_S
+
+
+def test_the_worker_is_not_mistaken_for_an_engine_process(tiny_model_dir):
+    """Grading while an engine is open starts the worker; closing the engine must not wait for it."""
+    from prismatic_assets.config import EngineConfig
+    from prismatic_assets.engines import EngineSet
+
+    answers._WORKER.close()
+    answers._math_equal.cache_clear()
+    engines = EngineSet({"student": EngineConfig(backend="transformers", model=tiny_model_dir)}, release_timeout=2)
+    with engines.open("student"):
+        assert answers.compare_answers("\\frac{3}{6}", "0.5") == (True, None)  # starts a new worker
+        assert answers.worker_pids()
+    assert engines.calls[-1] == ("close", "student") and answers.worker_pids()  # closed; the worker lives on

@@ -145,8 +145,8 @@ def test_stream_yields_each_result_as_it_arrives_then_the_failure():
                                                                        max_retries=1, backoff=0.01) as g:
         got: list[tuple[int, list[str], int]] = []
         with pytest.raises(GenerationError, match=r"HTTP 500.*2 of 4 conversations of this call completed"):
-            for index, outputs in g.chat_stream(_convs(4), SamplingConfig()):
-                got.append((index, outputs, len(server.seen)))  # what the server had seen when it arrived
+            for batch in g.chat_stream(_convs(4), SamplingConfig()):
+                got += [(index, outputs, len(server.seen)) for index, outputs in batch]  # what the server had seen
         assert [(i, o) for i, o, _ in got] == [(0, ["answer to q0"]), (1, ["answer to q1"])]
         assert got[0][2] <= 2  # q0 came out before q2 was even sent: one by one, not at the end
         assert "q3" not in server.seen
