@@ -682,6 +682,7 @@ class OpenAIGenerator(BaseGenerator):
         failure: BaseException | None = None
         delivered = 0
         waiting = set(futures)
+        began = time.perf_counter()
         try:
             while waiting:
                 done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
@@ -700,6 +701,9 @@ class OpenAIGenerator(BaseGenerator):
                 if batch:
                     delivered += len(batch)
                     yield sorted(batch)
+            if failure is None:
+                self._record_results([f.result() for f in sorted(futures, key=futures.get)],
+                                     time.perf_counter() - began)
         finally:
             abort.set()
             for other in futures:
@@ -738,14 +742,16 @@ class OpenAIGenerator(BaseGenerator):
             raise PartialGenerationError(f"{first} ({len(completed)} of {len(futures)} conversations of this call "
                                          f"completed and are returned with the error)", completed) from first
         results = [f.result() for f in futures]
-        seconds = time.perf_counter() - began
+        self._record_results(results, time.perf_counter() - began)
+        return [r[0] for r in results]
+
+    def _record_results(self, results: list[tuple], seconds: float) -> None:
         all_counts = [r[4] for r in results]
         self._record(Usage(prompt_tokens=sum(r[2] for r in results), completion_tokens=sum(r[3] for r in results),
                            completions=sum(len(r[0]) for r in results), seconds=seconds,
                            completion_token_counts=None if any(c is None for c in all_counts)
                            else tuple(tuple(c) for c in all_counts),  # type: ignore[arg-type]
                            finish_reasons=tuple(tuple(r[1]) for r in results)))
-        return [r[0] for r in results]
 
     def close(self) -> None:
         """Stop the thread pool and the HTTP connection pool."""

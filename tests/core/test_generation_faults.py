@@ -150,3 +150,11 @@ def test_stream_yields_each_result_as_it_arrives_then_the_failure():
         assert [(i, o) for i, o, _ in got] == [(0, ["answer to q0"]), (1, ["answer to q1"])]
         assert got[0][2] <= 2  # q0 came out before q2 was even sent: one by one, not at the end
         assert "q3" not in server.seen
+
+
+def test_stream_records_usage_like_chat():
+    with ScriptedServer(lambda q, attempt: "ok") as server, OpenAIGenerator("m", base_url=server.url) as g:
+        batches = list(g.chat_stream(_convs(3), SamplingConfig(n=2)))
+        assert sorted(i for batch in batches for i, _ in batch) == [0, 1, 2]
+        assert g.last_usage.completions == 6 and g.last_usage.prompt_tokens == 3
+        assert g.total_completion_tokens == g.last_usage.completion_tokens == 3
