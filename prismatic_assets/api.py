@@ -55,12 +55,14 @@ def score_samples(samples: Sequence[Sample], *, model: str = PACKAGED_MODEL, dev
                   dtype: str = "float32", params: str | None = None, autocast: str | None = None,
                   max_length: int = 2048, projection: str = "countsketch", dim: int = 1024, seed: int = 0,
                   q: float = 1.0, cache: MetadataStore | str | Path | None | bool = True,
-                  progress: Callable | None = None, rejections: Sequence[Rejection] = ()) -> DatasetScore:
+                  progress: Callable | None = None, rejections: Sequence[Rejection] = (),
+                  trust_remote_code: bool = False) -> DatasetScore:
     """G-Vendi of in-memory samples. `cache`: True (the shared cache), False, a path or a store."""
     started = time.perf_counter()
     with cache_store(cache) as store:
         embedder = proxy_embedder(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
-                                  max_length=max_length, projection=projection, dim=dim, seed=seed)
+                                  max_length=max_length, projection=projection, dim=dim, seed=seed,
+                                  trust_remote_code=trust_remote_code)
         report, pool = set_vectors(samples, embedder, store, progress=progress)
         result = score_pool(None, pool, q, report.embedding_key, scope="api")
     return DatasetScore(

@@ -1,4 +1,4 @@
-"""Asset checks: what must hold for the backbone's outputs to be trusted."""
+"""Asset checks: what must hold for the backbone's outputs and the rounds to be trusted."""
 
 
 import dagster as dg
@@ -6,7 +6,9 @@ import numpy as np
 
 from prismatic_assets.pipeline.embeddings import pool_vectors
 from prismatic_assets.assets.backbone import ClusterSnapshot, EmbeddingSnapshot, ScoreSnapshot, SeedSnapshot
+from prismatic_assets.assets.rounds import synthesis_round
 from prismatic_assets.dagster_resources import StoreResource
+from prismatic_assets.store.synthesis_tables import refresh_staleness
 
 
 @dg.asset_check(asset="seed_samples", description="Most rows load: a high rejection rate means a wrong field mapping.")
@@ -45,4 +47,15 @@ def g_vendi_in_range(g_vendi: ScoreSnapshot) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=ok, metadata={"g_vendi": g_vendi.value, "upper_bound": upper})
 
 
+@dg.asset_check(asset=synthesis_round, description="Every complete round was built on the pool that exists now "
+                                                   "(no earlier round re-run after it, no seed pool change).")
+def rounds_built_on_current_pools(store: StoreResource) -> dg.AssetCheckResult:
+    stale = refresh_staleness(store.open())
+    return dg.AssetCheckResult(
+        passed=not stale, severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"stale rounds {sorted(stale)}: {stale[min(stale)]}" if stale else "every round is current"),
+        metadata={"stale_rounds": dg.MetadataValue.json({str(r): why for r, why in stale.items()})})
+
+
 BACKBONE_CHECKS = [seed_rejection_rate, embeddings_finite_unit, clusters_cover_pool, g_vendi_in_range]
+ROUND_CHECKS = [rounds_built_on_current_pools]

@@ -52,7 +52,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         args.data, fields=args.fields, limit=args.limit, model=args.model, device=args.device,
         params=args.params, autocast="bf16" if args.bf16 else None, max_length=args.max_length,
         projection=args.projection, dim=args.dim, seed=args.seed, q=q,
-        cache=False if args.no_cache else True, progress=None if args.json else _progress_bar("gradients"))
+        cache=False if args.no_cache else True, progress=None if args.json else _progress_bar("gradients"),
+        trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
     score.add_argument("--q", default="1", help="Renyi order: 1 (Shannon, default), 2, inf, ...")
     score.add_argument("--no-cache", action="store_true", help="do not read or write the vector cache")
+    score.add_argument("--trust-remote-code", action="store_true",
+                       help="run Python code shipped with the model (off by default; read it first)")
     score.add_argument("--json", action="store_true", help="print a JSON report (no progress bar)")
     score.set_defaults(func=_cmd_score)
 
@@ -238,10 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from prismatic_assets.store.store import StoreError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImportError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, ImportError, KeyError, StoreError) as exc:
         print(f"prismatic: error: {_describe_error(exc)}", file=sys.stderr)
         return 2
 

@@ -113,7 +113,9 @@ class EngineConfig(_Block):
     base_url: Optional[str] = Field(None, description="openai: e.g. http://gpu-node:8000/v1 (else $OPENAI_BASE_URL)")
     max_concurrency: int = Field(64, ge=1, description="openai: requests in flight")
     device: str = Field("cpu", description="transformers: torch device")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (off unless set)")
+    revision: Optional[str] = Field(None, description="a label of the weights, part of the generation cache key: "
+                                    "openai: change it whenever the server's model changes; vllm: a hub revision")
 
     @model_validator(mode="after")
     def _devices_match_tp(self) -> "EngineConfig":
@@ -185,6 +187,8 @@ class EvaluationConfig(_Block):
     stated_answers: bool = False
     files: tuple[str, ...] = Field((), description="JSONL/Parquet benchmark files (problem, answer)")
     max_tokens: int = Field(384, ge=1)
+    chunk_size: int = Field(256, ge=1, description="problems per engine call; answers stored after each (a rerun "
+                            "asks only for the rest)")
 
 
 class TrackingConfig(_Block):

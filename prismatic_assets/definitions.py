@@ -15,7 +15,7 @@ import dagster as dg
 from prismatic_assets.assets.backbone import BACKBONE_ASSETS
 from prismatic_assets.assets.distillation import distilled_model, student_evaluation
 from prismatic_assets.assets.rounds import next_synthesis_round, synthesis_round, synthesis_round_job
-from prismatic_assets.checks import BACKBONE_CHECKS
+from prismatic_assets.checks import BACKBONE_CHECKS, ROUND_CHECKS
 from prismatic_assets.config import load_config
 from prismatic_assets.dagster_resources import build_resources
 
@@ -29,7 +29,7 @@ def build_definitions(profile: str | None = None) -> dg.Definitions:
     load_config(profile)
     return dg.Definitions(
         assets=ASSETS,
-        asset_checks=BACKBONE_CHECKS,
+        asset_checks=[*BACKBONE_CHECKS, *ROUND_CHECKS],
         jobs=[synthesis_round_job],
         schedules=[next_synthesis_round],
         resources=build_resources(profile),

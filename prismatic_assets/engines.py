@@ -104,15 +104,17 @@ def open_engine(cfg: EngineConfig, model: str | None = None) -> Generator:
     """A generator for `cfg` (vLLM starts its engine on the first call)."""
     model = model or cfg.model
     if cfg.backend == "vllm":
-        kwargs = {"enforce_eager": True} if cfg.enforce_eager else {}
-        if cfg.trust_remote_code:
-            kwargs["trust_remote_code"] = True
+        kwargs: dict = {"enforce_eager": True} if cfg.enforce_eager else {}
+        if cfg.revision:
+            kwargs["revision"] = cfg.revision
         return make_generator("vllm", model=model, tensor_parallel_size=cfg.tensor_parallel_size,
                               max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                              devices=cfg.devices, engine_kwargs=kwargs or None)
+                              devices=cfg.devices, engine_kwargs=kwargs or None,
+                              trust_remote_code=cfg.trust_remote_code)
     if cfg.backend == "openai":
-        return make_generator("openai", model=model, base_url=cfg.base_url, max_concurrency=cfg.max_concurrency)
-    return make_generator("transformers", model=model, device=cfg.device)
+        return make_generator("openai", model=model, base_url=cfg.base_url, max_concurrency=cfg.max_concurrency,
+                              revision=cfg.revision)
+    return make_generator("transformers", model=model, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
 
 
 #: Helpers that Python's multiprocessing starts once and keeps for the parent's lifetime:
@@ -220,9 +222,13 @@ class EngineSet:
         """Wait until the engine's processes have exited and its GPUs' memory is back."""
         import psutil
 
+        from prismatic_assets.core.answers import worker_pids
+
         deadline = time.monotonic() + self.release_timeout
         while True:
-            stray = [pid for pid in _children() - lease.children_before if psutil.pid_exists(pid)
+            # The answer-verification worker may start while an engine is open (grading its
+            # outputs); it outlives engines on purpose.
+            stray = [pid for pid in _children() - lease.children_before - worker_pids() if psutil.pid_exists(pid)
                      and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
             used = _gpu_used_bytes(tuple(lease.gpu_before)) if lease.gpu_before else None
             held = {d: used[d] - lease.gpu_before[d] for d in used if used[d] - lease.gpu_before[d] > 1 << 30} \

@@ -24,6 +24,7 @@ from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
 from prismatic_assets.config import ClusteringConfig
+from prismatic_assets.assets.retry import TRANSIENT_RETRY, retry_transient_only
 from prismatic_assets.dagster_resources import ProfileResource, ProxyResource, StoreResource
 from prismatic_assets.pipeline.seed import load_seed
 
@@ -111,7 +112,7 @@ def seed_samples(context: dg.AssetExecutionContext, profile: ProfileResource,
     })
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "duckdb"},
+@dg.asset(group_name=GROUP, kinds={"pytorch", "duckdb"}, retry_policy=TRANSIENT_RETRY,
           description="Projected, L2-normalized response-only loss gradients of the pool under the proxy "
                       "model; cached by (content hash, model fingerprint, projection, gradient spec).")
 def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, profile: ProfileResource,
@@ -120,7 +121,8 @@ def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSna
     samples = db.load_samples(seed_samples.pool_ids)
     started = time.perf_counter()
     compute = profile.config().compute
-    with proxy.open() as embedder:  # compute.backend=ray: Ray Data actors hold the proxy (pipeline/ray_compute.py)
+    # compute.backend=ray: Ray Data actors hold the proxy (pipeline/ray_compute.py); a rerun resumes from the cache
+    with retry_transient_only(), proxy.open() as embedder:
         about = {"model": profile.config().proxy.model,
                  "model_load_seconds": round(time.perf_counter() - started, 1),
                  "compute": compute.backend if compute.backend == "local" else

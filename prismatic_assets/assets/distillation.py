@@ -26,9 +26,9 @@ from prismatic_assets.dagster_resources import EngineResource, ProfileResource, 
 from prismatic_assets.pipeline.distill import (check_lengths, parse_rounds, read_result, sft_command,
                                                training_samples, write_training_set)
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
-from prismatic_assets.pipeline.evaluation import held_out_sets, store_results
+from prismatic_assets.pipeline.evaluation import CachedGenerator, evaluation_id, held_out_sets, store_results
 from prismatic_assets.pipeline.scores import score_pool
-from prismatic_assets.store.synthesis_tables import completed_rounds
+from prismatic_assets.store.synthesis_tables import completed_rounds, refresh_staleness
 
 GROUP = "distillation"
 
@@ -67,6 +67,10 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
                                                                                   **sft_changes})})
     check_lengths(ds, settings.evaluation)
     rounds = parse_rounds(config.rounds or ds.rounds, completed_rounds(db))
+    stale = {r: why for r, why in refresh_staleness(db).items() if r in rounds}
+    if stale:  # trained on rounds whose diversity filter judged against a pool that is gone
+        raise dg.Failure(description=f"distillation would train on stale round(s) {sorted(stale)}: "
+                                     f"{stale[min(stale)]}", allow_retries=False)
     samples = training_samples(db, seed_samples.pool_ids, rounds)
     with proxy.open() as embedder:  # the training set's diversity, under the pool's proxy and projection
         embed_samples(samples, embedder, db, context.run_id)
@@ -142,15 +146,17 @@ def student_evaluation(context: dg.AssetExecutionContext, distilled_model: Disti
     for samples in eval_sets.values():
         assert_disjoint(samples, train)
     sampling = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens, seed=0)
-    results = {}
+    results, requests = {}, {}
     students = engines.engines("student")
     for role, model in (("base", distilled_model.base_model), ("distilled", distilled_model.model_dir)):
         context.log.info(f"evaluating the {role} student ({model}) on {sum(map(len, eval_sets.values()))} problems")
-        with students.open("student", model=model) as generator:  # closed (memory freed) before the next
+        with students.open("student", model=model) as engine:  # closed (memory freed) before the next
+            generator = CachedGenerator(db, engine, chunk_size=ev.chunk_size, run_id=context.run_id)
             report = combine_reports([evaluate(generator, samples, sampling, name, stated_answers=ev.stated_answers)
                                       for name, samples in eval_sets.items()])
-        evaluation_id = digest({"run": context.run_id, "role": role, "model": model})
-        store_results(db, evaluation_id, role, model, distilled_model.mlflow_run_id, report, context.run_id)
+        requests[role] = {"engine": generator.called, "cached": generator.cached}
+        eval_id = evaluation_id(role, model, eval_sets, sampling, ev.stated_answers)
+        store_results(db, eval_id, role, model, distilled_model.mlflow_run_id, report, context.run_id)
         results[role] = report
     t = tracker.tracker()
     for role, report in results.items():
@@ -169,6 +175,7 @@ def student_evaluation(context: dg.AssetExecutionContext, distilled_model: Disti
         "distilled_accuracy": dg.MetadataValue.json(
             {b: round(a, 4) for b, a in results["distilled"].accuracy.items()}),
         "base_overall": results["base"].overall,
+        "llm_requests": dg.MetadataValue.json(requests),
         "distilled_overall": dg.MetadataValue.float(results["distilled"].overall),
         "train_g_vendi": distilled_model.g_vendi,
         "problems": dg.MetadataValue.json(results["base"].problems),

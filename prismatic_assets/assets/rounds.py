@@ -17,7 +17,8 @@ from prismatic_assets.dagster_resources import EngineResource, ProfileResource, 
 from prismatic_assets.pipeline.evaluation import decontamination_texts
 from prismatic_assets.pipeline.round import RoundReport, run_round
 from prismatic_assets.store import schema as S
-from prismatic_assets.store.synthesis_tables import completed_rounds
+from prismatic_assets.assets.retry import TRANSIENT_RETRY, retry_transient_only
+from prismatic_assets.store.synthesis_tables import completed_rounds, stale_rounds
 
 GROUP = "synthesis"
 ROUNDS = dg.DynamicPartitionsDefinition(name="synthesis_rounds")
@@ -26,6 +27,11 @@ CONCURRENCY_TAG = {"prismatic/synthesis": "round"}
 
 
 def next_round(store) -> int:
+    """The round to run next: the first stale round (it must be rebuilt before anything
+    builds on it), else the one after the last complete round."""
+    stale = stale_rounds(store)
+    if stale:
+        return min(stale)
     done = completed_rounds(store)
     return (max(done) + 1) if done else 1
 
@@ -44,6 +50,7 @@ def _progress_logger(context: dg.AssetExecutionContext, round_number: int):
 
 
 @dg.asset(group_name=GROUP, partitions_def=ROUNDS, kinds={"vllm", "duckdb"}, op_tags=CONCURRENCY_TAG,
+          retry_policy=TRANSIENT_RETRY,
           description="One Prismatic Synthesis round: generate problems, solve them 3 times, keep the verified "
                       "ones whose gradients land in sparse clusters of the current pool.")
 def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot,
@@ -56,14 +63,16 @@ def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapsho
     mlflow_run = mlflow.start_run(f"round-{round_number}", tags={"dagster_run_id": context.run_id,
                                                                  "stage": "synthesis", "round": round_number})
     try:
-        report = run_round(db, round_number, engines=engines.engines("generator", "teacher"), proxy=proxy.open,
-                           config=config, eval_texts=eval_texts, seed_source=seed_samples.source,
-                           run_id=context.run_id, progress=_progress_logger(context, round_number))
+        with retry_transient_only():  # a rerun resumes from the generation and vector caches
+            report = run_round(db, round_number, engines=engines.engines("generator", "teacher"), proxy=proxy.open,
+                               config=config, eval_texts=eval_texts, seed_source=seed_samples.source,
+                               run_id=context.run_id, progress=_progress_logger(context, round_number))
         plots_md = _track_round(mlflow, mlflow_run, config, report, db)
     except BaseException:
         mlflow.end_run(mlflow_run, "FAILED")
         raise
     mlflow.end_run(mlflow_run)
+    _unmaterialize_stale_rounds(context, db, round_number)
     context.log.info(f"round {round_number}: accepted {report.accepted} of {report.problems_parsed} parsed "
                      f"problems; G-Vendi {report.g_vendi_before:.3f} -> {report.g_vendi_after:.3f} "
                      f"(random control {report.g_vendi_random:.3f})")
@@ -72,6 +81,18 @@ def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapsho
                                           "teacher": config.synthesis.teacher.model,
                                           "mlflow_run": dg.MetadataValue.url(mlflow.run_url(mlflow_run)),
                                           "mlflow_run_id": mlflow_run})
+
+
+def _unmaterialize_stale_rounds(context: dg.AssetExecutionContext, db, round_number: int) -> None:
+    """Later rounds built on what this run replaced are stale (`synthesis_tables.stale_rounds`):
+    wipe their partitions' materializations so Dagster shows them as missing, to be
+    materialized again in order. Their rows stay in the store, marked stale."""
+    later = {r: why for r, why in stale_rounds(db).items() if r > round_number}
+    if not later:
+        return
+    context.instance.wipe_asset_partitions(context.asset_key, [str(r) for r in sorted(later)])
+    context.log.warning(f"round {round_number} changed the pool of rounds {sorted(later)}: they are stale and "
+                        f"shown as not materialized; re-materialize them in order ({later[min(later)]})")
 
 
 def _round_metadata(report: RoundReport) -> dict:

@@ -14,7 +14,10 @@ completion texts in order. The backends:
 Seeds mean the same thing everywhere: completion `j` of a conversation is drawn with seed
 `sampling.seed + j` (vLLM's own rule for `n > 1`), so a conversation's outputs depend only on
 the conversation and its `SamplingConfig`, never on what else is in the batch. That is what
-lets a cache key generations by (model, messages, `SamplingConfig.key()`). Two identical
+lets a cache key generations by (model, messages, `SamplingConfig.key()`). The model enters a
+cache key by its `fingerprint`, an identity derived from the weights' content (or, behind an
+OpenAI-compatible server, the served id plus a `revision` the user sets), never by its name
+alone: a changed model under the same name does not reuse the old one's generations. Two identical
 conversations with the same seed give identical completions; ask for a larger `n` instead.
 
 This module builds no prompts and parses no outputs (`prompts.py` does), and imports no
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import inspect
 import json
 import math
@@ -34,11 +38,11 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
-from prismatic_assets.core.models import resolve_model
+from prismatic_assets.core.models import RemoteCodeRequired, model_source_fingerprint, needs_remote_code, resolve_model
 
 Message = dict[str, str]
 """One chat message: {"role": "system" | "user" | "assistant", "content": text}."""
@@ -139,6 +143,19 @@ class GenerationError(RuntimeError):
     """A backend could not produce completions (server down, timeouts, a closed engine)."""
 
 
+class PartialGenerationError(GenerationError):
+    """Some conversations of a `chat` call failed; `completed` holds the others' outputs.
+
+    completed: {conversation index: its n completion texts} for every conversation that
+    finished before the failure, so a caller can keep what was paid for (the synthesis
+    stages store them in the generation cache) and ask again only for the rest.
+    """
+
+    def __init__(self, message: str, completed: dict[int, list[str]]) -> None:
+        super().__init__(message)
+        self.completed = completed
+
+
 @runtime_checkable
 class Generator(Protocol):
     """What synthesis needs from an LLM.
@@ -148,6 +165,9 @@ class Generator(Protocol):
     """
 
     model_name: str
+    #: What generation caches are keyed by: changes when the model's weights, architecture or
+    #: tokenizer change, whatever its name (see `BaseGenerator.fingerprint`).
+    fingerprint: str
 
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]: ...
@@ -165,10 +185,39 @@ class BaseGenerator:
         self.last_usage = None
         self.total_completion_tokens = 0
         self.total_prompt_tokens = 0
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's content-derived identity, computed once (`_identity`): the generation cache key.
+
+        Local folders, packaged and GGUF models: a digest of config, tokenizer files and each
+        weight file's sha256 (computed once per file and remembered by path, size and mtime,
+        so a 72B model costs minutes once, then nothing). Hub ids: the same digest of their
+        local snapshot. Not the weights in memory: a generator's engine holds them in other
+        processes, and hashing 145 GB each run would cost more than it saves.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = self._identity()
+        return self._fingerprint
+
+    def _identity(self) -> str:
+        return model_source_fingerprint(self.model_name, download=True)
 
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]:
         raise NotImplementedError
+
+    def chat_stream(self, conversations: Sequence[Sequence[Message]],
+                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[list[tuple[int, list[str]]]]:
+        """Yield batches of (conversation index, its completions) as conversations finish.
+
+        Each batch holds what finished since the previous one, so a caller can store each
+        batch as it arrives and lose nothing finished when the process dies. Backends that
+        finish a whole call at once (vLLM's offline engine, HF generate) yield one batch at
+        the end; the OpenAI backend yields as requests return.
+        """
+        yield list(enumerate(self.chat(conversations, sampling)))
 
     def close(self) -> None:
         """Release what the backend holds (engine, processes, threads). Idempotent."""
@@ -306,7 +355,8 @@ class VLLMGenerator(BaseGenerator):
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 engine_kwargs: dict[str, Any] | None = None, devices: Sequence[int] | None = None) -> None:
+                 engine_kwargs: dict[str, Any] | None = None, devices: Sequence[int] | None = None,
+                 trust_remote_code: bool = False) -> None:
         super().__init__()
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size!r}: must be an int >= 1 (GPUs per engine)")
@@ -315,7 +365,8 @@ class VLLMGenerator(BaseGenerator):
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization!r}: must be in (0, 1]")
         engine_kwargs = dict(engine_kwargs or {})
-        named = {"model", "tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization"}
+        named = {"model", "tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization",
+                 "trust_remote_code"}
         clash = sorted(named & engine_kwargs.keys())
         if clash:
             raise ValueError(f"engine_kwargs sets {clash}: pass them as VLLMGenerator arguments instead")
@@ -329,6 +380,7 @@ class VLLMGenerator(BaseGenerator):
             raise ValueError(f"devices={list(devices)}: list one GPU per tensor-parallel shard "
                              f"({tensor_parallel_size})")
         self.devices = tuple(devices) if devices is not None else None
+        self.trust_remote_code = bool(trust_remote_code)
         self._llm: Any = None
         self._closed = False
         self._lock = threading.Lock()
@@ -337,7 +389,11 @@ class VLLMGenerator(BaseGenerator):
         """The keyword arguments given to `vllm.LLM` (model resolved to a path), before CPU defaults."""
         return {"model": resolve_model(self.model_name), "tensor_parallel_size": self.tensor_parallel_size,
                 "dtype": self.dtype, "max_model_len": self.max_model_len,
-                "gpu_memory_utilization": self.gpu_memory_utilization, **self.engine_kwargs}
+                "gpu_memory_utilization": self.gpu_memory_utilization, "trust_remote_code": self.trust_remote_code,
+                **self.engine_kwargs}
+
+    def _identity(self) -> str:
+        return model_source_fingerprint(self.model_name, revision=self.engine_kwargs.get("revision"), download=True)
 
     @property
     def started(self) -> bool:
@@ -368,6 +424,8 @@ class VLLMGenerator(BaseGenerator):
                                   "worker): its engine runs in a child process. Start it from a normal "
                                   "process, or use backend='transformers'")
         args = self.engine_args()
+        if not self.trust_remote_code and needs_remote_code(self.model_name):
+            raise RemoteCodeRequired(self.model_name)
         if current_platform.is_cpu():
             args = {**CPU_ENGINE_DEFAULTS, **args}
         with _spawn_without_main(), _visible_devices(self.devices):
@@ -419,21 +477,49 @@ class VLLMGenerator(BaseGenerator):
 _RETRY_STATUS = {408, 409, 429}
 
 
+class _Malformed(Exception):
+    """A response that parsed but is not a chat completion."""
+
+
+class _Skipped(Exception):
+    """A conversation not sent because another of the same call had already failed."""
+
+
+def _checked(response: Any) -> Any:
+    """The response if it looks like a chat completion with messages; raise _Malformed otherwise."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise _Malformed(f"no 'choices' list in {str(response)[:80]!r}")
+    for choice in choices:
+        if getattr(choice, "message", None) is None or not isinstance(getattr(choice, "index", None), int):
+            raise _Malformed(f"a choice without message or index: {str(choice)[:80]!r}")
+    return response
+
+
 class OpenAIGenerator(BaseGenerator):
     """Any OpenAI-compatible chat endpoint: `vllm serve`, a hosted API, llama.cpp's server.
 
     base_url / api_key: arguments, else $OPENAI_BASE_URL / $OPENAI_API_KEY; with a base_url
     and no key a dummy key is sent (local servers ignore it). max_concurrency: requests in
     flight at once (a thread pool). max_retries: retries after a connection error, timeout,
-    429, 408/409 or 5xx, waiting backoff * 2**attempt seconds (capped at 60 s), or the
-    server's Retry-After (capped at 300 s). timeout: seconds per request. When a server
+    429, 408/409 or 5xx, or a reply that is not a chat completion (truncated JSON, a proxy's
+    HTML page), waiting backoff * 2**attempt seconds (capped at 60 s, jittered up to 25%), or
+    the server's Retry-After (capped at 300 s). timeout: seconds per request. When a
+    conversation still fails, no further request of that call is sent, those in flight
+    finish their current attempt, and `PartialGenerationError.completed` returns the
+    conversations that did complete, so a caller keeps what was paid for. When a server
     returns fewer than n choices, the rest are asked for in further requests, seeded
     seed + (choices so far). Greedy requests (temperature 0) ask for one choice and repeat it.
+    revision: a label for the weights behind `model` on that server (a commit, a date):
+    the server's weights cannot be read from here, so the fingerprint is the served id plus
+    this label; change it whenever the server's model changes, or cached generations of the
+    old weights are reused. The API key is kept only inside the HTTP client: it is not an
+    attribute, not in repr, and not part of the fingerprint.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0,
-                 backoff: float = 1.0) -> None:
+                 backoff: float = 1.0, revision: str | None = None) -> None:
         super().__init__()
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency!r}: must be an int >= 1")
@@ -448,6 +534,7 @@ class OpenAIGenerator(BaseGenerator):
         except ImportError as error:
             raise ImportError("the openai backend needs the `openai` package: pip install openai") from error
         self.model_name = model
+        self.revision = revision
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if self.base_url else None)
         if api_key is None:
@@ -468,6 +555,11 @@ class OpenAIGenerator(BaseGenerator):
     def endpoint(self) -> str:
         return str(self._client.base_url)
 
+    def _identity(self) -> str:
+        # The served id names the model; nothing on this side can see its weights.
+        payload = json.dumps({"backend": "openai", "model": self.model_name, "revision": self.revision})
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._closed:
@@ -484,7 +576,8 @@ class OpenAIGenerator(BaseGenerator):
         except ValueError:
             return None
 
-    def _request(self, messages: list[Message], sampling: SamplingConfig, n: int, seed: int | None) -> Any:
+    def _request(self, messages: list[Message], sampling: SamplingConfig, n: int, seed: int | None,
+                 abort: threading.Event | None = None) -> Any:
         openai = self._openai
         kwargs: dict[str, Any] = {"model": self.model_name, "messages": messages, "n": n,
                                   "temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -494,15 +587,24 @@ class OpenAIGenerator(BaseGenerator):
         failures: list[str] = []
         timeouts = 0
         for attempt in range(self.max_retries + 1):
+            if abort is not None and abort.is_set() and attempt > 0:
+                raise GenerationError(f"{self.endpoint}: stopped retrying because another request of this batch "
+                                      f"failed ({'; '.join(failures)})")
             try:
-                return self._client.chat.completions.create(**kwargs, timeout=self.timeout)
+                return _checked(self._client.chat.completions.create(**kwargs, timeout=self.timeout))
+            except _Malformed as error:  # a 200 with a body that is not a chat completion: truncated, a proxy page
+                failures.append(f"malformed response ({error})")
+                retry_after = None
+            except json.JSONDecodeError as error:  # the client could not parse the body (truncated JSON)
+                failures.append(f"unreadable response ({type(error).__name__}: {error})")
+                retry_after = None
             except openai.APITimeoutError:
                 timeouts += 1
                 failures.append(f"timed out after {self.timeout:g} s")
-                wait = None
+                retry_after = None
             except openai.APIConnectionError as error:
                 failures.append(f"connection error ({error.__cause__ or error})")
-                wait = None
+                retry_after = None
             except openai.APIStatusError as error:
                 if error.status_code not in _RETRY_STATUS and error.status_code < 500:
                     hint = (" (is the model name right? GET /v1/models lists what the server serves)"
@@ -510,9 +612,15 @@ class OpenAIGenerator(BaseGenerator):
                     raise GenerationError(f"{self.endpoint} refused the request for model {self.model_name!r}: "
                                           f"HTTP {error.status_code} {error.message}{hint}") from error
                 failures.append(f"HTTP {error.status_code}")
-                wait = self._retry_after(error)
+                retry_after = self._retry_after(error)
             if attempt < self.max_retries:
-                time.sleep(min(300.0, wait) if wait is not None else min(60.0, self.backoff * 2**attempt))
+                # Jittered, so that max_concurrency failed requests do not return in lockstep.
+                pause = min(300.0, retry_after) if retry_after is not None else min(60.0, self.backoff * 2**attempt)
+                pause = pause * random.uniform(1.0, 1.25) if retry_after is None else pause
+                if abort is not None:
+                    abort.wait(pause)  # wakes early when the batch is given up
+                else:
+                    time.sleep(pause)
         attempts = self.max_retries + 1
         if timeouts == attempts:
             raise GenerationError(
@@ -522,7 +630,18 @@ class OpenAIGenerator(BaseGenerator):
         raise GenerationError(f"{self.endpoint} failed {attempts} attempts ({'; '.join(failures)}): check that the "
                               "server is up (vllm serve answers GET /health), or raise max_retries / backoff")
 
-    def _complete(self, messages: list[Message], sampling: SamplingConfig) -> tuple[list[str], list[str], int, int, list[int] | None]:
+    def _complete_unless_aborted(self, messages: list[Message], sampling: SamplingConfig, abort: threading.Event):
+        """`_complete`, unless another conversation of the call failed first (then no request is sent)."""
+        if abort.is_set():
+            raise _Skipped()
+        try:
+            return self._complete(messages, sampling, abort)
+        except BaseException:
+            abort.set()  # before this worker thread takes the next queued conversation
+            raise
+
+    def _complete(self, messages: list[Message], sampling: SamplingConfig, abort: threading.Event | None = None
+                  ) -> tuple[list[str], list[str], int, int, list[int] | None]:
         texts: list[str] = []
         reasons: list[str] = []
         prompt_tokens = completion_tokens = 0
@@ -530,7 +649,7 @@ class OpenAIGenerator(BaseGenerator):
         target = _decoded(sampling)
         while len(texts) < target:
             want = target - len(texts)
-            response = self._request(messages, sampling, want, sampling.completion_seed(len(texts)))
+            response = self._request(messages, sampling, want, sampling.completion_seed(len(texts)), abort)
             choices = sorted(response.choices, key=lambda ch: ch.index)[:want]
             if not choices:
                 raise GenerationError(f"{self.endpoint} returned no choices for model {self.model_name!r}")
@@ -548,27 +667,91 @@ class OpenAIGenerator(BaseGenerator):
         return texts * repeat, reasons * repeat, prompt_tokens, completion_tokens, \
             None if counts is None else counts * repeat
 
+    def chat_stream(self, conversations: Sequence[Sequence[Message]],
+                    sampling: SamplingConfig | Sequence[SamplingConfig]) -> Iterator[list[tuple[int, list[str]]]]:
+        """Completions as their requests return, in batches of what returned together (see
+        `BaseGenerator.chat_stream`).
+
+        On a failure no further request is sent, those in flight finish their attempt and are
+        still yielded, then `GenerationError` is raised. Closing the iterator early stops the
+        call the same way."""
+        convs, samplings = check_conversations(conversations, sampling)
+        abort = threading.Event()
+        futures = {self._executor().submit(self._complete_unless_aborted, c, s, abort): i
+                   for i, (c, s) in enumerate(zip(convs, samplings))}
+        failure: BaseException | None = None
+        delivered = 0
+        waiting = set(futures)
+        began = time.perf_counter()
+        try:
+            while waiting:
+                done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+                batch = []
+                for future in done:
+                    error = None if future.cancelled() else future.exception()
+                    if future.cancelled() or isinstance(error, _Skipped):
+                        continue
+                    if error is None:
+                        batch.append((futures[future], future.result()[0]))
+                    elif failure is None:
+                        failure = error
+                        abort.set()
+                        for other in futures:
+                            other.cancel()
+                if batch:
+                    delivered += len(batch)
+                    yield sorted(batch)
+            if failure is None:
+                self._record_results([f.result() for f in sorted(futures, key=futures.get)],
+                                     time.perf_counter() - began)
+        finally:
+            abort.set()
+            for other in futures:
+                other.cancel()
+        if failure is not None:
+            raise GenerationError(f"{failure} ({delivered} of {len(futures)} conversations of this call completed "
+                                  f"and were delivered)") from failure
+
     def chat(self, conversations: Sequence[Sequence[Message]],
              sampling: SamplingConfig | Sequence[SamplingConfig]) -> list[list[str]]:
         convs, samplings = check_conversations(conversations, sampling)
         if not convs:
             return []
         began = time.perf_counter()
-        futures = [self._executor().submit(self._complete, c, s) for c, s in zip(convs, samplings)]
+        abort = threading.Event()
+        futures = [self._executor().submit(self._complete_unless_aborted, c, s, abort) for c, s in zip(convs, samplings)]
         try:
-            results = [f.result() for f in futures]
-        except BaseException:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # interrupted: start nothing more, stop retrying
+            abort.set()
             for f in futures:
                 f.cancel()
             raise
-        seconds = time.perf_counter() - began
+        failed = [i for i, f in enumerate(futures) if f.done() and not f.cancelled()
+                  and f.exception() is not None and not isinstance(f.exception(), _Skipped)]
+        if failed:
+            # Keep what was received: start no new request, let those in flight finish their
+            # current attempt (they retry no more), and hand the finished ones to the caller.
+            abort.set()
+            for f in futures:
+                f.cancel()
+            wait([f for f in futures if not f.cancelled()])
+            completed = {i: f.result()[0] for i, f in enumerate(futures)
+                         if not f.cancelled() and f.exception() is None}
+            first = futures[failed[0]].exception()
+            raise PartialGenerationError(f"{first} ({len(completed)} of {len(futures)} conversations of this call "
+                                         f"completed and are returned with the error)", completed) from first
+        results = [f.result() for f in futures]
+        self._record_results(results, time.perf_counter() - began)
+        return [r[0] for r in results]
+
+    def _record_results(self, results: list[tuple], seconds: float) -> None:
         all_counts = [r[4] for r in results]
         self._record(Usage(prompt_tokens=sum(r[2] for r in results), completion_tokens=sum(r[3] for r in results),
                            completions=sum(len(r[0]) for r in results), seconds=seconds,
                            completion_token_counts=None if any(c is None for c in all_counts)
                            else tuple(tuple(c) for c in all_counts),  # type: ignore[arg-type]
                            finish_reasons=tuple(tuple(r[1]) for r in results)))
-        return [r[0] for r in results]
 
     def close(self) -> None:
         """Stop the thread pool and the HTTP connection pool."""
@@ -627,7 +810,8 @@ class TransformersGenerator(BaseGenerator):
     of padded batches).
     """
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
+                 trust_remote_code: bool = False) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
@@ -638,6 +822,7 @@ class TransformersGenerator(BaseGenerator):
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.trust_remote_code = bool(trust_remote_code)
         self._model: Any = None
         self._tokenizer: Any = None
         self._closed = False
@@ -650,7 +835,8 @@ class TransformersGenerator(BaseGenerator):
             if self._model is None:
                 from prismatic_assets.core.models import load_causal_lm
 
-                model, tokenizer = load_causal_lm(self.model_name, dtype=self.dtype, device=self.device)
+                model, tokenizer = load_causal_lm(self.model_name, dtype=self.dtype, device=self.device,
+                                                  trust_remote_code=self.trust_remote_code)
                 if not getattr(tokenizer, "chat_template", None):
                     raise ValueError(f"model {self.model_name!r} has no chat template: use an instruction-tuned "
                                      "model, or set tokenizer.chat_template")

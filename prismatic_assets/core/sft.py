@@ -79,6 +79,7 @@ __all__ = [
     "SFTSettings",
     "build_sft_config",
     "build_trainer",
+    "SFTDiskFull",
     "complete_checkpoints",
     "samples_to_dataset",
     "train_sft",
@@ -350,6 +351,59 @@ def _peft_config(settings: SFTSettings):
 # ---------------------------------------------------------------------------- checkpoints
 
 
+class SFTDiskFull(OSError):
+    """Saving a checkpoint or the final model ran out of disk space; the half-written folder was removed."""
+
+
+_FULL_TEXTS = ("no space left on device", "file too large", "disk quota exceeded", "storagefull",
+               "file write failed")
+#: torch.save's zip writer reports a short write as "[enforce fail at inline_container.cc] .
+#: unexpected pos 5120 vs 5012", which says nothing about the disk.
+_SHORT_WRITE = re.compile(r"unexpected pos \d+ vs \d+")
+
+
+def _disk_full(exc: BaseException, output_dir: Path | None = None) -> bool:
+    """True when `exc` (or what caused it) is a full disk. torch.save and safetensors do not
+    raise OSError for it, so their texts count too, and so does a failure that left an
+    incomplete checkpoint on a file system with less room than a checkpoint needs."""
+    if output_dir is not None and _short_of_space(Path(output_dir)):
+        return True
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
+            return True
+        if any(text in str(exc).lower() for text in _FULL_TEXTS) or _SHORT_WRITE.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Delete checkpoint folders that `complete_checkpoints` ignores (a save cut short); return them."""
+    output_dir = Path(output_dir)
+    complete = set(complete_checkpoints(output_dir))
+    removed = [p for p in output_dir.glob("checkpoint-*")
+               if p.is_dir() and _CHECKPOINT.match(p.name) and p not in complete]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def _short_of_space(output_dir: Path) -> bool:
+    """An incomplete checkpoint sits on a file system with less free space than a complete one takes."""
+    complete = set(complete_checkpoints(output_dir))
+    partial = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p not in complete]
+    if not partial:
+        return False
+    needed = max([_folder_mb(p) for p in complete] + [_folder_mb(p) for p in partial]) * 1e6
+    return shutil.disk_usage(output_dir).free < needed
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Checkpoint folders whose trainer state was written (the Trainer writes it last), oldest first."""
     output_dir = Path(output_dir)
@@ -385,6 +439,8 @@ def _prepare_output_dir(output_dir: Path, info: dict[str, Any], resume: bool) ->
     multi-process launch deletes or writes; every process reaches the same decision.
     """
     info_path = output_dir / RUN_INFO_FILE
+    if _is_main_process():
+        remove_incomplete_checkpoints(output_dir)  # a save cut short by a kill or a full disk
     checkpoints = complete_checkpoints(output_dir)
     if resume and checkpoints:
         try:
@@ -563,7 +619,8 @@ def _load_student(model_path: str, settings: SFTSettings):
     from prismatic_assets.core.models import resolve_model
 
     path = resolve_model(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # Never run code shipped with a model folder here (transformers would otherwise ask on stdin).
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"the tokenizer of {model_path} has no chat template; train an instruction-tuned "
@@ -573,7 +630,7 @@ def _load_student(model_path: str, settings: SFTSettings):
         tokenizer.pad_token = tokenizer.eos_token
     # bf16 weights where the device computes in bf16 (a 7B student's fp32 weights, gradients
     # and Adam state need ~120 GB); elsewhere fp32 master weights, bf16 autocast if asked.
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_weights_dtype(settings))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_weights_dtype(settings), trust_remote_code=False)
     return model, tokenizer
 
 
@@ -642,11 +699,23 @@ def train_sft(
     if resume_from is not None:
         log.info("resuming SFT from %s", resume_from)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - start
-
-    steps = int(trainer.state.global_step)
-    final = _save_final_atomic(trainer, tokenizer, output_dir, {**info, **counts, "steps": steps})
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        seconds = time.perf_counter() - start
+        steps = int(trainer.state.global_step)
+        final = _save_final_atomic(trainer, tokenizer, output_dir, {**info, **counts, "steps": steps})
+    except Exception as exc:
+        if not _disk_full(exc, output_dir):
+            raise
+        if _is_main_process():
+            remove_incomplete_checkpoints(output_dir)
+        kept = complete_checkpoints(output_dir)
+        where = (f"the last complete checkpoint, {kept[-1].name} ({_folder_mb(kept[-1]):.0f} MB), is kept and a "
+                 "rerun resumes from it" if kept else "no checkpoint was complete, so a rerun starts at step 0")
+        raise SFTDiskFull(
+            f"the disk filled up while saving under {output_dir} ({str(exc).strip().splitlines()[0][:200]}): "
+            f"{where}; the half-written folder was removed. Free space (df -h {output_dir}), lower "
+            f"save_total_limit, or put output_dir on a larger disk, then run again.") from exc
     return SFTResult(
         final_model_dir=final,
         loss_history=_loss_history(trainer.state.log_history),

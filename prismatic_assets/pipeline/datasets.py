@@ -42,11 +42,12 @@ def cache_store(cache: Cache = True) -> Iterator[MetadataStore]:
 
 def proxy_embedder(*, model: str = PACKAGED_MODEL, device: str = "cpu", dtype: str = "float32",
                    params: str | None = None, autocast: str | None = None, max_length: int = 2048,
-                   projection: str = "countsketch", dim: int = 1024, seed: int = 0) -> GradientEmbedder:
+                   projection: str = "countsketch", dim: int = 1024, seed: int = 0,
+                   trust_remote_code: bool = False) -> GradientEmbedder:
     """Load the proxy and fix the gradient and projection settings (`seed` is the projection's)."""
     return build_embedder(
         ProxyConfig(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
-                      max_length=max_length),
+                      max_length=max_length, trust_remote_code=trust_remote_code),
         ProjectionConfig(kind=projection, dim=dim, seed=seed))
 
 

@@ -38,7 +38,8 @@ SHARD_SECONDS = 60.0
 
 def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig, batch_size: int = 8) -> GradientEmbedder:
     """Load the proxy model and freeze everything the vectors depend on."""
-    model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device)
+    model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
+                                      trust_remote_code=proxy.trust_remote_code)
     spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)
     gradient = GradientSpec(params=proxy.params, autocast=proxy.autocast, max_length=proxy.max_length)
     embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer))

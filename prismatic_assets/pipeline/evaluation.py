@@ -15,7 +15,10 @@ import pyarrow as pa
 
 from prismatic_assets.config import EvaluationConfig
 from prismatic_assets.core.evaluation import gsm_symbolic_set, load_eval_file
+from prismatic_assets.core.generation import Generator, SamplingConfig
+from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.pipeline.round_stages import generate_cached
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 
@@ -65,3 +68,38 @@ def store_results(store: MetadataStore, evaluation_id: str, role: str, model: st
         con.execute(f"INSERT INTO {S.EVAL_RESULTS} (evaluation_id, model_role, model, mlflow_run_id, sample_id, "
                     f"benchmark, completion, problem, response, extracted, gold, correct, run_id) "
                     f"SELECT * FROM incoming")
+
+
+class CachedGenerator:
+    """A student engine whose answers go through the generation cache (`generate_cached`).
+
+    An evaluation killed part-way, run again, asks the engine only for the problems it had
+    not answered yet (`called` counts what reached the engine, `cached` what did not).
+    """
+
+    def __init__(self, store: MetadataStore, inner: Generator, *, chunk_size: int, run_id: str | None,
+                 stage: str = "evaluate") -> None:
+        self.store, self.inner, self.chunk_size, self.run_id, self.stage = store, inner, chunk_size, run_id, stage
+        self.model_name = inner.model_name
+        self.fingerprint = inner.fingerprint
+        self.cached = self.called = 0
+
+    def chat(self, conversations, sampling) -> list[list[str]]:
+        samplings = [sampling] * len(conversations) if isinstance(sampling, SamplingConfig) else list(sampling)
+        _, outputs, stats = generate_cached(self.store, self.inner, [(list(c), s) for c, s in zip(conversations,
+                                                                                                     samplings)],
+                                            chunk_size=self.chunk_size, run_id=self.run_id, stage=self.stage)
+        self.cached += stats.cached
+        self.called += stats.called
+        return outputs
+
+    def close(self) -> None:
+        """The inner engine belongs to whoever opened it."""
+
+
+def evaluation_id(role: str, model: str, eval_sets: dict[str, list[Sample]], sampling: SamplingConfig,
+                  stated_answers: bool) -> str:
+    """One evaluation's id, from what it evaluated and how (not from the run): a rerun after a
+    crash replaces the same rows instead of adding a second copy."""
+    return digest({"role": role, "model": model, "sampling": sampling.key(), "stated_answers": stated_answers,
+                   "sets": {name: [s.sample_id for s in samples] for name, samples in sorted(eval_sets.items())}})

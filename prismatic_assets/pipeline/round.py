@@ -33,7 +33,10 @@ from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLe
 from prismatic_assets.pipeline.baselines import record_baselines
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, round_scope, write_round
+from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, pool_digest, round_scope, write_round
+
+#: The store lock a running round holds (one round at a time per store).
+ROUND_LOCK = "synthesis-round"
 
 #: Stage names, in order, as passed to the progress callback and keyed in RoundReport.seconds.
 STAGES = ("pool", "generate", "parse", "hygiene", "solve", "vote", "gradients", "filter", "score", "write",
@@ -124,7 +127,18 @@ def run_round(store: MetadataStore, round: int, *, engines: EngineSet, proxy: Pr
     engines: serves the "generator" and "teacher" roles. proxy: opens the gradient embedder
     (the pool's embedding key). eval_texts: {label: texts} that new problems must not share
     a `synthesis.ngram`-gram with. seed_source: the seed samples' `source` (None: all).
+
+    One round at a time per store: a second `run_round` while one runs (another process, a
+    second Dagster run of the same partition) raises `StoreBusy` before doing anything.
     """
+    with store.exclusive(ROUND_LOCK, f"round {round}", round=round, run_id=run_id):
+        return _run_round(store, round, engines=engines, proxy=proxy, config=config, eval_texts=eval_texts,
+                          seed_source=seed_source, run_id=run_id, progress=progress)
+
+
+def _run_round(store: MetadataStore, round: int, *, engines: EngineSet, proxy: ProxyOpener, config: Config,
+               eval_texts: Mapping[str, Sequence[str]] | None, seed_source: str | None, run_id: str | None,
+               progress: StageProgress | None) -> RoundReport:
     syn = config.synthesis
     check_round_order(store, round)
     timer = _Timer()
@@ -217,11 +231,11 @@ def commit_round(store: MetadataStore, ledger: RoundLedger, pool: PoolState, emb
         settings_hash=digest({"settings": settings, "generator": models["generator"], "teacher": models["teacher"],
                               "embedding_key": pool.embedding_key}),
         generator_model=models["generator"], teacher_model=models["teacher"], embedding_key=pool.embedding_key,
-        clustering_id=pool.clustering_id, pool_digest=digest([s.sample_id for s in pool.samples]),
+        clustering_id=pool.clustering_id, pool_digest=pool_digest([s.sample_id for s in pool.samples]),
         n_pool=len(pool.samples), k=int(pool.clustering.k), n_sparse=report.n_sparse, n_requests=report.requests,
         n_candidates=len(ledger.candidates), n_verified=n_verified, n_accepted=len(accepted),
         g_vendi_before=scores.before.score, g_vendi_after=scores.after.score, g_vendi_random=scores.random.score,
-        report=report.as_dict())
+        report=report.as_dict(), seed_source=pool.seed_source)
     write_round(store, RoundRecord(
         round=ledger.round, requests=ledger.requests, candidates=ledger.candidates,
         decisions=[ledger.decisions[c.candidate_id] for c in ledger.candidates],

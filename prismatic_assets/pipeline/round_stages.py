@@ -27,7 +27,7 @@ from prismatic_assets.config import ClusteringConfig, SynthesisConfig
 from prismatic_assets.core.answers import majority_vote
 from prismatic_assets.core.clustering import Clustering, assign_to_centroids
 from prismatic_assets.core.decontamination import NGramIndex, find_duplicates
-from prismatic_assets.core.generation import Generator, SamplingConfig
+from prismatic_assets.core.generation import GenerationError, Generator, PartialGenerationError, SamplingConfig
 from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.gvendi import GVendiResult, g_vendi
 from prismatic_assets.core.ids import digest
@@ -38,7 +38,8 @@ from prismatic_assets.pipeline.embeddings import PoolVectors, embed_samples, poo
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import (SYNTHESIS_SOURCE, CandidateRow, DecisionRow, GenerationRow,
                                                      RequestRow, ScoreRow, completed_rounds, generation_key,
-                                                     get_generations, put_generations, round_scope)
+                                                     get_generations, pool_where, put_generations,
+                                                     refresh_staleness, round_scope)
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,15 @@ def solution_seed(seed: int, round: int, candidate_id: str) -> int:
 
 # -- errors ------------------------------------------------------------------------------
 class RoundOrderError(RuntimeError):
-    """Round r was asked for before round r-1 completed."""
+    """Round r was asked for before round r-1 completed, or on top of a stale round."""
 
 
 def check_round_order(store: MetadataStore, round: int) -> list[int]:
-    """Raise unless every round before `round` is complete; return the completed rounds."""
+    """Raise unless every round before `round` is complete and current; return the completed rounds.
+
+    Staleness is recomputed first (`refresh_staleness`): a round built on a pool that no
+    longer exists (an earlier round re-run after it) must be re-run before anything builds
+    on it."""
     if isinstance(round, bool) or not isinstance(round, int) or round < 1:
         raise ValueError(f"round={round!r}: rounds are numbered 1, 2, 3, ...")
     done = completed_rounds(store)
@@ -83,6 +88,13 @@ def check_round_order(store: MetadataStore, round: int) -> list[int]:
             f"round {round} needs rounds 1..{round - 1} complete (each round's pool includes the samples "
             f"accepted before it), but round {missing[0]} is not (completed: {done or 'none'}): "
             f"run round {missing[0]} first")
+    stale = {r: why for r, why in refresh_staleness(store).items() if r < round}
+    if stale:
+        first = min(stale)
+        raise RoundOrderError(
+            f"round {round} would build on round {first}, which is stale ({stale[first]}). Re-run round {first} "
+            f"first (materialize partition {first} of synthesis_round, or `prismatic rounds`), then the rounds "
+            f"after it in order")
     return done
 
 
@@ -183,16 +195,59 @@ def _chat(generator: Generator, conversations: list[list[dict[str, str]]],
     return [[str(o) for o in out] for out in outputs]
 
 
+def _stream_chunk(store: MetadataStore, generator: Any, requests: Sequence[tuple[list[dict], SamplingConfig]],
+                  keys: Sequence[str], chunk: Sequence[int], found: dict[str, list[str]], stats: CallStats,
+                  run_id: str | None, stage: str, n_todo: int) -> None:
+    """One engine call whose results are stored as they arrive (`chat_stream`: one transaction
+    per batch of results that returned together), so a process killed mid-call keeps every
+    request that had come back."""
+    began = time.monotonic()
+    pending: list[GenerationRow] = []
+    seen: set[int] = set()
+
+    def flush() -> None:
+        put_generations(store, pending)
+        pending.clear()
+
+    try:
+        for batch in generator.chat_stream([requests[i][0] for i in chunk], [requests[i][1] for i in chunk]):
+            for j, out in batch:
+                i = chunk[j]
+                outputs = [str(o) for o in out]
+                pending.append(GenerationRow(gen_key=keys[i], model=generator.model_name, messages=requests[i][0],
+                                             sampling=requests[i][1].as_dict(), outputs=outputs,
+                                             seconds=time.monotonic() - began, run_id=run_id))
+                found[keys[i]] = outputs
+                seen.add(j)
+                stats.called += 1
+            flush()
+    except GenerationError as error:
+        flush()
+        raise GenerationError(f"{stage}: {error}. The {stats.called} completed requests are stored in the "
+                              f"generation cache; run the stage again to ask only for the other "
+                              f"{n_todo - stats.called}.") from error
+    except BaseException:
+        flush()
+        raise
+    flush()
+    if len(seen) != len(chunk):
+        raise RuntimeError(f"generator {generator.model_name!r} delivered {len(seen)} of {len(chunk)} conversations "
+                           "without an error: a Generator's chat_stream yields every conversation once")
+
+
 def generate_cached(store: MetadataStore, generator: Generator, requests: Sequence[tuple[list[dict], SamplingConfig]],
                     *, chunk_size: int, run_id: str | None, stage: str,
                     progress: StageProgress | None = None) -> tuple[list[str], list[list[str]], CallStats]:
     """Outputs for each (messages, sampling), from the generation cache or the generator.
 
     Missing requests go to the generator `chunk_size` at a time, and each chunk is stored
-    before the next is asked for, so a crash loses at most one chunk. Returns the cache
-    keys and the outputs, in request order, and how many came from where.
+    before the next is asked for, so a crash loses at most one chunk. When a backend fails
+    part-way through a chunk (`PartialGenerationError`: a server that gave up on some
+    requests), the requests it did complete are stored before the error goes on, so a rerun
+    pays only for the rest. Returns the cache keys and the outputs, in request order, and
+    how many came from where.
     """
-    keys = [generation_key(generator.model_name, messages, sampling.key()) for messages, sampling in requests]
+    keys = [generation_key(generator.fingerprint, messages, sampling.key()) for messages, sampling in requests]
     found = get_generations(store, keys)
     stats = CallStats(cached=sum(1 for k in keys if k in found))
     todo: list[int] = []
@@ -209,7 +264,23 @@ def generate_cached(store: MetadataStore, generator: Generator, requests: Sequen
         began = time.perf_counter()
         if progress:  # one event per engine call: a stage should need one (or chunks of chunk_size)
             progress(f"engine_call:{stage}", len(chunk), len(todo))
-        outputs = _chat(generator, [requests[i][0] for i in chunk], [requests[i][1] for i in chunk])
+        if hasattr(generator, "chat_stream"):
+            _stream_chunk(store, generator, requests, keys, chunk, found, stats, run_id, stage, len(todo))
+            if progress:
+                progress(stage, stats.cached + stats.called, total)
+            continue
+        try:
+            outputs = _chat(generator, [requests[i][0] for i in chunk], [requests[i][1] for i in chunk])
+        except PartialGenerationError as error:  # keep what was paid for, then fail
+            done = sorted(error.completed)
+            put_generations(store, [GenerationRow(
+                gen_key=keys[chunk[j]], model=generator.model_name, messages=requests[chunk[j]][0],
+                sampling=requests[chunk[j]][1].as_dict(), outputs=[str(o) for o in error.completed[j]],
+                seconds=time.perf_counter() - began, run_id=run_id) for j in done])
+            raise PartialGenerationError(
+                f"{stage}: {error} The {len(done)} completed requests are stored in the generation cache; run the "
+                f"stage again to ask only for the other {len(todo) - stats.called - len(done)}.",
+                error.completed) from error
         seconds = time.perf_counter() - began
         rows = [GenerationRow(gen_key=keys[i], model=generator.model_name, messages=requests[i][0],
                               sampling=requests[i][1].as_dict(), outputs=out, seconds=seconds, run_id=run_id)
@@ -226,9 +297,8 @@ def generate_cached(store: MetadataStore, generator: Generator, requests: Sequen
 # -- pool and scores ------------------------------------------------------------------
 def load_pool(store: MetadataStore, round: int, seed_source: str | None = None) -> list[Sample]:
     """Seed pool samples (of `seed_source`, or every seed source) plus samples accepted before `round`."""
-    seed_clause = "origin = 'seed' AND split = 'pool'" + (" AND source = ?" if seed_source else "")
-    params: list[Any] = ([seed_source] if seed_source else []) + [round]
-    pool = store.load_samples(where=f"({seed_clause}) OR (origin = 'synthetic' AND round < ?)", params=params)
+    where, params = pool_where(round, seed_source)
+    pool = store.load_samples(where=where, params=params)
     if not any(s.source != SYNTHESIS_SOURCE for s in pool):
         where = f" of source {seed_source!r}" if seed_source else ""
         raise RuntimeError(f"no seed pool samples{where} in {store.path}: materialize seed_samples first "
@@ -256,6 +326,7 @@ class PoolState:
     clustering: Clustering
     embedding_key: str
     dim: int
+    seed_source: str | None = None  # the seed samples' source the pool was drawn from (None: all)
 
     @property
     def by_id(self) -> dict[str, Sample]:
@@ -273,7 +344,7 @@ def prepare_pool(store: MetadataStore, round: int, embedder: GradientEmbedder, c
     clustering_id, result = cluster_pool(store, pv, clustering, key, round_scope(round), run_id)
     if progress:
         progress("pool", len(pool), len(pool))
-    return PoolState(pool, pv, clustering_id, result, key, dim)
+    return PoolState(pool, pv, clustering_id, result, key, dim, seed_source)
 
 
 # -- the ledger: every candidate and its decision ------------------------------------------
@@ -401,7 +472,10 @@ def vote(ledger: RoundLedger, clean: Sequence[CandidateRow], solved: Solved, tea
             c.response = solutions[result.majority[0]]
             verified.append(c)
         else:
-            ledger.reject(c, "verification", result.reason, rule)
+            # What could not be checked (an answer too long, code in a box, math-verify out of
+            # time) is kept with the decision, next to the thresholds.
+            ledger.reject(c, "verification", result.reason,
+                          {**rule, "issues": list(result.issues)} if result.issues else rule)
     return verified
 
 

@@ -129,7 +129,7 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
     """),
     Migration(2, "synthesis: generation cache, requests, candidates, decisions, rounds", f"""
         CREATE TABLE {GENERATIONS} (
-            gen_key         VARCHAR PRIMARY KEY,  -- hash of model name, messages, sampling key (incl. seed)
+            gen_key         VARCHAR PRIMARY KEY,  -- hash of model fingerprint, messages, sampling key (incl. seed)
             model           VARCHAR NOT NULL,
             messages        JSON NOT NULL,
             sampling        JSON NOT NULL,
@@ -243,6 +243,10 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             created_at      TIMESTAMP DEFAULT current_timestamp,
             PRIMARY KEY (evaluation_id, sample_id, completion)
         );
+    """),
+    Migration(4, "round staleness: the seed source a round's pool was drawn from, and why it is stale", f"""
+        ALTER TABLE {SYNTHESIS_ROUNDS} ADD COLUMN seed_source VARCHAR;   -- NULL: every seed source
+        ALTER TABLE {SYNTHESIS_ROUNDS} ADD COLUMN stale_reason VARCHAR;  -- NULL: built on the current pool
     """),
 )
 

@@ -12,7 +12,9 @@ This module knows tables and rows; it does not compute anything.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -31,6 +33,86 @@ from prismatic_assets.store import schema as S
 
 class StoreLockTimeout(TimeoutError):
     pass
+
+
+class StoreError(RuntimeError):
+    """The store file cannot be used as it is: damaged, not a store, from another schema, or the disk is full.
+
+    The message names the file and what to do; the DuckDB error is quoted in it.
+    """
+
+
+class StoreDiskFull(StoreError):
+    """A write failed for lack of space; the transaction rolled back, the store holds what it held."""
+
+
+class StoreBusy(StoreError):
+    """Another process (or thread) holds the store's lock for this work; nothing was done."""
+
+
+#: DuckDB error texts that mean the file itself is unusable (not a bug in a query).
+_DAMAGE_MARKERS = ("corrupt database file", "could not read enough bytes", "not a valid duckdb database file",
+                   "is a directory", "does not match stored checksum", "database has been invalidated")
+_FULL_MARKERS = ("no space left on device", "file too large", "disk quota exceeded")
+
+#: Never fetch or load DuckDB extensions behind the user's back: a foreign file (SQLite)
+#: would otherwise make DuckDB download an extension to read it.
+_CONNECT_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def _describe_file(path: Path) -> str:
+    """What a file that is not a DuckDB database looks like, from its first bytes."""
+    try:
+        if path.is_dir():
+            return "a directory"
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"SQLite format 3"):
+        return "an SQLite database"
+    if head.startswith(b"PAR1"):
+        return "a Parquet file"
+    if len(head) >= 12 and head[8:12] == b"DUCK":
+        return "a DuckDB database"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"a text file (starting {head.decode('ascii', 'replace')!r})"
+    return "not a DuckDB database"
+
+
+def store_error(path: Path, exc: BaseException, opening: bool = False) -> StoreError | None:
+    """The StoreError a DuckDB (or OS) error means for the store at `path`, None for other errors.
+
+    opening: the error came from opening the file, so any failure on a file that is not a
+    DuckDB database means a foreign file (DuckDB may report it as a missing extension).
+    """
+    path = Path(path).absolute()
+    text = str(exc)
+    low = text.lower()
+    if any(marker in low for marker in _FULL_MARKERS) or (isinstance(exc, OSError) and exc.errno in (28, 27, 122)):
+        return StoreDiskFull(
+            f"metadata store {path}: the disk is full ({text.strip().splitlines()[0]}). The write was rolled back: "
+            f"the store still holds what it held before, and nothing of this step was stored. Free space on the "
+            f"file system of {path.parent} (df -h {path.parent}), or move the data directory, then re-run the step.")
+    kind = _describe_file(path) if path.exists() else None
+    if opening and kind is not None and kind != "a DuckDB database":
+        return _not_a_store(path, kind)
+    if any(marker in low for marker in _DAMAGE_MARKERS):
+        if kind == "a DuckDB database":
+            return StoreError(
+                f"metadata store {path} is damaged ({text.strip().splitlines()[0]}). Restore it from a backup, or "
+                f"move it away (mv {path} {path}.damaged) and re-materialize from seed_samples: embeddings, "
+                "generations and rounds are then computed again.")
+        return _not_a_store(path, kind or "missing")
+    return None
+
+
+def _not_a_store(path: Path, kind: str) -> StoreError:
+    return StoreError(
+        f"{path} is {kind}, not a Prismatic metadata store (DuckDB). Point store_path at another file, or move "
+        f"this one away (mv {path} {path}.bak) and Prismatic creates a new store there.")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -82,14 +164,19 @@ class MetadataStore:
     # -- connections ---------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one operation. Errors that mean the file is damaged, foreign or on a
+        full disk come out as `StoreError` naming the file and the fix, here and from the body."""
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.05
         while True:
             try:
-                con = duckdb.connect(str(self.path))
+                con = duckdb.connect(str(self.path), config=_CONNECT_CONFIG)
                 break
-            except duckdb.IOException as exc:
-                if not _is_lock_error(exc):
+            except (duckdb.Error, OSError) as exc:
+                if not isinstance(exc, duckdb.IOException) or not _is_lock_error(exc):
+                    translated = store_error(self.path, exc, opening=True)
+                    if translated is not None:
+                        raise translated from None
                     raise
                 if time.monotonic() > deadline:
                     raise StoreLockTimeout(
@@ -100,8 +187,56 @@ class MetadataStore:
                 delay = min(delay * 2, 1.0)
         try:
             yield con
+        except (duckdb.Error, OSError) as exc:
+            translated = store_error(self.path, exc)
+            if translated is not None:
+                raise translated from None
+            raise
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error:
+                pass  # closing after a failed write: the error above is the one to report
+
+    @contextmanager
+    def exclusive(self, name: str, what: str, **holder: Any) -> Iterator[None]:
+        """Hold the store's lock `name` for a piece of work, or raise `StoreBusy` at once.
+
+        A file lock (flock) beside the store file, so the kernel releases it when the holder
+        exits, however it exits (SIGKILL included): no stale lock survives a crash. The
+        holder's details (`what`, pid, start time, `holder` fields) are written into the lock
+        file and quoted to whoever is refused.
+        """
+        path = self.path.with_name(f"{self.path.name}.{name}.lock")
+        handle = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                try:
+                    other = json.loads(handle.read() or "{}")
+                except ValueError:
+                    other = {}
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other["since"])) if "since" in other else "?"
+                extra = ", ".join(f"{k} {v}" for k, v in other.items() if k not in ("what", "pid", "since"))
+                raise StoreBusy(
+                    f"{what} was refused: {other.get('what', 'other work')} holds {path.name} (pid {other.get('pid', '?')}"
+                    f"{', ' + extra if extra else ''}, since {since}). Wait for it to finish, or stop it; running "
+                    f"both would write the same rows twice.") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"what": what, "pid": os.getpid(), "since": time.time(), **holder}, default=str))
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -124,11 +259,19 @@ class MetadataStore:
         """Apply pending migrations in order; return the versions applied."""
         applied: list[int] = []
         with self.connect() as con:
+            tables = {row[0] for row in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            if tables and S.MIGRATIONS not in tables:
+                shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+                raise StoreError(
+                    f"{self.path} is a DuckDB database of something else (tables: {shown}; no {S.MIGRATIONS}): "
+                    f"Prismatic does not add its tables to it. Point store_path at another file, or move this one "
+                    f"away (mv {self.path} {self.path}.bak).")
             con.execute(f"CREATE TABLE IF NOT EXISTS {S.MIGRATIONS} (version INTEGER PRIMARY KEY, "
                         f"name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)")
             done = {row[0] for row in con.execute(f"SELECT version FROM {S.MIGRATIONS}").fetchall()}
             if done and max(done) > S.LATEST_VERSION:
-                raise RuntimeError(
+                raise StoreError(
                     f"metadata store {self.path} has schema version {max(done)}, newer than this "
                     f"Prismatic ({S.LATEST_VERSION}): upgrade Prismatic or use another data directory")
             for migration in S.MIGRATIONS_LIST:
@@ -139,6 +282,17 @@ class MetadataStore:
                     con.execute(migration.sql)
                     con.execute(f"INSERT INTO {S.MIGRATIONS} (version, name) VALUES (?, ?)",
                                 [migration.version, migration.name])
+                except duckdb.Error as exc:
+                    con.rollback()
+                    if store_error(self.path, exc) is not None:
+                        raise
+                    current = max(done | set(applied), default=0)
+                    raise StoreError(
+                        f"metadata store {self.path}: upgrading the schema from version {current} failed at migration "
+                        f"{migration.version} ({migration.name}): {str(exc).strip().splitlines()[0]}. The store was "
+                        f"left at version {current}, unchanged by this migration. It was probably edited by hand or "
+                        f"by another tool: restore a backup, or move it away (mv {self.path} {self.path}.old) and "
+                        f"re-materialize.") from None
                 except BaseException:
                     con.rollback()
                     raise

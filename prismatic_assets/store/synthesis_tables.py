@@ -2,7 +2,7 @@
 
 Two kinds of writes, with different lifetimes:
 - `put_generations` adds LLM outputs to the generation cache as they arrive, keyed by a
-  hash of (model name, messages, sampling key incl. seed). The cache is never cleared by a
+  hash of (model fingerprint, messages, sampling key incl. seed). The cache is never cleared by a
   round: a retried round reads it back and calls the LLM only for what is missing.
 - `write_round` replaces everything one round produced (requests, candidates, decisions,
   accepted samples, the three G-Vendi scores, stale clusterings of its scope and the
@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
+from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample, problem_key
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
@@ -36,9 +37,13 @@ def round_scope(round: int, suffix: str | None = None) -> str:
 
 
 # -- generation cache --------------------------------------------------------------------
-def generation_key(model: str, messages: Sequence[Mapping[str, str]], sampling_key: str) -> str:
-    """The cache key of one chat request: same model, messages and sampling -> same outputs."""
-    payload = json.dumps({"model": model, "messages": list(messages), "sampling": sampling_key},
+def generation_key(model_fingerprint: str, messages: Sequence[Mapping[str, str]], sampling_key: str) -> str:
+    """The cache key of one chat request: same model, messages and sampling -> same outputs.
+
+    `model_fingerprint` is the generator's `fingerprint` (derived from the weights, not the
+    name), so a changed model under an unchanged name misses the cache.
+    """
+    payload = json.dumps({"model": model_fingerprint, "messages": list(messages), "sampling": sampling_key},
                          sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
@@ -192,6 +197,7 @@ class RoundRow:
     g_vendi_after: float
     g_vendi_random: float | None
     report: dict[str, Any]
+    seed_source: str | None = None  # the seed samples' source the pool was drawn from (None: all)
 
 
 @dataclass(frozen=True)
@@ -350,14 +356,75 @@ def write_round(store: MetadataStore, record: RoundRecord) -> None:
         con.execute(
             f"INSERT INTO {S.SYNTHESIS_ROUNDS} (round, status, settings, settings_hash, generator_model, "
             f"teacher_model, embedding_key, clustering_id, pool_digest, n_pool, k, n_sparse, n_requests, "
-            f"n_candidates, n_verified, n_accepted, g_vendi_before, g_vendi_after, g_vendi_random, report, run_id) "
-            f"VALUES (?, 'complete', ?::JSON, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON, ?)",
+            f"n_candidates, n_verified, n_accepted, g_vendi_before, g_vendi_after, g_vendi_random, report, run_id, "
+            f"seed_source, stale_reason) "
+            f"VALUES (?, 'complete', ?::JSON, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON, ?, ?, NULL)",
             [r, json.dumps(row.settings, sort_keys=True, default=str), row.settings_hash, row.generator_model,
              row.teacher_model, row.embedding_key, row.clustering_id, row.pool_digest, row.n_pool, row.k,
              row.n_sparse, row.n_requests, row.n_candidates, row.n_verified, row.n_accepted,
              float(row.g_vendi_before), float(row.g_vendi_after),
              None if row.g_vendi_random is None else float(row.g_vendi_random),
-             json.dumps(row.report, sort_keys=True, default=str), run_id])
+             json.dumps(row.report, sort_keys=True, default=str), run_id, row.seed_source])
+        _mark_stale(con)  # later rounds built on what this round replaced
+
+
+# -- pools and staleness -------------------------------------------------------------------
+def pool_where(round: int, seed_source: str | None) -> tuple[str, list[Any]]:
+    """The SQL condition (and its parameters) selecting round `round`'s pool from the samples
+    table: the seed pool (of `seed_source`, else every seed source) plus every sample
+    accepted in an earlier round. Round stages load the pool with it; staleness checks
+    recompute the pool's digest with it."""
+    seed_clause = "origin = 'seed' AND split = 'pool'" + (" AND source = ?" if seed_source else "")
+    params: list[Any] = ([seed_source] if seed_source else []) + [round]
+    return f"({seed_clause}) OR (origin = '{SYNTHETIC_ORIGIN}' AND round < ?)", params
+
+
+def pool_digest(sample_ids: Sequence[str]) -> str:
+    """The digest stored with a round: which samples its pool held (in sample_id order)."""
+    return digest(sorted(sample_ids))
+
+
+def _mark_stale(con: Any) -> dict[int, str]:
+    """Recompute every complete round's staleness and store it; return {round: reason}.
+
+    Round r is stale when the pool it would start from now differs from the one it was
+    built on (an earlier round was re-run, or the seed pool changed), or when an earlier
+    round is stale (it was built on that round's accepted samples)."""
+    rows = con.execute(f"SELECT round, pool_digest, seed_source, stale_reason FROM {S.SYNTHESIS_ROUNDS} "
+                       f"WHERE status = 'complete' ORDER BY round").fetchall()
+    stale: dict[int, str] = {}
+    first_stale: int | None = None
+    for round, stored, seed_source, previous in rows:
+        where, params = pool_where(round, seed_source)
+        ids = [r[0] for r in con.execute(f"SELECT sample_id FROM {S.SAMPLES} WHERE {where}", params).fetchall()]
+        if first_stale is not None:
+            reason = (f"round {round} was built on round {first_stale}, which is stale: re-materialize rounds "
+                      f"{first_stale}..{round} in order")
+        elif pool_digest(ids) != stored:
+            reason = (f"round {round} was built on a pool that no longer exists (an earlier round was re-run, or the "
+                      f"seed pool changed; the pool now holds {len(ids)} samples): re-materialize round {round} and "
+                      f"every round after it, in order")
+        else:
+            reason = None
+        if reason is not None:
+            first_stale = round if first_stale is None else first_stale
+            stale[round] = reason
+        if reason != previous:
+            con.execute(f"UPDATE {S.SYNTHESIS_ROUNDS} SET stale_reason = ? WHERE round = ?", [reason, round])
+    return stale
+
+
+def refresh_staleness(store: MetadataStore) -> dict[int, str]:
+    """Check every complete round against the current pool; store and return {stale round: reason}."""
+    with store.transaction() as con:
+        return _mark_stale(con)
+
+
+def stale_rounds(store: MetadataStore) -> dict[int, str]:
+    """The stored staleness: {round: reason} for rounds marked stale (see `refresh_staleness`)."""
+    rows = store.query(f"SELECT round, stale_reason FROM {S.SYNTHESIS_ROUNDS} WHERE status = 'complete' "
+                       f"AND stale_reason IS NOT NULL ORDER BY round")
+    return dict(zip(rows["round"].to_list(), rows["stale_reason"].to_list()))
 
 
 # -- reading rounds ----------------------------------------------------------------------

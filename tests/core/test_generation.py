@@ -123,7 +123,8 @@ def test_vllm_engine_args_carry_every_parameter():
                       gpu_memory_utilization=0.5, engine_kwargs={"enforce_eager": True, "seed": 3})
     args = g.engine_args()
     assert args == {"model": resolve_model(PACKAGED_MODEL), "tensor_parallel_size": 2, "dtype": "bfloat16",
-                    "max_model_len": 777, "gpu_memory_utilization": 0.5, "enforce_eager": True, "seed": 3}
+                    "max_model_len": 777, "gpu_memory_utilization": 0.5, "trust_remote_code": False,
+                    "enforce_eager": True, "seed": 3}
     assert args != VLLMGenerator(PACKAGED_MODEL).engine_args()
     assert not g.started  # nothing starts before the first chat
     with pytest.raises(ValueError, match="pass them as VLLMGenerator arguments"):

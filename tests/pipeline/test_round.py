@@ -189,8 +189,9 @@ def _script(round: int, seed: int = 0) -> dict:
 class ScriptedLLM:
     """A Generator that answers from a script; records every conversation it is asked."""
 
-    def __init__(self, model_name: str, respond) -> None:
+    def __init__(self, model_name: str, respond, fingerprint: str | None = None) -> None:
         self.model_name = model_name
+        self.fingerprint = fingerprint or f"{model_name}-weights-v1"
         self.respond = respond
         self.calls: list[int] = []
         self.asked: list[list[dict]] = []
@@ -211,6 +212,7 @@ class Crashing:
     def __init__(self, inner, at: int) -> None:
         self.inner, self.at, self.n = inner, at, 0
         self.model_name = inner.model_name
+        self.fingerprint = inner.fingerprint
 
     def chat(self, conversations, sampling):
         self.n += 1
@@ -481,6 +483,25 @@ def test_resume_after_crash_calls_only_for_missing_outputs(tmp_path, seeded, emb
     assert store.query(sql).equals(reference_store.query(sql))
     for key in ("accepted", "g_vendi_before", "g_vendi_after", "g_vendi_random", "clustering_id", "k"):
         assert getattr(report, key) == getattr(reference, key), key
+
+
+def test_changed_model_under_the_same_name_does_not_reuse_generations(tmp_path, seeded, embedder, round_one):
+    """The generation cache is keyed by the model's fingerprint: new weights, same name -> asked again."""
+    store = seeded(tmp_path / "m.duckdb")
+    _run(store, embedder)
+    n_cached = store.query(f"SELECT count(*) AS n FROM {S.GENERATIONS}")["n"][0]
+    same = make_generator()
+    _run(store, embedder, generator=same, teacher=make_teacher())
+    assert same.calls == []  # same weights: everything from the cache
+    retrained = ScriptedLLM("scripted-generator", make_generator().respond, fingerprint="scripted-generator-weights-v2")
+    teacher = ScriptedLLM("scripted-teacher", make_teacher().respond, fingerprint="scripted-teacher-weights-v2")
+    report = _run(store, embedder, generator=retrained, teacher=teacher)
+    assert sum(retrained.calls) == 8 and sum(teacher.calls) == report.sent_to_teacher > 0
+    assert report.outputs_cached == 0 and report.solutions_cached == 0
+    # Both models' outputs stay cached side by side, under the same model name.
+    assert store.query(f"SELECT count(*) AS n FROM {S.GENERATIONS}")["n"][0] == 2 * n_cached
+    assert set(store.query(f"SELECT DISTINCT model FROM {S.GENERATIONS}")["model"].to_list()) == \
+        {"scripted-generator", "scripted-teacher"}
 
 
 def stored_messages(store: MetadataStore, request_indices: list[int]) -> list[list[dict]]:

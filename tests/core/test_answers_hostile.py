@@ -1,0 +1,141 @@
+"""Hostile model output through answer extraction and voting: bounded time, nothing runs,
+rejected with a reason.
+
+Each case is what a broken or adversarial teacher (or a hostile OpenAI-compatible server)
+could return. Votes run in a worker thread, as in a thread pool or a Dagster step thread,
+where math-verify's own signal-based timeouts do not work. Several of these inputs hang
+math-verify for minutes when run uncontained (140 nested braces; a binomial of 10^5).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from prismatic_assets.core import answers
+from prismatic_assets.core.answers import (MAX_EXTRACTED_CHARS, VERIFY_TIME_LIMIT_S, compare_answers,
+                                           extract_boxed, is_correct, majority_vote)
+
+# A comparison ends within the limit plus the kill grace; slack for a loaded 2-core machine.
+PER_COMPARISON_S = VERIFY_TIME_LIMIT_S + answers._KILL_GRACE_S
+SLACK_S = 1.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_worker():
+    """Start the verification worker once (importing sympy is not part of any answer's bound)."""
+    assert answers.answers_equivalent("\\frac{1}{2}", "0.5")
+    yield
+
+
+def _in_thread(fn, *args, **kwargs):
+    with ThreadPoolExecutor(1) as pool:
+        began = time.perf_counter()
+        result = pool.submit(fn, *args, **kwargs).result(timeout=120)
+        return result, time.perf_counter() - began
+
+
+def _box(content: str) -> str:
+    return f"Some reasoning first. Therefore the answer is \\boxed{{{content}}}."
+
+
+MEGA = "1" * 1_000_000
+HOSTILE = {  # name -> (three teacher responses, the issue named, or None when plain disagreement)
+    "megabyte answers": ([_box(MEGA)] * 2 + [_box("3")], "answer_too_long"),
+    "megabyte of nested braces": ([_box("{" * 200_000 + "1" + "}" * 200_000)] * 2 + [_box("3")], "answer_too_long"),
+    "megabyte of unclosed boxes": (["\\boxed{" * 150_000, "\\boxed{1", _box("3")], None),
+    "140 nested braces": ([_box("{" * 140 + "1" + "}" * 140), _box("{" * 140 + "2" + "}" * 140), _box("3")], None),
+    "binomial of 10^5": ([_box("\\binom{100000}{50000}"), _box("\\binom{100000}{50001}"), _box("3")], None),
+    "factorial of a power": ([_box("(9^9)!"), _box("(9^8)!"), _box("3")], None),
+    "gamma of 10^4": ([_box("\\Gamma(10^{4})"), _box("\\Gamma(10^{3})"), _box("3")], None),
+    "python in the box": ([_box("__import__('os').system('touch {marker}')")] * 3, "answer_has_code"),
+    "eval in the box": ([_box("eval(\"open('{marker}', 'w')\")")] * 3, "answer_has_code"),
+    "tex reads a file": ([_box("\\input{/etc/passwd}")] * 3, "answer_has_code"),
+    "tex writes a file": ([_box("\\immediate\\write18{touch {marker}}")] * 3, "answer_has_code"),
+    "shell substitution": ([_box("$(touch {marker})")] * 3, "answer_has_code"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_answers_are_bounded_inert_and_rejected(name, tmp_path):
+    responses, issue = HOSTILE[name]
+    marker = tmp_path / "executed"
+    responses = [r.replace("{marker}", str(marker)) for r in responses]
+    vote, seconds = _in_thread(majority_vote, responses, 2)
+    # At most 3 comparisons (3 answers), each bounded; extraction is linear.
+    assert seconds < 3 * PER_COMPARISON_S + SLACK_S, f"{name}: {seconds:.1f} s"
+    assert not vote.accepted and vote.majority_answer is None
+    if issue is None:
+        assert vote.reason in ("disagreement", "no_answer", "unverifiable")
+    else:
+        assert vote.reason == "unverifiable" and any(issue in i for i in vote.issues), vote.issues
+    assert all(a is None or len(a) <= MAX_EXTRACTED_CHARS for a in vote.answers)
+    assert not marker.exists()  # nothing ran
+    for response in set(responses) - {_box("3")}:  # grading the same output (evaluation): bounded and inert too
+        correct, seconds = _in_thread(is_correct, response, "3")
+        assert seconds < PER_COMPARISON_S + SLACK_S and not correct
+    assert not marker.exists()
+
+
+def test_extraction_of_a_megabyte_response_is_linear():
+    text = "x" * 2_000_000 + _box("\\frac{1}{2}")
+    began = time.perf_counter()
+    assert extract_boxed(text) == "\\frac{1}{2}"
+    assert extract_boxed("{" * 1_000_000 + "\\boxed{" + "{" * 1_000_000) is None
+    assert time.perf_counter() - began < 2.0
+
+
+def test_ordinary_answers_still_verify_through_the_worker():
+    for a, b in [("\\frac{1}{2}", "0.5"), ("x = 3", "3"), ("\\sqrt{8}", "2\\sqrt{2}"), ("(1, 2)", "(1,2)")]:
+        (equal, issue), seconds = _in_thread(compare_answers, a, b)
+        assert equal and issue is None, (a, b)
+    assert compare_answers("\\frac{1}{3}", "0.5") == (False, None)
+    vote = majority_vote([_box("\\frac{1}{2}"), _box("0.5"), _box("2")])
+    assert vote.accepted and vote.issues == ()
+
+
+def test_a_stuck_worker_is_killed_within_the_bound_and_replaced():
+    worker = answers._WORKER
+    assert worker.compare("1", "1", VERIFY_TIME_LIMIT_S) == (True, None)
+    stuck = worker._proc
+    os.kill(stuck.pid, signal.SIGSTOP)  # a worker that no longer answers (like C code holding the GIL)
+    try:
+        began = time.perf_counter()
+        assert worker.compare("2", "3", VERIFY_TIME_LIMIT_S) == (False, "verify_timeout")
+        assert time.perf_counter() - began < PER_COMPARISON_S + SLACK_S
+    finally:
+        if stuck.poll() is None:
+            os.kill(stuck.pid, signal.SIGKILL)
+    assert stuck.wait(timeout=10) == -signal.SIGKILL
+    assert worker.compare("\\frac{2}{4}", "0.5", VERIFY_TIME_LIMIT_S) == (True, None)  # a new worker
+    assert worker._proc.pid != stuck.pid
+
+
+def test_a_timed_out_comparison_makes_the_vote_unverifiable(monkeypatch):
+    monkeypatch.setattr(answers, "VERIFY_TIME_LIMIT_S", 0.05)
+    answers._math_equal.cache_clear()
+    try:
+        vote, seconds = _in_thread(majority_vote, [_box("\\binom{100000}{50000}"), _box("\\binom{100000}{49999}"),
+                                                   _box("\\binom{99999}{3}")], 2)
+    finally:
+        answers._math_equal.cache_clear()
+    assert vote.reason == "unverifiable" and any("verify_timeout" in i for i in vote.issues), vote
+    assert seconds < 3 * (0.05 + answers._KILL_GRACE_S) + SLACK_S
+
+
+def test_the_worker_is_not_mistaken_for_an_engine_process(tiny_model_dir):
+    """Grading while an engine is open starts the worker; closing the engine must not wait for it."""
+    from prismatic_assets.config import EngineConfig
+    from prismatic_assets.engines import EngineSet
+
+    answers._WORKER.close()
+    answers._math_equal.cache_clear()
+    engines = EngineSet({"student": EngineConfig(backend="transformers", model=tiny_model_dir)}, release_timeout=2)
+    with engines.open("student"):
+        assert answers.compare_answers("\\frac{3}{6}", "0.5") == (True, None)  # starts a new worker
+        assert answers.worker_pids()
+    assert engines.calls[-1] == ("close", "student") and answers.worker_pids()  # closed; the worker lives on

@@ -1,0 +1,93 @@
+"""`make ui` serves on loopback only: the command the Makefile runs, started for real, and
+every listening socket of it and its children (webserver, code server, daemon) inspected."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def ui_recipe() -> str:
+    """The `dagster dev` line of the Makefile's `ui` target."""
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ui:"))
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        if "dagster dev" in line:
+            return line.strip()
+    raise AssertionError("the Makefile's ui target runs no `dagster dev`")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_recipe_names_loopback():
+    words = shlex.split(ui_recipe())
+    host = words[words.index("-h") + 1] if "-h" in words else words[words.index("--host") + 1]
+    assert host == "127.0.0.1"
+
+
+@pytest.mark.integration
+def test_ui_listens_on_loopback_only(tmp_path):
+    words = shlex.split(ui_recipe())
+    command = [w for w in words if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes
+    command[0] = str(Path(sys.executable).parent / Path(command[0]).name)  # .venv/bin/dagster of this env
+    port = _free_port()
+    command[command.index("-p") + 1] = str(port)
+    home = tmp_path / "home"  # the project's instance settings, state kept out of the repository
+    home.mkdir()
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    for key in ("storage", "local_artifact_storage", "compute_logs"):
+        config.pop(key, None)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "ui.log", "w"))
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "dagster dev did not answer within 240 s"
+            time.sleep(1)
+        listening: list[tuple[str, int, str]] = []
+        for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+            try:
+                for conn in p.net_connections(kind="inet"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        listening.append((conn.laddr.ip, conn.laddr.port, p.name()))
+            except psutil.NoSuchProcess:
+                continue
+        assert any(lport == port for _, lport, _ in listening), listening
+        exposed = [entry for entry in listening if entry[0] not in LOOPBACK]
+        assert not exposed, f"listening beyond loopback: {exposed}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
