@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence, TypeVar
+from typing import Literal, Sequence, TypeVar
 
 import numpy as np
 import torch

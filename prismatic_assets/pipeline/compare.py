@@ -21,12 +21,12 @@ import numpy as np
 
 from prismatic_assets.core.diversity import Coverage, cluster_coverage, pca_2d
 from prismatic_assets.core.gradients import GradientEmbedder
-from prismatic_assets.core.gvendi import g_vendi
 from prismatic_assets.core.selection import cluster_in_batches
 from prismatic_assets.pipeline.baselines import (MetricValue, StepProgress, embedding_metric, hidden_vectors,
                                                  store_metric, text_metrics)
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
 from prismatic_assets.pipeline.embeddings import Progress
+from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
 
 DEFAULT_QS = (1.0, 2.0, float("inf"))
@@ -114,6 +114,28 @@ def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _distinguishing_examples(coverage, clustering, set_index: np.ndarray, vectors, ids, names, samples_by_id,
+                             example_clusters: int, examples: int) -> list[ClusterExample]:
+    """The samples nearest the centroids of the clusters whose shares differ most between sets."""
+    found = []
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors])])
+    for c in coverage.distinguishing(example_clusters):
+        owner = int(np.argmax(coverage.shares[:, c]))
+        rows = np.flatnonzero((clustering.assignments == c) & (set_index == owner))
+        rows = rows[np.argsort(-clustering.similarities[rows], kind="stable")][:examples]
+        picked = []
+        for r in rows:
+            sid = ids[owner][r - offsets[owner]]
+            sample = samples_by_id[(names[owner], sid)]
+            picked.append({"sample_id": sid, "source_ref": sample.source_ref, "prompt": _excerpt(sample.prompt),
+                           "response": _excerpt(sample.response),
+                           "similarity": round(float(clustering.similarities[r]), 4)})
+        found.append(ClusterExample(cluster=int(c), contrast=float(coverage.contrast[c]),
+                                    shares={n: float(coverage.shares[i, c]) for i, n in enumerate(names)},
+                                    set_name=names[owner], samples=picked))
+    return found
+
+
 def compare_sets(sets: Sequence[LoadedSet], embedder: GradientEmbedder, store: MetadataStore, *,
                  qs: Sequence[float] = DEFAULT_QS, clusters: int | None = None, cluster_seed: int = 0,
                  examples: int = 2, example_clusters: int = 3, batch_size: int = 8, max_length: int | None = None,
@@ -152,7 +174,7 @@ def compare_sets(sets: Sequence[LoadedSet], embedder: GradientEmbedder, store: M
             name=s.name, source=s.source, n_loaded=len(s.samples), n_rejected=len(s.rejections),
             rejections=[{"ref": r.source_ref, "reason": r.reason} for r in s.rejections[:20]],
             n_vectors=len(pool.sample_ids), excluded=pool.excluded,
-            g_vendi={q: g_vendi(pool.vectors, q=q).score for q in qs}, metrics=metrics,
+            g_vendi={q: score_vectors(pool.vectors, q).score for q in qs}, metrics=metrics,
             n_computed=report.n_computed, n_cached=report.n_cached))
         vectors.append(pool.vectors)
         ids.append(pool.sample_ids)
@@ -166,23 +188,8 @@ def compare_sets(sets: Sequence[LoadedSet], embedder: GradientEmbedder, store: M
     clustering = cluster_in_batches(union, k, seed=cluster_seed)
     coverage = cluster_coverage(clustering.assignments, set_index, names, k)
 
-    found = []
-    if len(sets) > 1:
-        offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors])])
-        for c in coverage.distinguishing(example_clusters):
-            owner = int(np.argmax(coverage.shares[:, c]))
-            rows = np.flatnonzero((clustering.assignments == c) & (set_index == owner))
-            rows = rows[np.argsort(-clustering.similarities[rows], kind="stable")][:examples]
-            picked = []
-            for r in rows:
-                sid = ids[owner][r - offsets[owner]]
-                sample = samples_by_id[(names[owner], sid)]
-                picked.append({"sample_id": sid, "source_ref": sample.source_ref, "prompt": _excerpt(sample.prompt),
-                               "response": _excerpt(sample.response),
-                               "similarity": round(float(clustering.similarities[r]), 4)})
-            found.append(ClusterExample(cluster=int(c), contrast=float(coverage.contrast[c]),
-                                        shares={n: float(coverage.shares[i, c]) for i, n in enumerate(names)},
-                                        set_name=names[owner], samples=picked))
+    found = _distinguishing_examples(coverage, clustering, set_index, vectors, ids, names, samples_by_id,
+                                     example_clusters, examples) if len(sets) > 1 else []
 
     rng = np.random.default_rng(cluster_seed)
     shown = np.sort(rng.choice(len(union), MAP_MAX_POINTS, replace=False)) if len(union) > MAP_MAX_POINTS \

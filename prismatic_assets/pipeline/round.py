@@ -102,10 +102,6 @@ def _rate(passed: int, entered: int) -> float:
     return passed / entered if entered else 0.0
 
 
-def _rate(passed: int, entered: int) -> float:
-    return passed / entered if entered else 0.0
-
-
 class _Timer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}

@@ -29,12 +29,13 @@ from prismatic_assets.core.clustering import Clustering, assign_to_centroids
 from prismatic_assets.core.decontamination import NGramIndex, find_duplicates
 from prismatic_assets.core.generation import GenerationError, Generator, PartialGenerationError, SamplingConfig
 from prismatic_assets.core.gradients import GradientEmbedder
-from prismatic_assets.core.gvendi import GVendiResult, g_vendi
+from prismatic_assets.core.gvendi import GVendiResult
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.prompts import build_problem_request, build_solution_request, draw_few_shot, parse_problems
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embeddings import PoolVectors, embed_samples, pool_vectors
+from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import (SYNTHESIS_SOURCE, CandidateRow, DecisionRow, GenerationRow,
                                                      RequestRow, ScoreRow, completed_rounds, generation_key,
@@ -555,11 +556,11 @@ def score_round(pool: PoolState, embedded: Embedded, accepted_rows: Sequence[int
     """G-Vendi before, after, and for the random control: the pool plus as many candidates
     (of those with a gradient) drawn at random as the filter accepted."""
     pv, vectors = pool.vectors, embedded.vectors
-    before = g_vendi(pv.vectors, q=q)
-    after = g_vendi(np.concatenate([pv.vectors, vectors[list(accepted_rows)]]), q=q) if accepted_rows else before
+    before = score_vectors(pv.vectors, q)
+    after = score_vectors(np.concatenate([pv.vectors, vectors[list(accepted_rows)]]), q) if accepted_rows else before
     control_seed = derive_seed("random_control", seed, round)
     control_rows = sorted(random.Random(control_seed).sample(range(len(embedded.candidates)), len(accepted_rows)))
-    control = g_vendi(np.concatenate([pv.vectors, vectors[control_rows]]), q=q) if control_rows else before
+    control = score_vectors(np.concatenate([pv.vectors, vectors[control_rows]]), q) if control_rows else before
     for row in control_rows:
         embedded.candidates[row].in_random_control = True
     key, n_excluded, config = pool.embedding_key, len(pv.excluded), {"q": q, "round": round}

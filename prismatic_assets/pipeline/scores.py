@@ -14,7 +14,7 @@ def score_pool(store: MetadataStore | None, pool: PoolVectors, q: float, embeddi
     if not pool.sample_ids:
         raise ValueError(f"no sample has a valid gradient vector ({len(pool.excluded)} excluded, e.g. "
                          f"{list(pool.excluded.items())[:3]}): nothing to score")
-    result = g_vendi(pool.vectors, q=q, compute_dtype="float32")
+    result = score_vectors(pool.vectors, q)
     if store is not None:
         score_id = digest({"scope": scope, "metric": "g_vendi", "q": q, "members": pool.sample_ids,
                            "key": embedding_key})
@@ -22,3 +22,14 @@ def score_pool(store: MetadataStore | None, pool: PoolVectors, q: float, embeddi
                             entropy=result.entropy, n=result.n, dim=result.dim, n_excluded=len(pool.excluded),
                             embedding_key=embedding_key, config={"q": q}, run_id=run_id)
     return result
+
+
+#: The precision of every G-Vendi the pipeline stores or reports: float32 batches, summed in
+#: float64 (`core.gvendi`); one setting, so a set scored by `score`, `compare`, `select` or a
+#: round gets the same number.
+SCORE_DTYPE = "float32"
+
+
+def score_vectors(vectors, q: float = 1.0) -> GVendiResult:
+    """G-Vendi of (N, d) unit vectors at the pipeline's precision."""
+    return g_vendi(vectors, q=q, compute_dtype=SCORE_DTYPE)

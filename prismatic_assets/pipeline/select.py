@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 
 from prismatic_assets.core.gradients import GradientEmbedder
-from prismatic_assets.core.gvendi import g_vendi
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.core.selection import METHODS, random_subset, select
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
 from prismatic_assets.pipeline.embeddings import Progress
+from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
 
 RANDOM_BASELINE_SEEDS = 5
@@ -130,13 +130,13 @@ def select_from_set(loaded: LoadedSet, embedder: GradientEmbedder, store: Metada
         sample = by_id[pool.sample_ids[int(row)]]
         picks.append((sample, chosen.reason(rank)))
     seeds = baseline_seeds(seed)
-    randoms = [g_vendi(pool.vectors[np.sort(random_subset(n, k, s))], q=q).score for s in seeds]
+    randoms = [score_vectors(pool.vectors[np.sort(random_subset(n, k, s))], q).score for s in seeds]
     notes = []
     if k == n:
         notes.append("k equals the number of candidates: every method returns the whole set")
     return SubsetReport(
         source=loaded.source, method=method, k=k, seed=seed, q=float(q), picks=picks,
-        g_vendi=g_vendi(pool.vectors[np.sort(chosen.indices)], q=q).score, random_g_vendi=randoms,
+        g_vendi=score_vectors(pool.vectors[np.sort(chosen.indices)], q).score, random_g_vendi=randoms,
         random_seeds=seeds, n_loaded=len(loaded.samples), n_rejected=len(loaded.rejections), n_candidates=n,
         excluded=pool.excluded, rejections=[{"ref": r.source_ref, "reason": r.reason} for r in loaded.rejections],
         params=chosen.params, model=model or str(getattr(embedder.model.config, "_name_or_path", "")),
