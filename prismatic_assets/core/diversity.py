@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -138,19 +139,40 @@ class DistinctN:
     n_texts: int
 
 
-def distinct_n(texts: Sequence[str], n: int) -> DistinctN:
-    """Distinct n-grams over all n-grams of a set of texts (n-grams stay within one text)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer (1 for unigrams), got {n!r}")
-    seen: set[tuple[str, ...]] = set()
-    total = 0
+def distinct_ns(texts: Iterable[str], ns: Sequence[int] = (1, 2, 3)) -> dict[int, DistinctN]:
+    """distinct-n for several n in one pass over the texts (each text is tokenized once).
+
+    Each n-gram is kept as a 64-bit hash (numpy), not as a tuple of strings, so large sets
+    fit in memory; collisions start to matter only near 4e9 distinct n-grams.
+    """
+    ns = tuple(ns)
+    for n in ns:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer (1 for unigrams), got {n!r}")
+    chunks: dict[int, list[np.ndarray]] = {n: [] for n in ns}
+    totals = {n: 0 for n in ns}
+    n_texts = 0
     for text in texts:
+        n_texts += 1
         tokens = ngram_tokens(text)
-        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-        total += len(grams)
-        seen.update(grams)
-    value = len(seen) / total if total else float("nan")
-    return DistinctN(n=n, value=value, unique=len(seen), total=total, n_texts=len(texts))
+        for n in ns:
+            grams = [hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)]
+            totals[n] += len(grams)
+            if grams:
+                chunks[n].append(np.unique(np.array(grams, dtype=np.int64)))
+            if len(chunks[n]) > 4096:  # fold, so memory follows the distinct n-grams, not the texts
+                chunks[n] = [np.unique(np.concatenate(chunks[n]))]
+    out = {}
+    for n in ns:
+        unique = int(np.unique(np.concatenate(chunks[n])).size) if chunks[n] else 0
+        value = unique / totals[n] if totals[n] else float("nan")
+        out[n] = DistinctN(n=n, value=value, unique=unique, total=totals[n], n_texts=n_texts)
+    return out
+
+
+def distinct_n(texts: Iterable[str], n: int) -> DistinctN:
+    """Distinct n-grams over all n-grams of a set of texts (n-grams stay within one text)."""
+    return distinct_ns(texts, (n,))[n]
 
 
 @dataclass(frozen=True)
@@ -161,13 +183,36 @@ class CompressionRatio:
     n_texts: int
 
 
-def compression_ratio(texts: Sequence[str]) -> CompressionRatio:
-    """UTF-8 bytes of the texts joined by newlines over their gzip size (level 9, fixed mtime)."""
-    data = "\n".join(texts).encode("utf-8")
-    if not data:
-        return CompressionRatio(float("nan"), 0, 0, len(texts))
-    compressed = len(gzip.compress(data, compresslevel=9, mtime=0))
-    return CompressionRatio(len(data) / compressed, len(data), compressed, len(texts))
+class _CountingSink(io.RawIOBase):
+    """A write-only file that counts the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+def compression_ratio(texts: Iterable[str]) -> CompressionRatio:
+    """UTF-8 bytes of the texts joined by newlines over their gzip size (level 9, fixed mtime).
+
+    Streamed: the joined text is never held in memory.
+    """
+    sink = _CountingSink()
+    raw = n_texts = 0
+    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=9, mtime=0) as gz:
+        for i, text in enumerate(texts):
+            data = (text if i == 0 else "\n" + text).encode("utf-8")
+            gz.write(data)
+            raw += len(data)
+            n_texts += 1
+    if raw == 0:
+        return CompressionRatio(float("nan"), 0, 0, n_texts)
+    return CompressionRatio(raw / sink.size, raw, sink.size, n_texts)
 
 
 def sample_text(prompt: str, response: str) -> str:

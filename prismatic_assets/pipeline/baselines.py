@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prismatic_assets.core.diversity import (TEXT_METRICS_VERSION, compression_ratio, distinct_n, embedding_vendi,
+from prismatic_assets.core.diversity import (TEXT_METRICS_VERSION, compression_ratio, distinct_ns, embedding_vendi,
                                              hidden_state_key, mean_pooled_hidden_states, sample_text)
 from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.ids import digest
@@ -121,19 +121,33 @@ class MetricValue:
         return math.log(self.value) if not math.isnan(self.q) and self.value > 0 else float("nan")
 
 
-def text_metrics(samples: Sequence[Sample]) -> list[MetricValue]:
-    """distinct-1/2/3 and the compression ratio of the samples' prompt + response texts."""
-    texts = [sample_text(s.prompt, s.response) for s in samples]
+#: Text metrics read at most this many samples (a seeded random sample of larger sets).
+MAX_TEXTS = 20_000
+
+
+def text_metrics(samples: Sequence[Sample], max_texts: int | None = MAX_TEXTS, seed: int = 0) -> list[MetricValue]:
+    """distinct-1/2/3 and the compression ratio of the samples' prompt + response texts.
+
+    Sets larger than `max_texts` are read through a seeded random sample of that size (N in
+    the result says how many were read): tokenizing a million samples in Python takes long,
+    and distinct-n falls with set size anyway, so equal-size samples compare better.
+    """
+    chosen = list(samples)
+    sampled_from = None
+    if max_texts is not None and len(chosen) > max_texts:
+        rows = np.sort(np.random.default_rng(seed).choice(len(chosen), size=max_texts, replace=False))
+        sampled_from, chosen = len(chosen), [chosen[i] for i in rows]
+    texts = [sample_text(s.prompt, s.response) for s in chosen]
+    extra = {"sampled_from": sampled_from, "sample_seed": seed} if sampled_from else {}
     out = []
-    for n in (1, 2, 3):
-        d = distinct_n(texts, n)
+    for n, d in distinct_ns(texts, (1, 2, 3)).items():
         out.append(MetricValue(f"distinct_{n}", d.value, len(texts),
                                details={"ngram": n, "unique": d.unique, "total": d.total,
-                                        "tokens": "lowercased words and punctuation marks"}))
+                                        "tokens": "lowercased words and punctuation marks", **extra}))
     c = compression_ratio(texts)
     out.append(MetricValue("compression_ratio", c.value, len(texts),
                            details={"raw_bytes": c.raw_bytes, "compressed_bytes": c.compressed_bytes,
-                                    "codec": "gzip level 9", "reading": "higher = more redundant"}))
+                                    "codec": "gzip level 9", "reading": "higher = more redundant", **extra}))
     return out
 
 

@@ -76,3 +76,22 @@ def test_record_baselines_max_length_changes_the_hidden_state_key(embedder, tmp_
 def test_record_baselines_needs_samples(embedder, tmp_path):
     with pytest.raises(ValueError, match="no samples"):
         record_baselines(MetadataStore(tmp_path / "m.duckdb"), [], scope="seed", embedder=embedder)
+
+
+def test_text_metrics_read_a_seeded_sample_of_large_sets():
+    from prismatic_assets.core.diversity import distinct_n
+    from prismatic_assets.pipeline.baselines import text_metrics
+
+    many = [Sample(f"m:{i}", f"question {i} about item {i % 7}", f"answer {i * 3}") for i in range(50)]
+    full = {m.metric: m for m in text_metrics(many, max_texts=None)}
+    assert full["distinct_1"].n == 50 and "sampled_from" not in full["distinct_1"].details
+    texts = [f"{s.prompt}\n{s.response}" for s in many]
+    assert full["distinct_2"].value == pytest.approx(distinct_n(texts, 2).value)
+    part = {m.metric: m for m in text_metrics(many, max_texts=10, seed=1)}
+    assert part["distinct_1"].n == 10 and part["distinct_1"].details["sampled_from"] == 50
+    assert part["distinct_1"].value != pytest.approx(full["distinct_1"].value)
+    again = {m.metric: m for m in text_metrics(many, max_texts=10, seed=1)}
+    other = {m.metric: m for m in text_metrics(many, max_texts=10, seed=2)}
+    assert again["compression_ratio"].value == part["compression_ratio"].value
+    assert other["distinct_2"].details["unique"] != part["distinct_2"].details["unique"] or \
+        other["compression_ratio"].value != part["compression_ratio"].value
