@@ -136,7 +136,7 @@ def select_from_set(loaded: LoadedSet, embedder: GradientEmbedder, store: Metada
         notes.append("k equals the number of candidates: every method returns the whole set")
     return SubsetReport(
         source=loaded.source, method=method, k=k, seed=seed, q=float(q), picks=picks,
-        g_vendi=score_vectors(pool.vectors[np.sort(chosen.indices)], q).score, random_g_vendi=randoms,
+        g_vendi=score_vectors(pool.vectors[chosen.indices], q).score, random_g_vendi=randoms,  # pick order, as written
         random_seeds=seeds, n_loaded=len(loaded.samples), n_rejected=len(loaded.rejections), n_candidates=n,
         excluded=pool.excluded, rejections=[{"ref": r.source_ref, "reason": r.reason} for r in loaded.rejections],
         params=chosen.params, model=model or str(getattr(embedder.model.config, "_name_or_path", "")),
