@@ -191,6 +191,20 @@ class EvaluationConfig(_Block):
                             "asks only for the rest)")
 
 
+class CompareConfig(_Block):
+    """The profile's `compare` section: which data sets `dataset_comparison` puts beside the seed pool."""
+
+    datasets: list[str] = Field(default_factory=list,
+                                description="paths (.jsonl/.json/.parquet), 'champ' or 'hf:owner/name[:split]'")
+    names: list[str] = Field(default_factory=list, description="one label per data set (default: file stems)")
+    fields: Optional[str] = Field(None, description="field mapping for the data sets, e.g. prompt=question,...")
+    limit: Optional[int] = Field(None, ge=1, description="read only the first N valid rows of each data set")
+    include_seed: bool = Field(True, description="compare the seed pool too, as the first set ('seed')")
+    clusters: Optional[int] = Field(None, ge=2, description="clusters of the union for coverage (None: ~sqrt(N))")
+    cluster_seed: int = 0
+    examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
+
+
 class TrackingConfig(_Block):
     tracking_uri: Optional[str] = Field(None, description="None: $MLFLOW_TRACKING_URI, else sqlite under data_dir")
     experiment: str = "prismatic"
@@ -208,6 +222,7 @@ class Config(_Block):
     synthesis: SynthesisConfig = SynthesisConfig()
     distill: DistillConfig = DistillConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    compare: CompareConfig = CompareConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("data_dir")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dagster as dg
 
 from prismatic_assets.assets.backbone import BACKBONE_ASSETS
+from prismatic_assets.assets.comparison import dataset_comparison
 from prismatic_assets.assets.distillation import distilled_model, student_evaluation
 from prismatic_assets.assets.rounds import next_synthesis_round, synthesis_round, synthesis_round_job
 from prismatic_assets.checks import BACKBONE_CHECKS, ROUND_CHECKS
 from prismatic_assets.config import load_config
 from prismatic_assets.dagster_resources import build_resources
 
-ASSETS = [*BACKBONE_ASSETS, synthesis_round, distilled_model, student_evaluation]
+ASSETS = [*BACKBONE_ASSETS, synthesis_round, distilled_model, student_evaluation, dataset_comparison]
 
 
 def build_definitions(profile: str | None = None) -> dg.Definitions:

@@ -18,6 +18,8 @@ LINEAGE = {
     "synthesis_round": {"seed_samples", "gradient_embeddings"},
     "distilled_model": {"seed_samples", "gradient_embeddings", "synthesis_round"},
     "student_evaluation": {"distilled_model", "seed_samples"},
+    # Beside the lineage: the seed pool next to the data sets of the profile's `compare` section.
+    "dataset_comparison": {"gradient_embeddings"},
 }
 
 
@@ -37,8 +39,8 @@ def test_definitions_for_every_profile_match_the_lineage(profile, monkeypatch):
 
 
 def test_assets_are_module_level_and_testable_without_definitions():
-    from prismatic_assets.assets import backbone, distillation, rounds
+    from prismatic_assets.assets import backbone, comparison, distillation, rounds
 
-    module_level = {a.key.to_user_string() for m in (backbone, distillation, rounds)
+    module_level = {a.key.to_user_string() for m in (backbone, comparison, distillation, rounds)
                     for a in vars(m).values() if isinstance(a, dg.AssetsDefinition)}
     assert module_level == set(LINEAGE) == {a.key.to_user_string() for a in ASSETS}

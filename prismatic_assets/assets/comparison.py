@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field
+
+from prismatic_assets.config import CompareConfig
+from pydantic import Field
 
 from prismatic_assets import plots
 from prismatic_assets.compare_report import map_png, metric_rows, render_html, share_bars_png
@@ -28,22 +30,6 @@ from prismatic_assets.pipeline.seed import load_seed
 
 GROUP = "analysis"
 SEED_SET = "seed"
-
-
-class CompareConfig(BaseModel):
-    """The profile's `compare` section: which data sets `dataset_comparison` puts beside the seed pool."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    datasets: list[str] = Field(default_factory=list,
-                                description="paths (.jsonl/.json/.parquet), 'champ' or 'hf:owner/name[:split]'")
-    names: list[str] = Field(default_factory=list, description="one label per data set (default: file stems)")
-    fields: Optional[str] = Field(None, description="field mapping for the data sets, e.g. prompt=question,...")
-    limit: Optional[int] = Field(None, ge=1, description="read only the first N valid rows of each data set")
-    include_seed: bool = Field(True, description="compare the seed pool too, as the first set ('seed')")
-    clusters: Optional[int] = Field(None, ge=2, description="clusters of the union for coverage (None: ~sqrt(N))")
-    cluster_seed: int = 0
-    examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
 
 
 class CompareRunConfig(dg.Config):
@@ -60,7 +46,7 @@ class CompareRunConfig(dg.Config):
 
 def compare_settings(profile: ProfileResource, run: CompareRunConfig) -> CompareConfig:
     """The profile's `compare` section with the run's overrides applied."""
-    base = getattr(profile.config(), "compare", None) or CompareConfig()
+    base = profile.config().compare
     changes = {k: v for k, v in run.model_dump().items() if v is not None}
     return CompareConfig(**{**base.model_dump(), **changes})
 
