@@ -119,6 +119,8 @@ def _unit_rows(x, name: str, offset: int = 0) -> np.ndarray:
     if not (norms > 0).all():
         raise ValueError(f"{name} row {offset + int(np.argmin(norms > 0))} is all zeros and has no direction: "
                          "exclude it first")
+    if np.abs(norms - 1.0).max() <= 1e-6:
+        return a  # already unit rows (vectors from the store are): no (n, d) copy
     scale = (1.0 / norms).astype(np.float32)[:, None]
     if np.may_share_memory(a, given):
         return a * scale  # the caller's array is never changed

@@ -318,3 +318,14 @@ def test_gpu_and_cpu_clusterings_agree():
     cpu = assign_to_centroids(x, centroids, gpu=False)
     gpu = assign_to_centroids(x, centroids, gpu=True)
     assert (cpu[0] == gpu[0]).mean() > 0.999 and np.allclose(cpu[1], gpu[1], atol=1e-4)
+
+
+def test_unit_float32_rows_are_used_in_place_and_others_normalized_in_a_copy():
+    from prismatic_assets.core.clustering import _unit_rows
+
+    x = _groups(100)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert _unit_rows(unit, "vectors") is unit  # no (n, d) copy for vectors that are unit already
+    before = x.copy()
+    out = _unit_rows(x, "vectors")
+    assert np.array_equal(x, before) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-6)
