@@ -97,6 +97,9 @@ class ComputeConfig(_Block):
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1, description="samples per gradient batch")
+    shard_rows: int = Field(4096, ge=1, description="vectors per Parquet shard; a killed run keeps finished shards")
+    shard_seconds: float = Field(60.0, gt=0, description="a shard is also written after this long: a killed run "
+                                 "loses at most this much gradient work")
 
 
 class EngineConfig(_Block):

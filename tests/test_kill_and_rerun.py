@@ -56,6 +56,7 @@ class Pipeline:
             "seed": {"source": "champ", "limit": 50, "holdout_fraction": 0.2},
             "proxy": {"model": proxy_dir, "max_length": 256},
             "projection": {"dim": 64},
+            "compute": {"shard_rows": 8},  # a Parquet shard of finished vectors every 8 samples
             "clustering": {"ratio": 0.2},
             "synthesis": {"generator": {**llm, "model": "fake-generator"}, "teacher": {**llm, "model": "fake-teacher"},
                           "requests_per_round": N_REQUESTS},
@@ -144,15 +145,20 @@ def pipeline(tmp_path_factory, packaged_tokenizer):
     server.close()
 
 
+def _shard_rows(pipeline) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(p).num_rows for p in (pipeline.root / "data" / "shards").rglob("*.parquet"))
+
+
 def test_embedding_killed_then_rerun_computes_only_the_rest(pipeline):
     assert pipeline.materialize("seed_samples") == 0
-    assert pipeline.materialize("gradient_embeddings",
-                                kill_when=lambda: pipeline.count("embeddings") >= 8) == "killed"
-    kept = pipeline.count("embeddings")
-    assert 8 <= kept < N_POOL
+    assert pipeline.materialize("gradient_embeddings", kill_when=lambda: _shard_rows(pipeline) >= 8) == "killed"
+    kept = _shard_rows(pipeline)  # finished shards survive the kill; nothing reached the store yet
+    assert 8 <= kept < N_POOL and pipeline.count("embeddings") == 0
     assert pipeline.materialize("gradient_embeddings") == 0
     meta = pipeline.metadata("gradient_embeddings")
-    assert (meta["n_cached"], meta["n_computed"]) == (kept, N_POOL - kept)
+    assert (meta["n_resumed"], meta["n_cached"], meta["n_computed"]) == (kept, kept, N_POOL - kept)
     assert pipeline.count("embeddings") == N_POOL
     assert pipeline.sql("SELECT count(*) - count(DISTINCT content_hash || embedding_key) FROM embeddings")[0][0] == 0
 

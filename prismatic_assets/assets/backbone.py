@@ -128,11 +128,12 @@ def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSna
                  "compute": compute.backend if compute.backend == "local" else
                  f"ray: {compute.workers} workers x ({compute.gpus_per_worker:g} GPU, {compute.cpus_per_worker:g} CPU)",
                  "batch_size": compute.batch_size}
-        return _embed_pool(context, db, samples, embedder, seed_samples, about)
+        return _embed_pool(context, db, samples, embedder, seed_samples, about,
+                           shard_rows=compute.shard_rows, shard_seconds=compute.shard_seconds)
 
 
 def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_samples: SeedSnapshot,
-                about: dict) -> dg.Output[EmbeddingSnapshot]:
+                about: dict, **shards: float) -> dg.Output[EmbeddingSnapshot]:
     started = time.perf_counter()
     log_every = max(1, len(samples) // 20)
 
@@ -143,7 +144,7 @@ def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_s
             note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
             context.log.info(f"gradients {i}/{n}, {elapsed / i:.2f} s/sample, ETA {eta:.0f} s{note}")
 
-    report = embed_samples(samples, embedder, db, context.run_id, progress=progress)
+    report = embed_samples(samples, embedder, db, context.run_id, progress=progress, **shards)
     vectors = pool_vectors(db, samples, report.embedding_key, report.dim)
     snapshot = EmbeddingSnapshot(report.embedding_key, report.dim, seed_samples.pool_ids,
                                  len(vectors.sample_ids), vectors.excluded)

@@ -31,9 +31,10 @@ from prismatic_assets.store.shards import ShardFolder, embedding_rows_table
 from prismatic_assets.store.store import EmbeddingRow, MetadataStore
 
 Progress = Callable[[int, int, Sample, Embedding], None]
-#: A shard is written when this many results are pending, or after SHARD_SECONDS.
-SHARD_ROWS = 4096
-SHARD_SECONDS = 60.0
+#: A shard is written when this many results are pending, or after SHARD_SECONDS (the
+#: defaults of `compute.shard_rows` / `compute.shard_seconds`).
+SHARD_ROWS: int = ComputeConfig.model_fields["shard_rows"].default
+SHARD_SECONDS: float = ComputeConfig.model_fields["shard_seconds"].default
 
 
 def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig, batch_size: int = 8) -> GradientEmbedder:
