@@ -56,7 +56,7 @@ class Pipeline:
             "seed": {"source": "champ", "limit": 50, "holdout_fraction": 0.2},
             "proxy": {"model": proxy_dir, "max_length": 256},
             "projection": {"dim": 64},
-            "compute": {"shard_rows": 8},  # a Parquet shard of finished vectors every 8 samples
+            "compute": {"shard_rows": 8, "batch_size": 1},  # a Parquet shard every 8 samples, one sample per step
             "clustering": {"ratio": 0.2},
             "synthesis": {"generator": {**llm, "model": "fake-generator"}, "teacher": {**llm, "model": "fake-teacher"},
                           "requests_per_round": N_REQUESTS},
