@@ -1,13 +1,17 @@
-# One command each: `make demo` sets up and materializes the pipeline on the local profile,
+# One command each: `make demo` sets up and materializes the pipeline on the local profile
+# (`make experiment` adds one student per arm),
 # `make test` sets up and runs the test suite.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench ui
+.PHONY: setup demo experiment test bench ui
 setup:
 	bash scripts/setup.sh
 
 demo: setup
 	$(PY) -m prismatic_assets.cli demo
+
+experiment: setup
+	$(PY) -m prismatic_assets.cli experiment
 
 test: setup
 	$(PY) -m pytest

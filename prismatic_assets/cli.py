@@ -4,11 +4,13 @@
     prismatic compare A B [C ...] [--json] [--html report.html]
     prismatic select DATA --k N [--method cluster-balanced|greedy|random] --out subset.jsonl
     prismatic demo [--profile local]
+    prismatic experiment [--profile local]
     prismatic rounds N [--profile local]
     prismatic config show [--profile paper] [--defaults] [--markdown]
 
-`score` prints a data set's G-Vendi without Dagster; `demo` materializes every asset of a
-profile through Dagster (the runs then show in `dagster dev`).
+`score` prints a data set's G-Vendi without Dagster; `demo` materializes the backbone and
+the arm rounds through Dagster (the runs then show in `dagster dev`); `experiment` adds one
+student per arm; `rounds` runs the LLM synthesis rounds.
 """
 
 from __future__ import annotations
@@ -99,28 +101,47 @@ def _materialize(selection: str, env: dict[str, str], partition: str | None = No
     return code, time.perf_counter() - started
 
 
-def _run_rounds(settings, env: dict[str, str], count: int) -> int:
-    """Add and materialize the next `count` round partitions, one run each, in order."""
+def _run_partitions(env: dict[str, str], asset: str, partitions: str, upcoming, count: int, label: str) -> int:
+    """Add and materialize the next `count` partitions of a round asset, one run each, in order.
+
+    upcoming(): the round to run next, read from the store before each run."""
     import dagster as dg
 
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    with dg.DagsterInstance.get() as instance:
+        for _ in range(count):
+            partition = str(upcoming())
+            if not instance.has_dynamic_partition(partitions, partition):
+                instance.add_dynamic_partitions(partitions, [partition])
+            print(f"[{label}] round {partition}", flush=True)
+            code, seconds = _materialize(asset, env, partition=partition)
+            if code != 0:
+                print(f"[{label}] round {partition} failed after {seconds:.0f} s (exit {code}); what it computed is "
+                      f"cached: run the same command again to resume", file=sys.stderr)
+                return code
+            print(f"[{label}] round {partition} done in {seconds:.0f} s", flush=True)
+    return 0
+
+
+def _run_rounds(settings, env: dict[str, str], count: int) -> int:
+    """The next `count` synthesis rounds (LLM generator and teacher)."""
     from prismatic_assets.assets.rounds import ROUNDS, next_round
     from prismatic_assets.store.store import MetadataStore
 
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     store = MetadataStore(settings.store_path)
-    with dg.DagsterInstance.get() as instance:
-        for _ in range(count):
-            upcoming = str(next_round(store))
-            if not instance.has_dynamic_partition(ROUNDS.name, upcoming):
-                instance.add_dynamic_partitions(ROUNDS.name, [upcoming])
-            print(f"[rounds] round {upcoming}", flush=True)
-            code, seconds = _materialize("synthesis_round", env, partition=upcoming)
-            if code != 0:
-                print(f"[rounds] round {upcoming} failed after {seconds:.0f} s (exit {code}); its generations are "
-                      f"cached: run the same command again to resume", file=sys.stderr)
-                return code
-            print(f"[rounds] round {upcoming} done in {seconds:.0f} s", flush=True)
-    return 0
+    return _run_partitions(env, "synthesis_round", ROUNDS.name, lambda: next_round(store), count, "rounds")
+
+
+def _run_arm_rounds(settings, env: dict[str, str]) -> int:
+    """Arm rounds up to `arms.rounds` (the ones already complete are kept)."""
+    from prismatic_assets.assets.arms import ARM_ROUNDS
+    from prismatic_assets.pipeline.arms import next_arm_round
+    from prismatic_assets.store.store import MetadataStore
+
+    store = MetadataStore(settings.store_path)
+    todo = max(0, settings.arms.rounds - next_arm_round(store, settings.arms.arms) + 1)
+    return _run_partitions(env, "arm_round", ARM_ROUNDS.name, lambda: next_arm_round(store, settings.arms.arms),
+                           todo, "arms")
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
@@ -133,6 +154,16 @@ def _cmd_rounds(args: argparse.Namespace) -> int:
     return code
 
 
+def _demo_steps(settings, env: dict[str, str], timings: dict[str, float]) -> int:
+    """The backbone, then the arm rounds."""
+    code, timings["backbone"] = _materialize(BACKBONE, env)
+    if code == 0:
+        started = time.perf_counter()
+        code = _run_arm_rounds(settings, env)
+        timings["arm rounds"] = time.perf_counter() - started
+    return code
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prismatic_assets.config import load_config
 
@@ -140,20 +171,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     env = dagster_env(args.profile)
     os.makedirs(settings.data_path, exist_ok=True)
     print(f"[demo] profile {settings.profile} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
-    timings = {}
-    code, timings["backbone"] = _materialize(BACKBONE, env)
-    if code == 0 and settings.synthesis.demo_rounds:
-        started = time.perf_counter()
-        code = _run_rounds(settings, env, settings.synthesis.demo_rounds)
-        timings["rounds"] = time.perf_counter() - started
-    if code == 0:
-        code, timings["distill+evaluation"] = _materialize("distilled_model,student_evaluation", env)
+    timings: dict[str, float] = {}
+    code = _demo_steps(settings, env, timings)
+    if code == 0 and args.experiment:
+        code, timings["students"] = _materialize("arm_students", env)
     if code != 0:
         print(f"[demo] failed (exit {code}); see the log above", file=sys.stderr)
         return code
     print("[demo] wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    _print_summary(settings)
+    _print_arms_summary(settings)
     return 0
+
+
+def _print_arms_summary(settings) -> None:
+    from prismatic_assets.pipeline.arms import summary_lines
+    from prismatic_assets.store.store import MetadataStore
+
+    store = MetadataStore(settings.store_path)
+    print(f"[demo] G-Vendi of each arm's pool after each round (gain over the round), accepted per round; "
+          f"budget {settings.arms.budget} per arm:")
+    for line in summary_lines(store, settings.arms.arms):
+        print("  " + line)
+    table = settings.data_path / "plots" / "arms-accuracy.md"
+    if table.is_file():
+        print("[demo] students, one per arm, on held-out tasks (n, accuracy, 95% Wilson interval):")
+        for line in table.read_text().splitlines():
+            print("  " + line)
+    else:
+        print("[demo] accuracies: not computed in this run (make experiment trains one student per arm)")
+    print(f"[demo] metadata store: {settings.store_path}")
+    print("[demo] Dagster UI: make ui, then http://127.0.0.1:3000 -> Assets -> arm_round (metadata: per_arm, "
+          "g_vendi_per_arm chart) and arm_students")
+    print(f"[demo] MLflow: mlflow ui --backend-store-uri sqlite:///{settings.data_path / 'mlflow.db'} "
+          "-> experiment 'prismatic', runs arms-round-N (plots/) and arm-students")
 
 
 def _print_summary(settings) -> None:
@@ -219,9 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print a JSON report (no progress bar)")
     score.set_defaults(func=_cmd_score)
 
-    demo = sub.add_parser("demo", help="materialize the pipeline through Dagster on a profile")
+    demo = sub.add_parser("demo", help="the backbone, then the arm rounds (prismatic vs random vs naive), "
+                                       "through Dagster")
     demo.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_demo, experiment=False)
+
+    experiment = sub.add_parser("experiment", help="the demo, then one student per arm scored on held-out tasks")
+    experiment.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
+    experiment.set_defaults(func=_cmd_demo, experiment=True)
 
     rounds = sub.add_parser("rounds", help="run the next N synthesis rounds (one Dagster run each)")
     rounds.add_argument("count", type=int, nargs="?", default=1, help="how many rounds (default 1)")

@@ -149,7 +149,6 @@ class SynthesisConfig(_Block):
     ngram: int = Field(10, ge=1, description="n-gram overlap with evaluation texts that rejects a problem")
     seed: int = 0
     chunk_size: int = Field(256, ge=1, description="requests per engine call; outputs stored after each")
-    demo_rounds: int = Field(1, ge=0, description="rounds `prismatic demo` runs after the backbone")
 
     @model_validator(mode="after")
     def _voting_possible(self) -> "SynthesisConfig":
@@ -208,6 +207,54 @@ class CompareConfig(_Block):
     examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
 
 
+class ProceduralConfig(_Block):
+    """Candidates from reasoning-gym's task generators (`core/procedural.py`), checked by each task's scorer."""
+
+    families: tuple[str, ...] = Field(
+        ("basic_arithmetic", "chain_sum", "gcd", "lcm", "leg_counting", "count_bits", "simple_equations",
+         "letter_counting", "products", "base_conversion"), description="reasoning-gym tasks candidates come from")
+    levels: tuple[int, ...] = Field((0, 1, 2), description="curriculum difficulty levels, spread evenly")
+    candidates_per_round: int = Field(120, ge=1, description="problems generated (and embedded) once per round")
+    seed: int = 0
+
+
+class ExperimentConfig(_Block):
+    """`prismatic experiment`: one student per arm, trained alike, scored on held-out tasks."""
+
+    max_steps: int = Field(40, ge=1, description="optimizer steps per student (the same for every arm)")
+    eval_per_family: int = Field(8, ge=1, description="held-out problems per task family and split")
+    ood_families: tuple[str, ...] = Field(
+        ("fraction_simplification", "prime_factorization", "time_intervals", "spell_backward"),
+        description="tasks never used for candidates: the out-of-distribution split")
+    eval_seed: int = Field(10_007, description="seed of the held-out problems (never a candidate seed)")
+    max_tokens: int = Field(64, ge=1, description="answer tokens per held-out problem")
+
+
+class ArmsConfig(_Block):
+    """Arms compared round by round at an equal acceptance budget (`pipeline/arms.py`, `prismatic demo`)."""
+
+    arms: tuple[Literal["prismatic", "random", "naive"], ...] = Field(
+        ("prismatic", "random", "naive"), description="prismatic: sparse clusters first; random: the control; "
+                                                      "naive: generation order")
+    rounds: int = Field(3, ge=1, description="rounds `prismatic demo` runs after the backbone")
+    budget: int = Field(24, ge=1, description="samples each arm accepts per round")
+    source: ProceduralConfig = ProceduralConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> "ArmsConfig":
+        if self.budget > self.source.candidates_per_round:
+            raise ValueError(f"budget={self.budget} > source.candidates_per_round={self.source.candidates_per_round}:"
+                             " no arm could fill its budget; raise candidates_per_round or lower the budget")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms={list(self.arms)} names an arm twice")
+        overlap = sorted(set(self.source.families) & set(self.experiment.ood_families))
+        if overlap:
+            raise ValueError(f"experiment.ood_families {overlap} are also candidate families: the "
+                             "out-of-distribution split must use tasks never used for candidates")
+        return self
+
+
 class TrackingConfig(_Block):
     tracking_uri: Optional[str] = Field(None, description="None: $MLFLOW_TRACKING_URI, else sqlite under data_dir")
     experiment: str = "prismatic"
@@ -226,6 +273,7 @@ class Config(_Block):
     distill: DistillConfig = DistillConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     compare: CompareConfig = CompareConfig()
+    arms: ArmsConfig = ArmsConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("data_dir")

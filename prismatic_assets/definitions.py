@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from prismatic_assets.assets.arms import arm_round, arm_round_job, arm_students
 from prismatic_assets.assets.backbone import BACKBONE_ASSETS
 from prismatic_assets.assets.comparison import dataset_comparison
 from prismatic_assets.assets.distillation import distilled_model, student_evaluation
@@ -20,7 +21,8 @@ from prismatic_assets.checks import BACKBONE_CHECKS, ROUND_CHECKS
 from prismatic_assets.config import load_config
 from prismatic_assets.dagster_resources import build_resources
 
-ASSETS = [*BACKBONE_ASSETS, synthesis_round, distilled_model, student_evaluation, dataset_comparison]
+ASSETS = [*BACKBONE_ASSETS, synthesis_round, distilled_model, student_evaluation, dataset_comparison, arm_round,
+          arm_students]
 
 
 def build_definitions(profile: str | None = None) -> dg.Definitions:
@@ -31,7 +33,7 @@ def build_definitions(profile: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=[*BACKBONE_CHECKS, *ROUND_CHECKS],
-        jobs=[synthesis_round_job],
+        jobs=[synthesis_round_job, arm_round_job],
         schedules=[next_synthesis_round],
         resources=build_resources(profile),
         executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),

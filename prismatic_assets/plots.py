@@ -55,6 +55,19 @@ def series_png(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, 
     return _png(fig)
 
 
+def scatter_png(x: Sequence[float], y: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str,
+                title: str) -> bytes:
+    """Labelled points (G-Vendi against accuracy, one point per arm)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(list(x), list(y))
+    for xi, yi, label in zip(x, y, labels):
+        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
 def bars_png(labels: Sequence[str], values: Sequence[float], ylabel: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(list(labels), list(values))

@@ -20,6 +20,9 @@ LINEAGE = {
     "student_evaluation": {"distilled_model", "seed_samples"},
     # Beside the lineage: the seed pool next to the data sets of the profile's `compare` section.
     "dataset_comparison": {"gradient_embeddings"},
+    # The arms (prismatic vs random vs naive) on procedural candidates, and one student per arm.
+    "arm_round": {"seed_samples", "gradient_embeddings"},
+    "arm_students": {"arm_round", "seed_samples"},
 }
 
 
@@ -35,12 +38,13 @@ def test_definitions_for_every_profile_match_the_lineage(profile, monkeypatch):
     assert {"profile", "store", "proxy", "engines", "tracker", "pipes_subprocess_client"} <= set(defs.resources)
     assert defs.resources["proxy"].profile == profile
     assert defs.resolve_job_def("synthesis_round_job") is not None
+    assert defs.resolve_job_def("arm_round_job") is not None
     assert defs.resolve_schedule_def("next_synthesis_round").default_status == dg.DefaultScheduleStatus.STOPPED
 
 
 def test_assets_are_module_level_and_testable_without_definitions():
-    from prismatic_assets.assets import backbone, comparison, distillation, rounds
+    from prismatic_assets.assets import arms, backbone, comparison, distillation, rounds
 
-    module_level = {a.key.to_user_string() for m in (backbone, comparison, distillation, rounds)
+    module_level = {a.key.to_user_string() for m in (arms, backbone, comparison, distillation, rounds)
                     for a in vars(m).values() if isinstance(a, dg.AssetsDefinition)}
     assert module_level == set(LINEAGE) == {a.key.to_user_string() for a in ASSETS}

@@ -1,8 +1,9 @@
-"""`prismatic demo` end to end through the real `dagster` CLI, on a tiny profile.
+"""`prismatic experiment` and `prismatic rounds` end to end through the real `dagster` CLI, on a tiny profile.
 
-Same commands as `make demo` (backbone, one round partition, distillation, evaluation), with
-a tiny random-init model in every role so it runs in minutes; the packaged model's paths
-are covered by the asset tests.
+Same commands as `make experiment` (backbone, the arm rounds, one student per arm scored on
+held-out tasks), then two LLM synthesis rounds and the round benchmark, with a tiny
+random-init model in every role so it runs in minutes; the packaged model's paths are
+covered by the asset tests.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
         "projection": {"dim": 64},
         "clustering": {"ratio": 0.2},
         "synthesis": {"generator": llm, "teacher": llm, "requests_per_round": 2,
-                      "problem_sampling": {"max_tokens": 16}, "solution_sampling": {"max_tokens": 16},
-                      "demo_rounds": 2},
+                      "problem_sampling": {"max_tokens": 16}, "solution_sampling": {"max_tokens": 16}},
         "distill": {"student": tiny_model_dir, "launcher": "python",
                     "sft": {"max_steps": 2, "save_steps": 1, "max_length": 256}},
         "evaluation": {"engine": {"backend": "transformers"}, "gsm_symbolic": 2, "max_tokens": 8},
+        "arms": {"rounds": 2, "budget": 3, "source": {"families": ["gcd", "leg_counting"], "levels": [0],
+                                                      "candidates_per_round": 8},
+                 "experiment": {"max_steps": 2, "eval_per_family": 1, "ood_families": ["spell_backward"],
+                                "max_tokens": 8}},
     }
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(profile))
@@ -43,18 +47,33 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DAGSTER_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "demo", "--profile", str(config)],
+    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "experiment", "--profile", str(config)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "[demo] wall time: backbone" in proc.stdout and "distill+evaluation" in proc.stdout
-
+    assert "[demo] wall time: backbone" in proc.stdout and "arm rounds" in proc.stdout and "students" in proc.stdout
     store = MetadataStore(tmp_path / "data" / "prismatic.duckdb")
+    arms = store.query("SELECT round, arm, n_accepted FROM arm_rounds ORDER BY round, arm").rows()
+    assert arms == [(r, a, 3) for r in (1, 2) for a in ("naive", "prismatic", "random")]
+    assert "| 2 | " in proc.stdout and "prismatic gain - random gain" in proc.stdout  # the closing summary
+    assert "| prismatic | " in proc.stdout and "out_of_distribution" in proc.stdout  # the students' table
+    roles = store.query("SELECT model_role, count(*) AS n FROM eval_results GROUP BY 1 ORDER BY 1").rows()
+    assert roles == [("arm:base", 3), ("arm:naive", 3), ("arm:prismatic", 3), ("arm:random", 3)]
+
+    # The demo again: every arm round is complete, so it runs none and the store is unchanged.
+    again = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "demo", "--profile", str(config)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "[arms] round" not in again.stdout
+    assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 3 * 3
+
+    # Two LLM synthesis rounds, then distillation and evaluation of the student.
+    rounds = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "rounds", "2", "--profile", str(config)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert rounds.returncode == 0, rounds.stdout[-4000:] + rounds.stderr[-4000:]
     assert store.query("SELECT round FROM synthesis_rounds ORDER BY round")["round"].to_list() == [1, 2]
-    roles = store.query("SELECT DISTINCT model_role FROM eval_results ORDER BY 1")["model_role"].to_list()
-    assert roles == ["base", "distilled"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
     names = sorted(r.info.run_name for r in client.search_runs(client.get_experiment_by_name("prismatic").experiment_id))
-    assert names == ["distillation", "round-1", "round-2"]
+    assert names == ["arm-students", "arms-round-1", "arms-round-2", "round-1", "round-2"]
 
     # The round benchmark runs the next round on a copy of this store and reports every stage.
     out = tmp_path / "bench"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -329,12 +329,15 @@ def combine_reports(reports: Sequence[EvalReport]) -> EvalReport:
 
 
 def evaluate(generator: ChatGenerator, samples: Sequence[Sample], sampling: Any, benchmark: str, *,
-             stated_answers: bool = False) -> EvalReport:
+             stated_answers: bool = False,
+             scorer: Callable[[Sample, str], tuple[str | None, bool]] | None = None) -> EvalReport:
     """Solve every sample's problem with `generator` and score it against `sample.answer`.
 
     `sampling` is a `generation.SamplingConfig` (its `n` completions per problem are all
     scored); use temperature 0 for a greedy, reproducible evaluation. `benchmark` labels the
     records. Every sample needs a gold answer. `stated_answers`: see `score_response`.
+    `scorer(sample, response) -> (extracted, correct)` replaces `score_response` where a
+    task grades its own answers (procedural tasks: `core.procedural.score_item`).
     """
     if not benchmark:
         raise ValueError("benchmark is empty: name the evaluation set, e.g. 'gsm_symbolic'")
@@ -349,7 +352,8 @@ def evaluate(generator: ChatGenerator, samples: Sequence[Sample], sampling: Any,
     records = []
     for s, responses in zip(samples, outputs):
         for j, response in enumerate(responses):
-            extracted, correct = score_response(response, s.answer or "", stated_answers=stated_answers)
+            extracted, correct = (scorer(s, response) if scorer is not None else
+                                  score_response(response, s.answer or "", stated_answers=stated_answers))
             records.append(EvalRecord(s.sample_id, benchmark, j, s.prompt, response, extracted,
                                       s.answer or "", correct))
     sampling_dict = sampling.as_dict() if hasattr(sampling, "as_dict") else (

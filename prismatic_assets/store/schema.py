@@ -24,6 +24,9 @@ SYNTHESIS_REQUESTS = "synthesis_requests"
 SYNTHESIS_CANDIDATES = "synthesis_candidates"
 SYNTHESIS_DECISIONS = "synthesis_decisions"
 SYNTHESIS_ROUNDS = "synthesis_rounds"
+ARM_CANDIDATES = "arm_candidates"
+ARM_ACCEPTED = "arm_accepted"
+ARM_ROUNDS = "arm_rounds"
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,56 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
     Migration(4, "round staleness: the seed source a round's pool was drawn from, and why it is stale", f"""
         ALTER TABLE {SYNTHESIS_ROUNDS} ADD COLUMN seed_source VARCHAR;   -- NULL: every seed source
         ALTER TABLE {SYNTHESIS_ROUNDS} ADD COLUMN stale_reason VARCHAR;  -- NULL: built on the current pool
+    """),
+    Migration(5, "arms: candidates generated once per round, what each arm accepted, G-Vendi per arm", f"""
+        CREATE TABLE {ARM_CANDIDATES} (
+            round           INTEGER NOT NULL,
+            sample_id       VARCHAR NOT NULL,
+            position        INTEGER NOT NULL,     -- generation order within the round
+            family          VARCHAR NOT NULL,     -- the reasoning-gym task
+            level           INTEGER NOT NULL,     -- its curriculum level
+            prompt          VARCHAR NOT NULL,
+            response        VARCHAR NOT NULL,
+            answer          VARCHAR,
+            source_ref      VARCHAR NOT NULL,
+            content_hash    VARCHAR NOT NULL,     -- keys the embedding cache
+            problem_key     VARCHAR NOT NULL,     -- normalized prompt
+            status          VARCHAR NOT NULL,     -- 'verified' | 'rejected'
+            reason          VARCHAR,              -- why rejected: duplicate_*, contaminated, scorer_rejects_answer, ...
+            run_id          VARCHAR,
+            PRIMARY KEY (round, sample_id)
+        );
+        CREATE TABLE {ARM_ACCEPTED} (
+            arm             VARCHAR NOT NULL,     -- 'prismatic' | 'random' | 'naive'
+            sample_id       VARCHAR NOT NULL,
+            round           INTEGER NOT NULL,
+            rank            INTEGER NOT NULL,     -- order of acceptance within the round
+            cluster         INTEGER,              -- nearest centroid of the arm's pool clustering
+            cluster_size    INTEGER,              -- that cluster's pool size
+            in_sparse       BOOLEAN,              -- that cluster is sparse
+            PRIMARY KEY (arm, sample_id)          -- an arm accepts a sample once
+        );
+        CREATE TABLE {ARM_ROUNDS} (
+            round           INTEGER NOT NULL,
+            arm             VARCHAR NOT NULL,
+            budget          INTEGER NOT NULL,
+            n_candidates    INTEGER NOT NULL,
+            n_verified      INTEGER NOT NULL,
+            n_accepted      INTEGER NOT NULL,
+            n_in_sparse     INTEGER NOT NULL,     -- accepted samples whose cluster is sparse
+            n_pool_before   INTEGER NOT NULL,
+            k               INTEGER NOT NULL,
+            n_sparse        INTEGER NOT NULL,
+            clustering_id   VARCHAR NOT NULL,
+            pool_digest     VARCHAR NOT NULL,     -- hash of the arm's pool sample ids the round started from
+            embedding_key   VARCHAR NOT NULL,
+            g_vendi_before  DOUBLE NOT NULL,
+            g_vendi_after   DOUBLE NOT NULL,
+            settings        JSON NOT NULL,
+            run_id          VARCHAR,
+            finished_at     TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (round, arm)
+        );
     """),
 )
 
