@@ -5,9 +5,9 @@ gradient shard.
 Real parts: DuckDB files (damaged by truncation and flipped bytes), SQLite and Parquet
 files, the CLI in a subprocess, and a small tmpfs in a private mount namespace (or, where
 mounting is not allowed, a file-size limit that makes writes fail the same way). The full
-disk under a gradient shard is the one injected fault: the Parquet write of the Nth shard
-leaves part of its file and raises the OSError a full disk raises, so the failure lands on
-a known shard.
+disk under a gradient shard is also injected once, in-process: the Parquet write of the
+Nth shard leaves part of its file and raises the OSError a full disk (or quota) raises,
+so the failure lands on a known shard.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, 
 from prismatic_assets.store import schema, shards
 from prismatic_assets.store.shards import ShardDiskFull, ShardFolder
 from prismatic_assets.store.store import MetadataStore, StoreDiskFull, StoreError
-from tests.fault_scenarios import run_on_full_disk
+from tests.fault_scenarios import run_on_full_disk, shard_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -233,8 +233,7 @@ def _stored_vectors(store: MetadataStore, samples, key: str, dim: int) -> np.nda
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
 def test_full_disk_while_writing_a_gradient_shard(code, tmp_path, tiny_model_dir, monkeypatch):
-    samples = [Sample(f"g:{i}", f"What is {i} + {i % 5}?" + " Explain." * (i % 3),
-                      f"{i} + {i % 5} = \\boxed{{{i + i % 5}}}", source="unit") for i in range(24)]
+    samples = shard_samples()
     embedder = build_embedder(ProxyConfig(model=tiny_model_dir), ProjectionConfig(dim=16), batch_size=1)
     computed: list[str] = []  # prompts that reached the model, counted outside the code under test
     embed_many = embedder.embed_many
@@ -272,6 +271,19 @@ def test_full_disk_while_writing_a_gradient_shard(code, tmp_path, tiny_model_dir
     np.testing.assert_allclose(_stored_vectors(reopened, samples, embedder.key, 16),
                                _stored_vectors(clean, samples, embedder.key, 16), rtol=1e-5, atol=1e-6)
     assert reopened.query(f"SELECT count(*) AS n FROM {schema.EMBEDDINGS}")["n"][0] == 24
+
+
+@pytest.mark.integration
+def test_a_gradient_shard_on_a_disk_that_really_fills(tmp_path, tiny_model_dir):
+    """The same fault without injection: the disk (a tmpfs, or a file-size limit) fills
+    after two shards; pyarrow's own error for it becomes ShardDiskFull."""
+    out = run_on_full_disk("shard", tmp_path, 16, tiny_model_dir)
+    assert out["error_type"] == "ShardDiskFull", out
+    assert f"df -h {out['folder']}" in out["error"] and "16 vectors are safe in 2 finished shard(s)" in out["error"]
+    assert [Path(f).suffix for f in out["files"]] == [".parquet", ".parquet"] and out["shard_rows"] == [8, 8]
+    assert out["stored"] == 0
+    assert out["rerun_computed"] and out["n_resumed"] == 16 and out["files_after"] == []
+    assert out["all_stored"] and out["max_difference"] < 1e-5
 
 
 def test_other_write_errors_of_a_shard_are_not_called_a_full_disk(tmp_path, monkeypatch):
