@@ -136,6 +136,16 @@ def _children() -> set[int]:
     return pids
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` runs (an exited child, zombie or reaped, does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # exited between listing and asking
+        return False
+
+
 def _gpu_used_bytes(devices: tuple[int, ...]) -> dict[int, int] | None:
     try:
         import pynvml
@@ -220,16 +230,13 @@ class EngineSet:
 
     def _verify_released(self, lease: _Lease) -> None:
         """Wait until the engine's processes have exited and its GPUs' memory is back."""
-        import psutil
-
         from prismatic_assets.core.answers import worker_pids
 
         deadline = time.monotonic() + self.release_timeout
         while True:
             # The answer-verification worker may start while an engine is open (grading its
             # outputs); it outlives engines on purpose.
-            stray = [pid for pid in _children() - lease.children_before - worker_pids() if psutil.pid_exists(pid)
-                     and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+            stray = [pid for pid in _children() - lease.children_before - worker_pids() if _running(pid)]
             used = _gpu_used_bytes(tuple(lease.gpu_before)) if lease.gpu_before else None
             held = {d: used[d] - lease.gpu_before[d] for d in used if used[d] - lease.gpu_before[d] > 1 << 30} \
                 if used else {}

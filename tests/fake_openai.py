@@ -3,10 +3,11 @@
 It plays the problem generator, the teacher and a student behind `vllm serve`: problem
 requests get two new problems in the requested <problem> format, solution requests a
 worked answer in \\boxed{}, evaluation prompts a boxed number. Every answer depends only
-on the request, as a seeded LLM's would. It records what it was asked (and with which
-Authorization header), and can hold requests: `hold(kind, after=n)` makes every request
-of that kind beyond the first n wait until `release()`, which drops them unanswered (their
-client was killed meanwhile), so a test knows exactly what a killed process had received.
+on the request, as a seeded LLM's would. It records what it was asked (a digest of the
+model, messages, seed and n) and with which Authorization header, and can hold requests:
+`hold(kind, after=n)` makes every request of that kind beyond the first n wait until
+`release()`, which drops them unanswered (their client was killed meanwhile), so a test
+knows exactly what a killed process had received.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 messages, seed, n = body["messages"], body.get("seed"), body.get("n", 1)
                 kind = request_kind(messages)
-                key = hashlib.sha256(json.dumps([messages, seed, n], sort_keys=True).encode()).hexdigest()[:16]
+                # One key per (model, request): two students asked the same question are two requests.
+                key = hashlib.sha256(json.dumps([body["model"], messages, seed, n],
+                                                sort_keys=True).encode()).hexdigest()[:16]
                 with owner.lock:
                     owner.asked.append((kind, key))
                     owner.auth.add(self.headers.get("Authorization"))

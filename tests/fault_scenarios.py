@@ -118,7 +118,74 @@ def scenario_checkpoint(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     return out
 
 
-SCENARIOS = {"store": scenario_store, "checkpoint": scenario_checkpoint}
+def shard_samples(n: int = 24) -> list:
+    """n distinct short worked problems (lengths vary) for the gradient-shard scenarios."""
+    from prismatic_assets.core.samples import Sample
+
+    return [Sample(f"g:{i}", f"What is {i} + {i % 5}?" + " Explain." * (i % 3),
+                   f"{i} + {i % 5} = \\boxed{{{i + i % 5}}}", source="unit") for i in range(n)]
+
+
+def scenario_shard(disk: Path, tmpfs: bool, model_dir: str) -> dict:
+    """Gradients of 24 samples, a shard per 8; the disk fills once two shards are written."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from prismatic_assets.config import ProjectionConfig, ProxyConfig
+    from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
+    from prismatic_assets.store.shards import ShardDiskFull
+    from prismatic_assets.store.store import MetadataStore
+
+    samples = shard_samples()
+    dim = 1024  # a shard of 8 vectors is 32 KiB of floats, far above what is left free
+    embedder = build_embedder(ProxyConfig(model=model_dir), ProjectionConfig(dim=dim), batch_size=1)
+    computed: list[str] = []  # prompts that reached the model
+    embed_many = embedder.embed_many
+    embedder.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
+    store = MetadataStore(disk / "data" / "prismatic.duckdb")
+    folder = shard_folder(store, embedder.key).path
+    filled: list[Path | None] = []
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def fill_before_the_third_shard(i, n, sample, outcome):
+        if i == 17 and not filled:  # chunks of 8: two shards are on disk, the third is next
+            if tmpfs:
+                filled.append(_fill(disk, leave=4 << 10))
+            else:  # no file may grow past 4 KiB from now on
+                resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 10, hard))
+                filled.append(None)
+
+    out: dict = {"folder": str(folder)}
+    try:
+        embed_samples(samples, embedder, store, progress=fill_before_the_third_shard, shard_rows=8)
+        out["error"] = None
+    except ShardDiskFull as exc:
+        out["error"], out["error_type"] = str(exc), type(exc).__name__
+    except Exception as exc:  # noqa: BLE001
+        out["error"], out["error_type"] = str(exc), type(exc).__name__
+    out["files"] = sorted(p.name for p in folder.iterdir())
+    out["shard_rows"] = sorted(pq.read_metadata(p).num_rows for p in folder.iterdir())
+    out["stored"] = int(MetadataStore(store.path).query("SELECT count(*) AS n FROM embeddings")["n"][0])
+    if filled and filled[0] is not None:
+        filled[0].unlink()
+    else:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    computed.clear()
+    report = embed_samples(samples, embedder, store, shard_rows=8)
+    out["rerun_computed"] = computed == [s.prompt for s in samples[16:]]
+    out["n_resumed"] = report.n_resumed
+    out["files_after"] = sorted(p.name for p in folder.iterdir())
+    clean = MetadataStore(disk / "clean" / "prismatic.duckdb")
+    embed_samples(samples, embedder, clean, shard_rows=8)
+    hashes = [s.content_hash for s in samples]
+    (ok_a, a, _), (ok_b, b, _) = store.load_vectors(hashes, embedder.key, dim), clean.load_vectors(hashes,
+                                                                                                   embedder.key, dim)
+    out["all_stored"] = bool(ok_a.all() and ok_b.all())
+    out["max_difference"] = float(np.abs(a - b).max())
+    return out
+
+
+SCENARIOS = {"store": scenario_store, "checkpoint": scenario_checkpoint, "shard": scenario_shard}
 
 
 def run_on_full_disk(scenario: str, tmp_path: Path, size_mb: int, *args: str, timeout: float = 600) -> dict:

@@ -1,13 +1,18 @@
 """Faults around the files Prismatic writes: a bad file at the store path, an older or
-hand-edited schema, and a disk that fills up while writing the store or a checkpoint.
+hand-edited schema, and a disk that fills up while writing the store, a checkpoint or a
+gradient shard.
 
-Real parts only: DuckDB files (damaged by truncation and flipped bytes), SQLite and Parquet
+Real parts: DuckDB files (damaged by truncation and flipped bytes), SQLite and Parquet
 files, the CLI in a subprocess, and a small tmpfs in a private mount namespace (or, where
-mounting is not allowed, a file-size limit that makes writes fail the same way).
+mounting is not allowed, a file-size limit that makes writes fail the same way). The full
+disk under a gradient shard is also injected once, in-process: the Parquet write of the
+Nth shard leaves part of its file and raises the OSError a full disk (or quota) raises,
+so the failure lands on a known shard.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,12 +24,16 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import numpy as np
 import pytest
 
+from prismatic_assets.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.store import schema
-from prismatic_assets.store.store import MetadataStore, StoreError
-from tests.fault_scenarios import run_on_full_disk
+from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
+from prismatic_assets.store import schema, shards
+from prismatic_assets.store.shards import ShardDiskFull, ShardFolder
+from prismatic_assets.store.store import MetadataStore, StoreDiskFull, StoreError
+from tests.fault_scenarios import run_on_full_disk, shard_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,3 +201,95 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, tiny_model_dir):
     else:
         assert "no checkpoint was complete" in out["error"]
         assert out["complete"] == [] and not [e for e in out["entries"] if e.startswith("checkpoint")]
+
+
+def _write_fails_on(monkeypatch, nth: int, code: int) -> tuple[list[Path], dict]:
+    """Make the `nth` Parquet shard write leave half its file and raise OSError(code).
+
+    Returns the paths written to, and a switch: set "full" to False to free the space."""
+    real = pq.write_table
+    written: list[Path] = []
+    state = {"full": True}
+
+    def write(table, where, **kwargs):
+        written.append(Path(where))
+        if len(written) != nth or not state["full"]:
+            return real(table, where, **kwargs)
+        sink = pa.BufferOutputStream()
+        real(table, sink, **kwargs)
+        data = sink.getvalue().to_pybytes()
+        Path(where).write_bytes(data[:len(data) // 2])  # what reached the disk before it filled
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(shards.pq, "write_table", write)
+    return written, state
+
+
+def _stored_vectors(store: MetadataStore, samples, key: str, dim: int) -> np.ndarray:
+    valid, matrix, reasons = store.load_vectors([s.content_hash for s in samples], key, dim)
+    assert valid.all(), reasons
+    return matrix
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_full_disk_while_writing_a_gradient_shard(code, tmp_path, tiny_model_dir, monkeypatch):
+    samples = shard_samples()
+    embedder = build_embedder(ProxyConfig(model=tiny_model_dir), ProjectionConfig(dim=16), batch_size=1)
+    computed: list[str] = []  # prompts that reached the model, counted outside the code under test
+    embed_many = embedder.embed_many
+    embedder.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
+    store_path = tmp_path / "data" / "prismatic.duckdb"
+    store = MetadataStore(store_path)
+    folder = shard_folder(store, embedder.key).path
+    # Chunks of 8 samples, a shard per chunk: shards 1 and 2 are written, the disk fills during the 3rd.
+    written, disk = _write_fails_on(monkeypatch, 3, code)
+    with pytest.raises(ShardDiskFull) as caught:
+        embed_samples(samples, embedder, store, shard_rows=8)
+    message = str(caught.value)
+    assert isinstance(caught.value, StoreDiskFull) and len(written) == 3
+    assert str(folder) in message and f"df -h {folder}" in message
+    assert "16 vectors are safe in 2 finished shard(s)" in message and "partial file was removed" in message
+    assert caught.value.__cause__.errno == code
+    # Only the two finished shards are there, whole; the half-written third is gone.
+    assert not written[2].exists()
+    files = sorted(folder.iterdir())
+    assert [p.suffix for p in files] == [".parquet", ".parquet"]
+    assert sorted(pq.read_table(p).num_rows for p in files) == [8, 8]
+    # The store opens and reads as before: nothing of this run reached it yet.
+    reopened = MetadataStore(store_path)
+    assert reopened.query(f"SELECT count(*) AS n FROM {schema.EMBEDDINGS}")["n"][0] == 0
+    assert reopened.cached_hashes([s.content_hash for s in samples], embedder.key) == set()
+
+    disk["full"] = False  # space freed
+    computed.clear()
+    report = embed_samples(samples, embedder, reopened, shard_rows=8)
+    assert computed == [s.prompt for s in samples[16:]]  # only the vectors the finished shards did not hold
+    assert (report.n_resumed, report.n_computed) == (16, 8) and list(folder.iterdir()) == []
+
+    clean = MetadataStore(tmp_path / "clean" / "prismatic.duckdb")
+    assert embed_samples(samples, embedder, clean, shard_rows=8).n_computed == 24
+    np.testing.assert_allclose(_stored_vectors(reopened, samples, embedder.key, 16),
+                               _stored_vectors(clean, samples, embedder.key, 16), rtol=1e-5, atol=1e-6)
+    assert reopened.query(f"SELECT count(*) AS n FROM {schema.EMBEDDINGS}")["n"][0] == 24
+
+
+@pytest.mark.integration
+def test_a_gradient_shard_on_a_disk_that_really_fills(tmp_path, tiny_model_dir):
+    """The same fault without injection: the disk (a tmpfs, or a file-size limit) fills
+    after two shards; pyarrow's own error for it becomes ShardDiskFull."""
+    out = run_on_full_disk("shard", tmp_path, 16, tiny_model_dir)
+    assert out["error_type"] == "ShardDiskFull", out
+    assert f"df -h {out['folder']}" in out["error"] and "16 vectors are safe in 2 finished shard(s)" in out["error"]
+    assert [Path(f).suffix for f in out["files"]] == [".parquet", ".parquet"] and out["shard_rows"] == [8, 8]
+    assert out["stored"] == 0
+    assert out["rerun_computed"] and out["n_resumed"] == 16 and out["files_after"] == []
+    assert out["all_stored"] and out["max_difference"] < 1e-5
+
+
+def test_other_write_errors_of_a_shard_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    folder = ShardFolder(tmp_path / "shards")
+    _write_fails_on(monkeypatch, 1, errno.EIO)
+    with pytest.raises(OSError) as caught:
+        folder.write(shards.embedding_rows_table([]))
+    assert not isinstance(caught.value, StoreDiskFull) and caught.value.errno == errno.EIO
+    assert list(folder.path.iterdir()) == []  # the partial file is removed all the same

@@ -260,8 +260,6 @@ def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(pipeline):
     assert int(Path(resumed).name.split("-")[1]) >= done[-1] and meta["steps"] == 40
 
 
-@pytest.mark.skip(reason="evaluation answers through the generation cache are on the reliability branch, not yet "
-                         "on main: this test fails here until that commit is merged (see the README's Reliability table)")
 def test_evaluation_killed_then_rerun_reuses_the_answers_and_duplicates_nothing(pipeline):
     server = pipeline.server
     server.hold("evaluation", after=6 + 2)  # the base student's 6 answers and 2 of the distilled one's

@@ -300,6 +300,7 @@ class _VerifyWorker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
+        self._starting: subprocess.Popen | None = None  # running, not yet ready (importing sympy)
         self._broken: str | None = None  # why no worker can start here: compare in-process instead
 
     def _start(self) -> subprocess.Popen:
@@ -308,9 +309,13 @@ class _VerifyWorker:
                "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "prismatic_assets.core._verify_worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
-        if self._readline(proc, self.START_TIMEOUT_S) != {"ready": True}:
-            self._kill(proc)
-            raise RuntimeError("the answer-verification worker did not start")
+        self._starting = proc  # already a child process: `pids` must name it while it starts
+        try:
+            if self._readline(proc, self.START_TIMEOUT_S) != {"ready": True}:
+                self._kill(proc)
+                raise RuntimeError("the answer-verification worker did not start")
+        finally:
+            self._starting = None
         return proc
 
     @staticmethod
@@ -367,10 +372,10 @@ class _VerifyWorker:
                 self._kill(self._proc)
                 self._proc = None
 
-
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+    def pids(self) -> set[int]:
+        """The running worker's pid, and that of one still starting (read without the lock: a
+        caller may ask while another thread waits for the worker to become ready)."""
+        return {p.pid for p in (self._proc, self._starting) if p is not None and p.poll() is None}
 
 
 _WORKER = _VerifyWorker()
@@ -379,8 +384,7 @@ atexit.register(_WORKER.close)
 
 def worker_pids() -> set[int]:
     """Process ids of the verification worker (a long-lived helper, not an engine's process)."""
-    pid = _WORKER.pid()
-    return {pid} if pid is not None else set()
+    return _WORKER.pids()
 
 
 @lru_cache(maxsize=65536)

@@ -139,3 +139,51 @@ def test_the_worker_is_not_mistaken_for_an_engine_process(tiny_model_dir):
         assert answers.compare_answers("\\frac{3}{6}", "0.5") == (True, None)  # starts a new worker
         assert answers.worker_pids()
     assert engines.calls[-1] == ("close", "student") and answers.worker_pids()  # closed; the worker lives on
+
+
+def test_a_worker_still_starting_is_not_mistaken_for_an_engine_process(tiny_model_dir, monkeypatch):
+    """Another thread starts the worker while an engine is open; the engine closes before the
+    worker is ready (still importing sympy). Closing must not wait for it, nor blame it."""
+    import threading
+
+    import psutil
+
+    from prismatic_assets.config import EngineConfig
+    from prismatic_assets.engines import EngineSet
+
+    answers._WORKER.close()
+    answers._math_equal.cache_clear()
+    ready = threading.Event()
+    readline = answers._VerifyWorker._readline
+
+    def held_start(proc, timeout):  # the worker runs; its parent waits to hear it is ready
+        if timeout == answers._VerifyWorker.START_TIMEOUT_S:
+            ready.wait(60)
+        return readline(proc, timeout)
+
+    def starting_worker() -> int | None:
+        for child in psutil.Process().children():
+            try:
+                if "prismatic_assets.core._verify_worker" in " ".join(child.cmdline()):
+                    return child.pid
+            except psutil.Error:  # exited meanwhile
+                pass
+        return None
+
+    monkeypatch.setattr(answers._VerifyWorker, "_readline", staticmethod(held_start))
+    result: dict = {}
+    grader = threading.Thread(target=lambda: result.update(equal=compare_answers("\\frac{3}{6}", "0.5")))
+    engines = EngineSet({"student": EngineConfig(backend="transformers", model=tiny_model_dir)}, release_timeout=2)
+    try:
+        with engines.open("student"):
+            grader.start()
+            deadline = time.monotonic() + 30
+            while (worker := starting_worker()) is None:
+                assert time.monotonic() < deadline, "the worker process never started"
+                time.sleep(0.05)
+        # Closed within release_timeout while the worker still waited to be ready.
+        assert engines.calls[-1] == ("close", "student") and not ready.is_set()
+    finally:
+        ready.set()
+        grader.join(120)
+    assert result["equal"] == (True, None) and answers.worker_pids() == {worker}  # the same worker lives on
