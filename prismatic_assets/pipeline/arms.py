@@ -6,10 +6,11 @@ overlaps rejected with their reason) and embeds them once with the proxy. Each a
 accepts `budget` of the verified candidates into its own pool (seed pool + what the arm
 accepted in earlier rounds):
 
-- prismatic: the sparse-cluster filter. The arm's pool is clustered; candidates whose
-  nearest centroid is a sparse cluster come first, smallest cluster first, one per cluster
-  in turn; if fewer than `budget` land in sparse clusters, the next-smallest clusters fill
-  the budget (`n_in_sparse` says how many were in sparse ones).
+- prismatic: the sparse-cluster filter. The arm's pool is clustered; the candidates whose
+  nearest centroid is a sparse cluster pass (the paper's filter), and `budget` of them are
+  drawn at random; if fewer than `budget` pass, the candidates of the smallest other
+  clusters fill the budget (`n_in_sparse` says how many passed the filter). The draw makes
+  the filter the only difference from the random arm.
 - random: `budget` verified candidates drawn at random (the control).
 - naive: the first `budget` verified candidates in generation order.
 
@@ -113,22 +114,14 @@ def arm_pool(store: MetadataStore, arm: str, round: int, seed_pool: Sequence[Sam
     return list(seed_pool) + accepted_samples(store, arm, round)
 
 
-def prismatic_order(assignments: np.ndarray, cluster_sizes: np.ndarray, in_sparse: np.ndarray) -> list[int]:
-    """Candidates in the order the sparse-cluster filter takes them: sparse clusters first,
-    smallest cluster first, one candidate per cluster in turn (generation order within one)."""
-    by_cluster: dict[int, list[int]] = {}
-    for i, c in enumerate(assignments.tolist()):
-        by_cluster.setdefault(int(c), []).append(i)
-    ordered_clusters = sorted(by_cluster, key=lambda c: (not in_sparse[by_cluster[c][0]],
-                                                         int(cluster_sizes[by_cluster[c][0]]), c))
-    order: list[int] = []
-    for tier in (True, False):  # all of the sparse clusters' candidates before any dense one's
-        queues = [list(by_cluster[c]) for c in ordered_clusters if bool(in_sparse[by_cluster[c][0]]) == tier]
-        while any(queues):
-            for q in queues:
-                if q:
-                    order.append(q.pop(0))
-    return order
+def prismatic_order(cluster_sizes: np.ndarray, in_sparse: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """Candidates in the order the sparse-cluster filter takes them under a budget: those whose
+    nearest centroid is sparse first, in random order (the paper's filter, then a random draw
+    to the budget); then the rest, smallest cluster first, random order within a cluster."""
+    sparse = np.flatnonzero(in_sparse)
+    dense = np.flatnonzero(~np.asarray(in_sparse, dtype=bool))
+    dense = dense[np.lexsort((rng.random(len(dense)), np.asarray(cluster_sizes)[dense]))]
+    return rng.permutation(sparse).tolist() + dense.tolist()
 
 
 def choose(arm: str, n: int, budget: int, *, rng_seed: int, judgement=None) -> list[int]:
@@ -136,10 +129,11 @@ def choose(arm: str, n: int, budget: int, *, rng_seed: int, judgement=None) -> l
     take = min(budget, n)
     if arm == "naive":
         return list(range(take))
+    rng = np.random.default_rng(rng_seed)
     if arm == "random":
-        return sorted(np.random.default_rng(rng_seed).choice(n, size=take, replace=False).tolist())
+        return sorted(rng.choice(n, size=take, replace=False).tolist())
     if arm == "prismatic":
-        return prismatic_order(judgement.assignments, judgement.cluster_sizes, judgement.accepted)[:take]
+        return prismatic_order(judgement.cluster_sizes, judgement.accepted, rng)[:take]
     raise ValueError(f"unknown arm {arm!r}: use prismatic, random or naive")
 
 
