@@ -5,6 +5,7 @@
     prismatic select DATA --k N [--method cluster-balanced|greedy|random] --out subset.jsonl
     prismatic demo [--profile local]
     prismatic experiment [--profile local]
+    prismatic pipeline [--rounds 1] [--profile paper]
     prismatic rounds N [--profile local]
     prismatic config show [--profile paper] [--defaults] [--markdown]
 
@@ -154,33 +155,52 @@ def _cmd_rounds(args: argparse.Namespace) -> int:
     return code
 
 
-def _demo_steps(settings, env: dict[str, str], timings: dict[str, float]) -> int:
-    """The backbone, then the arm rounds."""
-    code, timings["backbone"] = _materialize(BACKBONE, env)
-    if code == 0:
-        started = time.perf_counter()
-        code = _run_arm_rounds(settings, env)
-        timings["arm rounds"] = time.perf_counter() - started
+def _run_steps(label: str, profile: str | None, steps, summary) -> int:
+    """Run `steps(settings, env, timings)` (Dagster materializations), then print the wall time
+    per stage and `summary(settings)`."""
+    from prismatic_assets.config import load_config
+
+    settings = load_config(profile)
+    env = dagster_env(profile)
+    os.makedirs(settings.data_path, exist_ok=True)
+    print(f"[{label}] profile {settings.profile} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
+    timings: dict[str, float] = {}
+    code = steps(settings, env, timings)
+    if code != 0:
+        print(f"[{label}] failed (exit {code}); see the log above", file=sys.stderr)
+        return code
+    print(f"[{label}] wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    summary(settings)
+    return 0
+
+
+def _timed(timings: dict[str, float], name: str, run) -> int:
+    started = time.perf_counter()
+    code = run()
+    timings[name] = time.perf_counter() - started
     return code
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from prismatic_assets.config import load_config
-
-    settings = load_config(args.profile)
-    env = dagster_env(args.profile)
-    os.makedirs(settings.data_path, exist_ok=True)
-    print(f"[demo] profile {settings.profile} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
-    timings: dict[str, float] = {}
-    code = _demo_steps(settings, env, timings)
-    if code == 0 and args.experiment:
-        code, timings["students"] = _materialize("arm_students", env)
-    if code != 0:
-        print(f"[demo] failed (exit {code}); see the log above", file=sys.stderr)
+    """The backbone, the arm rounds, and with `experiment` one student per arm."""
+    def steps(settings, env, timings) -> int:
+        code = _timed(timings, "backbone", lambda: _materialize(BACKBONE, env)[0])
+        code = code or _timed(timings, "arm rounds", lambda: _run_arm_rounds(settings, env))
+        if args.experiment:
+            code = code or _timed(timings, "students", lambda: _materialize("arm_students", env)[0])
         return code
-    print("[demo] wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    _print_arms_summary(settings)
-    return 0
+    return _run_steps("demo", args.profile, steps, _print_arms_summary)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    """The method's own lineage: backbone, LLM synthesis rounds, distillation, evaluation."""
+    def steps(settings, env, timings) -> int:
+        code = _timed(timings, "backbone", lambda: _materialize(BACKBONE, env)[0])
+        if args.rounds:
+            code = code or _timed(timings, "rounds", lambda: _run_rounds(settings, env, args.rounds))
+        return code or _timed(timings, "distill+evaluation",
+                              lambda: _materialize("distilled_model,student_evaluation", env)[0])
+    return _run_steps("pipeline", args.profile, steps, _print_summary)
 
 
 def _print_arms_summary(settings) -> None:
@@ -277,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="the demo, then one student per arm scored on held-out tasks")
     experiment.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
     experiment.set_defaults(func=_cmd_demo, experiment=True)
+
+    pipeline = sub.add_parser("pipeline", help="backbone, N LLM synthesis rounds, distillation and evaluation "
+                                               "through Dagster (the paper's path)")
+    pipeline.add_argument("--rounds", type=int, default=1, help="synthesis rounds after the backbone (default 1)")
+    pipeline.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
+    pipeline.set_defaults(func=_cmd_pipeline)
 
     rounds = sub.add_parser("rounds", help="run the next N synthesis rounds (one Dagster run each)")
     rounds.add_argument("count", type=int, nargs="?", default=1, help="how many rounds (default 1)")

@@ -47,6 +47,10 @@ def series_png(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, 
     fig, ax = plt.subplots(figsize=(6, 3))
     for label, y in ys.items():
         ax.plot(list(x), list(y), marker="o", markersize=3, label=label)
+    if all(float(v).is_integer() for v in x):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

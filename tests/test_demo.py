@@ -1,7 +1,8 @@
-"""`prismatic experiment` and `prismatic rounds` end to end through the real `dagster` CLI, on a tiny profile.
+"""`prismatic experiment` and `prismatic pipeline` end to end through the real `dagster` CLI, on a tiny profile.
 
 Same commands as `make experiment` (backbone, the arm rounds, one student per arm scored on
-held-out tasks), then two LLM synthesis rounds and the round benchmark, with a tiny
+held-out tasks), then the paper's path (two LLM synthesis rounds, distillation, evaluation)
+and the round benchmark, with a tiny
 random-init model in every role so it runs in minutes; the packaged model's paths are
 covered by the asset tests.
 """
@@ -66,14 +67,18 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     assert "[arms] round" not in again.stdout
     assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 3 * 3
 
-    # Two LLM synthesis rounds, then distillation and evaluation of the student.
-    rounds = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "rounds", "2", "--profile", str(config)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert rounds.returncode == 0, rounds.stdout[-4000:] + rounds.stderr[-4000:]
+    # The paper's path: the backbone (cached), two LLM synthesis rounds, distillation, evaluation.
+    pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "pipeline", "--rounds", "2", "--profile",
+                               str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert pipeline.returncode == 0, pipeline.stdout[-4000:] + pipeline.stderr[-4000:]
+    assert "[pipeline] wall time: backbone" in pipeline.stdout and "distill+evaluation" in pipeline.stdout
     assert store.query("SELECT round FROM synthesis_rounds ORDER BY round")["round"].to_list() == [1, 2]
+    roles = store.query("SELECT DISTINCT model_role FROM eval_results WHERE model_role NOT LIKE 'arm:%' "
+                        "ORDER BY 1")["model_role"].to_list()
+    assert roles == ["base", "distilled"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
     names = sorted(r.info.run_name for r in client.search_runs(client.get_experiment_by_name("prismatic").experiment_id))
-    assert names == ["arm-students", "arms-round-1", "arms-round-2", "round-1", "round-2"]
+    assert names == ["arm-students", "arms-round-1", "arms-round-2", "distillation", "round-1", "round-2"]
 
     # The round benchmark runs the next round on a copy of this store and reports every stage.
     out = tmp_path / "bench"

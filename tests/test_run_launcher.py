@@ -85,14 +85,19 @@ def test_killed_run_ends_failed(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home), "STEP_PID_FILE": str(pid_file),
            "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
 
+    run_log = tmp_path / "run.log"
     run = subprocess.Popen([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "slow_defs",
                             "--select", "slow"], cwd=tmp_path, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "slow_defs"], cwd=tmp_path, env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "daemon.log", "w"))
+                           stdout=open(run_log, "w"), stderr=subprocess.STDOUT)
+    daemon = None
     try:
-        _wait(pid_file.exists, 180, "the asset to start")
+        # The daemon starts once the run's step does: two processes creating a fresh instance's
+        # SQLite storage at the same moment can race on its schema (alembic) and one of them dies.
+        _wait(lambda: pid_file.exists() or run.poll() is not None, 180, "the asset to start")
+        assert pid_file.exists(), f"the run ended before its step started:\n{run_log.read_text()[-3000:]}"
+        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "slow_defs"], cwd=tmp_path, env=env,
+                                  start_new_session=True, stdout=subprocess.DEVNULL,
+                                  stderr=open(tmp_path / "daemon.log", "w"))
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert isinstance(instance.run_launcher, LocalRunLauncher)
             (record,) = instance.get_run_records()
@@ -113,6 +118,6 @@ def test_killed_run_ends_failed(tmp_path):
             assert failure and f"run worker process {run.pid} is gone" in failure[-1].message
     finally:
         for proc in (run, daemon):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)

@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 
 from prismatic_assets.config import build_config
-from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
-from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.procedural import task_items, verify_item
-from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.arms import (ArmRoundOrderError, accepted_samples, arm_pool, choose, prismatic_order,
                                             run_arm_round, summary_lines)
 from prismatic_assets.pipeline.embeddings import embed_samples
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
-from tests.conftest import make_tiny_llama
 
 ARMS = ("prismatic", "random", "naive")
 CONFIG = build_config({"clustering": {"ratio": 0.2},
@@ -33,15 +29,8 @@ CONFIG = build_config({"clustering": {"ratio": 0.2},
 
 
 @pytest.fixture(scope="module")
-def embedder(packaged_tokenizer):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = make_tiny_llama(packaged_tokenizer)
-    yield GradientEmbedder(model, packaged_tokenizer, ProjectionSpec(dim=32), GradientSpec(max_length=128),
-                           model_fingerprint(model, packaged_tokenizer))
-    torch.set_num_threads(threads)
+def embedder(tiny_embedder):
+    return tiny_embedder
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ per-request seed and by markers in the problem text, deterministically, like a s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -19,9 +18,6 @@ import pytest
 
 from prismatic_assets.core.clustering import Clustering, sparse_cluster_mask, spherical_kmeans
 from prismatic_assets.core.generation import SamplingConfig
-from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
-from prismatic_assets.core.models import model_fingerprint
-from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.config import EngineConfig, SynthesisConfig, build_config
 from prismatic_assets.engines import EngineSet
@@ -32,7 +28,6 @@ from prismatic_assets.pipeline.baselines import BASELINE_METRICS
 from prismatic_assets.pipeline.round import LINEAGE_QUERIES, STAGES, lend, run_round
 from prismatic_assets.pipeline.round_stages import RoundOrderError, judge_candidates, plan_requests, request_seed
 from prismatic_assets.pipeline.embeddings import embed_samples
-from tests.conftest import make_tiny_llama
 
 # -- (a) the sparse-cluster filter on constructed gradients ------------------------------
 
@@ -263,17 +258,8 @@ def _seed_store(path) -> MetadataStore:
 
 
 @pytest.fixture(scope="module")
-def embedder(packaged_tokenizer):
-    import torch
-
-    # A tiny model's ops are too small to split: on a busy 2-core machine the OpenMP
-    # barriers of 2 threads made each backward pass ~40x slower than 1 thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = make_tiny_llama(packaged_tokenizer)
-    yield GradientEmbedder(model, packaged_tokenizer, ProjectionSpec(dim=32), GradientSpec(max_length=256),
-                           model_fingerprint(model, packaged_tokenizer))
-    torch.set_num_threads(threads)
+def embedder(tiny_embedder):
+    return tiny_embedder
 
 
 @pytest.fixture(scope="module")
