@@ -43,6 +43,8 @@ from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import pool_digest
 
 ProxyOpener = Callable[[], ContextManager[GradientEmbedder]]
+#: The store lock a running arm round holds.
+ARM_ROUND_LOCK = "arm-round"
 Progress = Callable[[str, int, int], None]
 
 
@@ -209,7 +211,17 @@ def run_arm_round(store: MetadataStore, round: int, *, proxy: ProxyOpener, confi
                   seed_source: str | None = None, eval_texts: Mapping[str, Sequence[str]] | None = None,
                   held_out: Sequence[Sample] = (), run_id: str | None = None,
                   progress: Progress | None = None) -> ArmRoundReport:
-    """Generate and embed the round's candidates once; let every arm accept its budget; write."""
+    """Generate and embed the round's candidates once; let every arm accept its budget; write.
+
+    One arm round at a time per store: a second one is refused at once (`StoreBusy`)."""
+    with store.exclusive(ARM_ROUND_LOCK, f"arm round {round}", round=round, run_id=run_id):
+        return _run_arm_round(store, round, proxy=proxy, config=config, seed_source=seed_source,
+                              eval_texts=eval_texts, held_out=held_out, run_id=run_id, progress=progress)
+
+
+def _run_arm_round(store: MetadataStore, round: int, *, proxy: ProxyOpener, config: Config,
+                   seed_source: str | None, eval_texts: Mapping[str, Sequence[str]] | None,
+                   held_out: Sequence[Sample], run_id: str | None, progress: Progress | None) -> ArmRoundReport:
     arms, seconds = config.arms.arms, {}
     check_arm_round_order(store, round, arms)
     began = time.perf_counter()

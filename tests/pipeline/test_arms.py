@@ -148,6 +148,17 @@ def test_a_changed_rerun_removes_the_rounds_built_on_it(three_rounds, tmp_path, 
     assert copy.query(f"SELECT count(*) AS n FROM {S.ARM_ACCEPTED} WHERE round = 2")["n"][0] == 12
 
 
+def test_a_second_arm_round_while_one_runs_is_refused(seeded, tmp_path, embedder):
+    from prismatic_assets.pipeline.arms import ARM_ROUND_LOCK
+    from prismatic_assets.store.store import StoreBusy
+
+    store = seeded(tmp_path / "busy.duckdb")
+    with store.exclusive(ARM_ROUND_LOCK, "arm round 1", round=1):
+        with pytest.raises(StoreBusy, match="arm round 1"):
+            _round(store, embedder, 1)
+    assert store.query(f"SELECT count(*) AS n FROM {S.ARM_CANDIDATES}")["n"][0] == 0
+
+
 def test_rounds_run_in_order(seeded, tmp_path, embedder):
     store = seeded(tmp_path / "order.duckdb")
     with pytest.raises(ArmRoundOrderError, match=r"needs rounds \[1\] first"):
