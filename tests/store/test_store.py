@@ -104,3 +104,23 @@ def test_parallel_processes_do_not_fail_on_the_single_writer_lock(tmp_path):
     store = MetadataStore(path)
     assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 45
     assert store.query("SELECT count(*) AS n FROM samples")["n"][0] == 45
+
+
+def test_shards_are_ingested_once_per_key_the_last_shard_winning(tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from prismatic_assets.store.shards import embedding_rows_table
+
+    store = MetadataStore(tmp_path / "m.duckdb")
+    a, b = (Sample(f"s{i}", f"p{i}", f"r{i}") for i in range(2))
+    old, new = np.array([1, 0, 0, 0], np.float32), np.array([0, 1, 0, 0], np.float32)
+    first, second = tmp_path / "shard-1.parquet", tmp_path / "shard-2.parquet"
+    pq.write_table(embedding_rows_table([_row(a, "k", old), _row(b, "k", old), _row(a, "k", old)]), first)
+    pq.write_table(embedding_rows_table([_row(a, "k", new)]), second)
+    assert store.ingest_embedding_shards([second, first]) == 4  # rows read, in any order given
+    assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 2  # one row per sample and key
+    ok, vectors, _ = store.load_vectors([a.content_hash, b.content_hash], "k", 4)
+    assert ok.all() and vectors[0].tolist() == new.tolist() and vectors[1].tolist() == old.tolist()
+    assert store.ingest_embedding_shards([first]) == 3  # again: replaced, not added
+    assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 2
