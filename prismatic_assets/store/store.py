@@ -416,9 +416,9 @@ class MetadataStore:
 
         A sample present in several shards or already stored is replaced, never duplicated
         (the shard whose name sorts last wins). One statement per shard keeps the insert's
-        memory to about one shard's: a single statement over every shard held them all (peak
-        RSS 5.1 GB for 600k vectors of d = 256, against 1.9 GB shard by shard). Returns the
-        number of rows read.
+        working memory to about one shard's: a single statement over every shard held them
+        all (peak RSS 5.1 GB for 600k vectors of d = 256, against 2.0 GB shard by shard;
+        `benchmarks/bench_ingest.py`). Returns the number of rows read.
         """
         if not shards:
             return 0
