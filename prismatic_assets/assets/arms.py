@@ -16,6 +16,7 @@ import dagster as dg
 from prismatic_assets import plots
 from prismatic_assets.assets.backbone import EmbeddingSnapshot, SeedSnapshot
 from prismatic_assets.assets.retry import TRANSIENT_RETRY, retry_transient_only
+from prismatic_assets.assets.rounds import CONCURRENCY_TAG  # one synthesis or arm round at a time
 from prismatic_assets.core.evaluation import assert_disjoint
 from prismatic_assets.core.ids import digest
 from prismatic_assets.dagster_resources import EngineResource, ProfileResource, ProxyResource, StoreResource, \
@@ -30,8 +31,6 @@ from prismatic_assets.pipeline.round_stages import load_pool
 
 GROUP = "arms"
 ARM_ROUNDS = dg.DynamicPartitionsDefinition(name="arm_rounds")
-#: Runs carrying this tag are limited to one at a time by dagster.yaml's run coordinator.
-CONCURRENCY_TAG = {"prismatic/synthesis": "round"}
 
 
 def _gvendi_chart(db):

@@ -24,25 +24,24 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from prismatic_assets.config import ArmsConfig, Config
 from prismatic_assets.core.decontamination import NGramIndex
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.procedural import PROCEDURAL_SOURCE, TaskItem, task_items, verify_item
 from prismatic_assets.core.samples import Sample, normalize_text
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.pipeline.round import ProxyOpener
 from prismatic_assets.pipeline.round_stages import judge_candidates, load_pool
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import pool_digest
 
-ProxyOpener = Callable[[], ContextManager[GradientEmbedder]]
 #: The store lock a running arm round holds.
 ARM_ROUND_LOCK = "arm-round"
 Progress = Callable[[str, int, int], None]

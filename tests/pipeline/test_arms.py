@@ -29,18 +29,13 @@ CONFIG = build_config({"clustering": {"ratio": 0.2},
 
 
 @pytest.fixture(scope="module")
-def embedder(tiny_embedder):
-    return tiny_embedder
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory, embedder):
+def seeded(tmp_path_factory, tiny_embedder):
     template = tmp_path_factory.mktemp("arms") / "seeded.duckdb"
     store = MetadataStore(template)
     seed = [Sample(f"unit:{i:02d}", f"Seed problem {i}: what is {i} times {i + 3}?",
                    f"It is \\boxed{{{i * (i + 3)}}}.", answer=str(i * (i + 3)), source="unit") for i in range(20)]
     store.replace_samples(source="unit", origin="seed", samples=seed, splits={}, rejections=[], run_id="seed")
-    embed_samples(seed, embedder, store)
+    embed_samples(seed, tiny_embedder, store)
 
     def copy(path) -> MetadataStore:
         shutil.copyfile(template, path)
@@ -48,15 +43,15 @@ def seeded(tmp_path_factory, embedder):
     return copy
 
 
-def _round(store, embedder, round, config=CONFIG, **kw):
-    return run_arm_round(store, round, proxy=lambda: contextlib.nullcontext(embedder), config=config,
+def _round(store, tiny_embedder, round, config=CONFIG, **kw):
+    return run_arm_round(store, round, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=config,
                          seed_source="unit", **kw)
 
 
 @pytest.fixture(scope="module")
-def three_rounds(tmp_path_factory, seeded, embedder):
+def three_rounds(tmp_path_factory, seeded, tiny_embedder):
     store = seeded(tmp_path_factory.mktemp("three") / "m.duckdb")
-    reports = [_round(store, embedder, r) for r in (1, 2, 3)]
+    reports = [_round(store, tiny_embedder, r) for r in (1, 2, 3)]
     return store, reports
 
 
@@ -121,7 +116,7 @@ def test_g_vendi_per_arm_is_stored_and_summarized(three_rounds):
     assert lines[2].endswith(f"| {gain:+.2f} |")
 
 
-def test_a_rerun_adds_nothing(three_rounds, tmp_path, embedder):
+def test_a_rerun_adds_nothing(three_rounds, tmp_path, tiny_embedder):
     store, reports = three_rounds
     copy = MetadataStore(tmp_path / "copy.duckdb")
     shutil.copyfile(store.path, copy.path)
@@ -131,47 +126,47 @@ def test_a_rerun_adds_nothing(three_rounds, tmp_path, embedder):
     def snapshot(s):
         return {t: s.query(f"SELECT *{cols} FROM {t} ORDER BY ALL").rows() for t, cols in varying.items()}
     before = snapshot(copy)
-    again = _round(copy, embedder, 2, run_id="again")
+    again = _round(copy, tiny_embedder, 2, run_id="again")
     assert again.removed_rounds == []  # the same acceptances: round 3 still stands on round 2
     assert snapshot(copy) == before
 
 
-def test_a_changed_rerun_removes_the_rounds_built_on_it(three_rounds, tmp_path, embedder):
+def test_a_changed_rerun_removes_the_rounds_built_on_it(three_rounds, tmp_path, tiny_embedder):
     store, _ = three_rounds
     copy = MetadataStore(tmp_path / "copy.duckdb")
     shutil.copyfile(store.path, copy.path)
     changed = build_config({**CONFIG.model_dump(mode="json"), "arms": {**CONFIG.arms.model_dump(mode="json"),
                                                                         "budget": 4}})
-    report = _round(copy, embedder, 2, config=changed)
+    report = _round(copy, tiny_embedder, 2, config=changed)
     assert report.removed_rounds == [3]
     assert copy.query(f"SELECT DISTINCT round FROM {S.ARM_ROUNDS} ORDER BY 1")["round"].to_list() == [1, 2]
     assert copy.query(f"SELECT count(*) AS n FROM {S.ARM_ACCEPTED} WHERE round = 2")["n"][0] == 12
 
 
-def test_a_second_arm_round_while_one_runs_is_refused(seeded, tmp_path, embedder):
+def test_a_second_arm_round_while_one_runs_is_refused(seeded, tmp_path, tiny_embedder):
     from prismatic_assets.pipeline.arms import ARM_ROUND_LOCK
     from prismatic_assets.store.store import StoreBusy
 
     store = seeded(tmp_path / "busy.duckdb")
     with store.exclusive(ARM_ROUND_LOCK, "arm round 1", round=1):
         with pytest.raises(StoreBusy, match="arm round 1"):
-            _round(store, embedder, 1)
+            _round(store, tiny_embedder, 1)
     assert store.query(f"SELECT count(*) AS n FROM {S.ARM_CANDIDATES}")["n"][0] == 0
 
 
-def test_rounds_run_in_order(seeded, tmp_path, embedder):
+def test_rounds_run_in_order(seeded, tmp_path, tiny_embedder):
     store = seeded(tmp_path / "order.duckdb")
     with pytest.raises(ArmRoundOrderError, match=r"needs rounds \[1\] first"):
-        _round(store, embedder, 2)
+        _round(store, tiny_embedder, 2)
     assert store.query(f"SELECT count(*) AS n FROM {S.ARM_ROUNDS}")["n"][0] == 0
 
 
-def test_duplicates_of_held_out_problems_are_rejected_with_their_reason(seeded, tmp_path, embedder):
+def test_duplicates_of_held_out_problems_are_rejected_with_their_reason(seeded, tmp_path, tiny_embedder):
     store = seeded(tmp_path / "held.duckdb")
     items = task_items(CONFIG.arms.source.families, CONFIG.arms.source.levels, 18, CONFIG.arms.source.seed,
                        id_prefix="arm-r1")
     held = [Sample("held:0", items[2].sample.prompt, "x", answer="1", source="held")]
-    report = _round(store, embedder, 1, held_out=held)
+    report = _round(store, tiny_embedder, 1, held_out=held)
     assert report.rejected == {"duplicate_held_out": 1} and report.n_verified == 17
     row = store.query(f"SELECT status, reason FROM {S.ARM_CANDIDATES} WHERE sample_id = ?",
                       [items[2].sample.sample_id]).row(0)
