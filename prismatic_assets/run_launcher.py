@@ -58,7 +58,7 @@ def worker_status(pid: int, logged_at: float) -> tuple[WorkerStatus, str]:
     except psutil.AccessDenied:
         return WorkerStatus.RUNNING, f"run worker process {pid} exists (owned by another user)"
     if status == psutil.STATUS_ZOMBIE:
-        return WorkerStatus.FAILED, f"run worker process {pid} exited without ending its run (zombie)"
+        return WorkerStatus.FAILED, f"run worker process {pid} is gone (exited without ending its run)"
     if started > logged_at + _START_SLACK_S:
         return WorkerStatus.FAILED, (f"run worker process {pid} is gone: that process id now belongs to a process "
                                      f"started later")

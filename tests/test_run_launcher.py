@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -65,6 +66,15 @@ def test_worker_status_sees_live_dead_and_recycled_processes():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     status, message = worker_status(child.pid, time.time())
+    assert status == WorkerStatus.FAILED and f"process {child.pid} is gone" in message
+    # Killed but not yet reaped by its parent (a zombie): the same message, whichever the monitor sees first.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    deadline = time.time() + 30
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.05)
+    status, message = worker_status(child.pid, time.time())
+    child.wait()
     assert status == WorkerStatus.FAILED and f"process {child.pid} is gone" in message
 
 
