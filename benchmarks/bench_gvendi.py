@@ -1,14 +1,16 @@
 """Benchmark: G-Vendi time and peak memory, ours (streaming d x d) against Vendi-Score.
 
 For N synthetic unit vectors at d = 1024 it times our streaming G-Vendi (`ours_fp32`:
-float32 batch products of 32k rows summed in float64, the pipeline's setting; `ours`:
+float32 batch products of 32k rows summed in float64, the pipeline's setting, on unit rows
+like the stored gradients; `ours_fp32_nonunit`: the same on rows of length 2, which are
+rescaled in a copy; `ours`:
 float64 throughout), fed batches generated on the fly so the N x d matrix never exists,
 against Vendi-Score 0.0.3's `score_dual` (d x d, needs all of X in memory) and `score_X`
 (N x N kernel). Ratios are against `score_dual`, the fastest peer, at the same N. Every case runs in a fresh subprocess, so its peak RSS
 (VmHWM) is its own; cases whose estimated memory exceeds --mem-limit-gb are reported
 as not run instead of crashing the machine. Scores are compared in the same run.
 
-    python -m benchmarks.bench_gvendi                       # ours_fp32 vs score_dual at 100k, 300k, 1M
+    python -m benchmarks.bench_gvendi                       # ours_fp32(_nonunit) vs score_dual at 100k, 300k, 1M
     python -m benchmarks.bench_gvendi --sizes 2000,5000 --dim 128   # quick check
 
 Writes benchmarks/results/gvendi.{json,md} through benchmarks.common. The subprocess and
@@ -94,7 +96,7 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 # ----------------------------------------------------------------------------- data
 
-METHODS = ("ours_fp32", "ours", "score_dual", "score_X")
+METHODS = ("ours_fp32", "ours_fp32_nonunit", "ours", "score_dual", "score_X")
 
 
 def synthetic_batches(n: int, d: int, batch: int, seed: int) -> Iterator[np.ndarray]:
@@ -134,7 +136,7 @@ def not_run_reason(method: str, n: int, d: int, batch: int, limit_gib: float) ->
 
 
 #: Rows per update of our streaming path (the g_vendi defaults).
-UPDATE_ROWS = {"ours": 8192, "ours_fp32": 32768}
+UPDATE_ROWS = {"ours": 8192, "ours_fp32": 32768, "ours_fp32_nonunit": 32768}
 
 
 def worker(method: str, n: int, d: int, batch: int, seed: int) -> dict[str, Any]:
@@ -142,7 +144,7 @@ def worker(method: str, n: int, d: int, batch: int, seed: int) -> dict[str, Any]
     if method.startswith("ours"):
         from prismatic_assets.core.gvendi import SecondMoment, g_vendi_from_moment
 
-        moment = SecondMoment(d, compute_dtype="float32" if method == "ours_fp32" else "float64")
+        moment = SecondMoment(d, compute_dtype="float64" if method == "ours" else "float32")
         gen_s = 0.0
         t0 = time.perf_counter()
         batches = synthetic_batches(n, d, batch, seed)
@@ -155,6 +157,8 @@ def worker(method: str, n: int, d: int, batch: int, seed: int) -> dict[str, Any]
                     break
                 parts.append(piece)
             x = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else None)
+            if x is not None and method == "ours_fp32_nonunit":
+                x *= 2.0  # rows of length 2: the float32 path copies and rescales them (same score)
             gen_s += time.perf_counter() - g0
             if x is None:
                 break
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="100000,300000,1000000", help="comma-separated N")
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8192, help="rows per generated piece of data")
-    parser.add_argument("--methods", default="ours_fp32,score_dual")
+    parser.add_argument("--methods", default="ours_fp32,ours_fp32_nonunit,score_dual")
     parser.add_argument("--mem-limit-gib", type=float, default=None, help="default: half of RAM")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per case")
     parser.add_argument("--seed", type=int, default=0)
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                "cases": cases}
     md = (f"# G-Vendi: time and peak memory\n\n{load}\n\n"
           f"d = {args.dim}. `ours_fp32` streams batches of {UPDATE_ROWS['ours_fp32']} rows (float32 products "
-          "summed in float64), `ours` batches of 8192 in float64; data generation is excluded. Vendi-Score 0.0.3 "
+          "summed in float64; unit rows go to BLAS as they are), `ours_fp32_nonunit` the same on rows of length 2 "
+          "(copied and rescaled per batch, the general case), `ours` batches of 8192 in float64; data generation is excluded. Vendi-Score 0.0.3 "
           "gets X in memory. Every case ran in its own process: peak RSS (VmHWM) includes the interpreter and "
           "libraries; 'above baseline' subtracts the RSS before the method's imports. Ratios are against "
           "`score_dual` at the same N.\n\n")

@@ -329,3 +329,23 @@ def test_float32_path_keeps_the_callers_array_and_names_bad_rows():
     bad[200] = 0
     with pytest.raises(ValueError, match="row 200 is all zeros"):
         g_vendi(bad, compute_dtype="float32", batch_size=128)
+
+
+def test_float32_path_on_unit_rows_matches_float64_with_or_without_rescaling():
+    """Unit float32 rows go to BLAS as they are; rows off unit length (one batch of each, a
+    Fortran-ordered batch, float64 input) are rescaled. Every mix gives the float64 score."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((900, 48)) * np.linspace(1.0, 0.1, 48)).astype(np.float32)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    exact = g_vendi(unit.astype(np.float64)).score
+    assert np.abs(np.einsum("ij,ij->i", unit, unit) - 1).max() <= gvendi.UNIT_TOLERANCE
+    before = unit.copy()
+    assert g_vendi(unit, compute_dtype="float32", batch_size=256).score == pytest.approx(exact, rel=1e-5)
+    assert np.array_equal(unit, before)
+    mixed = [unit[:300], x[300:600] * 3, np.asfortranarray(unit[600:800]), unit[800:].astype(np.float64)]
+    assert g_vendi(mixed, compute_dtype="float32").score == pytest.approx(exact, rel=1e-5)
+    # A row just beyond the tolerance is rescaled, not taken as unit: scaled by 1.01, it would weigh 2% more.
+    heavy = unit.copy()
+    heavy[::2] *= 1.01
+    assert g_vendi(heavy, compute_dtype="float32").score == pytest.approx(exact, rel=1e-5)
+    assert g_vendi(heavy, normalize=False, compute_dtype="float32").score != pytest.approx(exact, rel=1e-5)
