@@ -124,3 +124,35 @@ def test_shards_are_ingested_once_per_key_the_last_shard_winning(tmp_path):
     assert ok.all() and vectors[0].tolist() == new.tolist() and vectors[1].tolist() == old.tolist()
     assert store.ingest_embedding_shards([first]) == 3  # again: replaced, not added
     assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 2
+
+
+def test_shard_ingest_runs_under_its_own_memory_limit_and_rolls_back_whole(tmp_path, monkeypatch):
+    """The ingest lowers DuckDB's memory limit (flat memory at any N, benchmarks/bench_ingest.py):
+    a limit too small for the insert fails it as a whole, keeping nothing of it, and the
+    store's limit is back afterwards."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from prismatic_assets.store import store as store_module
+    from prismatic_assets.store.shards import embedding_rows_table
+
+    store = MetadataStore(tmp_path / "m.duckdb")
+    samples = [Sample(f"s{i}", f"p{i}", f"r{i}") for i in range(3000)]
+    vectors = np.random.default_rng(0).standard_normal((3000, 4)).astype(np.float32)
+    shards = []
+    for part in range(3):
+        shards.append(tmp_path / f"shard-{part}.parquet")
+        rows = [_row(s, "k", v) for s, v in zip(samples[part * 1000:(part + 1) * 1000], vectors[part * 1000:])]
+        pq.write_table(embedding_rows_table(rows), shards[-1])
+    monkeypatch.setattr(store_module, "INGEST_MEMORY_LIMIT", "64KB")
+    with pytest.raises(Exception, match="(?i)memory"):
+        store.ingest_embedding_shards(shards)
+    assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 0
+    monkeypatch.setattr(store_module, "INGEST_MEMORY_LIMIT", "256MB")
+    assert store.ingest_embedding_shards(shards) == 3000
+    assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 3000
+    with store.connect() as con:
+        before = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        with store_module._memory_limit(con, "300MB"):
+            assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "286.1 MiB"
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == before
