@@ -158,13 +158,22 @@ def _vectors_to_arrow(vectors: Sequence[np.ndarray | None]) -> pa.Array:
                     type=pa.list_(pa.float32()))
 
 
-def _arrow_to_matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+#: Rows per record batch when vectors stream out of the store (64 MB at d = 256).
+_VECTOR_BATCH_ROWS = 65_536
+
+
+def _arrow_to_matrix(column: pa.ChunkedArray | pa.Array, dim: int, path: Path | None = None) -> np.ndarray:
+    """An (n, dim) float32 matrix from a list<float> column of n non-null vectors."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if len(column) == 0:
         return np.zeros((0, dim), dtype=np.float32)
     flat = np.asarray(column.flatten(), dtype=np.float32)
-    return flat.reshape(len(column), -1)
+    if flat.size != len(column) * dim:
+        raise StoreError(f"{path or 'the store'}: stored vectors do not all have {dim} values ({flat.size} values "
+                         f"for {len(column)} vectors): they were computed under another projection dim; "
+                         "re-materialize gradient_embeddings")
+    return flat.reshape(len(column), dim)
 
 
 @dataclass(frozen=True)
@@ -482,19 +491,35 @@ class MetadataStore:
 
         Returns (valid: (n,) bool mask over the input, (n_valid, dim) float32 matrix in input
         order, {input index: reason} for rows without a vector: a recorded error or "not computed").
+        The vectors stream from DuckDB in record batches straight into the matrix, so the
+        peak is the matrix plus one batch (no sorted copy, Arrow table or filtered copy of all
+        N vectors).
         """
+        n = len(content_hashes)
         with self.connect() as con:
             con.register("wanted", pa.table({"content_hash": list(content_hashes),
-                                             "pos": list(range(len(content_hashes)))}))
-            table = con.sql(
-                f"SELECT w.pos, e.vector, e.error, e.content_hash IS NULL AS missing FROM wanted w "
+                                             "pos": pa.array(np.arange(n, dtype=np.int64))}))
+            rows = con.execute(
+                f"SELECT w.pos, e.error, e.content_hash IS NULL AS missing FROM wanted w "
                 f"LEFT JOIN {S.EMBEDDINGS} e ON e.content_hash = w.content_hash AND e.embedding_key = ? "
-                f"ORDER BY w.pos", params=[embedding_key]).to_arrow_table()
-        errors = table.column("error").to_pylist()
-        missing = table.column("missing").to_pylist()
-        valid = np.array([e is None and not m for e, m in zip(errors, missing)], dtype=bool)
-        reasons = {i: ("not computed" if m else e) for i, (e, m) in enumerate(zip(errors, missing)) if e or m}
-        matrix = _arrow_to_matrix(table.filter(pa.array(valid)).column("vector"), dim)
+                f"WHERE e.content_hash IS NULL OR e.error IS NOT NULL", [embedding_key]).fetchall()
+            reasons = {int(pos): ("not computed" if missing else error) for pos, error, missing in rows}
+            valid = np.ones(n, dtype=bool)
+            valid[list(reasons)] = False
+            row_of = np.cumsum(valid) - 1  # (n,) input position -> matrix row, for valid positions
+            matrix = np.empty((int(valid.sum()), dim), dtype=np.float32)
+            reader = con.sql(
+                f"SELECT w.pos, e.vector FROM wanted w JOIN {S.EMBEDDINGS} e "
+                f"ON e.content_hash = w.content_hash AND e.embedding_key = ? WHERE e.error IS NULL",
+                params=[embedding_key]).to_arrow_reader(_VECTOR_BATCH_ROWS)
+            filled = 0
+            for batch in reader:
+                pos = batch.column(0).to_numpy()
+                matrix[row_of[pos]] = _arrow_to_matrix(batch.column(1), dim, self.path)
+                filled += len(pos)
+        if filled != len(matrix):
+            raise StoreError(f"{self.path}: {len(matrix)} vectors expected under key {embedding_key[:12]} but "
+                             f"{filled} read; the embeddings table changed while it was read: run again")
         return valid, matrix, reasons
 
     # -- clusterings and scores ----------------------------------------------------------

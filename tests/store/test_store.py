@@ -156,3 +156,23 @@ def test_shard_ingest_runs_under_its_own_memory_limit_and_rolls_back_whole(tmp_p
         with store_module._memory_limit(con, "300MB"):
             assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "286.1 MiB"
         assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == before
+
+
+def test_vectors_stream_out_in_input_order_across_record_batches(tmp_path, monkeypatch):
+    from prismatic_assets.store import store as store_module
+
+    monkeypatch.setattr(store_module, "_VECTOR_BATCH_ROWS", 7)  # many record batches
+    store = MetadataStore(tmp_path / "m.duckdb")
+    samples = [Sample(f"s{i}", f"p{i}", f"r{i}") for i in range(60)]
+    vectors = np.random.default_rng(1).standard_normal((60, 4)).astype(np.float32)
+    store.put_embeddings([_row(s, "k", None, error="nan loss") if i % 11 == 3 else _row(s, "k", v)
+                          for i, (s, v) in enumerate(zip(samples[:50], vectors))])  # 50..59 never computed
+    order = list(np.random.default_rng(2).permutation(60)) + [5, 5]  # shuffled, one sample asked twice more
+    valid, matrix, reasons = store.load_vectors([samples[i].content_hash for i in order], "k", 4)
+    expected_valid = [i < 50 and i % 11 != 3 for i in order]
+    assert valid.tolist() == expected_valid
+    assert np.array_equal(matrix, vectors[[i for i, ok in zip(order, expected_valid) if ok]])
+    assert {reasons[p] for p, i in enumerate(order) if i >= 50} == {"not computed"}
+    assert {reasons[p] for p, i in enumerate(order) if i < 50 and i % 11 == 3} == {"nan loss"}
+    with pytest.raises(store_module.StoreError, match="do not all have 8 values"):
+        store.load_vectors([samples[0].content_hash], "k", 8)
