@@ -144,11 +144,11 @@ def test_shard_ingest_runs_under_its_own_memory_limit_and_rolls_back_whole(tmp_p
         shards.append(tmp_path / f"shard-{part}.parquet")
         rows = [_row(s, "k", v) for s, v in zip(samples[part * 1000:(part + 1) * 1000], vectors[part * 1000:])]
         pq.write_table(embedding_rows_table(rows), shards[-1])
-    monkeypatch.setattr(store_module, "INGEST_MEMORY_LIMIT", "64KB")
+    monkeypatch.setattr(store_module, "BULK_MEMORY_LIMIT", "64KB")
     with pytest.raises(Exception, match="(?i)memory"):
         store.ingest_embedding_shards(shards)
     assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 0
-    monkeypatch.setattr(store_module, "INGEST_MEMORY_LIMIT", "256MB")
+    monkeypatch.setattr(store_module, "BULK_MEMORY_LIMIT", "256MB")
     assert store.ingest_embedding_shards(shards) == 3000
     assert store.query("SELECT count(*) AS n FROM embeddings")["n"][0] == 3000
     with store.connect() as con:
