@@ -159,6 +159,21 @@ def _vectors_to_arrow(vectors: Sequence[np.ndarray | None]) -> pa.Array:
                     type=pa.list_(pa.float32()))
 
 
+def _register_wanted(con: duckdb.DuckDBPyConnection, content_hashes: Sequence[str]) -> None:
+    """The view `wanted` (content_hash, pos): the samples asked for, with their input positions."""
+    con.register("wanted", pa.table({"content_hash": list(content_hashes),
+                                     "pos": pa.array(np.arange(len(content_hashes), dtype=np.int64))}))
+
+
+def _missing_or_failed(con: duckdb.DuckDBPyConnection, embedding_key: str) -> dict[int, str]:
+    """{position in `wanted`: reason} for samples without a vector under the key."""
+    rows = con.execute(
+        f"SELECT w.pos, e.error, e.content_hash IS NULL AS missing FROM wanted w "
+        f"LEFT JOIN {S.EMBEDDINGS} e ON e.content_hash = w.content_hash AND e.embedding_key = ? "
+        f"WHERE e.content_hash IS NULL OR e.error IS NOT NULL", [embedding_key]).fetchall()
+    return {int(pos): ("not computed" if missing else error) for pos, error, missing in rows}
+
+
 #: Rows per record batch when vectors stream out of the store (64 MB at d = 256).
 _VECTOR_BATCH_ROWS = 65_536
 
@@ -478,13 +493,8 @@ class MetadataStore:
         """{input index: reason} for samples without a vector under this key (an error or "not
         computed"); vectors are not read, so memory stays small at any N."""
         with self.connect() as con:
-            con.register("wanted", pa.table({"content_hash": list(content_hashes),
-                                             "pos": list(range(len(content_hashes)))}))
-            rows = con.execute(
-                f"SELECT w.pos, e.error, e.content_hash IS NULL AS missing FROM wanted w "
-                f"LEFT JOIN {S.EMBEDDINGS} e ON e.content_hash = w.content_hash AND e.embedding_key = ? "
-                f"WHERE e.content_hash IS NULL OR e.error IS NOT NULL", [embedding_key]).fetchall()
-        return {int(pos): ("not computed" if missing else error) for pos, error, missing in rows}
+            _register_wanted(con, content_hashes)
+            return _missing_or_failed(con, embedding_key)
 
     def load_vectors(self, content_hashes: Sequence[str], embedding_key: str, dim: int
                      ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -499,13 +509,8 @@ class MetadataStore:
         """
         n = len(content_hashes)
         with self.connect() as con, _memory_limit(con, BULK_MEMORY_LIMIT):
-            con.register("wanted", pa.table({"content_hash": list(content_hashes),
-                                             "pos": pa.array(np.arange(n, dtype=np.int64))}))
-            rows = con.execute(
-                f"SELECT w.pos, e.error, e.content_hash IS NULL AS missing FROM wanted w "
-                f"LEFT JOIN {S.EMBEDDINGS} e ON e.content_hash = w.content_hash AND e.embedding_key = ? "
-                f"WHERE e.content_hash IS NULL OR e.error IS NOT NULL", [embedding_key]).fetchall()
-            reasons = {int(pos): ("not computed" if missing else error) for pos, error, missing in rows}
+            _register_wanted(con, content_hashes)
+            reasons = _missing_or_failed(con, embedding_key)
             valid = np.ones(n, dtype=bool)
             valid[list(reasons)] = False
             row_of = np.cumsum(valid) - 1  # (n,) input position -> matrix row, for valid positions
