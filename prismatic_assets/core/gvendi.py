@@ -122,17 +122,15 @@ class SecondMoment:
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float32) if x.dtype == np.float32 else None  # (b,)
         if sq is None or not (np.isfinite(sq).all() and (sq > 0).all()):
             sq = _check_rows(np.asarray(x, dtype=np.float64), self.n)  # names a bad row; else huge values
+        self._trace += b if self.normalize else float(np.sum(sq, dtype=np.float64))
+        usable = x.dtype == np.float32 and x.flags.c_contiguous  # BLAS can read it as it is
         rows = x
-        if self.normalize:
-            self._trace += b
-            if x.dtype != np.float32 or not x.flags.c_contiguous or np.abs(sq - 1.0).max() > UNIT_TOLERANCE:
-                rows = self._scratch(b)
-                np.multiply(x, (1.0 / np.sqrt(sq)).astype(np.float32)[:, None], out=rows, casting="unsafe")
-        else:
-            self._trace += float(np.sum(sq, dtype=np.float64))
-            if x.dtype != np.float32 or not x.flags.c_contiguous:
-                rows = self._scratch(b)
-                np.copyto(rows, x, casting="unsafe")
+        if self.normalize and not (usable and np.abs(sq - 1.0).max() <= UNIT_TOLERANCE):
+            rows = self._scratch(b)
+            np.multiply(x, (1.0 / np.sqrt(sq)).astype(np.float32)[:, None], out=rows, casting="unsafe")
+        elif not usable:
+            rows = self._scratch(b)
+            np.copyto(rows, x, casting="unsafe")
         if self._product is None:
             self._product = np.zeros((self.dim, self.dim), dtype=np.float32, order="F")  # upper triangle used
         # rows.T of a C-contiguous (b, d) array is a Fortran (d, b) array: no copy; rows^T rows.
