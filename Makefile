@@ -8,10 +8,10 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m prismatic_assets.cli demo
+	$(PY) -m prismatic_assets.interfaces.cli demo
 
 experiment: setup
-	$(PY) -m prismatic_assets.cli experiment
+	$(PY) -m prismatic_assets.interfaces.cli experiment
 
 test: setup
 	$(PY) -m pytest

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write_results
-from prismatic_assets.config import load_config
+from prismatic_assets.infra.config import load_config
 from prismatic_assets.core.clustering import num_clusters, spherical_kmeans
 from prismatic_assets.pipeline.arms import _sample_from_row, choose
 from prismatic_assets.pipeline.embeddings import pool_vectors

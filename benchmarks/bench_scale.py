@@ -115,7 +115,7 @@ def model_seconds_per_sample(model_dir: str, samples, batch_size: int, max_sampl
 def worker(args) -> dict[str, Any]:
     import numpy as np
 
-    from prismatic_assets.config import ClusteringConfig, ComputeConfig, ProjectionConfig, ProxyConfig
+    from prismatic_assets.infra.config import ClusteringConfig, ComputeConfig, ProjectionConfig, ProxyConfig
     from prismatic_assets.pipeline.clusters import cluster_pool
     from prismatic_assets.pipeline.embeddings import embed_samples, open_embedder, pool_vectors
     from prismatic_assets.pipeline.scores import score_pool

@@ -57,9 +57,9 @@ def make_model(folder: Path, shapes: dict, dtype: str) -> str:
 
 
 def check_engines(models: tuple[str, str], tiny: bool) -> bool:
-    from prismatic_assets.config import EngineConfig
+    from prismatic_assets.infra.config import EngineConfig
     from prismatic_assets.core.generation import SamplingConfig
-    from prismatic_assets.engines import EngineSet, _gpu_used_bytes
+    from prismatic_assets.infra.engines import EngineSet, _gpu_used_bytes
 
     backend = "transformers" if tiny else "vllm"
     configs = {"generator": EngineConfig(backend=backend, model=models[0], max_model_len=1024, devices=None
@@ -86,7 +86,7 @@ def check_engines(models: tuple[str, str], tiny: bool) -> bool:
 
 
 def check_sft(student: str, tiny: bool, work: Path) -> bool:
-    from prismatic_assets.config import build_config
+    from prismatic_assets.infra.config import build_config
     from prismatic_assets.core.samples import Sample
     from prismatic_assets.pipeline.distill import read_result, sft_command, write_training_set
 
@@ -113,7 +113,7 @@ def check_sft(student: str, tiny: bool, work: Path) -> bool:
 
 
 def check_gradients(proxy: str, tiny: bool) -> bool:
-    from prismatic_assets.config import ProjectionConfig, ProxyConfig
+    from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
     from prismatic_assets.pipeline.embeddings import open_embedder
 
     device = "cpu" if tiny else "cuda:0"

@@ -131,7 +131,7 @@ def scenario_shard(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from prismatic_assets.config import ProjectionConfig, ProxyConfig
+    from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
     from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
     from prismatic_assets.store.shards import ShardDiskFull
     from prismatic_assets.store.store import MetadataStore

@@ -12,7 +12,7 @@ import sys
 
 import dagster as dg
 
-from prismatic_assets.definitions import build_definitions
+from prismatic_assets.orchestration.definitions import build_definitions
 
 
 def main(selection: str, partition: str | None = None) -> int:

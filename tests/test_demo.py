@@ -48,7 +48,7 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DAGSTER_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "experiment", "--profile", str(config)],
+    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "experiment", "--profile", str(config)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[demo] wall time: backbone" in proc.stdout and "arm rounds" in proc.stdout and "students" in proc.stdout
@@ -61,14 +61,14 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     assert roles == [("arm:base", 3), ("arm:naive", 3), ("arm:prismatic", 3), ("arm:random", 3)]
 
     # The demo again: every arm round is complete, so it runs none and the store is unchanged.
-    again = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "demo", "--profile", str(config)],
+    again = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "demo", "--profile", str(config)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "[arms] round" not in again.stdout
     assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 3 * 3
 
     # The paper's path: the backbone (cached), two LLM synthesis rounds, distillation, evaluation.
-    pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "pipeline", "--rounds", "2", "--profile",
+    pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "2", "--profile",
                                str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert pipeline.returncode == 0, pipeline.stdout[-4000:] + pipeline.stderr[-4000:]
     assert "[pipeline] wall time: backbone" in pipeline.stdout and "distill+evaluation" in pipeline.stdout

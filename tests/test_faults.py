@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import numpy as np
 import pytest
 
-from prismatic_assets.config import ProjectionConfig, ProxyConfig
+from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
 from prismatic_assets.store import schema, shards
@@ -124,7 +124,7 @@ def test_cli_reports_a_damaged_store_without_a_traceback(tmp_path, tiny_model_di
     _make("flipped bytes", cache / "score-cache.duckdb")
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"prompt": "1+1?", "response": "\\boxed{2}"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "score", str(data), "--model", tiny_model_dir,
+    done = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "score", str(data), "--model", tiny_model_dir,
                            "--dim", "8"], capture_output=True, text=True, timeout=300, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO), "PRISMATIC_CACHE_DIR": str(cache)})
     assert done.returncode != 0

@@ -28,7 +28,7 @@ def test_installed_wheel_shows_the_paper_profile_from_another_directory(tmp_path
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("PRISMATIC_PROFILE", None)
-    code = ("import prismatic_assets, sys; from prismatic_assets.cli import main; "
+    code = ("import prismatic_assets, sys; from prismatic_assets.interfaces.cli import main; "
             "print('FROM', prismatic_assets.__file__); sys.exit(main(['config', 'show', '--profile', 'paper']))")
     done = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

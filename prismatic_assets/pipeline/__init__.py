@@ -9,6 +9,6 @@
     evaluation.py    held-out sets and student accuracy
 
 Functions here join `core/` algorithms to the metadata store. No Dagster: the assets in
-`prismatic_assets/assets/` and the `prismatic` CLI call these. Progress goes through
+`prismatic_assets/orchestration/assets/` and the `prismatic` CLI call these. Progress goes through
 callbacks.
 """

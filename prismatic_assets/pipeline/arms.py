@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from prismatic_assets.config import ArmsConfig, Config
+from prismatic_assets.infra.config import ArmsConfig, Config
 from prismatic_assets.core.decontamination import NGramIndex
 from prismatic_assets.core.procedural import PROCEDURAL_SOURCE, TaskItem, task_items, verify_item
 from prismatic_assets.core.samples import Sample, normalize_text

@@ -7,7 +7,7 @@ the clusters only one set fills, each set's entropy over the shared clusters, a 
 (PCA) of the vectors, and example samples from the clusters that tell the sets apart most.
 
 No Dagster: the CLI, the API and the `dataset_comparison` asset call `compare_sets`.
-Rendering (terminal, HTML) lives in `prismatic_assets.compare_report`.
+Rendering (terminal, HTML) lives in `prismatic_assets.reporting.compare_report`.
 """
 
 from __future__ import annotations

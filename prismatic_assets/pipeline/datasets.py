@@ -19,7 +19,7 @@ from prismatic_assets.core.models import PACKAGED_MODEL
 from prismatic_assets.core.samples import Rejection, Sample
 from prismatic_assets.pipeline.embeddings import (EmbeddingReport, PoolVectors, Progress, build_embedder,
                                                   default_cache_store, embed_samples, pool_vectors)
-from prismatic_assets.config import ProjectionConfig, ProxyConfig
+from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.store.store import MetadataStore
 
 Cache = MetadataStore | str | Path | None | bool

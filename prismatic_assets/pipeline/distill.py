@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from prismatic_assets.config import DistillConfig, EvaluationConfig
+from prismatic_assets.infra.config import DistillConfig, EvaluationConfig
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.store.store import MetadataStore
 

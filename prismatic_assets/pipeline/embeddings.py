@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from prismatic_assets.config import ComputeConfig, ProjectionConfig, ProxyConfig
+from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.core.gradients import Embedding, GradientEmbedder, GradientSpec
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from prismatic_assets.config import EvaluationConfig
+from prismatic_assets.infra.config import EvaluationConfig
 from prismatic_assets.core.evaluation import gsm_symbolic_set, load_eval_file
 from prismatic_assets.core.generation import Generator, SamplingConfig
 from prismatic_assets.core.ids import digest

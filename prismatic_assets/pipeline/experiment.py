@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from prismatic_assets.config import ArmsConfig, Config, DistillConfig
+from prismatic_assets.infra.config import ArmsConfig, Config, DistillConfig
 from prismatic_assets.core.evaluation import EvalReport, evaluate
 from prismatic_assets.core.generation import SamplingConfig
 from prismatic_assets.core.ids import digest

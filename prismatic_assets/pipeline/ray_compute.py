@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from prismatic_assets.config import ComputeConfig, ProjectionConfig, ProxyConfig
+from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.core.gradients import Embedding, GradientSpec, embedding_key, select_parameters
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec, projection_key

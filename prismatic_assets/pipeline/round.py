@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
-from prismatic_assets.config import Config
+from prismatic_assets.infra.config import Config
 from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.ids import digest
-from prismatic_assets.engines import EngineSet
+from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, StageProgress,
                                                     check_round_order, decontaminate, embed_candidates,
                                                     filter_candidates, generate_problems, parse_outputs,

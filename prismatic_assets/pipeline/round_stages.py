@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from prismatic_assets.config import ClusteringConfig, SynthesisConfig
+from prismatic_assets.infra.config import ClusteringConfig, SynthesisConfig
 from prismatic_assets.core.answers import majority_vote
 from prismatic_assets.core.clustering import Clustering, assign_to_centroids
 from prismatic_assets.core.decontamination import NGramIndex, find_duplicates

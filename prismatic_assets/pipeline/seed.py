@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prismatic_assets.core.loaders import FieldMap, LoadResult, load_samples, split_holdout
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.config import SeedConfig
+from prismatic_assets.infra.config import SeedConfig
 from prismatic_assets.store.store import MetadataStore
 
 

@@ -129,8 +129,8 @@ def test_a_timed_out_comparison_makes_the_vote_unverifiable(monkeypatch):
 
 def test_the_worker_is_not_mistaken_for_an_engine_process(tiny_model_dir):
     """Grading while an engine is open starts the worker; closing the engine must not wait for it."""
-    from prismatic_assets.config import EngineConfig
-    from prismatic_assets.engines import EngineSet
+    from prismatic_assets.infra.config import EngineConfig
+    from prismatic_assets.infra.engines import EngineSet
 
     answers._WORKER.close()
     answers._math_equal.cache_clear()
@@ -148,8 +148,8 @@ def test_a_worker_still_starting_is_not_mistaken_for_an_engine_process(tiny_mode
 
     import psutil
 
-    from prismatic_assets.config import EngineConfig
-    from prismatic_assets.engines import EngineSet
+    from prismatic_assets.infra.config import EngineConfig
+    from prismatic_assets.infra.engines import EngineSet
 
     answers._WORKER.close()
     answers._math_equal.cache_clear()

@@ -217,7 +217,7 @@ def test_cli_says_when_a_model_needs_remote_code(remote_code_model, tmp_path):
     data.write_text(json.dumps({"prompt": "1+1?", "response": "\\boxed{2}"}) + "\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_MODULES_CACHE": str(tmp_path / "modules"),
            "PRISMATIC_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "prismatic_assets.cli", "score", str(data), "--model", str(folder),
+    done = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "score", str(data), "--model", str(folder),
                            "--no-cache", "--dim", "8"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
     assert "ships its own Python code" in done.stderr and "--trust-remote-code" in done.stderr
@@ -225,8 +225,8 @@ def test_cli_says_when_a_model_needs_remote_code(remote_code_model, tmp_path):
 
 
 def test_engine_configs_carry_remote_code_and_revision(tiny_folders, monkeypatch):
-    from prismatic_assets.config import EngineConfig
-    from prismatic_assets.engines import open_engine
+    from prismatic_assets.infra.config import EngineConfig
+    from prismatic_assets.infra.engines import open_engine
 
     a = str(tiny_folders[0])
     assert not open_engine(EngineConfig(backend="vllm", model=a)).trust_remote_code

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from prismatic_assets.config import build_config
+from prismatic_assets.infra.config import build_config
 from prismatic_assets.core.procedural import task_items, verify_item
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.arms import (ArmRoundOrderError, accepted_samples, arm_pool, choose, prismatic_order,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from prismatic_assets.config import build_config
+from prismatic_assets.infra.config import build_config
 from prismatic_assets.core.models import PACKAGED_MODEL, resolve_model
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.distill import (check_lengths, read_result, read_training_set, sft_command,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from prismatic_assets.config import build_config
+from prismatic_assets.infra.config import build_config
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.evaluation import decontamination_texts, held_out_sets
 from prismatic_assets.store.store import MetadataStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prismatic_assets.config import ComputeConfig, ProjectionConfig, ProxyConfig
+from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, open_embedder
 from prismatic_assets.store.store import MetadataStore
 from tests.pipeline.test_embeddings import make_samples

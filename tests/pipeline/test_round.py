@@ -19,8 +19,8 @@ import pytest
 from prismatic_assets.core.clustering import Clustering, sparse_cluster_mask, spherical_kmeans
 from prismatic_assets.core.generation import SamplingConfig
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.config import EngineConfig, SynthesisConfig, build_config
-from prismatic_assets.engines import EngineSet
+from prismatic_assets.infra.config import EngineConfig, SynthesisConfig, build_config
+from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prismatic_assets.api import score_dataset, select_subset
+from prismatic_assets.interfaces.api import score_dataset, select_subset
 from prismatic_assets.core.loaders import LoadError, load_samples
 from prismatic_assets.pipeline.datasets import load_set, proxy_embedder
 from prismatic_assets.pipeline.select import RANDOM_BASELINE_SEEDS, baseline_seeds, select_from_set, write_subset

@@ -1,0 +1,477 @@
+"""The one typed configuration: every setting, its type and its default, defined once.
+
+A profile is a YAML file that overrides some of these defaults (`resources/local.yaml`,
+`resources/paper.yaml`, or any path). Models, devices and data default to the embedded CPU
+setup (SmolLM2-135M, CHAMP); the method's parameters default to the paper's. `local.yaml`
+overrides what the small CPU model needs, `paper.yaml` the GPU models and scale.
+
+    config = load_config("paper")          # or a path; None: $PRISMATIC_PROFILE, else "local"
+    config.synthesis.teacher.model         # typed access
+    describe(config)                       # every key with its value and where it came from
+
+Validation is strict: an unknown key, a wrong type or a choice outside the allowed ones is
+a `ConfigError` naming the file, the key and the valid choices; impossible combinations
+(min_agree > n_solutions, a dense projection of every parameter on a CPU) fail the same
+way. GPU placement (which engine owns which devices) is checked in `engines.check_placement`.
+
+Nested blocks reuse the core's own settings types where the core has one
+(`SamplingConfig`, `SFTSettings`), so their defaults also live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prismatic_assets.core.generation import PROBLEM_SAMPLING, SOLUTION_SAMPLING, SamplingConfig
+from prismatic_assets.core.sft import SFTSettings
+
+#: Where the profiles live: the top-level `resources/` folder of a source checkout, or the
+#: copy shipped inside the wheel (`prismatic_assets/profiles`).
+SOURCE_PROFILES_DIR = Path(__file__).resolve().parents[2] / "resources"
+DEFAULT_PROFILE = "local"
+
+# The core dataclasses take the same strict rules as the models below.
+SamplingConfig.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+SFTSettings.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+
+
+class ConfigError(ValueError):
+    """A profile that cannot be used as written; the message names the file, key and fix."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SeedConfig(_Block):
+    source: str = Field("champ", description="'champ', a .jsonl/.json/.parquet path, or hf:owner/name[:split]")
+    fields: Optional[str] = Field(None, description="field mapping, e.g. prompt=question,response=solution")
+    limit: Optional[int] = Field(None, ge=1, description="load only the first N valid rows")
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="kept out of the pool for evaluation")
+    holdout_seed: int = 0
+    max_chars: int = Field(100_000, ge=1, description="longer texts are rejected rows")
+
+
+class ProxyConfig(_Block):
+    model: str = Field("packaged:smollm2-135m-instruct", description="folder, hub id, .gguf file or packaged name")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    params: Optional[str] = Field(None, description="regex restricting the gradient to matching parameters")
+    autocast: Optional[Literal["bf16"]] = Field(None, description="bf16 autocast (GPUs)")
+    max_length: int = Field(1024, ge=8, description="token budget per sample")
+    trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off unless set)")
+
+
+class ProjectionConfig(_Block):
+    kind: Literal["countsketch", "rademacher"] = Field(
+        "countsketch", description="countsketch (sparse JL, CPU) or rademacher (dense, the paper's GPU path)")
+    dim: int = Field(1024, ge=1)
+    seed: int = 0
+
+
+class ClusteringConfig(_Block):
+    ratio: float = Field(0.05, gt=0, le=1, description="K = max(2, round(ratio * N)); the paper: 0.01")
+    niter: int = Field(20, ge=1)
+    seed: int = 0
+    sparse_ratio: float = Field(0.5, gt=0, lt=1, description="clusters below the size at int(K * ratio) are sparse")
+    max_points_per_centroid: Optional[int] = Field(
+        None, ge=1, description="train k-means on a sample of K x this many points (None: every point); "
+                                "every point is still assigned")
+
+
+class ScoreConfig(_Block):
+    q: float = Field(1.0, ge=0, description="Renyi order: 1 = Shannon (the paper), 2, inf")
+
+
+class ComputeConfig(_Block):
+    """Where gradient work runs: in the step's process, or on Ray (local or a cluster)."""
+
+    backend: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = Field(None, description="None: $RAY_ADDRESS, else a local Ray")
+    workers: int = Field(1, ge=1, description="Ray actors, each holding one proxy")
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="samples per gradient batch")
+    shard_rows: int = Field(4096, ge=1, description="vectors per Parquet shard; a killed run keeps finished shards")
+    shard_seconds: float = Field(60.0, gt=0, description="a shard is also written after this long: a killed run "
+                                 "loses at most this much gradient work")
+
+
+class EngineConfig(_Block):
+    """An LLM engine: the offline vLLM engine, an OpenAI-compatible server, or HF generate."""
+
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    model: str = "packaged:smollm2-135m-instruct"
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine")
+    devices: Optional[tuple[int, ...]] = Field(None, description="vllm: GPU ids this engine owns (None: 0..tp-1)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of each GPU's memory")
+    keep_loaded: bool = Field(False, description="keep the engine open across stages (else closed after each)")
+    max_model_len: Optional[int] = Field(2048, ge=1, description="vllm: context length (None: the model's)")
+    enforce_eager: bool = Field(True, description="vllm: skip torch.compile and CUDA graphs (minutes on a CPU)")
+    base_url: Optional[str] = Field(None, description="openai: e.g. http://gpu-node:8000/v1 (else $OPENAI_BASE_URL)")
+    max_concurrency: int = Field(64, ge=1, description="openai: requests in flight")
+    device: str = Field("cpu", description="transformers: torch device")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (off unless set)")
+    revision: Optional[str] = Field(None, description="a label of the weights, part of the generation cache key: "
+                                    "openai: change it whenever the server's model changes; vllm: a hub revision")
+
+    @model_validator(mode="after")
+    def _devices_match_tp(self) -> "EngineConfig":
+        if self.devices is not None and len(self.devices) != self.tensor_parallel_size:
+            raise ValueError(f"devices={list(self.devices)} lists {len(self.devices)} GPU(s) but "
+                             f"tensor_parallel_size={self.tensor_parallel_size}: list one GPU per shard")
+        return self
+
+    def device_ids(self) -> tuple[int, ...]:
+        """The GPUs this engine owns (vllm backend)."""
+        return self.devices if self.devices is not None else tuple(range(self.tensor_parallel_size))
+
+
+class SynthesisConfig(_Block):
+    """One synthesis round's parameters (the paper's settings are the defaults of the method)."""
+
+    generator: EngineConfig = EngineConfig()
+    teacher: EngineConfig = EngineConfig()
+    requests_per_round: int = Field(8, ge=1)
+    few_shot: int = Field(5, ge=1, description="pool problems shown per request (the paper: 5)")
+    new_per_request: int = Field(2, ge=1, description="new problems asked per request (the paper: 2)")
+    strategy: Literal["random", "sparse_cluster"] = "random"
+    n_solutions: int = Field(3, ge=1, description="teacher solutions per problem (the paper: 3)")
+    min_agree: int = Field(2, ge=1, description="agreeing answers that verify a problem (the paper: 2)")
+    stated_answers: bool = Field(False, description="also read 'The answer is X' without \\boxed{}")
+    problem_sampling: SamplingConfig = PROBLEM_SAMPLING
+    solution_sampling: SamplingConfig = SOLUTION_SAMPLING
+    ngram: int = Field(10, ge=1, description="n-gram overlap with evaluation texts that rejects a problem")
+    seed: int = 0
+    chunk_size: int = Field(256, ge=1, description="requests per engine call; outputs stored after each")
+
+    @model_validator(mode="after")
+    def _voting_possible(self) -> "SynthesisConfig":
+        if self.min_agree > self.n_solutions:
+            raise ValueError(f"min_agree={self.min_agree} > n_solutions={self.n_solutions}: no problem could ever "
+                             "be verified; lower min_agree or raise n_solutions")
+        return self
+
+    def problem_sampling_for(self, seed: int) -> SamplingConfig:
+        return _with(self.problem_sampling, n=1, seed=seed)
+
+    def solution_sampling_for(self, seed: int) -> SamplingConfig:
+        return _with(self.solution_sampling, n=self.n_solutions, seed=seed)
+
+
+class DistillConfig(_Block):
+    """The student and its supervised fine-tuning, run in its own process (see pipeline/distill.py)."""
+
+    student: str = "packaged:smollm2-135m-instruct"
+    rounds: str = Field("all", description="'all', 'none' (seed only) or a comma list such as '1,2'")
+    registered_name: str = "prismatic-student"
+    launcher: Literal["accelerate", "torchrun", "python"] = Field(
+        "accelerate", description="how the SFT process starts (python: one plain process)")
+    num_processes: int = Field(1, ge=1, description="training processes (one per GPU); sft.sharding shards them")
+    max_context: Optional[int] = Field(None, ge=1, description="the student's context length (None: read from "
+                                       "its config before training)")
+    sft: SFTSettings = SFTSettings()
+
+
+class EvaluationConfig(_Block):
+    """Held-out evaluation: the seed hold-out split, an offline GSM8K-style set, benchmark files."""
+
+    engine: EngineConfig = EngineConfig()  # `model` is ignored: the students are evaluated
+    gsm_symbolic: int = Field(30, ge=0, description="problems from reasoning-gym's gsm_symbolic (0 = none)")
+    gsm_symbolic_seed: int = 1234
+    holdout: bool = Field(True, description="evaluate on the seed hold-out split")
+    holdout_limit: int = Field(0, ge=0, description="the first N hold-out problems only (0 = all)")
+    stated_answers: bool = False
+    files: tuple[str, ...] = Field((), description="JSONL/Parquet benchmark files (problem, answer)")
+    max_tokens: int = Field(384, ge=1)
+    chunk_size: int = Field(256, ge=1, description="problems per engine call; answers stored after each (a rerun "
+                            "asks only for the rest)")
+
+
+class CompareConfig(_Block):
+    """The profile's `compare` section: which data sets `dataset_comparison` puts beside the seed pool."""
+
+    datasets: list[str] = Field(default_factory=list,
+                                description="paths (.jsonl/.json/.parquet), 'champ' or 'hf:owner/name[:split]'")
+    names: list[str] = Field(default_factory=list, description="one label per data set (default: file stems)")
+    fields: Optional[str] = Field(None, description="field mapping for the data sets, e.g. prompt=question,...")
+    limit: Optional[int] = Field(None, ge=1, description="read only the first N valid rows of each data set")
+    include_seed: bool = Field(True, description="compare the seed pool too, as the first set ('seed')")
+    clusters: Optional[int] = Field(None, ge=2, description="clusters of the union for coverage (None: ~sqrt(N))")
+    cluster_seed: int = 0
+    examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
+
+
+class ProceduralConfig(_Block):
+    """Candidates from reasoning-gym's task generators (`core/procedural.py`), checked by each task's scorer."""
+
+    families: tuple[str, ...] = Field(
+        ("basic_arithmetic", "chain_sum", "gcd", "lcm", "leg_counting", "count_bits", "simple_equations",
+         "letter_counting", "products", "base_conversion"), description="reasoning-gym tasks candidates come from")
+    levels: tuple[int, ...] = Field((0, 1, 2), description="curriculum difficulty levels, spread evenly")
+    candidates_per_round: int = Field(120, ge=1, description="problems generated (and embedded) once per round")
+    seed: int = 0
+
+
+class ExperimentConfig(_Block):
+    """`prismatic experiment`: one student per arm, trained alike, scored on held-out tasks."""
+
+    max_steps: int = Field(40, ge=1, description="optimizer steps per student (the same for every arm)")
+    eval_per_family: int = Field(8, ge=1, description="held-out problems per task family and split")
+    ood_families: tuple[str, ...] = Field(
+        ("fraction_simplification", "prime_factorization", "time_intervals", "spell_backward"),
+        description="tasks never used for candidates: the out-of-distribution split")
+    eval_seed: int = Field(10_007, description="seed of the held-out problems (never a candidate seed)")
+    max_tokens: int = Field(64, ge=1, description="answer tokens per held-out problem")
+
+
+class ArmsConfig(_Block):
+    """Arms compared round by round at an equal acceptance budget (`pipeline/arms.py`, `prismatic demo`)."""
+
+    arms: tuple[Literal["prismatic", "random", "naive"], ...] = Field(
+        ("prismatic", "random", "naive"), description="prismatic: sparse clusters first; random: the control; "
+                                                      "naive: generation order")
+    rounds: int = Field(3, ge=1, description="rounds `prismatic demo` runs after the backbone")
+    budget: int = Field(24, ge=1, description="samples each arm accepts per round")
+    source: ProceduralConfig = ProceduralConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> "ArmsConfig":
+        if self.budget > self.source.candidates_per_round:
+            raise ValueError(f"budget={self.budget} > source.candidates_per_round={self.source.candidates_per_round}:"
+                             " no arm could fill its budget; raise candidates_per_round or lower the budget")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms={list(self.arms)} names an arm twice")
+        overlap = sorted(set(self.source.families) & set(self.experiment.ood_families))
+        if overlap:
+            raise ValueError(f"experiment.ood_families {overlap} are also candidate families: the "
+                             "out-of-distribution split must use tasks never used for candidates")
+        return self
+
+
+class TrackingConfig(_Block):
+    tracking_uri: Optional[str] = Field(None, description="None: $MLFLOW_TRACKING_URI, else sqlite under data_dir")
+    experiment: str = "prismatic"
+
+
+class Config(_Block):
+    profile: str = DEFAULT_PROFILE
+    data_dir: str = "data"
+    seed: SeedConfig = SeedConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    projection: ProjectionConfig = ProjectionConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    score: ScoreConfig = ScoreConfig()
+    compute: ComputeConfig = ComputeConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    compare: CompareConfig = CompareConfig()
+    arms: ArmsConfig = ArmsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _nonempty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("data_dir is empty: name a folder, e.g. data")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "Config":
+        if self.projection.kind == "rademacher" and self.proxy.device == "cpu" and self.proxy.params is None:
+            raise ValueError("projection.kind=rademacher with proxy.device=cpu and every parameter: a dense "
+                             "projection of ~1e8 dims takes minutes per sample on a CPU; set "
+                             "projection.kind: countsketch, or restrict proxy.params, or use a GPU")
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_path / "prismatic.duckdb"
+
+    def replace(self, **changes: Any) -> "Config":
+        return self.model_copy(update=changes)
+
+
+def _with(sampling: SamplingConfig, **changes: Any) -> SamplingConfig:
+    import dataclasses
+
+    return dataclasses.replace(sampling, **changes)
+
+
+# -- loading -----------------------------------------------------------------------------
+def profiles_dir() -> Path:
+    """The folder holding the profile YAML files: resources/ of a source checkout, else the
+    copy installed with the package (`prismatic_assets.profiles`)."""
+    if (SOURCE_PROFILES_DIR.parent / "pyproject.toml").is_file() and SOURCE_PROFILES_DIR.is_dir():
+        return SOURCE_PROFILES_DIR
+    return Path(__file__).resolve().parents[1] / "profiles"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def profile_path(profile_or_path: str | None = None) -> Path:
+    """The YAML file of a profile name or path; None: $PRISMATIC_PROFILE, else 'local'."""
+    choice = profile_or_path or os.environ.get("PRISMATIC_PROFILE") or DEFAULT_PROFILE
+    path = Path(choice)
+    if path.suffix not in (".yaml", ".yml"):
+        path = profiles_dir() / f"{choice}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"profile {choice!r}: {path} not found; available profiles: {available_profiles()}, "
+                          "or pass a path to a YAML file")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(values).__name__}")
+    return values
+
+
+def _explain(error: ValidationError, where: str) -> ConfigError:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            parent = _model_at(Config, e["loc"][:-1])
+            known = sorted(_field_names(parent)) if parent is not None else []
+            lines.append(f"unknown key {key!r}; known keys here: {known}")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return ConfigError(f"{where}: " + "; ".join(lines))
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def _field_names(model: Any) -> dict[str, Any]:
+    return getattr(model, "model_fields", None) or getattr(model, "__dataclass_fields__", None) or {}
+
+
+def _model_at(model: Any, loc: tuple) -> Any:
+    """The model or dataclass type at a location of the Config tree (for error messages)."""
+    for part in loc:
+        field = _field_names(model).get(part)
+        if field is None:
+            return None
+        model = getattr(field, "annotation", None) or getattr(field, "type", None)
+        if isinstance(model, str):  # a dataclass annotation under `from __future__ import annotations`
+            return None
+    return model
+
+
+def build_config(values: dict[str, Any], where: str = "<config>") -> Config:
+    """A Config from a (partial) mapping of overrides; errors name `where`.
+
+    Overrides are merged into the defaults key by key, so a profile that sets only
+    `synthesis.problem_sampling.temperature` keeps the default top_p and max_tokens.
+    """
+    try:
+        return Config.model_validate(_merge(Config().model_dump(), values))
+    except ValidationError as exc:
+        raise _explain(exc, where) from None
+
+
+def _read_profile(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """A profile's overrides, following `extends: BASE`, and the file that set each key."""
+    if path in seen:
+        raise ConfigError(f"{path}: `extends` loops through {[str(p) for p in seen]}")
+    values = _read_yaml(path)
+    base_name = values.pop("extends", None)
+    origins = {key: str(path) for key in _given_keys(values)}
+    if base_name is None:
+        return values, origins
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}: extends={base_name!r}: name one profile, e.g. extends: paper")
+    base_values, base_origins = _read_profile(profile_path(base_name), seen + (path,))
+    return _merge(base_values, values), {**base_origins, **origins}
+
+
+def load_config(profile_or_path: str | None = None) -> Config:
+    """The config of a profile name ("local", "paper") or a YAML path.
+
+    None means $PRISMATIC_PROFILE, else "local". A profile may start from another one with
+    `extends: NAME`. $PRISMATIC_DATA_DIR, when set, replaces data_dir (tests and the demo
+    point the whole lineage at a scratch folder this way).
+    """
+    path = profile_path(profile_or_path)
+    values, _ = _read_profile(path)
+    config = build_config(values, str(path))
+    if os.environ.get("PRISMATIC_DATA_DIR"):
+        config = config.replace(data_dir=os.environ["PRISMATIC_DATA_DIR"])
+    return config
+
+
+# -- describing --------------------------------------------------------------------------
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    import dataclasses
+
+    if isinstance(value, BaseModel):
+        items = {name: getattr(value, name) for name in type(value).model_fields}
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for name, item in items.items():
+        out.update(_flatten(item, f"{prefix}.{name}" if prefix else name))
+    return out
+
+
+def _given_keys(values: Any, prefix: str = "") -> set[str]:
+    if not isinstance(values, dict):
+        return {prefix}
+    keys: set[str] = set()
+    for name, item in values.items():
+        keys |= _given_keys(item, f"{prefix}.{name}" if prefix else str(name))
+    return keys
+
+
+def describe(profile_or_path: str | None = None) -> list[tuple[str, Any, str]]:
+    """(key, value, origin) for every setting of a profile: origin is the YAML file that set
+    it, 'default' for the built-in default, or the environment variable that replaced it."""
+    _, origins = _read_profile(profile_path(profile_or_path))
+    config = load_config(profile_or_path)
+    rows = []
+    for key, value in _flatten(config).items():
+        origin = next((origins[g] for g in origins if key == g or key.startswith(g + ".")), "default")
+        if key == "data_dir" and os.environ.get("PRISMATIC_DATA_DIR"):
+            origin = "$PRISMATIC_DATA_DIR"
+        rows.append((key, value, origin))
+    return rows
+
+
+def defaults() -> list[tuple[str, Any]]:
+    """Every setting with its built-in default, in declaration order."""
+    return list(_flatten(Config()).items())
+
+
+def defaults_markdown() -> str:
+    """The documented defaults (docs/CONFIG.md is this text; a test keeps them equal)."""
+    lines = ["# Configuration defaults", "",
+             "Generated by `prismatic config show --defaults --markdown`; every profile overrides some of these.",
+             "", "| key | default |", "|---|---|"]
+    lines += [f"| `{key}` | `{value!r}` |" for key, value in defaults()]
+    return "\n".join(lines) + "\n"

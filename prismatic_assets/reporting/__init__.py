@@ -1,0 +1,1 @@
+"""Rendering for people: PNG plots (`plots`) and the self-contained comparison report (`compare_report`)."""
