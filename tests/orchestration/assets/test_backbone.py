@@ -16,13 +16,14 @@ import dagster as dg
 import pytest
 import yaml
 
-from prismatic_assets.interfaces.cli import BACKBONE
 from prismatic_assets.orchestration.definitions import build_definitions
 from prismatic_assets.infra.config import load_config
 from prismatic_assets.store.store import MetadataStore
 from tests.conftest import write_profile
 
 ROOT = Path(__file__).resolve().parents[3]
+
+BACKBONE = "seed_samples,gradient_embeddings,gradient_clusters,g_vendi"
 
 
 def _materialize(profile: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
