@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -112,6 +113,7 @@ def _run_command(label: str, profile: str | None, steps, summary) -> int:
     settings = load_config(profile)
     os.makedirs(settings.data_path, exist_ok=True)
     began = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a CI timeout: stop the run as Ctrl-C does
     with CommandConsole(label, settings.data_path / "logs") as console:
         console.say(f"[{label}] profile {settings.profile}, data in {settings.data_path}; full log: "
                     f"{console.log_path}")
@@ -134,6 +136,10 @@ def _run_command(label: str, profile: str | None, steps, summary) -> int:
                     ", ".join(f"{k} {format_seconds(v)}" for k, v in session.timings.items()))
         summary(settings, console.say)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 class _Session:
