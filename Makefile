@@ -19,5 +19,6 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.run_all
 
+# Ctrl-C stops the webserver, the daemon and the code server within seconds (tests/test_ui.py).
 ui: setup
-	DAGSTER_HOME=$(CURDIR) .venv/bin/dagster dev -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR) .venv/bin/dg dev -h 127.0.0.1 -p 3000

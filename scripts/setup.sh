@@ -6,13 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOG="$PWD/setup.log"
+began=$SECONDS
 stamp_inputs="pyproject.toml constraints.txt scripts/setup.sh"
 want=$(cat $stamp_inputs | sha256sum | cut -d' ' -f1)
-if [ -f .venv/.setup-stamp ] && [ "$(cat .venv/.setup-stamp)" = "$want" ]; then
-  exit 0
-fi
-: > "$LOG"
-began=$SECONDS
 
 step() {  # step "what" command...: one line, the command's output in $LOG
   local what=$1 start=$SECONDS
@@ -33,6 +29,23 @@ quiet_uninstall() {  # pip uninstall of packages that may be absent
   .venv/bin/python -m pip uninstall -y "$@" || true
 }
 
+# The browser test (tests/test_ui_browser.py) drives the distribution's Chromium through
+# Playwright: nothing is downloaded at run time. Installed here when missing, on Debian/Ubuntu
+# as root (CI); elsewhere the line says what to install.
+if ! command -v chromium >/dev/null 2>&1; then
+  : > "$LOG"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "apt-get update" apt-get update
+    step "chromium (Debian package, for the browser test)" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y --no-install-recommends chromium
+  else
+    echo "[setup] chromium is not installed: the browser test needs it (Debian/Ubuntu: sudo apt-get install chromium)"
+  fi
+fi
+if [ -f .venv/.setup-stamp ] && [ "$(cat .venv/.setup-stamp)" = "$want" ]; then
+  exit 0
+fi
+[ -s "$LOG" ] || : > "$LOG"
 echo "[setup] creating .venv and installing (first run: about 3-5 minutes; log: setup.log)"
 [ -x .venv/bin/python ] || step "virtual environment" "$PY" -m venv .venv
 pip=".venv/bin/python -m pip"

@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import yaml
+from dagster._core.instance.ref import InstanceRef
 from mlflow import MlflowClient
 
 from prismatic_assets.store.store import MetadataStore
@@ -51,7 +53,20 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     proc = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "experiment", "--profile", str(config)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "[demo] wall time: backbone" in proc.stdout and "arm rounds" in proc.stdout and "students" in proc.stdout
+    assert "[experiment] done in" in proc.stdout and "arm rounds" in proc.stdout and "students" in proc.stdout
+    # A console a person reads: one line per step with its figure, no Dagster debug log, no warning.
+    console = proc.stdout + proc.stderr
+    assert "DEBUG" not in console and "warning" not in console.lower(), console
+    assert len(console.splitlines()) < 60, console
+    assert "g_vendi " in console and "G-Vendi " in console and "arm_round[2] " in console
+    log = Path(console.split("full log: ")[1].split()[0])
+    assert log.parent == tmp_path / "data" / "logs" and "STEP_SUCCESS" in log.read_text()
+    # The runs belong to the code location's jobs (launched like the UI does), not to an anonymous job.
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        runs = instance.get_runs()
+        assert sorted(r.job_name for r in runs) == ["arm_round_job", "arm_round_job", "arm_students_job",
+                                                    "backbone_job"]
+        assert {r.remote_job_origin.location_name for r in runs} == {"prismatic"}
     store = MetadataStore(tmp_path / "data" / "prismatic.duckdb")
     arms = store.query("SELECT round, arm, n_accepted FROM arm_rounds ORDER BY round, arm").rows()
     assert arms == [(r, a, 3) for r in (1, 2) for a in ("naive", "prismatic", "random")]
@@ -64,14 +79,14 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     again = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "demo", "--profile", str(config)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
-    assert "[arms] round" not in again.stdout
+    assert "arm round " not in again.stdout
     assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 3 * 3
 
     # The paper's path: the backbone (cached), two LLM synthesis rounds, distillation, evaluation.
     pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "2", "--profile",
                                str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert pipeline.returncode == 0, pipeline.stdout[-4000:] + pipeline.stderr[-4000:]
-    assert "[pipeline] wall time: backbone" in pipeline.stdout and "distill+evaluation" in pipeline.stdout
+    assert "[pipeline] done in" in pipeline.stdout and "distill+evaluation" in pipeline.stdout
     assert store.query("SELECT round FROM synthesis_rounds ORDER BY round")["round"].to_list() == [1, 2]
     roles = store.query("SELECT DISTINCT model_role FROM eval_results WHERE model_role NOT LIKE 'arm:%' "
                         "ORDER BY 1")["model_role"].to_list()

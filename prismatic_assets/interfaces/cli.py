@@ -9,9 +9,11 @@
     prismatic rounds N [--profile local]
     prismatic config show [--profile paper] [--defaults] [--markdown]
 
-`score` prints a data set's G-Vendi without Dagster; `demo` materializes the backbone and
-the arm rounds through Dagster (the runs then show in `dagster dev`); `experiment` adds one
-student per arm; `rounds` runs the LLM synthesis rounds.
+`score` prints a data set's G-Vendi without Dagster; `demo` runs the code location's jobs
+through the Dagster instance, as the UI does (backbone_job, then arm_round_job once per
+round: the runs show in `make ui` under Overview and Jobs); `experiment` adds one student per
+arm; `rounds` runs the LLM synthesis rounds. These print one line per step with its figure
+and keep the full Dagster log in `<data_dir>/logs/` (interfaces/console.py).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from prismatic_assets.interfaces.cli_toolkit import add_toolkit_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: Where `make ui` serves the Dagster UI.
+UI_URL = "http://127.0.0.1:3000"
 
 
 def _progress_bar(total_hint: str):
@@ -82,58 +87,101 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def dagster_env(profile: str | None) -> dict[str, str]:
-    """Environment for Dagster commands: this project's dagster.yaml as the instance config."""
-    env = dict(os.environ)
-    env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+def _use_profile(profile: str | None) -> str | None:
+    """Point this process (and the code server and runs it starts) at the project's Dagster
+    instance and at `profile`; returns the profile as the code location will read it."""
+    if profile and Path(profile).is_file():
+        profile = str(Path(profile).resolve())  # the working directory changes below
+    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+    if Path(os.environ["DAGSTER_HOME"]).resolve() == PROJECT_ROOT:
+        os.chdir(PROJECT_ROOT)  # dagster.yaml's storage folders are relative to the project
     if profile:
-        env["PRISMATIC_PROFILE"] = profile
-    return env
+        os.environ["PRISMATIC_PROFILE"] = profile
+    return profile
 
 
-BACKBONE = "seed_samples,gradient_embeddings,gradient_clusters,g_vendi"
+def _run_command(label: str, profile: str | None, steps, summary) -> int:
+    """Open the console and the code location, run `steps(settings, session)`, print `summary`.
 
+    steps returns 0 or a failing exit code; every job it runs is one Dagster run of the
+    code location (`session.job`), printed by the console (interfaces/console.py)."""
+    from prismatic_assets.infra.config import load_config
+    from prismatic_assets.interfaces.console import CommandConsole, format_seconds
+    from prismatic_assets.interfaces.runs import open_launcher
 
-def _materialize(selection: str, env: dict[str, str], partition: str | None = None) -> tuple[int, float]:
-    command = [sys.executable, "-m", "dagster", "asset", "materialize", "--select", selection,
-               "-m", "prismatic_assets.orchestration.definitions"] + (["--partition", partition] if partition else [])
-    started = time.perf_counter()
-    code = subprocess.call(command, env=env, cwd=PROJECT_ROOT)
-    return code, time.perf_counter() - started
-
-
-def _run_partitions(env: dict[str, str], asset: str, partitions: str, upcoming, count: int, label: str) -> int:
-    """Add and materialize the next `count` partitions of a round asset, one run each, in order.
-
-    upcoming(): the round to run next, read from the store before each run."""
-    import dagster as dg
-
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    with dg.DagsterInstance.get() as instance:
-        for _ in range(count):
-            partition = str(upcoming())
-            if not instance.has_dynamic_partition(partitions, partition):
-                instance.add_dynamic_partitions(partitions, [partition])
-            print(f"[{label}] round {partition}", flush=True)
-            code, seconds = _materialize(asset, env, partition=partition)
-            if code != 0:
-                print(f"[{label}] round {partition} failed after {seconds:.0f} s (exit {code}); what it computed is "
-                      f"cached: run the same command again to resume", file=sys.stderr)
-                return code
-            print(f"[{label}] round {partition} done in {seconds:.0f} s", flush=True)
+    profile = _use_profile(profile)
+    settings = load_config(profile)
+    os.makedirs(settings.data_path, exist_ok=True)
+    began = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a CI timeout: stop the run as Ctrl-C does
+    with CommandConsole(label, settings.data_path / "logs") as console:
+        console.say(f"[{label}] profile {settings.profile}, data in {settings.data_path}; full log: "
+                    f"{console.log_path}")
+        try:
+            with open_launcher(str(PROJECT_ROOT)) as launcher:
+                session = _Session(console, launcher)
+                code = steps(settings, session)
+        except KeyboardInterrupt:
+            console.say(f"[{label}] interrupted: the running step was asked to stop; what finished is kept. "
+                        f"Full log: {console.log_path}", error=True)
+            return 130
+        except Exception as exc:  # a code location that does not load, a launch refused: one paragraph
+            console.record(traceback.format_exc())
+            console.say(f"[{label}] failed before its runs finished: {_describe_error(exc)}. Full log: "
+                        f"{console.log_path}", error=True)
+            return 1
+        if code != 0:
+            return code
+        console.say(f"[{label}] done in {format_seconds(time.perf_counter() - began)}: " +
+                    ", ".join(f"{k} {format_seconds(v)}" for k, v in session.timings.items()))
+        summary(settings, console.say)
     return 0
 
 
-def _run_rounds(settings, env: dict[str, str], count: int) -> int:
-    """The next `count` synthesis rounds (LLM generator and teacher)."""
-    from prismatic_assets.orchestration.assets.rounds import ROUNDS, next_round
-    from prismatic_assets.store.store import MetadataStore
-
-    store = MetadataStore(settings.store_path)
-    return _run_partitions(env, "synthesis_round", ROUNDS.name, lambda: next_round(store), count, "rounds")
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
-def _run_arm_rounds(settings, env: dict[str, str]) -> int:
+class _Session:
+    """The runs of one command: each job launched and followed through the console, timed by label."""
+
+    def __init__(self, console, launcher):
+        self.console, self.launcher = console, launcher
+        self.timings: dict[str, float] = {}
+
+    def job(self, job: str, label: str, timing: str, partition: str | None = None) -> int:
+        outcome = self.console.run(self.launcher, job, label, partition=partition)
+        self.timings[timing] = self.timings.get(timing, 0.0) + outcome.seconds
+        return 0 if outcome.success else 1
+
+    def rounds(self, job: str, partitions: str, upcoming, count: int, timing: str) -> int:
+        """The next `count` rounds of a partitioned round job, one run each, in order.
+
+        upcoming(): the round to run next, read from the store before each run."""
+        from prismatic_assets.orchestration.assets.rounds import CONCURRENCY_TAG
+
+        for _ in range(count):
+            busy = self.launcher.in_flight(CONCURRENCY_TAG)
+            if busy:
+                self.console.say(f"[{self.console.label}] a round is already running (Dagster run {busy[0][:8]}, "
+                                 "started from the UI?): rounds run one at a time; wait for it, then run this "
+                                 "command again", error=True)
+                return 1
+            partition = str(upcoming())
+            instance = self.launcher.instance
+            if not instance.has_dynamic_partition(partitions, partition):
+                instance.add_dynamic_partitions(partitions, [partition])
+            code = self.job(job, f"{timing[:-1]} {partition}", timing, partition=partition)
+            if code:
+                return code
+        return 0
+
+
+def _backbone(settings, session: _Session) -> int:
+    return session.job("backbone_job", "backbone: seed samples, gradients, clusters, G-Vendi", "backbone")
+
+
+def _arm_rounds(settings, session: _Session) -> int:
     """Arm rounds up to `arms.rounds` (the ones already complete are kept)."""
     from prismatic_assets.orchestration.assets.arms import ARM_ROUNDS
     from prismatic_assets.pipeline.arms import next_arm_round
@@ -141,100 +189,77 @@ def _run_arm_rounds(settings, env: dict[str, str]) -> int:
 
     store = MetadataStore(settings.store_path)
     todo = max(0, settings.arms.rounds - next_arm_round(store, settings.arms.arms) + 1)
-    return _run_partitions(env, "arm_round", ARM_ROUNDS.name, lambda: next_arm_round(store, settings.arms.arms),
-                           todo, "arms")
+    return session.rounds("arm_round_job", ARM_ROUNDS.name, lambda: next_arm_round(store, settings.arms.arms),
+                          todo, "arm rounds")
+
+
+def _synthesis_rounds(settings, session: _Session, count: int) -> int:
+    """The next `count` synthesis rounds (LLM generator and teacher)."""
+    from prismatic_assets.orchestration.assets.rounds import ROUNDS, next_round
+    from prismatic_assets.store.store import MetadataStore
+
+    store = MetadataStore(settings.store_path)
+    return session.rounds("synthesis_round_job", ROUNDS.name, lambda: next_round(store), count, "rounds")
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
-    from prismatic_assets.infra.config import load_config
-
-    settings = load_config(args.profile)
-    code = _run_rounds(settings, dagster_env(args.profile), args.count)
-    if code == 0:
-        _print_summary(settings)
-    return code
-
-
-def _run_steps(label: str, profile: str | None, steps, summary) -> int:
-    """Run `steps(settings, env, timings)` (Dagster materializations), then print the wall time
-    per stage and `summary(settings)`."""
-    from prismatic_assets.infra.config import load_config
-
-    settings = load_config(profile)
-    env = dagster_env(profile)
-    os.makedirs(settings.data_path, exist_ok=True)
-    print(f"[{label}] profile {settings.profile} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
-    timings: dict[str, float] = {}
-    code = steps(settings, env, timings)
-    if code != 0:
-        print(f"[{label}] failed (exit {code}); see the log above", file=sys.stderr)
-        return code
-    print(f"[{label}] wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    summary(settings)
-    return 0
-
-
-def _timed(timings: dict[str, float], name: str, run) -> int:
-    started = time.perf_counter()
-    code = run()
-    timings[name] = time.perf_counter() - started
-    return code
+    return _run_command("rounds", args.profile, lambda settings, session: _synthesis_rounds(settings, session,
+                                                                                          args.count), _print_summary)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The backbone, the arm rounds, and with `experiment` one student per arm."""
-    def steps(settings, env, timings) -> int:
-        code = _timed(timings, "backbone", lambda: _materialize(BACKBONE, env)[0])
-        code = code or _timed(timings, "arm rounds", lambda: _run_arm_rounds(settings, env))
+    def steps(settings, session: _Session) -> int:
+        code = _backbone(settings, session) or _arm_rounds(settings, session)
         if args.experiment:
-            code = code or _timed(timings, "students", lambda: _materialize("arm_students", env)[0])
+            code = code or session.job("arm_students_job", "students: one per arm, scored on held-out tasks",
+                                       "students")
         return code
-    return _run_steps("demo", args.profile, steps, _print_arms_summary)
+    return _run_command("experiment" if args.experiment else "demo", args.profile, steps, _print_arms_summary)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     """The method's own lineage: backbone, LLM synthesis rounds, distillation, evaluation."""
-    def steps(settings, env, timings) -> int:
-        code = _timed(timings, "backbone", lambda: _materialize(BACKBONE, env)[0])
+    def steps(settings, session: _Session) -> int:
+        code = _backbone(settings, session)
         if args.rounds:
-            code = code or _timed(timings, "rounds", lambda: _run_rounds(settings, env, args.rounds))
-        return code or _timed(timings, "distill+evaluation",
-                              lambda: _materialize("distilled_model,student_evaluation", env)[0])
-    return _run_steps("pipeline", args.profile, steps, _print_summary)
+            code = code or _synthesis_rounds(settings, session, args.rounds)
+        return code or session.job("distillation_job", "distillation and evaluation", "distill+evaluation")
+    return _run_command("pipeline", args.profile, steps, _print_summary)
 
 
-def _print_arms_summary(settings) -> None:
+def _print_arms_summary(settings, say) -> None:
     from prismatic_assets.pipeline.arms import summary_lines
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    print(f"[demo] G-Vendi of each arm's pool after each round (gain over the round), accepted per round; "
-          f"budget {settings.arms.budget} per arm:")
+    say(f"G-Vendi of each arm's pool after each round (gain over the round), accepted per round; "
+        f"budget {settings.arms.budget} per arm:")
     for line in summary_lines(store, settings.arms.arms):
-        print("  " + line)
+        say("  " + line)
     table = settings.data_path / "plots" / "arms-accuracy.md"
     if table.is_file():
-        print("[demo] students, one per arm, on held-out tasks (n, accuracy, 95% Wilson interval):")
+        say("Students, one per arm, on held-out tasks (n, accuracy, 95% Wilson interval):")
         for line in table.read_text().splitlines():
-            print("  " + line)
+            say("  " + line)
     else:
-        print("[demo] accuracies: not computed in this run (make experiment trains one student per arm)")
-    print(f"[demo] metadata store: {settings.store_path}")
-    print("[demo] Dagster UI: make ui, then http://127.0.0.1:3000 -> Assets -> arm_round (metadata: per_arm, "
-          "g_vendi_per_arm chart) and arm_students")
-    print(f"[demo] MLflow: mlflow ui --backend-store-uri sqlite:///{settings.data_path / 'mlflow.db'} "
-          "-> experiment 'prismatic', runs arms-round-N (plots/) and arm-students")
+        say("Accuracies: not computed in this run (make experiment trains one student per arm).")
+    say(f"Metadata store: {settings.store_path}")
+    say(f"Dagster UI: make ui, then {UI_URL} (Overview: these runs; Assets > arm_round > Plots: G-Vendi per arm)")
+    say(f"MLflow: mlflow ui --backend-store-uri sqlite:///{settings.data_path / 'mlflow.db'} "
+        "(experiment 'prismatic': arms-round-N, arm-students)")
 
 
-def _print_summary(settings) -> None:
+def _print_summary(settings, say) -> None:
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    scores = store.query("SELECT scope, metric, q, value, n, dim, n_excluded, created_at FROM scores "
+    scores = store.query("SELECT scope, metric, q, round(value, 3) AS value, n, dim, n_excluded FROM scores "
                          "ORDER BY created_at DESC LIMIT 5")
-    print(f"[demo] metadata store: {settings.store_path}")
-    print(scores)
-    print("[demo] browse it in the UI: make ui  (then open http://127.0.0.1:3000)")
+    say(f"Metadata store: {settings.store_path}; its latest scores:")
+    for line in str(scores).splitlines():
+        say("  " + line)
+    say(f"Dagster UI: make ui, then {UI_URL}")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Dagster resources: what assets are bound to, each built from one profile.
 
 Every resource names the profile it serves (`profile`: a name in `resources/` or a YAML
-path; empty means $PRISMATIC_PROFILE, else "local") and reads its typed settings from
+path, shown pre-filled in the launchpad; empty means $PRISMATIC_PROFILE, else "local") and
+reads its typed settings from
 `config.load_config`: a setting is never copied into a resource field. Resources own what
 they open: the proxy is held for one stage and freed, engines are opened per stage and
 closed (`engines.EngineSet`), and whatever a step leaves open is closed when it ends.
@@ -10,12 +11,13 @@ closed (`engines.EngineSet`), and whatever a step leaves open is closed when it 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from prismatic_assets.infra.config import Config, load_config
+from prismatic_assets.infra.config import DEFAULT_PROFILE, Config, load_config
 from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.tracking import Tracker, default_tracking_uri
 from prismatic_assets.infra.engines import EngineSet, visible_gpu_count
@@ -88,8 +90,9 @@ class TrackerResource(ProfileResource):
 
 
 def build_resources(profile: str | None = None) -> dict[str, object]:
-    """The resources every asset of the project is bound to, for one profile."""
-    profile = profile or ""
+    """The resources every asset of the project is bound to, for one profile (None:
+    $PRISMATIC_PROFILE, else "local"; the resolved name is what the launchpad shows)."""
+    profile = profile or os.environ.get("PRISMATIC_PROFILE") or DEFAULT_PROFILE
     return {
         "profile": ProfileResource(profile=profile),
         "store": StoreResource(profile=profile),

@@ -37,9 +37,35 @@ def test_definitions_for_every_profile_match_the_lineage(profile, monkeypatch):
     assert edges == LINEAGE
     assert {"profile", "store", "proxy", "engines", "tracker", "pipes_subprocess_client"} <= set(defs.resources)
     assert defs.resources["proxy"].profile == profile
-    assert defs.resolve_job_def("synthesis_round_job") is not None
-    assert defs.resolve_job_def("arm_round_job") is not None
-    assert defs.resolve_schedule_def("next_synthesis_round").default_status == dg.DefaultScheduleStatus.STOPPED
+    assert {j.name for j in defs.jobs} == {"backbone_job", "arm_round_job", "arm_students_job", "synthesis_round_job",
+                                           "distillation_job", "dataset_comparison_job"}
+    for schedule in ("synthesis_round_every_6_hours", "arm_round_every_hour"):
+        assert defs.resolve_schedule_def(schedule).default_status == dg.DefaultScheduleStatus.STOPPED
+    assert defs.resolve_sensor_def("add_next_round_partitions").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_each_job_runs_what_its_name_says_and_its_launchpad_is_the_profile(profile):
+    from prismatic_assets.infra.config import load_config
+
+    defs, config = build_definitions(profile), load_config(profile)
+    selected = {job: {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+                for job in ("backbone_job", "arm_round_job", "arm_students_job", "distillation_job")}
+    assert selected == {"backbone_job": {"seed_samples", "gradient_embeddings", "gradient_clusters", "g_vendi"},
+                        "arm_round_job": {"arm_round"}, "arm_students_job": {"arm_students"},
+                        "distillation_job": {"distilled_model", "student_evaluation"}}
+    ops = defs.resolve_job_def("backbone_job").run_config["ops"]
+    assert ops["gradient_clusters"]["config"]["ratio"] == config.clustering.ratio
+    assert ops["g_vendi"]["config"]["q"] == config.score.q
+    distill = defs.resolve_job_def("distillation_job").run_config["ops"]["distilled_model"]["config"]
+    assert distill["max_steps"] == config.distill.sft.max_steps and distill["rounds"] == config.distill.rounds
+
+
+def test_resources_name_the_profile_they_serve(monkeypatch):
+    monkeypatch.setenv("PRISMATIC_PROFILE", "paper")
+    assert build_definitions().resources["store"].profile == "paper"
+    monkeypatch.delenv("PRISMATIC_PROFILE")
+    assert build_definitions().resources["store"].profile == "local"
 
 
 def test_assets_are_module_level_and_testable_without_definitions():

@@ -59,3 +59,35 @@ def test_a_retried_step_runs_again_and_a_refused_one_does_not(tmp_path):
         result = dg.materialize([permanent], instance=instance, raise_on_error=False)
     assert not result.success
     assert attempts == {"transient": 3, "permanent": 1}
+
+
+def test_a_step_killed_by_sigkill_is_retried_and_the_run_says_so(tmp_path):
+    """The executor hands a killed step process to the retry policy; the attempt that succeeds
+    tags the run and names the earlier failure in its metadata."""
+    from dagster._core.definitions.reconstruct import reconstructable
+
+    from prismatic_assets.orchestration.retry import RETRIED_TAG
+    from tests.orchestration import retried_job
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        with dg.execute_job(reconstructable(retried_job.job), instance=instance) as result:
+            assert result.success
+            run = instance.get_run_by_id(result.run_id)
+            metadata = result.asset_materializations_for_node("killed_once")[0].metadata
+    assert "killed_once: 1 failed attempt(s)" in run.tags[RETRIED_TAG]
+    assert "killed by signal 9 (SIGKILL), likely out of memory" in run.tags[RETRIED_TAG]
+    assert metadata["attempt"].value == 2
+    assert metadata["earlier_failures"].value == ["step process killed by signal 9 (SIGKILL), likely out of memory"]
+
+
+def test_a_first_attempt_adds_no_retry_note(tmp_path):
+    from prismatic_assets.orchestration.retry import RETRIED_TAG, retry_note
+
+    @dg.asset
+    def plain(context) -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={**retry_note(context), "value": 1})
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.materialize([plain], instance=instance)
+        assert RETRIED_TAG not in instance.get_run_by_id(result.run_id).tags
+    assert set(result.asset_materializations_for_node("plain")[0].metadata) == {"value"}

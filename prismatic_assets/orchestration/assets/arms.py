@@ -15,7 +15,10 @@ import dagster as dg
 
 from prismatic_assets.reporting import plots
 from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
-from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_transient_only
+from prismatic_assets.orchestration.metadata import chart, figure
+from prismatic_assets.orchestration.progress import StepProgress
+from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
+from prismatic_assets.orchestration.round_keys import partition_round
 from prismatic_assets.orchestration.assets.rounds import CONCURRENCY_TAG  # one synthesis or arm round at a time
 from prismatic_assets.core.evaluation import assert_disjoint
 from prismatic_assets.core.ids import digest
@@ -51,7 +54,8 @@ def _gvendi_chart(db):
 def arm_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, gradient_embeddings: EmbeddingSnapshot,
               profile: ProfileResource, store: StoreResource, proxy: ProxyResource,
               tracker: TrackerResource) -> dg.MaterializeResult:
-    round_number = int(context.partition_key)
+    round_number = partition_round(context)
+    retried = retry_note(context)
     config, db = profile.config(), store.open()
     eval_texts = decontamination_texts(db, seed_samples.source, seed_samples.holdout_ids, config.evaluation)
     mlflow = tracker.tracker()
@@ -61,8 +65,7 @@ def arm_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, gra
         with retry_transient_only():
             report = run_arm_round(db, round_number, proxy=proxy.open, config=config, seed_source=seed_samples.source,
                                    eval_texts=eval_texts, held_out=held_out_samples(config.arms), run_id=context.run_id,
-                                   progress=lambda stage, i, n: (i == n or i % max(1, n // 4) == 0) and
-                                   context.log.info(f"arm round {round_number}: {stage} {i}/{n}"))
+                                   progress=StepProgress(context.log.info))
         png, hist = _gvendi_chart(db)
         path = config.data_path / "plots" / f"arms-round-{round_number}-g_vendi.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,10 +86,14 @@ def arm_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, gra
         "candidates": report.n_candidates, "verified": report.n_verified,
         "rejected": dg.MetadataValue.json(report.rejected),
         "per_arm": dg.MetadataValue.md(_arm_table(report)),
-        "prismatic_gain_minus_random_gain": (report.arms["prismatic"].gain - report.arms["random"].gain
-                                             if {"prismatic", "random"} <= set(report.arms) else None),
+        "prismatic_gain_minus_random_gain": figure(report.arms["prismatic"].gain - report.arms["random"].gain
+                                                   if {"prismatic", "random"} <= set(report.arms) else None),
         "removed_later_rounds": dg.MetadataValue.json(report.removed_rounds),
-        "g_vendi_per_arm": dg.MetadataValue.md(plots.markdown_image(png, "G-Vendi per arm per round")),
+        "g_vendi_per_arm": chart(context, png, "g_vendi_per_arm", "G-Vendi per arm per round"),
+        # one numeric series per arm for the asset's Plots view (x: round)
+        **{f"g_vendi/{arm}": figure(r.g_vendi_after) for arm, r in report.arms.items()},
+        **{f"accepted/{arm}": len(r.accepted) for arm, r in report.arms.items()},
+        **retried,
         "history": dg.MetadataValue.md("\n".join(summary_lines(db, config.arms.arms))),
         "seconds_by_stage": dg.MetadataValue.json({k: round(v, 1) for k, v in report.seconds.items()}),
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
@@ -94,11 +101,10 @@ def arm_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, gra
 
 
 def _arm_table(report: ArmRoundReport) -> str:
-    lines = ["| arm | pool before | accepted | in sparse clusters | G-Vendi before | after | gain |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | accepted (in sparse) | G-Vendi | gain |", "|---|---|---|---|"]
     for arm, r in report.arms.items():
-        lines.append(f"| {arm} | {r.n_pool_before} | {len(r.accepted)} | {sum(r.in_sparse)} | "
-                     f"{r.g_vendi_before:.3f} | {r.g_vendi_after:.3f} | {r.gain:+.3f} |")
+        lines.append(f"| {arm} | {len(r.accepted)} ({sum(r.in_sparse)}) | {r.g_vendi_before:.3f} → "
+                     f"{r.g_vendi_after:.3f} | {r.gain:+.3f} |")
     return "\n".join(lines)
 
 
@@ -164,7 +170,8 @@ def arm_students(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, 
         "accuracy": dg.MetadataValue.md(table),
         "within_noise": dg.MetadataValue.json({split: intervals_overlap(rows, split)
                                                for split in ("in_distribution", "out_of_distribution")}),
-        "g_vendi_vs_accuracy": dg.MetadataValue.md(plots.markdown_image(png, "G-Vendi vs accuracy")),
+        "g_vendi_vs_accuracy": chart(context, png, "g_vendi_vs_accuracy", "G-Vendi vs accuracy"),
+        **{f"accuracy/{r.model}/{r.split}": figure(r.accuracy) for r in rows},
         "rounds": max(done), "steps_per_student": distill.sft.max_steps,
     })
 

@@ -24,7 +24,9 @@ from prismatic_assets.pipeline.scores import score_pool
 from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
 from prismatic_assets.infra.config import ClusteringConfig
-from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_transient_only
+from prismatic_assets.orchestration.metadata import chart, constant, figure, rounded
+from prismatic_assets.orchestration.progress import StepProgress
+from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource
 from prismatic_assets.pipeline.seed import load_seed
 
@@ -134,15 +136,13 @@ def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSna
 
 def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_samples: SeedSnapshot,
                 about: dict, **shards: float) -> dg.Output[EmbeddingSnapshot]:
-    started = time.perf_counter()
-    log_every = max(1, len(samples) // 20)
+    retried = retry_note(context)
+    step = StepProgress(context.log.info)
 
     def progress(i: int, n: int, sample, outcome) -> None:
-        if i % log_every == 0 or i == n or outcome.error:
-            elapsed = time.perf_counter() - started
-            eta = elapsed / i * (n - i)
-            note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
-            context.log.info(f"gradients {i}/{n}, {elapsed / i:.2f} s/sample, ETA {eta:.0f} s{note}")
+        if outcome.error:
+            context.log.info(f"gradient of {sample.sample_id} failed: {outcome.error} (excluded from the score)")
+        step("gradients", i, n)
 
     report = embed_samples(samples, embedder, db, context.run_id, progress=progress, **shards)
     vectors = pool_vectors(db, samples, report.embedding_key, report.dim)
@@ -156,17 +156,18 @@ def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_s
         "n_cached": report.n_cached,
         "n_computed": report.n_computed,
         "n_truncated": report.n_truncated,
-        "seconds_per_sample": round(report.seconds_per_sample, 3),
+        "seconds_per_sample": figure(report.seconds_per_sample),
         "n_shards": report.n_shards,
         "n_resumed": report.n_resumed,
-        "store_insert_seconds": round(report.ingest_seconds, 2),
+        "store_insert_seconds": figure(report.ingest_seconds, 2),
         "model_fingerprint": embedder.model_fingerprint,
         "projection": embedder.projection_key,
         "gradient_params": embedder.gradient.params or "all",
-        "parameters": embedder.input_dim,
-        "dim": report.dim,
+        "parameters": constant(embedder.input_dim),
+        "dim": constant(report.dim),
         "embedding_key": report.embedding_key,
-        **about,
+        **{k: figure(v, 1) if isinstance(v, float) else constant(v) for k, v in about.items()},
+        **retried,
     })
 
 
@@ -193,9 +194,9 @@ def gradient_clusters(context: dg.AssetExecutionContext, config: ClusterRunConfi
         "largest": int(max(sizes)),
         "smallest": int(min(sizes)),
         "empty_clusters": int(sum(1 for s in sizes if s == 0)),
-        "mean_similarity": float(np.mean(clustering.similarities)),
+        "mean_similarity": figure(float(np.mean(clustering.similarities))),
         "sizes": dg.MetadataValue.json(sizes),
-        "cluster_sizes": dg.MetadataValue.md(plots.markdown_image(png, "cluster sizes")),
+        "cluster_sizes": chart(context, png, "cluster_sizes", "cluster sizes (sparse clusters in orange)"),
     })
 
 
@@ -220,16 +221,16 @@ def g_vendi(context: dg.AssetExecutionContext, config: ScoreRunConfig, gradient_
     snapshot = ScoreSnapshot(result.score, q, result.n, result.dim, result.entropy,
                              len(pool.excluded))
     return dg.Output(snapshot, metadata={
-        "g_vendi": dg.MetadataValue.float(result.score),
-        "entropy": result.entropy,
-        "q": q,
-        "n": result.n,
-        "dim": result.dim,
+        "g_vendi": figure(result.score),
+        "entropy": figure(result.entropy, 4),
+        "q": constant(q),
+        "n": constant(result.n),
+        "dim": constant(result.dim),
         "n_excluded": len(pool.excluded),
-        "g_vendi_per_sample": result.score / result.n,
-        "cluster_size_vendi": dg.MetadataValue.float(cluster_vendi),
+        "g_vendi_per_sample": figure(result.score / result.n, 4),
+        "cluster_size_vendi": figure(cluster_vendi),
         "embedding_key": gradient_embeddings.embedding_key,
-        "baselines": dg.MetadataValue.json(baselines),
+        "baselines": dg.MetadataValue.json(rounded(baselines)),
     })
 
 

@@ -21,8 +21,9 @@ import dagster as dg
 from prismatic_assets.infra.config import CompareConfig
 from pydantic import Field
 
-from prismatic_assets.reporting import plots
 from prismatic_assets.reporting.compare_report import map_png, metric_rows, render_html, share_bars_png
+from prismatic_assets.orchestration.metadata import chart, figure, rounded
+from prismatic_assets.orchestration.progress import StepProgress
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource
 from prismatic_assets.pipeline.compare import compare_sets, store_comparison
 from prismatic_assets.pipeline.datasets import LoadedSet, load_sets
@@ -87,12 +88,12 @@ def dataset_comparison(context: dg.AssetExecutionContext, config: CompareRunConf
         notes.append("no data sets listed under compare.datasets: the seed pool is reported alone; add files "
                      "there to compare them with it")
     db = store.open()
-    log_every = max(1, sum(len(s.samples) for s in sets) // 20)
+    step = StepProgress(context.log.info)
 
     def progress(i: int, n: int, sample, outcome) -> None:
-        if i % log_every == 0 or i == n or outcome.error:
-            note = f" ({sample.sample_id}: {outcome.error})" if outcome.error else ""
-            context.log.info(f"gradients {i}/{n}{note}")
+        if outcome.error:
+            context.log.info(f"gradient of {sample.sample_id} failed: {outcome.error}")
+        step("gradients", i, n)
 
     with proxy.open() as embedder:
         report = compare_sets(sets, embedder, db, clusters=settings.clusters, cluster_seed=settings.cluster_seed,
@@ -110,11 +111,12 @@ def dataset_comparison(context: dg.AssetExecutionContext, config: CompareRunConf
     return dg.MaterializeResult(metadata={
         "sets": dg.MetadataValue.json(names),
         "metrics": dg.MetadataValue.md(table),
-        "g_vendi": dg.MetadataValue.json({s.name: s.g_vendi[1.0] for s in report.sets}),
+        "g_vendi": dg.MetadataValue.json(rounded({s.name: s.g_vendi[1.0] for s in report.sets}, 3)),
+        **{f"g_vendi/{s.name}": figure(s.g_vendi[1.0]) for s in report.sets},
         "coverage_k": report.coverage.k,
         "exclusive_clusters": dg.MetadataValue.json({n: len(c) for n, c in report.coverage.exclusive.items()}),
-        "cluster_shares": dg.MetadataValue.md(plots.markdown_image(share_bars_png(report), "cluster shares")),
-        "gradient_map": dg.MetadataValue.md(plots.markdown_image(map_png(report), "2-D map")),
+        "cluster_shares": chart(context, share_bars_png(report), "cluster_shares", "cluster shares"),
+        "gradient_map": chart(context, map_png(report), "gradient_map", "2-D map"),
         "html_report": dg.MetadataValue.path(str(html_path)),
         "scores_rows": n_rows,
         "notes": dg.MetadataValue.json(report.notes),

@@ -28,6 +28,7 @@ from prismatic_assets.pipeline.distill import (check_lengths, parse_rounds, read
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 from prismatic_assets.pipeline.evaluation import CachedGenerator, evaluation_id, held_out_sets, store_results
 from prismatic_assets.pipeline.scores import score_pool
+from prismatic_assets.orchestration.metadata import chart, figure, rounded
 from prismatic_assets.store.synthesis_tables import completed_rounds, refresh_staleness
 
 GROUP = "distillation"
@@ -93,7 +94,7 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
         context.log.info(f"launching SFT: {' '.join(command[:8])} ...")
         reported = pipes_subprocess_client.run(command=command, context=context).get_materialize_result()
         result = read_result(output_dir)
-        version, metadata = _track_student(t, run_id, ds.registered_name, result, output_dir, context.run_id, g_vendi)
+        version, metadata = _track_student(context, t, run_id, ds.registered_name, result, output_dir, g_vendi)
     except BaseException:
         t.end_run(run_id, "FAILED")
         raise
@@ -103,14 +104,15 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
     return dg.Output(snapshot, metadata={
         **(reported.metadata or {}), **metadata,
         "rounds": ",".join(map(str, rounds)) or "none (seed only)", "n_train": len(samples),
-        "train_g_vendi": g_vendi, "mlflow_run": dg.MetadataValue.url(t.run_url(run_id)), "mlflow_run_id": run_id,
+        "train_g_vendi": figure(g_vendi), "mlflow_run": dg.MetadataValue.url(t.run_url(run_id)),
+        "mlflow_run_id": run_id,
         "registered_model": f"{ds.registered_name} v{version}",
         "model_version": dg.MetadataValue.url(t.model_version_url(ds.registered_name, version)),
     })
 
 
-def _track_student(t, run_id: str, registered_name: str, result: dict, output_dir: Path, dagster_run_id: str,
-                   g_vendi: float) -> tuple[str, dict]:
+def _track_student(context: dg.AssetExecutionContext, t, run_id: str, registered_name: str, result: dict,
+                   output_dir: Path, g_vendi: float) -> tuple[str, dict]:
     """Log the loss curve and register the final model; return its version and asset metadata."""
     history = [(int(s), float(v)) for s, v in result["loss_history"]]
     t.log_metric_history(run_id, "train/loss", history)
@@ -120,14 +122,14 @@ def _track_student(t, run_id: str, registered_name: str, result: dict, output_di
     png_path.write_bytes(loss_png)
     t.log_artifact(run_id, png_path, "plots")
     _, version = t.log_transformers_model(run_id, Path(result["final_model_dir"]), registered_name,
-                                          tags={"dagster_run_id": dagster_run_id, "g_vendi": g_vendi})
+                                          tags={"dagster_run_id": context.run_id, "g_vendi": g_vendi})
     return version, {
         "model_dir": dg.MetadataValue.path(result["final_model_dir"]),
         "steps": result["steps"], "world_size": result["world_size"],
         "resumed_from": result["resumed_from"] or "none",
-        "final_loss": history[-1][1] if history else float("nan"),
-        "train_seconds": round(result["seconds"], 1),
-        "loss_curve": dg.MetadataValue.md(plots.markdown_image(loss_png, "loss curve")),
+        "final_loss": figure(history[-1][1] if history else None, 4),
+        "train_seconds": figure(result["seconds"], 1),
+        "loss_curve": chart(context, loss_png, "loss_curve", "loss curve"),
     }
 
 
@@ -171,14 +173,15 @@ def student_evaluation(context: dg.AssetExecutionContext, distilled_model: Disti
     png_path.write_bytes(png)
     t.log_artifact(distilled_model.mlflow_run_id, png_path, "plots")
     return dg.MaterializeResult(metadata={
-        "base_accuracy": dg.MetadataValue.json({b: round(a, 4) for b, a in results["base"].accuracy.items()}),
-        "distilled_accuracy": dg.MetadataValue.json(
-            {b: round(a, 4) for b, a in results["distilled"].accuracy.items()}),
-        "base_overall": results["base"].overall,
+        "base_accuracy": dg.MetadataValue.json(rounded(results["base"].accuracy)),
+        "distilled_accuracy": dg.MetadataValue.json(rounded(results["distilled"].accuracy)),
+        "base_overall": figure(results["base"].overall),
         "llm_requests": dg.MetadataValue.json(requests),
-        "distilled_overall": dg.MetadataValue.float(results["distilled"].overall),
-        "train_g_vendi": distilled_model.g_vendi,
+        "distilled_overall": figure(results["distilled"].overall),
+        **{f"accuracy/{role}/{b}": figure(a) for role in ("base", "distilled")
+           for b, a in results[role].accuracy.items()},
+        "train_g_vendi": figure(distilled_model.g_vendi),
         "problems": dg.MetadataValue.json(results["base"].problems),
         "mlflow_run": dg.MetadataValue.url(t.run_url(distilled_model.mlflow_run_id)),
-        "accuracy_by_benchmark": dg.MetadataValue.md(plots.markdown_image(png, "accuracy by benchmark")),
+        "accuracy_by_benchmark": chart(context, png, "accuracy_by_benchmark", "accuracy by benchmark"),
     })

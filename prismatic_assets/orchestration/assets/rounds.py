@@ -17,7 +17,10 @@ from prismatic_assets.orchestration.resources import EngineResource, ProfileReso
 from prismatic_assets.pipeline.evaluation import decontamination_texts
 from prismatic_assets.pipeline.round import RoundReport, run_round
 from prismatic_assets.store import schema as S
-from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_transient_only
+from prismatic_assets.orchestration.metadata import chart, figure, rounded
+from prismatic_assets.orchestration.progress import StepProgress
+from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
+from prismatic_assets.orchestration.round_keys import partition_round
 from prismatic_assets.store.synthesis_tables import completed_rounds, stale_rounds
 
 GROUP = "synthesis"
@@ -37,15 +40,14 @@ def next_round(store) -> int:
 
 
 def _progress_logger(context: dg.AssetExecutionContext, round_number: int):
-    last: dict[str, int] = {}
+    step = StepProgress(context.log.info)
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage.startswith("engine_call:"):
             context.log.info(f"round {round_number}: {stage[12:]}: one engine call with {done} requests "
                              f"({total} missing from the cache)")
-        elif last.get(stage) != done and (done == total or done % max(1, total // 5) == 0):
-            last[stage] = done
-            context.log.info(f"round {round_number}: {stage} {done}/{total}")
+        else:
+            step(stage, done, total)
     return progress
 
 
@@ -56,7 +58,8 @@ def _progress_logger(context: dg.AssetExecutionContext, round_number: int):
 def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot,
                     gradient_embeddings: EmbeddingSnapshot, profile: ProfileResource, store: StoreResource,
                     proxy: ProxyResource, engines: EngineResource, tracker: TrackerResource) -> dg.MaterializeResult:
-    round_number = int(context.partition_key)
+    round_number = partition_round(context)
+    retried = retry_note(context)
     config, db = profile.config(), store.open()
     eval_texts = decontamination_texts(db, seed_samples.source, seed_samples.holdout_ids, config.evaluation)
     mlflow = tracker.tracker()
@@ -67,7 +70,7 @@ def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapsho
             report = run_round(db, round_number, engines=engines.engines("generator", "teacher"), proxy=proxy.open,
                                config=config, eval_texts=eval_texts, seed_source=seed_samples.source,
                                run_id=context.run_id, progress=_progress_logger(context, round_number))
-        plots_md = _track_round(mlflow, mlflow_run, config, report, db)
+        plots_md = _track_round(context, mlflow, mlflow_run, config, report, db)
     except BaseException:
         mlflow.end_run(mlflow_run, "FAILED")
         raise
@@ -80,7 +83,7 @@ def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapsho
                                           "generator": config.synthesis.generator.model,
                                           "teacher": config.synthesis.teacher.model,
                                           "mlflow_run": dg.MetadataValue.url(mlflow.run_url(mlflow_run)),
-                                          "mlflow_run_id": mlflow_run})
+                                          "mlflow_run_id": mlflow_run, **retried})
 
 
 def _unmaterialize_stale_rounds(context: dg.AssetExecutionContext, db, round_number: int) -> None:
@@ -102,17 +105,19 @@ def _round_metadata(report: RoundReport) -> dict:
         "duplicates": report.duplicates, "contaminated": report.contaminated, "solved": report.sent_to_teacher,
         "verified": report.verified, "vote_failures": dg.MetadataValue.json(report.vote_failures),
         "in_dense_cluster": report.in_dense, "accepted": report.accepted,
-        "acceptance_rate": dg.MetadataValue.json({k: round(v, 4) for k, v in report.acceptance_rate.items()}),
+        "acceptance_rate": dg.MetadataValue.json(rounded(report.acceptance_rate)),
         "pool_before": report.n_pool, "k": report.k, "n_sparse": report.n_sparse,
-        "sparse_coverage": report.sparse_coverage, "g_vendi_before": report.g_vendi_before,
-        "g_vendi_after": dg.MetadataValue.float(report.g_vendi_after),
-        "g_vendi_random_control": report.g_vendi_random,
+        "sparse_coverage": figure(report.sparse_coverage), "g_vendi_before": figure(report.g_vendi_before),
+        "g_vendi_after": figure(report.g_vendi_after),
+        "g_vendi_gain": figure(report.g_vendi_after - report.g_vendi_before),
+        "g_vendi_random_control": figure(report.g_vendi_random),
         "llm_requests": dg.MetadataValue.json(report.llm_requests),
         "seconds_by_stage": dg.MetadataValue.json({k: round(v, 1) for k, v in report.seconds.items()}),
     }
 
 
-def _track_round(mlflow, mlflow_run: str, config: Config, report: RoundReport, db) -> dict:
+def _track_round(context: dg.AssetExecutionContext, mlflow, mlflow_run: str, config: Config, report: RoundReport,
+                 db) -> dict:
     """Log the round's parameters, metrics and plots to MLflow; return the plots as metadata."""
     syn = config.synthesis
     history = db.query(f"SELECT round, n_pool, n_accepted AS accepted, g_vendi_before, g_vendi_after, "
@@ -143,8 +148,8 @@ def _track_round(mlflow, mlflow_run: str, config: Config, report: RoundReport, d
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
         mlflow.log_artifact(mlflow_run, path, "plots")
-    return {"g_vendi_per_round": dg.MetadataValue.md(plots.markdown_image(gv_png, "G-Vendi per round")),
-            "accepted_per_round": dg.MetadataValue.md(plots.markdown_image(acc_png, "accepted per round"))}
+    return {"g_vendi_per_round": chart(context, gv_png, "g_vendi_per_round", "G-Vendi per round"),
+            "accepted_per_round": chart(context, acc_png, "accepted_per_round", "accepted per round")}
 
 
 synthesis_round_job = dg.define_asset_job("synthesis_round_job", selection=[synthesis_round], partitions_def=ROUNDS,
@@ -152,8 +157,8 @@ synthesis_round_job = dg.define_asset_job("synthesis_round_job", selection=[synt
 
 
 @dg.schedule(job=synthesis_round_job, cron_schedule="0 */6 * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Adds and runs the next synthesis round (stopped by default).")
-def next_synthesis_round(context: dg.ScheduleEvaluationContext, store: StoreResource):
+             description="Adds and runs the next synthesis round every 6 hours (stopped by default).")
+def synthesis_round_every_6_hours(context: dg.ScheduleEvaluationContext, store: StoreResource):
     db = store.open()
     upcoming = str(next_round(db))
     if ROUNDS.has_partition_key(upcoming, dynamic_partitions_store=context.instance) and \

@@ -85,7 +85,7 @@ def test_round_order_is_enforced_through_dagster(tmp_path, tiny_model_dir):
 def test_schedule_is_stopped_by_default_and_requests_the_next_round(tmp_path, tiny_model_dir):
     settings = _settings(tmp_path, tiny_model_dir, "transformers")
     defs = build_definitions(settings)
-    schedule = defs.resolve_schedule_def("next_synthesis_round")
+    schedule = defs.resolve_schedule_def("synthesis_round_every_6_hours")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     MetadataStore(load_config(settings).store_path)
     with dg.instance_for_test() as instance:
