@@ -132,7 +132,8 @@ def scenario_shard(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     import pyarrow.parquet as pq
 
     from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
-    from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
+    from prismatic_assets.pipeline.embedder import build_embedder
+    from prismatic_assets.pipeline.embeddings import embed_samples, shard_folder
     from prismatic_assets.store.shards import ShardDiskFull
     from prismatic_assets.store.store import MetadataStore
 
@@ -140,8 +141,8 @@ def scenario_shard(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     dim = 1024  # a shard of 8 vectors is 32 KiB of floats, far above what is left free
     embedder = build_embedder(ProxyConfig(model=model_dir), ProjectionConfig(dim=dim), batch_size=1)
     computed: list[str] = []  # prompts that reached the model
-    embed_many = embedder.embed_many
-    embedder.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
+    embed_many = embedder.gradients.embed_many
+    embedder.gradients.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
     store = MetadataStore(disk / "data" / "prismatic.duckdb")
     folder = shard_folder(store, embedder.key).path
     filled: list[Path | None] = []

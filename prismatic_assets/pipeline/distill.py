@@ -114,8 +114,11 @@ def sft_command(distill: DistillConfig, data: Path, output_dir: Path) -> list[st
     if distill.launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] + worker
     mixed = "bf16" if distill.sft.bf16 else "no"
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-            "--mixed_precision", mixed, "--dynamo_backend", "no"] + worker
+    # Without --multi_gpu, accelerate turns --num_processes N into one plain process when it
+    # sees fewer than 2 GPUs; with it, N ranks start on any machine (gloo on CPUs).
+    several = ["--multi_gpu"] if n > 1 else []
+    return [sys.executable, "-m", "accelerate.commands.launch", *several, "--num_processes", str(n),
+            "--num_machines", "1", "--mixed_precision", mixed, "--dynamo_backend", "no"] + worker
 
 
 def read_result(output_dir: Path) -> dict:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 from prismatic_assets.infra.config import Config
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.ids import digest
 from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, StageProgress,
@@ -31,6 +30,7 @@ from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLe
                                                     filter_candidates, generate_problems, parse_outputs,
                                                     plan_requests, prepare_pool, score_round, solve_problems, vote)
 from prismatic_assets.pipeline.baselines import record_baselines
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, pool_digest, round_scope, write_round
@@ -43,10 +43,10 @@ STAGES = ("pool", "generate", "parse", "hygiene", "solve", "vote", "gradients", 
           "baselines")
 
 #: Opens the proxy for a stage: a context manager yielding the embedder, released on exit.
-ProxyOpener = Callable[[], ContextManager[GradientEmbedder]]
+ProxyOpener = Callable[[], ContextManager[Embedder]]
 
 
-def lend(embedder: GradientEmbedder) -> ProxyOpener:
+def lend(embedder: Embedder) -> ProxyOpener:
     """A ProxyOpener for an embedder the caller owns (kept loaded)."""
     return lambda: contextlib.nullcontext(embedder)
 

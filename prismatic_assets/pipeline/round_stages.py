@@ -28,12 +28,12 @@ from prismatic_assets.core.answers import majority_vote
 from prismatic_assets.core.clustering import Clustering, assign_to_centroids
 from prismatic_assets.core.decontamination import NGramIndex, find_duplicates
 from prismatic_assets.core.generation import GenerationError, Generator, PartialGenerationError, SamplingConfig
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.gvendi import GVendiResult
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.prompts import build_problem_request, build_solution_request, draw_few_shot, parse_problems
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.clusters import cluster_pool
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import PoolVectors, embed_samples, pool_vectors
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
@@ -334,7 +334,7 @@ class PoolState:
         return {s.sample_id: s for s in self.samples}
 
 
-def prepare_pool(store: MetadataStore, round: int, embedder: GradientEmbedder, clustering: ClusteringConfig,
+def prepare_pool(store: MetadataStore, round: int, embedder: Embedder, clustering: ClusteringConfig,
                  seed_source: str | None, run_id: str | None, progress: StageProgress | None = None) -> PoolState:
     """Pool = seed pool + earlier rounds; compute missing gradients; cluster from scratch."""
     key, dim = embedder.key, embedder.dim
@@ -490,7 +490,7 @@ class Embedded:
     vectors: np.ndarray
 
 
-def embed_candidates(store: MetadataStore, embedder: GradientEmbedder, ledger: RoundLedger,
+def embed_candidates(store: MetadataStore, embedder: Embedder, ledger: RoundLedger,
                      verified: Sequence[CandidateRow], run_id: str | None,
                      progress: StageProgress | None = None) -> Embedded:
     """Gradients of the verified candidates (same embedder and cache as the pool)."""

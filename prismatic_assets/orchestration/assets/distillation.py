@@ -74,7 +74,7 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
     samples = training_samples(db, seed_samples.pool_ids, rounds)
     with proxy.open() as embedder:  # the training set's diversity, under the pool's proxy and projection
         embed_samples(samples, embedder, db, context.run_id)
-        vectors = pool_vectors(db, samples, embedder.key, embedder.projector.spec.dim)
+        vectors = pool_vectors(db, samples, embedder.key, embedder.dim)
         g_vendi = score_pool(db, vectors, settings.score.q, embedder.key, scope="distill:train",
                              run_id=context.run_id).score
     data_key = digest({"student": ds.student, "ids": [s.sample_id for s in samples],
