@@ -28,6 +28,7 @@ from prismatic_assets.core.diversity import (TEXT_METRICS_VERSION, compression_r
                                              hidden_state_key, sample_text)
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.infra.config import ComputeConfig
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.store.store import EmbeddingRow, MetadataStore
 
@@ -36,6 +37,8 @@ TEXT_METRICS_KEY = f"text-v{TEXT_METRICS_VERSION}"
 BASELINE_METRICS = ("embedding_vendi", "distinct_1", "distinct_2", "distinct_3", "compression_ratio")
 
 StepProgress = Callable[[int, int], None]  # (done, total)
+#: Samples per forward pass of the hidden-state pass: the gradient batch size's default.
+BATCH_SIZE = ComputeConfig().batch_size
 
 
 @dataclass
@@ -52,7 +55,7 @@ class HiddenVectors:
 
 
 def hidden_vectors(samples: Sequence[Sample], embedder: Embedder, store: MetadataStore, *,
-                   max_length: int | None = None, batch_size: int = 8, run_id: str | None = None,
+                   max_length: int | None = None, batch_size: int = BATCH_SIZE, run_id: str | None = None,
                    progress: StepProgress | None = None) -> HiddenVectors:
     """Mean-pooled last hidden states of the proxy (`embedder.hidden_chunks`), computed where missing.
 
@@ -169,7 +172,7 @@ def store_metric(store: MetadataStore, metric: MetricValue, *, scope: str, membe
 
 
 def record_baselines(store: MetadataStore, samples: Sequence[Sample], *, scope: str, embedder: Embedder,
-                     run_id: str | None = None, batch_size: int = 8, max_length: int | None = None,
+                     run_id: str | None = None, batch_size: int = BATCH_SIZE, max_length: int | None = None,
                      progress: StepProgress | None = None) -> dict[str, float]:
     """Compute every baseline metric of `samples` and store each as a `scores` row of `scope`.
 

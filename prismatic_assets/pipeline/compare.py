@@ -21,6 +21,7 @@ import numpy as np
 
 from prismatic_assets.core.diversity import Coverage, cluster_coverage, pca_2d
 from prismatic_assets.core.selection import cluster_in_batches
+from prismatic_assets.infra.config import CompareConfig, ComputeConfig
 from prismatic_assets.pipeline.baselines import (MetricValue, StepProgress, embedding_metric, hidden_vectors,
                                                  store_metric, text_metrics)
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
@@ -29,7 +30,7 @@ from prismatic_assets.pipeline.embeddings import Progress
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
 
-DEFAULT_QS = (1.0, 2.0, float("inf"))
+_COMPARE = CompareConfig()  # the defaults of the options below
 MAP_MAX_POINTS = 5000  # points drawn on the 2-D map (a seeded sample above this)
 EXCERPT_CHARS = 240
 
@@ -137,8 +138,10 @@ def _distinguishing_examples(coverage, clustering, set_index: np.ndarray, vector
 
 
 def compare_sets(sets: Sequence[LoadedSet], embedder: Embedder, store: MetadataStore, *,
-                 qs: Sequence[float] = DEFAULT_QS, clusters: int | None = None, cluster_seed: int = 0,
-                 examples: int = 2, example_clusters: int = 3, batch_size: int = 8, max_length: int | None = None,
+                 qs: Sequence[float] = _COMPARE.qs, clusters: int | None = _COMPARE.clusters,
+                 cluster_seed: int = _COMPARE.cluster_seed, examples: int = _COMPARE.examples,
+                 example_clusters: int = 3, batch_size: int = ComputeConfig().batch_size,
+                 max_length: int | None = None,
                  model: str | None = None, run_id: str | None = None, gradient_progress: Progress | None = None,
                  hidden_progress: StepProgress | None = None,
                  on_stage: Callable[[str], None] | None = None) -> ComparisonReport:

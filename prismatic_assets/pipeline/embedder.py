@@ -87,7 +87,7 @@ class Embedder(Protocol):
 
 
 def load_gradient_embedder(proxy: ProxyConfig, projection: ProjectionConfig,
-                           batch_size: int = ComputeConfig.model_fields["batch_size"].default) -> GradientEmbedder:
+                           batch_size: int = ComputeConfig().batch_size) -> GradientEmbedder:
     """Load the proxy model and freeze everything its vectors depend on."""
     model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
                                       trust_remote_code=proxy.trust_remote_code)
@@ -155,6 +155,6 @@ class LocalEmbedder:
 
 
 def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig,
-                   batch_size: int = ComputeConfig.model_fields["batch_size"].default) -> LocalEmbedder:
+                   batch_size: int = ComputeConfig().batch_size) -> LocalEmbedder:
     """The local backend: the proxy loaded in this process, named as the config names it."""
     return LocalEmbedder(load_gradient_embedder(proxy, projection, batch_size), name=proxy.model)

@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.core.selection import METHODS, random_subset, select
+from prismatic_assets.core.selection import DEFAULT_METHOD, DEFAULT_SEED, METHODS, random_subset, select
+from prismatic_assets.infra.config import ScoreConfig
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import Progress
@@ -102,7 +103,8 @@ def check_request(loaded: LoadedSet, k: int, method: str, q: float) -> None:
 
 
 def select_from_set(loaded: LoadedSet, embedder: Embedder, store: MetadataStore, *, k: int,
-                    method: str = "greedy", seed: int = 0, q: float = 1.0, clusters: int | None = None,
+                    method: str = DEFAULT_METHOD, seed: int = DEFAULT_SEED,
+                    q: float = ScoreConfig().q, clusters: int | None = None,
                     model: str | None = None, run_id: str | None = None, gradient_progress: Progress | None = None,
                     step_progress: Callable[[int, int], None] | None = None) -> SubsetReport:
     """Pick k samples of `loaded` by `method` (cluster-balanced, greedy, random); see `core.selection`.

@@ -131,7 +131,7 @@ def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir,
 
 
 def test_projection_seed_qs_names_and_fields_change_the_report(report, sets, tiny_model_dir, cache, tmp_path):
-    other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, seed=1, qs=(0.5,),
+    other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, projection_seed=1, qs=(0.5,),
                              names=["A", "B"], examples=1, limit=4)
     assert [s.name for s in other.sets] == ["A", "B"]
     assert all(len(e.samples) == 1 for e in other.examples) and len(report.examples[0].samples) == 2
