@@ -81,7 +81,8 @@ def scenario_checkpoint(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     from transformers import TrainerCallback
 
     from prismatic_assets.core.samples import Sample
-    from prismatic_assets.core.sft import FINAL_DIR, SFTDiskFull, SFTSettings, complete_checkpoints, train_sft
+    from prismatic_assets.core.sft import SFTSettings, train_sft
+    from prismatic_assets.core.sft_checkpoints import FINAL_DIR, SFTDiskFull, complete_checkpoints
 
     samples = [Sample(f"t:{i}", f"What is {i} plus {i + 1}?", f"{i} + {i + 1} = {2 * i + 1}. \\boxed{{{2 * i + 1}}}",
                       answer=str(2 * i + 1)) for i in range(6)]

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from prismatic_assets.core.loaders import FieldMap, load_samples
+from prismatic_assets.core.loaders import load_samples
+from prismatic_assets.core.records import FieldMap
 from prismatic_assets.core.samples import Rejection, Sample
 from prismatic_assets.infra.config import (Autocast, CompareConfig, ComputeConfig, Dtype, ProjectionConfig,
                                            ProjectionKind, ProxyConfig, ScoreConfig)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from prismatic_assets.core.loaders import CHAMP_SOURCE, FieldMap, load_samples
+from prismatic_assets.core.champ import CHAMP_SOURCE
+from prismatic_assets.core.loaders import load_samples
+from prismatic_assets.core.records import FieldMap
 from prismatic_assets.core.samples import Rejection, Sample
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import (EmbeddingReport, PoolVectors, Progress, default_cache_store,
