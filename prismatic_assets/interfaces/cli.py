@@ -225,8 +225,7 @@ def _print_summary(settings) -> None:
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    scores = store.query("SELECT scope, metric, q, value, n, dim, n_excluded, created_at FROM scores "
-                         "ORDER BY created_at DESC LIMIT 5")
+    scores = store.recent_scores(5)
     print(f"[demo] metadata store: {settings.store_path}")
     print(scores)
     print("[demo] browse it in the UI: make ui  (then open http://127.0.0.1:3000)")

@@ -20,6 +20,7 @@ from typing import Sequence
 from prismatic_assets.infra.config import DistillConfig, EvaluationConfig
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.store.store import MetadataStore
+from prismatic_assets.store.synthesis_tables import accepted_samples
 
 WORKER_MODULE = "prismatic_assets.pipeline.sft_worker"
 RESULT_FILE = "sft_result.json"
@@ -45,11 +46,7 @@ def parse_rounds(spec: str, available: list[int]) -> list[int]:
 
 def training_samples(store: MetadataStore, seed_pool_ids: Sequence[str], rounds: Sequence[int]) -> list[Sample]:
     """The seed pool plus the accepted samples of `rounds`."""
-    samples = store.load_samples(list(seed_pool_ids))
-    if rounds:
-        marks = ",".join("?" for _ in rounds)
-        samples += store.load_samples(where=f"origin = 'synthetic' AND round IN ({marks})", params=list(rounds))
-    return samples
+    return store.load_samples(list(seed_pool_ids)) + accepted_samples(store, rounds)
 
 
 # -- lengths -------------------------------------------------------------------------------

@@ -11,15 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import pyarrow as pa
-
 from prismatic_assets.infra.config import EvaluationConfig
-from prismatic_assets.core.evaluation import gsm_symbolic_set, load_eval_file
+from prismatic_assets.core.evaluation import EvalReport, gsm_symbolic_set, load_eval_file
 from prismatic_assets.core.generation import Generator, SamplingConfig
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.pipeline.round_stages import generate_cached
-from prismatic_assets.store import schema as S
+from prismatic_assets.pipeline.round_services import generate_cached
+from prismatic_assets.store.evaluation_tables import replace_eval_results
 from prismatic_assets.store.store import MetadataStore
 
 
@@ -50,24 +48,11 @@ def decontamination_texts(store: MetadataStore, seed_source: str, holdout_ids: S
     return {name: [s.prompt for s in samples] for name, samples in sets.items() if samples}
 
 
-def store_results(store: MetadataStore, evaluation_id: str, role: str, model: str, mlflow_run_id: str, report,
-                  run_id: str) -> None:
-    """Replace one evaluation's per-problem rows."""
-    rows = report.rows()
-    table = pa.table({
-        "evaluation_id": [evaluation_id] * len(rows), "model_role": [role] * len(rows), "model": [model] * len(rows),
-        "mlflow_run_id": [mlflow_run_id] * len(rows), "sample_id": [r["sample_id"] for r in rows],
-        "benchmark": [r["benchmark"] for r in rows], "completion": [r["completion"] for r in rows],
-        "problem": [r["problem"] for r in rows], "response": [r["response"] for r in rows],
-        "extracted": pa.array([r["extracted"] for r in rows], type=pa.string()),
-        "gold": [r["gold"] for r in rows], "correct": [bool(r["correct"]) for r in rows],
-        "run_id": [run_id] * len(rows)})
-    with store.transaction() as con:
-        con.execute(f"DELETE FROM {S.EVAL_RESULTS} WHERE evaluation_id = ?", [evaluation_id])
-        con.register("incoming", table)
-        con.execute(f"INSERT INTO {S.EVAL_RESULTS} (evaluation_id, model_role, model, mlflow_run_id, sample_id, "
-                    f"benchmark, completion, problem, response, extracted, gold, correct, run_id) "
-                    f"SELECT * FROM incoming")
+def store_results(store: MetadataStore, evaluation_id: str, role: str, model: str, mlflow_run_id: str | None,
+                  report: EvalReport, run_id: str | None) -> None:
+    """Replace one evaluation's per-problem rows (`store.evaluation_tables`)."""
+    replace_eval_results(store, evaluation_id, role=role, model=model, mlflow_run_id=mlflow_run_id,
+                         records=report.records, run_id=run_id)
 
 
 class CachedGenerator:

@@ -16,9 +16,8 @@ from prismatic_assets.orchestration.resources import EngineResource, ProfileReso
     TrackerResource
 from prismatic_assets.pipeline.evaluation import decontamination_texts
 from prismatic_assets.pipeline.round import RoundReport, run_round
-from prismatic_assets.store import schema as S
 from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_transient_only
-from prismatic_assets.store.synthesis_tables import completed_rounds, stale_rounds
+from prismatic_assets.store.synthesis_tables import completed_rounds, round_history, stale_rounds
 
 GROUP = "synthesis"
 ROUNDS = dg.DynamicPartitionsDefinition(name="synthesis_rounds")
@@ -115,8 +114,7 @@ def _round_metadata(report: RoundReport) -> dict:
 def _track_round(mlflow, mlflow_run: str, config: Config, report: RoundReport, db) -> dict:
     """Log the round's parameters, metrics and plots to MLflow; return the plots as metadata."""
     syn = config.synthesis
-    history = db.query(f"SELECT round, n_pool, n_accepted AS accepted, g_vendi_before, g_vendi_after, "
-                       f"g_vendi_random FROM {S.SYNTHESIS_ROUNDS} ORDER BY round")
+    history = round_history(db)
     gv_png = plots.series_png(history["round"].to_list(), {
         "after (gradient filter)": history["g_vendi_after"].to_list(),
         "random control": history["g_vendi_random"].to_list(),
