@@ -82,8 +82,8 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
     output_dir = settings.data_path / "models" / f"distilled-{data_key}"
     data = write_training_set(samples, output_dir / "train.jsonl")
     t = tracker.tracker()
-    run_id = t.start_run("distillation", tags={"dagster_run_id": context.run_id, "stage": "distillation"})
-    try:
+    tags = {"dagster_run_id": context.run_id, "stage": "distillation"}
+    with t.run("distillation", tags=tags) as run_id:  # ends FAILED if anything below raises
         t.log_params(run_id, {"student": ds.student, "rounds": ",".join(map(str, rounds)) or "none",
                               "n_train": len(samples), "launcher": ds.launcher, "num_processes": ds.num_processes,
                               **ds.sft.resume_relevant()})
@@ -94,10 +94,6 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
         reported = pipes_subprocess_client.run(command=command, context=context).get_materialize_result()
         result = read_result(output_dir)
         version, metadata = _track_student(t, run_id, ds.registered_name, result, output_dir, context.run_id, g_vendi)
-    except BaseException:
-        t.end_run(run_id, "FAILED")
-        raise
-    t.end_run(run_id)
     snapshot = DistilledSnapshot(result["final_model_dir"], ds.student, rounds, len(samples), g_vendi, run_id,
                                  ds.registered_name, version)
     return dg.Output(snapshot, metadata={

@@ -59,18 +59,13 @@ def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapsho
     config, db = profile.config(), store.open()
     eval_texts = decontamination_texts(db, seed_samples.source, seed_samples.holdout_ids, config.evaluation)
     mlflow = tracker.tracker()
-    mlflow_run = mlflow.start_run(f"round-{round_number}", tags={"dagster_run_id": context.run_id,
-                                                                 "stage": "synthesis", "round": round_number})
-    try:
+    tags = {"dagster_run_id": context.run_id, "stage": "synthesis", "round": round_number}
+    with mlflow.run(f"round-{round_number}", tags=tags) as mlflow_run:  # ends FAILED if anything below raises
         with retry_transient_only():  # a rerun resumes from the generation and vector caches
             report = run_round(db, round_number, engines=engines.engines("generator", "teacher"), proxy=proxy.open,
                                config=config, eval_texts=eval_texts, seed_source=seed_samples.source,
                                run_id=context.run_id, progress=_progress_logger(context, round_number))
         plots_md = _track_round(mlflow, mlflow_run, config, report, db)
-    except BaseException:
-        mlflow.end_run(mlflow_run, "FAILED")
-        raise
-    mlflow.end_run(mlflow_run)
     _unmaterialize_stale_rounds(context, db, round_number)
     context.log.info(f"round {round_number}: accepted {report.accepted} of {report.problems_parsed} parsed "
                      f"problems; G-Vendi {report.g_vendi_before:.3f} -> {report.g_vendi_after:.3f} "
