@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -310,6 +310,16 @@ class Config(_Block):
 
     def replace(self, **changes: Any) -> "Config":
         return self.model_copy(update=changes)
+
+
+BlockT = TypeVar("BlockT", bound=BaseModel)
+
+
+def with_overrides(block: BlockT, overrides: Mapping[str, Any]) -> BlockT:
+    """`block` (a section of the config) with the overrides that are not None applied and validated:
+    how a run's launchpad settings replace the profile's."""
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return type(block).model_validate({**block.model_dump(), **changes})
 
 
 def _with(sampling: SamplingConfig, **changes: Any) -> SamplingConfig:

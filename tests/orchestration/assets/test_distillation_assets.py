@@ -58,27 +58,3 @@ def test_distill_and_evaluate_track_everything_in_mlflow(tmp_path, tiny_model_di
     assert counts == [("base", "champ_holdout", 3), ("base", "gsm_symbolic", 3),
                       ("distilled", "champ_holdout", 3), ("distilled", "gsm_symbolic", 3)]
     assert 0.0 <= evaluation["distilled_overall"].value <= 1.0
-
-
-def test_a_failed_training_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    broken = tmp_path / "not-a-model"  # the SFT process cannot load it: it fails after the MLflow run started
-    broken.mkdir()
-    settings = write_profile(tmp_path, {
-        "data_dir": str(tmp_path / "data"),
-        "seed": {"source": "champ", "limit": 10, "holdout_fraction": 0.2},
-        "proxy": {"model": tiny_model_dir, "max_length": 256},
-        "projection": {"dim": 64},
-        "clustering": {"ratio": 0.2},
-        "distill": {"student": str(broken), "rounds": "none", "launcher": "python", "max_context": 512,
-                    "sft": {"max_steps": 1, "max_length": 256}},
-        "evaluation": {"engine": {"backend": "transformers", "max_model_len": 512}, "max_tokens": 8},
-    })
-    job = build_definitions(settings).resolve_implicit_global_asset_job_def()
-    with dg.instance_for_test() as instance:
-        selection = {dg.AssetKey(k) for k in BACKBONE + ["distilled_model"]}
-        result = job.get_subset(asset_selection=selection).execute_in_process(instance=instance, raise_on_error=False)
-        assert not result.success and result.failure_data_for_node("distilled_model") is not None
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
-    runs = client.search_runs(client.get_experiment_by_name("prismatic").experiment_id)
-    assert [(r.info.run_name, r.info.status) for r in runs] == [("distillation", "FAILED")]
