@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,8 @@ def test_paper_profile_runs_with_ray_workers_and_two_training_processes(tmp_path
         "proxy": {"model": tiny_model_dir, "device": "cpu", "autocast": None, "max_length": 256},
         # rademacher over every parameter on a CPU is refused by the config (minutes per sample)
         "projection": {"kind": "countsketch", "dim": 64},
-        "compute": {"workers": 2, "gpus_per_worker": 0, "cpus_per_worker": 0.5, "batch_size": 4},
+        # batch_size 1: a Ray task is 8 batches, so the 16 pool samples make two tasks, one per worker.
+        "compute": {"workers": 2, "gpus_per_worker": 0, "cpus_per_worker": 0.5, "batch_size": 1},
         "synthesis": {"generator": llm, "teacher": llm, "requests_per_round": 2,
                       "problem_sampling": {"max_tokens": 16}, "solution_sampling": {"max_tokens": 16}},
         # The paper's FSDP sharding and gradient checkpointing stay: two gloo processes run them on CPU.
@@ -70,10 +72,20 @@ def test_paper_profile_runs_with_ray_workers_and_two_training_processes(tmp_path
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["DAGSTER_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "1",
-                           "--profile", str(path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    assert "[pipeline] wall time: backbone" in proc.stdout and "distill+evaluation" in proc.stdout
+    log = tmp_path / "pipeline.log"  # kept whole: on a failure or a timeout its tail is the message
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "1",
+                                 "--profile", str(path)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            code = proc.wait(timeout=1800)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its Dagster run and the Ray workers it started
+            proc.wait()
+            code = None
+    text = log.read_text()
+    assert code == 0, f"exit {code}; log {log}:\n" + text[-8000:]
+    assert "[pipeline] wall time: backbone" in text and "distill+evaluation" in text
 
     embeddings = _latest_metadata(home, "gradient_embeddings")
     assert embeddings["compute"] == "ray: 2 workers x (0 GPU, 0.5 CPU)"

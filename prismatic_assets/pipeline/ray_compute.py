@@ -153,9 +153,11 @@ class RayEmbeddingBackend:
     def dim(self) -> int:
         return self.projection.dim
 
-    def map_options(self) -> dict[str, Any]:
-        """The resources of `map_batches`: one proxy per actor, `workers` actors."""
-        options: dict[str, Any] = {"concurrency": self.compute.workers, "num_cpus": self.compute.cpus_per_worker}
+    def map_options(self, tasks: int | None = None) -> dict[str, Any]:
+        """The resources of `map_batches`: one proxy per actor, `workers` actors, or fewer when
+        there are only `tasks` blocks of work (an idle actor would still load the model)."""
+        actors = self.compute.workers if tasks is None else max(1, min(self.compute.workers, tasks))
+        options: dict[str, Any] = {"concurrency": actors, "num_cpus": self.compute.cpus_per_worker}
         if self.compute.gpus_per_worker > 0:
             options["num_gpus"] = self.compute.gpus_per_worker
         return options
@@ -164,8 +166,10 @@ class RayEmbeddingBackend:
              ) -> Iterator[tuple[list[Sample], pa.Table]]:
         """Run `actor` over the samples on Ray; yield each finished batch with its samples."""
         ray = ensure_ray(self.compute.ray_address)
-        dataset = ray.data.from_arrow(_blocks(samples, rows)).map_batches(
-            actor, batch_size=rows, batch_format="pyarrow", fn_constructor_kwargs=kwargs, **self.map_options())
+        blocks = _blocks(samples, rows)
+        dataset = ray.data.from_arrow(blocks).map_batches(
+            actor, batch_size=rows, batch_format="pyarrow", fn_constructor_kwargs=kwargs,
+            **self.map_options(len(blocks)))
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield [samples[i] for i in table.column("i").to_pylist()], table
 

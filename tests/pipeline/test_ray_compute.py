@@ -119,6 +119,7 @@ def test_actors_refuse_a_model_other_than_the_drivers(tiny_model_dir):
 def test_workers_ask_ray_for_their_share_of_the_machine(tiny_model_dir):
     half = RayEmbeddingBackend(ProxyConfig(model=tiny_model_dir), ProjectionConfig(), BACKENDS["ray"])
     assert half.map_options() == {"concurrency": 2, "num_cpus": 0.5}
+    assert half.map_options(tasks=1)["concurrency"] == 1  # no actor loads the model for nothing
     compute = ComputeConfig(backend="ray", workers=8, gpus_per_worker=1, batch_size=16)
     gpus = RayEmbeddingBackend(ProxyConfig(model=tiny_model_dir, device="cuda:0"), ProjectionConfig(), compute)
     assert gpus.map_options() == {"concurrency": 8, "num_cpus": 1.0, "num_gpus": 1}
