@@ -24,7 +24,7 @@ from prismatic_assets.infra.config import load_config
 from prismatic_assets.core.clustering import num_clusters, spherical_kmeans
 from prismatic_assets.pipeline.arms import _sample_from_row, choose
 from prismatic_assets.pipeline.embeddings import pool_vectors
-from prismatic_assets.pipeline.round_stages import judge_candidates, load_pool
+from prismatic_assets.pipeline.round_services import judge_candidates, load_pool
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore

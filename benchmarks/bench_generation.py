@@ -23,8 +23,9 @@ import time
 from typing import Any
 
 from benchmarks.common import machine, write_results
-from prismatic_assets.core.generation import (PROBLEM_SAMPLING, BaseGenerator, SamplingConfig, TransformersGenerator,
-                                              VLLMGenerator)
+from prismatic_assets.core.generation import PROBLEM_SAMPLING, BaseGenerator, SamplingConfig
+from prismatic_assets.core.generation_transformers import TransformersGenerator
+from prismatic_assets.core.generation_vllm import VLLMGenerator
 from prismatic_assets.core.models import PACKAGED_MODEL
 
 TOPICS = ["prime numbers", "a train timetable", "the area of a triangle", "compound interest",

@@ -29,7 +29,7 @@ from benchmarks.common import machine, write_results
 from prismatic_assets.core.gradients import (GradientEmbedder, GradientSpec, encode_chat_sample, response_loss,
                                              select_parameters)
 from prismatic_assets.core.gvendi import g_vendi, vendi_from_kernel
-from prismatic_assets.core.loaders import load_champ
+from prismatic_assets.core.champ import load_champ
 from prismatic_assets.core.models import PACKAGED_MODEL, load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec, make_projector
 

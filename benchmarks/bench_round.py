@@ -25,7 +25,7 @@ from benchmarks.common import write_results
 from prismatic_assets.orchestration.assets.rounds import next_round
 from prismatic_assets.infra.config import build_config, load_config
 from prismatic_assets.infra.engines import EngineSet, open_engine
-from prismatic_assets.pipeline.embeddings import build_embedder
+from prismatic_assets.pipeline.embedder import build_embedder
 from prismatic_assets.pipeline.round import STAGES, lend, run_round
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore

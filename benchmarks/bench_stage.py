@@ -21,7 +21,8 @@ from pathlib import Path
 
 from benchmarks.common import write_results
 from benchmarks.bench_generation import conversations
-from prismatic_assets.core.generation import SamplingConfig, VLLMGenerator
+from prismatic_assets.core.generation import SamplingConfig
+from prismatic_assets.core.generation_vllm import VLLMGenerator
 from prismatic_assets.core.models import PACKAGED_MODEL
 from prismatic_assets.pipeline.round_stages import RequestPlan, generate_problems
 from prismatic_assets.store.store import MetadataStore

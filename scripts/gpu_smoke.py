@@ -114,24 +114,25 @@ def check_sft(student: str, tiny: bool, work: Path) -> bool:
 
 def check_gradients(proxy: str, tiny: bool) -> bool:
     from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
-    from prismatic_assets.pipeline.embeddings import open_embedder
+    from prismatic_assets.pipeline.embedder import load_gradient_embedder
 
     device = "cpu" if tiny else "cuda:0"
     proxy_cfg = ProxyConfig(model=proxy, device=device, autocast=None if tiny else "bf16", max_length=512)
-    with open_embedder(proxy_cfg, ProjectionConfig(kind="rademacher", dim=1024 if not tiny else 64)) as embedder:
-        text = " ".join(f"step {i}: add {i} to the total." for i in range(30))  # ~200 tokens
-        batch = 2 if tiny else 32
-        pairs = [(f"Problem {i}: sum the steps.", text) for i in range(batch * (2 if tiny else 4))]
-        embedder.embed_many(pairs[:batch], batch_size=batch)  # warm-up
-        n = len(pairs)
-        began = time.perf_counter()
-        outcomes = embedder.embed_many(pairs, batch_size=batch)  # B per step, projected on the device
-        if not tiny:
-            import torch
+    # The GradientEmbedder itself: this check times `embed_many` batches directly.
+    embedder = load_gradient_embedder(proxy_cfg, ProjectionConfig(kind="rademacher", dim=1024 if not tiny else 64))
+    text = " ".join(f"step {i}: add {i} to the total." for i in range(30))  # ~200 tokens
+    batch = 2 if tiny else 32
+    pairs = [(f"Problem {i}: sum the steps.", text) for i in range(batch * (2 if tiny else 4))]
+    embedder.embed_many(pairs[:batch], batch_size=batch)  # warm-up
+    n = len(pairs)
+    began = time.perf_counter()
+    outcomes = embedder.embed_many(pairs, batch_size=batch)  # B per step, projected on the device
+    if not tiny:
+        import torch
 
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - began
-        projection = None  # benchmarks/bench_gpu_gradients.py (scripts/gpu_smoke_gradients.sh) times it alone
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    projection = None  # benchmarks/bench_gpu_gradients.py (scripts/gpu_smoke_gradients.sh) times it alone
     ok = all(o.error is None for o in outcomes)
     extra = f", projection {1000 * projection:.1f} ms/sample" if projection is not None else ""
     setup = "CPU tiny" if tiny else "bf16, dense Rademacher d=1024, Qwen2.5-0.5B shapes"

@@ -46,7 +46,7 @@ def tiny_llama(packaged_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_embedder(packaged_tokenizer):
-    """A GradientEmbedder over a tiny random-init Llama (CountSketch to d = 32, 256 tokens).
+    """The local `Embedder` over a tiny random-init Llama (CountSketch to d = 32, 256 tokens).
 
     One torch thread while it lives: a tiny model's ops are too small to split, and on a busy
     2-core machine the OpenMP barriers of 2 threads made each backward pass ~40x slower."""
@@ -55,12 +55,13 @@ def tiny_embedder(packaged_tokenizer):
     from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
     from prismatic_assets.core.models import model_fingerprint
     from prismatic_assets.core.projection import ProjectionSpec
+    from prismatic_assets.pipeline.embedder import LocalEmbedder
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = make_tiny_llama(packaged_tokenizer)
-    yield GradientEmbedder(model, packaged_tokenizer, ProjectionSpec(dim=32), GradientSpec(max_length=256),
-                           model_fingerprint(model, packaged_tokenizer))
+    yield LocalEmbedder(GradientEmbedder(model, packaged_tokenizer, ProjectionSpec(dim=32),
+                                         GradientSpec(max_length=256), model_fingerprint(model, packaged_tokenizer)))
     torch.set_num_threads(threads)
 
 

@@ -81,7 +81,8 @@ def scenario_checkpoint(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     from transformers import TrainerCallback
 
     from prismatic_assets.core.samples import Sample
-    from prismatic_assets.core.sft import FINAL_DIR, SFTDiskFull, SFTSettings, complete_checkpoints, train_sft
+    from prismatic_assets.core.sft import SFTSettings, train_sft
+    from prismatic_assets.core.sft_checkpoints import FINAL_DIR, SFTDiskFull, complete_checkpoints
 
     samples = [Sample(f"t:{i}", f"What is {i} plus {i + 1}?", f"{i} + {i + 1} = {2 * i + 1}. \\boxed{{{2 * i + 1}}}",
                       answer=str(2 * i + 1)) for i in range(6)]
@@ -132,7 +133,8 @@ def scenario_shard(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     import pyarrow.parquet as pq
 
     from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
-    from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
+    from prismatic_assets.pipeline.embedder import build_embedder
+    from prismatic_assets.pipeline.embeddings import embed_samples, shard_folder
     from prismatic_assets.store.shards import ShardDiskFull
     from prismatic_assets.store.store import MetadataStore
 
@@ -140,8 +142,8 @@ def scenario_shard(disk: Path, tmpfs: bool, model_dir: str) -> dict:
     dim = 1024  # a shard of 8 vectors is 32 KiB of floats, far above what is left free
     embedder = build_embedder(ProxyConfig(model=model_dir), ProjectionConfig(dim=dim), batch_size=1)
     computed: list[str] = []  # prompts that reached the model
-    embed_many = embedder.embed_many
-    embedder.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
+    embed_many = embedder.gradients.embed_many
+    embedder.gradients.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
     store = MetadataStore(disk / "data" / "prismatic.duckdb")
     folder = shard_folder(store, embedder.key).path
     filled: list[Path | None] = []

@@ -29,7 +29,8 @@ import pytest
 
 from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
+from prismatic_assets.pipeline.embedder import build_embedder
+from prismatic_assets.pipeline.embeddings import embed_samples, shard_folder
 from prismatic_assets.store import schema, shards
 from prismatic_assets.store.shards import ShardDiskFull, ShardFolder
 from prismatic_assets.store.store import MetadataStore, StoreDiskFull, StoreError
@@ -236,8 +237,8 @@ def test_full_disk_while_writing_a_gradient_shard(code, tmp_path, tiny_model_dir
     samples = shard_samples()
     embedder = build_embedder(ProxyConfig(model=tiny_model_dir), ProjectionConfig(dim=16), batch_size=1)
     computed: list[str] = []  # prompts that reached the model, counted outside the code under test
-    embed_many = embedder.embed_many
-    embedder.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
+    embed_many = embedder.gradients.embed_many
+    embedder.gradients.embed_many = lambda pairs: computed.extend(p for p, _ in pairs) or embed_many(pairs)
     store_path = tmp_path / "data" / "prismatic.duckdb"
     store = MetadataStore(store_path)
     folder = shard_folder(store, embedder.key).path

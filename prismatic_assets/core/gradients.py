@@ -57,11 +57,14 @@ class GradientSpec:
     the 2-core CPU of benchmarks/ its backward was much slower than fp32).
     `max_length`: token budget; longer samples are truncated at the end of the response
     (recorded), a prompt that alone exceeds it is an error for that sample.
+
+    The defaults are the profile defaults of `proxy.params`, `proxy.autocast` and
+    `proxy.max_length` (tests/infra/test_defaults.py keeps them equal: core reads no config).
     """
 
     params: str | None = None
     autocast: str | None = None
-    max_length: int = 2048
+    max_length: int = 1024
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_CHOICES:
@@ -105,7 +108,8 @@ def _token_ids(encoded) -> list[int]:
     return list(encoded)
 
 
-def encode_chat_sample(tokenizer, prompt: str, response: str, max_length: int = 2048) -> EncodedSample:
+def encode_chat_sample(tokenizer, prompt: str, response: str,
+                       max_length: int = GradientSpec.max_length) -> EncodedSample:
     """Tokenize with the chat template; label only the assistant turn's tokens.
 
     Tokens the template appends after the end-of-turn token (a trailing newline in ChatML)

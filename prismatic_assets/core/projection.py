@@ -116,7 +116,10 @@ def _hash_at(numbers: torch.Tensor, base: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ProjectionSpec:
-    """Which projection: kind, output dimension and seed. Stored with every projected vector."""
+    """Which projection: kind, output dimension and seed. Stored with every projected vector.
+
+    The defaults are the profile defaults of `projection.*` (tests/infra/test_defaults.py
+    keeps them equal: core reads no config)."""
 
     kind: Literal["countsketch", "rademacher"] = "countsketch"
     dim: int = 1024

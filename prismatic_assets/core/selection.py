@@ -35,6 +35,9 @@ import numpy as np
 from prismatic_assets.core.clustering import assign_to_centroids, spherical_kmeans
 
 METHODS = ("cluster-balanced", "greedy", "random")
+#: What `select` (and `prismatic select`, `api.select_subset`) does unless told otherwise.
+DEFAULT_METHOD = "greedy"
+DEFAULT_SEED = 0
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -341,7 +344,7 @@ def select_greedy(vectors, k: int, seed: int = 0, alpha: float | None = None, la
                      params={"alpha": alpha, "lazy": lazy, "objective": "logdet"})
 
 
-def select(vectors, k: int, method: str = "greedy", seed: int = 0, *, n_clusters: int | None = None,
+def select(vectors, k: int, method: str = DEFAULT_METHOD, seed: int = DEFAULT_SEED, *, n_clusters: int | None = None,
            progress: Progress | None = None, **options) -> Selection:
     """Dispatch to `select_cluster_balanced`, `select_greedy` or `select_random`."""
     if method == "cluster-balanced":

@@ -15,6 +15,9 @@ and ``prompt + completion``, and with ``completion_only_loss=True`` sets the lab
 token of the common prefix (system turn, user turn, ``<|im_start|>assistant\\n``) to -100.
 This works for any chat template; `tests/core/test_sft.py` checks it token by token.
 
+Checkpoints, the atomic publication of `final` and full-disk handling live in
+`sft_checkpoints.py`; this module holds the settings, the data, the Trainer and the run.
+
 Output layout::
 
     output_dir/
@@ -56,10 +59,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -69,18 +68,18 @@ from typing import Any, Union
 from transformers import TrainerCallback
 
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.core.sft_checkpoints import (FINAL_DIR, RUN_INFO_FILE, SFTDiskFull, complete_checkpoints,
+                                                   disk_full, export_checkpoint, folder_mb, is_main_process,
+                                                   prepare_output_dir, read_json, remove_incomplete_checkpoints,
+                                                   save_final_atomic, write_json_atomic)
 
 __all__ = [
-    "FINAL_DIR",
-    "RUN_INFO_FILE",
     "SFT_ALGORITHM_VERSION",
     "ProgressFn",
     "SFTResult",
     "SFTSettings",
     "build_sft_config",
     "build_trainer",
-    "SFTDiskFull",
-    "complete_checkpoints",
     "samples_to_dataset",
     "train_sft",
 ]
@@ -89,9 +88,6 @@ log = logging.getLogger(__name__)
 
 #: Bump when data formatting or masking changes: it is part of the resume key.
 SFT_ALGORITHM_VERSION = 1
-FINAL_DIR = "final"
-RUN_INFO_FILE = "prismatic_sft.json"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 #: A plain progress hook: called with (global step, training loss) at every logging step.
 ProgressFn = Callable[[int, float], None]
@@ -242,32 +238,6 @@ def _run_info(model_path: str, samples: Sequence[Sample], settings: SFTSettings)
     return info
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask is racy)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------- config
 
 
@@ -348,194 +318,6 @@ def _peft_config(settings: SFTSettings):
     )
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-
-class SFTDiskFull(OSError):
-    """Saving a checkpoint or the final model ran out of disk space; the half-written folder was removed."""
-
-
-_FULL_TEXTS = ("no space left on device", "file too large", "disk quota exceeded", "storagefull",
-               "file write failed")
-#: torch.save's zip writer reports a short write as "[enforce fail at inline_container.cc] .
-#: unexpected pos 5120 vs 5012", which says nothing about the disk.
-_SHORT_WRITE = re.compile(r"unexpected pos \d+ vs \d+")
-
-
-def _disk_full(exc: BaseException, output_dir: Path | None = None) -> bool:
-    """True when `exc` (or what caused it) is a full disk. torch.save and safetensors do not
-    raise OSError for it, so their texts count too, and so does a failure that left an
-    incomplete checkpoint on a file system with less room than a checkpoint needs."""
-    if output_dir is not None and _short_of_space(Path(output_dir)):
-        return True
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
-            return True
-        if any(text in str(exc).lower() for text in _FULL_TEXTS) or _SHORT_WRITE.search(str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return False
-
-
-def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Delete checkpoint folders that `complete_checkpoints` ignores (a save cut short); return them."""
-    output_dir = Path(output_dir)
-    complete = set(complete_checkpoints(output_dir))
-    removed = [p for p in output_dir.glob("checkpoint-*")
-               if p.is_dir() and _CHECKPOINT.match(p.name) and p not in complete]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
-
-
-def _folder_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
-
-
-def _short_of_space(output_dir: Path) -> bool:
-    """An incomplete checkpoint sits on a file system with less free space than a complete one takes."""
-    complete = set(complete_checkpoints(output_dir))
-    partial = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p not in complete]
-    if not partial:
-        return False
-    needed = max([_folder_mb(p) for p in complete] + [_folder_mb(p) for p in partial]) * 1e6
-    return shutil.disk_usage(output_dir).free < needed
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoint folders whose trainer state was written (the Trainer writes it last), oldest first."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found: list[tuple[int, Path]] = []
-    for child in output_dir.iterdir():
-        m = _CHECKPOINT.match(child.name)
-        if not m or not child.is_dir():
-            continue
-        try:
-            state = json.loads((child / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            log.warning("ignoring incomplete checkpoint %s (no readable trainer_state.json)", child)
-            continue
-        if state.get("global_step") != int(m.group(1)):
-            log.warning("ignoring checkpoint %s: its trainer state is at step %s", child, state.get("global_step"))
-            continue
-        found.append((int(m.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a torchrun/accelerate launch, or a plain single process."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _prepare_output_dir(output_dir: Path, info: dict[str, Any], resume: bool) -> Path | None:
-    """Check the resume key and return the checkpoint to resume from (None: start fresh).
-
-    With `resume=False` old checkpoints are deleted, so that a later resume cannot pick up
-    a checkpoint of an earlier run with a higher step number. Only the main process of a
-    multi-process launch deletes or writes; every process reaches the same decision.
-    """
-    info_path = output_dir / RUN_INFO_FILE
-    if _is_main_process():
-        remove_incomplete_checkpoints(output_dir)  # a save cut short by a kill or a full disk
-    checkpoints = complete_checkpoints(output_dir)
-    if resume and checkpoints:
-        try:
-            previous = json.loads(info_path.read_text())
-        except (OSError, ValueError):
-            previous = {}
-        if previous.get("run_key") != info["run_key"]:
-            changed = sorted(k for k in info if k != "run_key" and previous.get(k) != info[k])
-            why = f"differs in: {', '.join(changed)}" if previous else f"its {RUN_INFO_FILE} is missing or unreadable"
-            raise ValueError(
-                f"{output_dir} holds checkpoints of a different training run ({why}); pass "
-                "resume=False to discard them and start over, or choose another output_dir"
-            )
-        return checkpoints[-1]
-    if _is_main_process():
-        for path in output_dir.glob("checkpoint-*"):
-            if path.is_dir():
-                shutil.rmtree(path)
-        _write_json_atomic(info_path, info)
-    return None
-
-
-def _publish(tmp: Path, output_dir: Path, info: dict[str, Any]) -> Path:
-    """Write the run info into `tmp`, then rename `tmp` to ``output_dir/final`` (replacing it)."""
-    final = output_dir / FINAL_DIR
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled Trainer args: checkpoint-only
-    _write_json_atomic(tmp / RUN_INFO_FILE, info)
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-old-", dir=output_dir))
-        os.replace(final, old / FINAL_DIR)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
-
-
-def _save_final_atomic(trainer, tokenizer, output_dir: Path, info: dict[str, Any]) -> Path:
-    """Save the (merged) model and tokenizer to a temp folder, then rename it to `final`.
-
-    `trainer.save_model` is collective under FSDP / DeepSpeed ZeRO-3 (it gathers the shards)
-    and writes on the main process only. A LoRA adapter is merged on the main process
-    (sharded LoRA training then needs the adapter merged offline instead).
-    """
-    acc = trainer.accelerator
-    tmp = output_dir / f".{FINAL_DIR}-tmp-{info['run_key']}"  # the same path in every process
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash
-    acc.wait_for_everyone()
-    try:
-        model = acc.unwrap_model(trainer.model)
-        if hasattr(model, "merge_and_unload"):  # a PEFT model: bake the adapter in
-            if acc.is_main_process:
-                model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
-        else:
-            trainer.save_model(str(tmp))
-        if acc.is_main_process:
-            tokenizer.save_pretrained(tmp)
-            _publish(tmp, output_dir, info)
-    finally:
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    return output_dir / FINAL_DIR
-
-
-def _export_checkpoint(checkpoint: Path, output_dir: Path, info: dict[str, Any]) -> Path:
-    """Write ``output_dir/final`` from a checkpoint (its LoRA adapter merged), without training."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (checkpoint / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(checkpoint, dtype="float32").merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)  # the Trainer saves it with every checkpoint
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FINAL_DIR}-tmp-", dir=output_dir))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; `final` should not be
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        return _publish(tmp, output_dir, info)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _loss_history(log_history: Sequence[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e]
 
@@ -548,22 +330,22 @@ def _finished_run(checkpoint: Path, output_dir: Path, info: dict[str, Any],
     5.19), so a finished run is not resumed: `final` is kept when it matches, or exported
     from the checkpoint when it is missing (a crash between the last checkpoint and `final`).
     """
-    state = _read_json(checkpoint / "trainer_state.json")
+    state = read_json(checkpoint / "trainer_state.json")
     steps = int(state.get("global_step", 0))
     if steps < settings.max_steps:
         return None
-    final_info = _read_json(output_dir / FINAL_DIR / RUN_INFO_FILE)
+    final_info = read_json(output_dir / FINAL_DIR / RUN_INFO_FILE)
     if final_info.get("run_key") == info["run_key"] and final_info.get("steps") == steps \
             and (output_dir / FINAL_DIR / "config.json").is_file():
         summary = final_info
     else:
-        if not _is_main_process():
+        if not is_main_process():
             raise RuntimeError(f"{output_dir}: the finished run has no final model; export it in one process "
                                "(run train_sft once without a distributed launcher)")
-        summary = {**_read_json(output_dir / RUN_INFO_FILE), **info, "steps": steps}
+        summary = {**read_json(output_dir / RUN_INFO_FILE), **info, "steps": steps}
         summary.setdefault("train_samples", num_samples)
         summary.setdefault("dropped_samples", 0)
-        _export_checkpoint(checkpoint, output_dir, summary)
+        export_checkpoint(checkpoint, output_dir, summary)
     log.info("SFT run %s already finished at step %d: nothing to train", info["run_key"], steps)
     return SFTResult(
         final_model_dir=output_dir / FINAL_DIR,
@@ -679,7 +461,7 @@ def train_sft(
     output_dir.mkdir(parents=True, exist_ok=True)
     dataset = samples_to_dataset(samples)
     info = _run_info(model_path, samples, settings)
-    resume_from = _prepare_output_dir(output_dir, info, resume)
+    resume_from = prepare_output_dir(output_dir, info, resume)
     if resume_from is not None:
         finished = _finished_run(resume_from, output_dir, info, settings, len(samples))
         if finished is not None:
@@ -694,8 +476,8 @@ def train_sft(
             "raise SFTSettings.max_length or shorten the prompts"
         )
     counts = {"train_samples": train_samples, "dropped_samples": len(samples) - train_samples}
-    if _is_main_process():
-        _write_json_atomic(output_dir / RUN_INFO_FILE, {**info, **counts})
+    if is_main_process():
+        write_json_atomic(output_dir / RUN_INFO_FILE, {**info, **counts})
     if resume_from is not None:
         log.info("resuming SFT from %s", resume_from)
     start = time.perf_counter()
@@ -703,14 +485,14 @@ def train_sft(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         seconds = time.perf_counter() - start
         steps = int(trainer.state.global_step)
-        final = _save_final_atomic(trainer, tokenizer, output_dir, {**info, **counts, "steps": steps})
+        final = save_final_atomic(trainer, tokenizer, output_dir, {**info, **counts, "steps": steps})
     except Exception as exc:
-        if not _disk_full(exc, output_dir):
+        if not disk_full(exc, output_dir):
             raise
-        if _is_main_process():
+        if is_main_process():
             remove_incomplete_checkpoints(output_dir)
         kept = complete_checkpoints(output_dir)
-        where = (f"the last complete checkpoint, {kept[-1].name} ({_folder_mb(kept[-1]):.0f} MB), is kept and a "
+        where = (f"the last complete checkpoint, {kept[-1].name} ({folder_mb(kept[-1]):.0f} MB), is kept and a "
                  "rerun resumes from it" if kept else "no checkpoint was complete, so a rerun starts at step 0")
         raise SFTDiskFull(
             f"the disk filled up while saving under {output_dir} ({str(exc).strip().splitlines()[0][:200]}): "

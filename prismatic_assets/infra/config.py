@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prismatic_assets.core.generation import PROBLEM_SAMPLING, SOLUTION_SAMPLING, SamplingConfig
+from prismatic_assets.core.models import PACKAGED_MODEL
 from prismatic_assets.core.sft import SFTSettings
 
 #: Where the profiles live: the top-level `resources/` folder of a source checkout, or the
@@ -38,6 +39,12 @@ DEFAULT_PROFILE = "local"
 # The core dataclasses take the same strict rules as the models below.
 SamplingConfig.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
 SFTSettings.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+
+
+#: The allowed values of settings that callers outside a profile (API, CLI) pass too.
+Dtype = Literal["float32", "bfloat16", "float16"]
+Autocast = Literal["bf16"]
+ProjectionKind = Literal["countsketch", "rademacher"]
 
 
 class ConfigError(ValueError):
@@ -58,17 +65,17 @@ class SeedConfig(_Block):
 
 
 class ProxyConfig(_Block):
-    model: str = Field("packaged:smollm2-135m-instruct", description="folder, hub id, .gguf file or packaged name")
+    model: str = Field(PACKAGED_MODEL, description="folder, hub id, .gguf file or packaged name")
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
     params: Optional[str] = Field(None, description="regex restricting the gradient to matching parameters")
-    autocast: Optional[Literal["bf16"]] = Field(None, description="bf16 autocast (GPUs)")
+    autocast: Optional[Autocast] = Field(None, description="bf16 autocast (GPUs)")
     max_length: int = Field(1024, ge=8, description="token budget per sample")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off unless set)")
 
 
 class ProjectionConfig(_Block):
-    kind: Literal["countsketch", "rademacher"] = Field(
+    kind: ProjectionKind = Field(
         "countsketch", description="countsketch (sparse JL, CPU) or rademacher (dense, the paper's GPU path)")
     dim: int = Field(1024, ge=1)
     seed: int = 0
@@ -106,7 +113,7 @@ class EngineConfig(_Block):
     """An LLM engine: the offline vLLM engine, an OpenAI-compatible server, or HF generate."""
 
     backend: Literal["vllm", "openai", "transformers"] = "vllm"
-    model: str = "packaged:smollm2-135m-instruct"
+    model: str = PACKAGED_MODEL
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine")
     devices: Optional[tuple[int, ...]] = Field(None, description="vllm: GPU ids this engine owns (None: 0..tp-1)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of each GPU's memory")
@@ -167,7 +174,7 @@ class SynthesisConfig(_Block):
 class DistillConfig(_Block):
     """The student and its supervised fine-tuning, run in its own process (see pipeline/distill.py)."""
 
-    student: str = "packaged:smollm2-135m-instruct"
+    student: str = PACKAGED_MODEL
     rounds: str = Field("all", description="'all', 'none' (seed only) or a comma list such as '1,2'")
     registered_name: str = "prismatic-student"
     launcher: Literal["accelerate", "torchrun", "python"] = Field(
@@ -202,6 +209,8 @@ class CompareConfig(_Block):
     fields: Optional[str] = Field(None, description="field mapping for the data sets, e.g. prompt=question,...")
     limit: Optional[int] = Field(None, ge=1, description="read only the first N valid rows of each data set")
     include_seed: bool = Field(True, description="compare the seed pool too, as the first set ('seed')")
+    qs: tuple[float, ...] = Field((1.0, 2.0, float("inf")), min_length=1,
+                                  description="Renyi orders of each set's G-Vendi (.inf in YAML)")
     clusters: Optional[int] = Field(None, ge=2, description="clusters of the union for coverage (None: ~sqrt(N))")
     cluster_seed: int = 0
     examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
@@ -301,6 +310,16 @@ class Config(_Block):
 
     def replace(self, **changes: Any) -> "Config":
         return self.model_copy(update=changes)
+
+
+BlockT = TypeVar("BlockT", bound=BaseModel)
+
+
+def with_overrides(block: BlockT, overrides: Mapping[str, Any]) -> BlockT:
+    """`block` (a section of the config) with the overrides that are not None applied and validated:
+    how a run's launchpad settings replace the profile's."""
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return type(block).model_validate({**block.model_dump(), **changes})
 
 
 def _with(sampling: SamplingConfig, **changes: Any) -> SamplingConfig:

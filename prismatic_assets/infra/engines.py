@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 from prismatic_assets.infra.config import EngineConfig
-from prismatic_assets.core.generation import Generator, make_generator
+from prismatic_assets.core.generation import Generator
+from prismatic_assets.core.generators import make_generator
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The `prismatic` command line.
 
-    prismatic score data.jsonl [--model PATH_OR_ID] [--fields prompt=question,response=solution]
+    prismatic score data.jsonl [--model PATH_OR_ID] [--fields prompt=question,response=solution] [--projection-seed S]
     prismatic compare A B [C ...] [--json] [--html report.html]
     prismatic select DATA --k N [--method cluster-balanced|greedy|random] --out subset.jsonl
     prismatic demo [--profile local]
@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from prismatic_assets.interfaces.cli_toolkit import add_toolkit_commands
+from prismatic_assets.interfaces.cli_toolkit import add_proxy_options, add_toolkit_commands, parse_q, proxy_options
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make ui` serves the Dagster UI.
@@ -55,13 +55,8 @@ def _progress_bar(total_hint: str):
 def _cmd_score(args: argparse.Namespace) -> int:
     from prismatic_assets.interfaces.api import score_dataset
 
-    q = float("inf") if args.q in ("inf", "Infinity") else float(args.q)
-    result = score_dataset(
-        args.data, fields=args.fields, limit=args.limit, model=args.model, device=args.device,
-        params=args.params, autocast="bf16" if args.bf16 else None, max_length=args.max_length,
-        projection=args.projection, dim=args.dim, seed=args.seed, q=q,
-        cache=False if args.no_cache else True, progress=None if args.json else _progress_bar("gradients"),
-        trust_remote_code=args.trust_remote_code)
+    result = score_dataset(args.data, fields=args.fields, limit=args.limit, q=args.q,
+                           progress=None if args.json else _progress_bar("gradients"), **proxy_options(args))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -254,8 +249,8 @@ def _print_summary(settings, say) -> None:
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    scores = store.query("SELECT scope, metric, q, round(value, 3) AS value, n, dim, n_excluded FROM scores "
-                         "ORDER BY created_at DESC LIMIT 5")
+    scores = store.recent_scores(5).drop("created_at")
+    scores = scores.with_columns(scores["value"].round(3))
     say(f"Metadata store: {settings.store_path}; its latest scores:")
     for line in str(scores).splitlines():
         say("  " + line)
@@ -286,7 +281,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prismatic_assets.core.models import PACKAGED_MODEL
+    from prismatic_assets.infra.config import ScoreConfig
 
     parser = argparse.ArgumentParser(prog="prismatic", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,23 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Print G-Vendi (and N, d, model, projection) of a JSONL/Parquet "
                                        "file of prompt/response records, 'champ', or hf:owner/name[:split].")
     score.add_argument("data", help="a .jsonl/.json/.parquet file, 'champ', or hf:owner/name[:split]")
-    score.add_argument("--model", default=PACKAGED_MODEL,
-                       help=f"proxy model: folder, hub id, .gguf file or {PACKAGED_MODEL} (default)")
     score.add_argument("--fields", help="field mapping, e.g. prompt=question,response=solution,answer=final")
-    score.add_argument("--limit", type=int, help="score only the first N valid rows")
-    score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    score.add_argument("--params", help="regex restricting the gradient to matching parameter names (faster)")
-    score.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; see benchmarks for CPUs)")
-    score.add_argument("--max-length", type=int, default=2048, help="token budget per sample (default 2048)")
-    score.add_argument("--projection", choices=["countsketch", "rademacher"], default="countsketch",
-                       help="countsketch (fast on CPU, default) or rademacher (dense, the paper's GPU path)")
-    score.add_argument("--dim", type=int, default=1024, help="projection dimension d (default 1024)")
-    score.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
-    score.add_argument("--q", default="1", help="Renyi order: 1 (Shannon, default), 2, inf, ...")
-    score.add_argument("--no-cache", action="store_true", help="do not read or write the vector cache")
-    score.add_argument("--trust-remote-code", action="store_true",
-                       help="run Python code shipped with the model (off by default; read it first)")
+    q = ScoreConfig().q
+    score.add_argument("--q", type=parse_q, default=q, help=f"Renyi order: 1 (Shannon), 2, inf, ... (default {q:g})")
     score.add_argument("--json", action="store_true", help="print a JSON report (no progress bar)")
+    add_proxy_options(score)
     score.set_defaults(func=_cmd_score)
 
     demo = sub.add_parser("demo", help="the backbone, then the arm rounds (prismatic vs random vs naive), "

@@ -1,11 +1,14 @@
 """`prismatic compare` and `prismatic select`: the data set toolkit on the command line.
 
-    prismatic compare A B [C ...] [--json] [--html report.html]
-    prismatic select DATA --k N [--method cluster-balanced|greedy|random] [--seed S] --out subset.jsonl
+    prismatic compare A B [C ...] [--cluster-seed S] [--json] [--html report.html]
+    prismatic select DATA --k N [--method cluster-balanced|greedy|random] [--selection-seed S] --out subset.jsonl
 
-Both take the proxy and projection options of `prismatic score` (the projection seed is
-`--projection-seed` here: `--seed` is the selection's or clustering's) and share its
-vector cache, so vectors computed by one are reused by the others.
+Both take the proxy and projection options of `prismatic score` (`add_proxy_options`,
+`--projection-seed` among them) and share its vector cache, so vectors computed by one are
+reused by the others. Every default is the config's (`infra/config.py`): the CLI, the API
+and the Dagster assets compute the same vectors unless told otherwise. Each seed has its own
+name: `--projection-seed`, `--cluster-seed` (compare's coverage clustering),
+`--selection-seed` (select's method).
 """
 
 from __future__ import annotations
@@ -15,33 +18,53 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any, get_args
+
+from prismatic_assets.infra.config import (CompareConfig, ComputeConfig, ProjectionConfig, ProjectionKind, ProxyConfig,
+                                           ScoreConfig)
+from prismatic_assets.core.selection import DEFAULT_METHOD, DEFAULT_SEED, METHODS
+
+PROXY, PROJECTION, COMPARE = ProxyConfig(), ProjectionConfig(), CompareConfig()
 
 
-def _q(text: str) -> float:
+def parse_q(text: str) -> float:
+    """A Renyi order from the command line: a number, or inf."""
     return float("inf") if text.lower() in ("inf", "infinity") else float(text)
 
 
-def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
-    from prismatic_assets.core.models import PACKAGED_MODEL
+def _q_text(q: float) -> str:
+    return "inf" if math.isinf(q) else f"{q:g}"
 
-    parser.add_argument("--model", default=PACKAGED_MODEL,
-                        help=f"proxy model: folder, hub id, .gguf file or {PACKAGED_MODEL} (default)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    parser.add_argument("--params", help="regex restricting the gradient to matching parameter names (faster)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs)")
-    parser.add_argument("--max-length", type=int, default=2048, help="token budget per sample (default 2048)")
-    parser.add_argument("--projection", choices=["countsketch", "rademacher"], default="countsketch",
-                        help="countsketch (fast on CPU, default) or rademacher (dense, the paper's GPU path)")
-    parser.add_argument("--dim", type=int, default=1024, help="projection dimension d (default 1024)")
-    parser.add_argument("--projection-seed", type=int, default=0, help="projection seed (default 0)")
+
+def add_proxy_options(parser: argparse.ArgumentParser) -> None:
+    """The proxy, projection and cache options shared by score, compare and select."""
+    parser.add_argument("--model", default=PROXY.model,
+                        help=f"proxy model: folder, hub id, .gguf file or packaged name (default {PROXY.model})")
+    parser.add_argument("--device", default=PROXY.device, help=f"cpu, cuda, cuda:1, ... (default {PROXY.device})")
+    parser.add_argument("--params", default=PROXY.params,
+                        help="regex restricting the gradient to matching parameter names (faster)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; see benchmarks for CPUs)")
+    parser.add_argument("--max-length", type=int, default=PROXY.max_length,
+                        help=f"token budget per sample (default {PROXY.max_length}, the profiles' proxy.max_length)")
+    parser.add_argument("--projection", choices=list(get_args(ProjectionKind)),
+                        default=PROJECTION.kind, help=f"countsketch (fast on CPU) or rademacher (dense, the paper's "
+                                                      f"GPU path); default {PROJECTION.kind}")
+    parser.add_argument("--dim", type=int, default=PROJECTION.dim,
+                        help=f"projection dimension d (default {PROJECTION.dim})")
+    parser.add_argument("--projection-seed", type=int, default=PROJECTION.seed,
+                        help=f"projection seed (default {PROJECTION.seed})")
     parser.add_argument("--limit", type=int, help="read only the first N valid rows of each data set")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the vector cache")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code shipped with the model (off by default; read it first)")
 
 
-def _proxy_kwargs(args: argparse.Namespace) -> dict:
+def proxy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of the `api` functions that `add_proxy_options` collected."""
     return dict(model=args.model, device=args.device, params=args.params, autocast="bf16" if args.bf16 else None,
                 max_length=args.max_length, projection=args.projection, dim=args.dim,
-                cache=False if args.no_cache else True)
+                projection_seed=args.projection_seed, cache=not args.no_cache,
+                trust_remote_code=args.trust_remote_code)
 
 
 def _step_bar(desc: str, unit: str):
@@ -86,10 +109,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     fields = args.fields[0] if args.fields and len(args.fields) == 1 else args.fields
     quiet = args.json
     report = compare_datasets(
-        args.data, names=names, fields=fields, limit=args.limit, qs=[_q(q) for q in args.q.split(",")],
-        clusters=args.clusters, cluster_seed=args.seed, examples=args.examples, batch_size=args.batch_size,
-        seed=args.projection_seed, progress=None if quiet else _gradient_bar(),
-        hidden_progress=None if quiet else _step_bar("hidden states", "sample"), **_proxy_kwargs(args))
+        args.data, names=names, fields=fields, limit=args.limit, qs=[parse_q(q) for q in args.q.split(",")],
+        clusters=args.clusters, cluster_seed=args.cluster_seed, examples=args.examples, batch_size=args.batch_size,
+        progress=None if quiet else _gradient_bar(),
+        hidden_progress=None if quiet else _step_bar("hidden states", "sample"), **proxy_options(args))
     if args.html:
         path = Path(args.html)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +134,9 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     quiet = args.json
     report = select_subset(
-        args.data, k=args.k, method=args.method, seed=args.seed, q=_q(args.q), clusters=args.clusters, out=args.out,
-        fields=args.fields, limit=args.limit, projection_seed=args.projection_seed,
-        progress=None if quiet else _gradient_bar(),
-        step_progress=None if quiet else _step_bar(f"select ({args.method})", "pick"), **_proxy_kwargs(args))
+        args.data, k=args.k, method=args.method, selection_seed=args.selection_seed, q=args.q, clusters=args.clusters,
+        out=args.out, fields=args.fields, limit=args.limit, progress=None if quiet else _gradient_bar(),
+        step_progress=None if quiet else _step_bar(f"select ({args.method})", "pick"), **proxy_options(args))
     if args.json:
         print(json.dumps({**report.as_dict(), "out": str(args.out)}, indent=2, default=str))
         return 0
@@ -152,8 +174,6 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def add_toolkit_commands(sub) -> None:
     """Add `compare` and `select` to the `prismatic` subcommands."""
-    from prismatic_assets.core.selection import METHODS
-
     compare = sub.add_parser(
         "compare", help="compare data sets: G-Vendi, embedding Vendi, n-gram diversity, cluster coverage",
         description="Compare data sets under one proxy and projection: G-Vendi (q = 1, 2, inf), embedding Vendi, "
@@ -165,14 +185,20 @@ def add_toolkit_commands(sub) -> None:
     compare.add_argument("--fields", action="append",
                          help="field mapping for every set, or give it once per set in order "
                               "(e.g. prompt=question,response=solution)")
-    compare.add_argument("--q", default="1,2,inf", help="G-Vendi Renyi orders (default 1,2,inf)")
-    compare.add_argument("--clusters", type=int, help="clusters of the union for coverage (default ~sqrt(N))")
-    compare.add_argument("--seed", type=int, default=0, help="coverage clustering seed (default 0)")
-    compare.add_argument("--examples", type=int, default=2, help="samples shown per distinguishing cluster")
-    compare.add_argument("--batch-size", type=int, default=8, help="batch size of the hidden-state pass (default 8)")
+    qs = ",".join(_q_text(q) for q in COMPARE.qs)
+    compare.add_argument("--q", default=qs, help=f"G-Vendi Renyi orders (default {qs})")
+    compare.add_argument("--clusters", type=int, default=COMPARE.clusters,
+                         help="clusters of the union for coverage (default ~sqrt(N))")
+    compare.add_argument("--cluster-seed", type=int, default=COMPARE.cluster_seed,
+                         help=f"coverage clustering seed (default {COMPARE.cluster_seed})")
+    compare.add_argument("--examples", type=int, default=COMPARE.examples,
+                         help=f"samples shown per distinguishing cluster (default {COMPARE.examples})")
+    batch = ComputeConfig().batch_size
+    compare.add_argument("--batch-size", type=int, default=batch,
+                         help=f"batch size of the hidden-state pass (default {batch})")
     compare.add_argument("--json", action="store_true", help="print a JSON report (no progress bars)")
     compare.add_argument("--html", help="also write a self-contained HTML report with plots to this file")
-    _add_proxy_options(compare)
+    add_proxy_options(compare)
     compare.set_defaults(func=_cmd_compare)
 
     select = sub.add_parser(
@@ -181,13 +207,17 @@ def add_toolkit_commands(sub) -> None:
                     "picked) as JSON Lines, and print the subset's G-Vendi beside random subsets of the same size.")
     select.add_argument("data", help="a .jsonl/.json/.parquet file, 'champ', or hf:owner/name[:split]")
     select.add_argument("--k", type=int, required=True, help="how many samples to keep")
-    select.add_argument("--method", choices=list(METHODS), default="greedy",
-                        help="greedy (log-det, default), cluster-balanced (even across gradient clusters) or random")
-    select.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
+    select.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                        help=f"greedy (log-det), cluster-balanced (even across gradient clusters) or random "
+                             f"(default {DEFAULT_METHOD})")
+    select.add_argument("--selection-seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the method and of the random subsets it is compared with "
+                             f"(default {DEFAULT_SEED})")
     select.add_argument("--out", required=True, help="where to write the subset (.jsonl)")
     select.add_argument("--clusters", type=int, help="clusters for cluster-balanced (default ~sqrt(k))")
-    select.add_argument("--q", default="1", help="Renyi order of the reported G-Vendi (default 1)")
+    q = ScoreConfig().q
+    select.add_argument("--q", type=parse_q, default=q, help=f"Renyi order of the reported G-Vendi (default {q:g})")
     select.add_argument("--fields", help="field mapping, e.g. prompt=question,response=solution")
     select.add_argument("--json", action="store_true", help="print a JSON report (no progress bars)")
-    _add_proxy_options(select)
+    add_proxy_options(select)
     select.set_defaults(func=_cmd_select)

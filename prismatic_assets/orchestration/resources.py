@@ -18,9 +18,9 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from prismatic_assets.infra.config import DEFAULT_PROFILE, Config, load_config
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.tracking import Tracker, default_tracking_uri
 from prismatic_assets.infra.engines import EngineSet, visible_gpu_count
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import open_embedder
 from prismatic_assets.store.store import MetadataStore
 
@@ -45,7 +45,7 @@ class ProxyResource(ProfileResource):
     """The proxy model whose projected gradients embed samples, with its projection."""
 
     @contextlib.contextmanager
-    def open(self) -> Iterator[GradientEmbedder]:
+    def open(self) -> Iterator[Embedder]:
         """The embedder for one stage; the model's memory is freed on exit."""
         config = self.config()
         with open_embedder(config.proxy, config.projection, config.compute) as embedder:

@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import psutil
-from dagster import DagsterEventType, DefaultRunLauncher
+from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher
+# Dagster exports the health-check types only from its private package: pyproject.toml pins
+# dagster to the minor release this was tested with (1.13.x) so an upgrade cannot break it unseen.
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._core.storage.dagster_run import DagsterRun
 
 # Process start times come from /proc with jiffy resolution; the event is written after the
 # process started, so allow a little clock slack before calling a pid recycled.

@@ -36,7 +36,7 @@ from prismatic_assets.core.samples import Sample, normalize_text
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 from prismatic_assets.pipeline.round import ProxyOpener
-from prismatic_assets.pipeline.round_stages import judge_candidates, load_pool
+from prismatic_assets.pipeline.round_services import judge_candidates, load_pool
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore

@@ -9,9 +9,10 @@ better than these on their own data:
     distinct_1/2/3     distinct n-grams / all n-grams          NaN   text-v1
     compression_ratio  text bytes / gzip bytes (higher = more redundant)  NaN  text-v1
 
-Hidden-state embeddings are cached in the embeddings table like gradient vectors, under
-their own key (model fingerprint, pooling version, token budget), so a round recomputes
-only its new samples. Metrics without a Renyi order store q and entropy as NaN.
+Hidden-state embeddings come from the embedder's `hidden_chunks` (in this process or on
+the Ray workers, pipeline/embedder.py) and are cached in the embeddings table like gradient
+vectors, under their own key (model fingerprint, pooling version, token budget), so a round
+recomputes only its new samples. Metrics without a Renyi order store q and entropy as NaN.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from prismatic_assets.core.diversity import (TEXT_METRICS_VERSION, compression_ratio, distinct_ns, embedding_vendi,
-                                             hidden_state_key, mean_pooled_hidden_states, sample_text)
-from prismatic_assets.core.gradients import GradientEmbedder
+                                             hidden_state_key, sample_text)
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.infra.config import ComputeConfig
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.store.store import EmbeddingRow, MetadataStore
 
 #: embedding_key of the text metrics' score rows (they read text, not vectors).
@@ -35,6 +37,8 @@ TEXT_METRICS_KEY = f"text-v{TEXT_METRICS_VERSION}"
 BASELINE_METRICS = ("embedding_vendi", "distinct_1", "distinct_2", "distinct_3", "compression_ratio")
 
 StepProgress = Callable[[int, int], None]  # (done, total)
+#: Samples per forward pass of the hidden-state pass: the gradient batch size's default.
+BATCH_SIZE = ComputeConfig().batch_size
 
 
 @dataclass
@@ -50,18 +54,17 @@ class HiddenVectors:
     n_computed: int = 0
 
 
-def hidden_vectors(samples: Sequence[Sample], embedder: GradientEmbedder, store: MetadataStore, *,
-                   max_length: int | None = None, batch_size: int = 8, chunk: int = 64, run_id: str | None = None,
+def hidden_vectors(samples: Sequence[Sample], embedder: Embedder, store: MetadataStore, *,
+                   max_length: int | None = None, batch_size: int = BATCH_SIZE, run_id: str | None = None,
                    progress: StepProgress | None = None) -> HiddenVectors:
-    """Mean-pooled last hidden states of the proxy (the embedder's model), computed where missing.
+    """Mean-pooled last hidden states of the proxy (`embedder.hidden_chunks`), computed where missing.
 
-    Written to the store every `chunk` samples, so an interrupted run keeps its work.
-    max_length defaults to the embedder's gradient token budget.
+    Written to the store chunk by chunk as the embedder returns them, so an interrupted run
+    keeps its work. max_length defaults to the embedder's gradient token budget.
     """
-    model, tokenizer = embedder.model, embedder.tokenizer
     max_length = int(max_length or embedder.gradient.max_length)
     key = hidden_state_key(embedder.model_fingerprint, max_length)
-    dim = int(model.config.hidden_size)
+    dim = embedder.hidden_dim
     hashes = [s.content_hash for s in samples]
     cached = store.cached_hashes(hashes, key)
     todo, seen = [], set()
@@ -71,20 +74,12 @@ def hidden_vectors(samples: Sequence[Sample], embedder: GradientEmbedder, store:
             todo.append(s)
     spec = {"kind": "mean_last_hidden_state", "text": "chat-formatted prompt and response",
             "max_length": max_length}
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        began = time.perf_counter()
-        done_before = start
-
-        def step(done: int, total: int) -> None:
-            if progress:
-                progress(done_before + done, len(todo))
-
-        pooled = mean_pooled_hidden_states(model, tokenizer, [s.prompt for s in part], [s.response for s in part],
-                                           batch_size=batch_size, max_length=max_length, progress=step)
+    done = 0
+    began = time.perf_counter()
+    for part, pooled in embedder.hidden_chunks(todo, max_length=max_length, batch_size=batch_size):  # (n, h)
         seconds = (time.perf_counter() - began) / max(len(part), 1)
         rows = []
-        for sample, vector in zip(part, pooled):
+        for sample, vector in zip(part, pooled, strict=True):
             norm = float(np.linalg.norm(vector.astype(np.float64)))
             error = None
             if not np.isfinite(vector).all():
@@ -97,6 +92,10 @@ def hidden_vectors(samples: Sequence[Sample], embedder: GradientEmbedder, store:
                 vector=None if error else (vector / norm).astype(np.float32), grad_norm=norm, loss=float("nan"),
                 n_response_tokens=None, truncated=None, seconds=seconds, error=error, run_id=run_id))
         store.put_embeddings(rows)
+        done += len(part)
+        began = time.perf_counter()
+        if progress:
+            progress(done, len(todo))
     valid, matrix, reasons = store.load_vectors(hashes, key, dim)
     return HiddenVectors(key=key, dim=dim, sample_ids=[s.sample_id for s, ok in zip(samples, valid) if ok],
                          vectors=matrix, excluded={samples[i].sample_id: r for i, r in reasons.items()},
@@ -172,8 +171,8 @@ def store_metric(store: MetadataStore, metric: MetricValue, *, scope: str, membe
     return score_id
 
 
-def record_baselines(store: MetadataStore, samples: Sequence[Sample], *, scope: str, embedder: GradientEmbedder,
-                     run_id: str | None = None, batch_size: int = 8, max_length: int | None = None,
+def record_baselines(store: MetadataStore, samples: Sequence[Sample], *, scope: str, embedder: Embedder,
+                     run_id: str | None = None, batch_size: int = BATCH_SIZE, max_length: int | None = None,
                      progress: StepProgress | None = None) -> dict[str, float]:
     """Compute every baseline metric of `samples` and store each as a `scores` row of `scope`.
 

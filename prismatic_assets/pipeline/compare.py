@@ -20,16 +20,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from prismatic_assets.core.diversity import Coverage, cluster_coverage, pca_2d
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.selection import cluster_in_batches
+from prismatic_assets.infra.config import CompareConfig, ComputeConfig
 from prismatic_assets.pipeline.baselines import (MetricValue, StepProgress, embedding_metric, hidden_vectors,
                                                  store_metric, text_metrics)
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import Progress
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
 
-DEFAULT_QS = (1.0, 2.0, float("inf"))
+_COMPARE = CompareConfig()  # the defaults of the options below
 MAP_MAX_POINTS = 5000  # points drawn on the 2-D map (a seeded sample above this)
 EXCERPT_CHARS = 240
 
@@ -136,15 +137,17 @@ def _distinguishing_examples(coverage, clustering, set_index: np.ndarray, vector
     return found
 
 
-def compare_sets(sets: Sequence[LoadedSet], embedder: GradientEmbedder, store: MetadataStore, *,
-                 qs: Sequence[float] = DEFAULT_QS, clusters: int | None = None, cluster_seed: int = 0,
-                 examples: int = 2, example_clusters: int = 3, batch_size: int = 8, max_length: int | None = None,
+def compare_sets(sets: Sequence[LoadedSet], embedder: Embedder, store: MetadataStore, *,
+                 qs: Sequence[float] = _COMPARE.qs, clusters: int | None = _COMPARE.clusters,
+                 cluster_seed: int = _COMPARE.cluster_seed, examples: int = _COMPARE.examples,
+                 example_clusters: int = 3, batch_size: int = ComputeConfig().batch_size,
+                 max_length: int | None = None,
                  model: str | None = None, run_id: str | None = None, gradient_progress: Progress | None = None,
                  hidden_progress: StepProgress | None = None,
                  on_stage: Callable[[str], None] | None = None) -> ComparisonReport:
     """The comparison report of already loaded sets; vectors computed where missing, cached in `store`.
 
-    model: how to name the proxy in the report (default: the loaded model's path).
+    model: how to name the proxy in the report (default: `embedder.model_name`).
     clusters: K of the coverage clustering (default about sqrt(N), `default_num_clusters`).
     examples: samples shown per distinguishing cluster, from the `example_clusters` clusters
     whose shares differ most between the sets.
@@ -201,7 +204,7 @@ def compare_sets(sets: Sequence[LoadedSet], embedder: GradientEmbedder, store: M
     return ComparisonReport(
         sets=summaries, coverage=coverage, cluster_seed=cluster_seed, examples=found, map_xy=xy,
         map_set=set_index[shown], map_cluster=clustering.assignments[shown],
-        model=model or str(getattr(embedder.model.config, "_name_or_path", "")),
+        model=model or embedder.model_name,
         model_fingerprint=embedder.model_fingerprint, projection=embedder.projection_key,
         embedding_key=embedder.key, dim=int(union.shape[1]), qs=qs, seconds=time.perf_counter() - started,
         notes=notes)

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from prismatic_assets.core.gradients import GradientEmbedder
-from prismatic_assets.core.loaders import CHAMP_SOURCE, FieldMap, load_samples
-from prismatic_assets.core.models import PACKAGED_MODEL
+from prismatic_assets.core.champ import CHAMP_SOURCE
+from prismatic_assets.core.loaders import load_samples
+from prismatic_assets.core.records import FieldMap
 from prismatic_assets.core.samples import Rejection, Sample
-from prismatic_assets.pipeline.embeddings import (EmbeddingReport, PoolVectors, Progress, build_embedder,
-                                                  default_cache_store, embed_samples, pool_vectors)
-from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
+from prismatic_assets.pipeline.embedder import Embedder
+from prismatic_assets.pipeline.embeddings import (EmbeddingReport, PoolVectors, Progress, default_cache_store,
+                                                  embed_samples, pool_vectors)
 from prismatic_assets.store.store import MetadataStore
 
 Cache = MetadataStore | str | Path | None | bool
@@ -38,17 +38,6 @@ def cache_store(cache: Cache = True) -> Iterator[MetadataStore]:
             yield cache
         else:
             yield MetadataStore(cache)
-
-
-def proxy_embedder(*, model: str = PACKAGED_MODEL, device: str = "cpu", dtype: str = "float32",
-                   params: str | None = None, autocast: str | None = None, max_length: int = 2048,
-                   projection: str = "countsketch", dim: int = 1024, seed: int = 0,
-                   trust_remote_code: bool = False) -> GradientEmbedder:
-    """Load the proxy and fix the gradient and projection settings (`seed` is the projection's)."""
-    return build_embedder(
-        ProxyConfig(model=model, device=device, dtype=dtype, params=params, autocast=autocast,
-                      max_length=max_length, trust_remote_code=trust_remote_code),
-        ProjectionConfig(kind=projection, dim=dim, seed=seed))
 
 
 @dataclass(frozen=True)
@@ -107,7 +96,7 @@ def load_sets(sources: Sequence[str | Path], *, names: Sequence[str] | None = No
     return [load_set(s, name=n, fields=f, limit=limit) for s, n, f in zip(sources, unique, per_set)]
 
 
-def set_vectors(samples: Sequence[Sample], embedder: GradientEmbedder, store: MetadataStore,
+def set_vectors(samples: Sequence[Sample], embedder: Embedder, store: MetadataStore,
                 run_id: str | None = None, progress: Progress | None = None) -> tuple[EmbeddingReport, PoolVectors]:
     """Compute the missing gradient vectors of `samples` into the store, then read them all back."""
     report = embed_samples(samples, embedder, store, run_id=run_id, progress=progress)

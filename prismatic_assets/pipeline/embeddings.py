@@ -3,9 +3,10 @@
 The vectors live in the metadata store, keyed by (content hash, embedding key); this
 module decides what is missing, has a backend compute it, and writes it:
 
-- backends: a `GradientEmbedder` in this process (`compute.backend: local`, B samples per
-  step), or `RayEmbeddingBackend` (`compute.backend: ray`, pipeline/ray_compute.py), whose
-  Ray Data actors each hold a proxy. Both yield results chunk by chunk.
+- backends: any `Embedder` (pipeline/embedder.py): `LocalEmbedder` in this process
+  (`compute.backend: local`, B samples per step), or `RayEmbeddingBackend`
+  (`compute.backend: ray`, pipeline/ray_compute.py), whose Ray Data actors each hold a
+  proxy. Both yield results chunk by chunk; `open_embedder` picks one from the config.
 - writes: each finished chunk becomes a Parquet shard (store/shards.py), written
   atomically; all shards are loaded with one insert at the end. A run that stops midway
   keeps its finished shards, and the next run loads them before deciding what is missing.
@@ -18,15 +19,15 @@ import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
-from prismatic_assets.core.gradients import Embedding, GradientEmbedder, GradientSpec
-from prismatic_assets.core.models import load_causal_lm, model_fingerprint
-from prismatic_assets.core.projection import ProjectionSpec
+from prismatic_assets.core.gradients import Embedding
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
+from prismatic_assets.pipeline.embedder import Embedder, build_embedder
+from prismatic_assets.pipeline.ray_compute import RayEmbeddingBackend
 from prismatic_assets.store.shards import ShardFolder, embedding_rows_table
 from prismatic_assets.store.store import EmbeddingRow, MetadataStore
 
@@ -35,41 +36,6 @@ Progress = Callable[[int, int, Sample, Embedding], None]
 #: defaults of `compute.shard_rows` / `compute.shard_seconds`).
 SHARD_ROWS: int = ComputeConfig.model_fields["shard_rows"].default
 SHARD_SECONDS: float = ComputeConfig.model_fields["shard_seconds"].default
-
-
-def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig, batch_size: int = 8) -> GradientEmbedder:
-    """Load the proxy model and freeze everything the vectors depend on."""
-    model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
-                                      trust_remote_code=proxy.trust_remote_code)
-    spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)
-    gradient = GradientSpec(params=proxy.params, autocast=proxy.autocast, max_length=proxy.max_length)
-    embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer))
-    embedder.batch_size = batch_size
-    return embedder
-
-
-class EmbeddingBackend(Protocol):
-    """What `embed_samples` needs: the vectors' identity and results chunk by chunk."""
-
-    key: str
-    model_fingerprint: str
-    projection_key: str
-    gradient: GradientSpec
-    input_dim: int
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed_chunks(self, samples: Sequence[Sample]) -> Iterator[tuple[list[Sample], list[Embedding]]]: ...
-
-
-def _local_chunks(embedder: GradientEmbedder, samples: Sequence[Sample]
-                  ) -> Iterator[tuple[list[Sample], list[Embedding]]]:
-    # Chunks of a few batches: sorting by length inside a chunk keeps padding low.
-    step = max(1, embedder.batch_size) * 8
-    for start in range(0, len(samples), step):
-        chunk = list(samples[start:start + step])
-        yield chunk, embedder.embed_many([(s.prompt, s.response) for s in chunk])
 
 
 def shard_folder(store: MetadataStore, embedding_key: str) -> ShardFolder:
@@ -96,13 +62,13 @@ class EmbeddingReport:
         return self.seconds / self.n_computed if self.n_computed else 0.0
 
 
-def embed_samples(samples: Sequence[Sample], embedder: GradientEmbedder | EmbeddingBackend, store: MetadataStore,
+def embed_samples(samples: Sequence[Sample], embedder: Embedder, store: MetadataStore,
                   run_id: str | None = None, progress: Progress | None = None,
                   shard_rows: int = SHARD_ROWS, shard_seconds: float = SHARD_SECONDS) -> EmbeddingReport:
     """Compute and store the vectors of samples not yet cached under the embedder's key.
 
-    embedder: a GradientEmbedder (batches of `embedder.batch_size`) or a backend such as
-    RayEmbeddingBackend. Results go to Parquet shards (one per `shard_rows` results or
+    embedder: any backend of the role (`LocalEmbedder`, `RayEmbeddingBackend`). Results
+    go to Parquet shards (one per `shard_rows` results or
     `shard_seconds`), loaded into the store with one insert at the end; an interrupted run
     keeps its finished shards and the next run loads them first.
     """
@@ -122,13 +88,11 @@ def embed_samples(samples: Sequence[Sample], embedder: GradientEmbedder | Embedd
         else:
             seen.add(s.content_hash)
             todo.append(s)
-    chunks = (embedder.embed_chunks(todo) if hasattr(embedder, "embed_chunks")
-              else _local_chunks(embedder, todo))
     gradient_spec = embedder.gradient.as_dict()
     pending: list[EmbeddingRow] = []
-    written: list = []
+    written: list[Path] = []
     start = last_write = time.perf_counter()
-    for chunk, outcomes in chunks:
+    for chunk, outcomes in embedder.embed_chunks(todo):
         for sample, outcome in zip(chunk, outcomes, strict=True):
             pending.append(EmbeddingRow(
                 content_hash=sample.content_hash, embedding_key=key, model_fingerprint=embedder.model_fingerprint,
@@ -178,7 +142,7 @@ def default_cache_store() -> MetadataStore:
 
 @contextlib.contextmanager
 def open_embedder(proxy: ProxyConfig, projection: ProjectionConfig, compute: ComputeConfig | None = None
-                  ) -> Iterator[GradientEmbedder | EmbeddingBackend]:
+                  ) -> Iterator[Embedder]:
     """The proxy for the duration of a stage, on the configured compute backend.
 
     local: the model in this process, its memory (GPU included) freed on exit, so an LLM
@@ -187,8 +151,6 @@ def open_embedder(proxy: ProxyConfig, projection: ProjectionConfig, compute: Com
     """
     compute = compute or ComputeConfig()
     if compute.backend == "ray":
-        from prismatic_assets.pipeline.ray_compute import RayEmbeddingBackend
-
         yield RayEmbeddingBackend(proxy, projection, compute)
         return
     embedder = build_embedder(proxy, projection, compute.batch_size)

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 from prismatic_assets.infra.config import Config
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.ids import digest
 from prismatic_assets.infra.engines import EngineSet
-from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, StageProgress,
-                                                    check_round_order, decontaminate, embed_candidates,
-                                                    filter_candidates, generate_problems, parse_outputs,
-                                                    plan_requests, prepare_pool, score_round, solve_problems, vote)
+from prismatic_assets.pipeline.round_services import StageProgress
+from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, check_round_order,
+                                                    decontaminate, embed_candidates, filter_candidates,
+                                                    generate_problems, parse_outputs, plan_requests, prepare_pool,
+                                                    score_round, solve_problems, vote)
 from prismatic_assets.pipeline.baselines import record_baselines
-from prismatic_assets.store import schema as S
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, pool_digest, round_scope, write_round
 
@@ -43,10 +43,10 @@ STAGES = ("pool", "generate", "parse", "hygiene", "solve", "vote", "gradients", 
           "baselines")
 
 #: Opens the proxy for a stage: a context manager yielding the embedder, released on exit.
-ProxyOpener = Callable[[], ContextManager[GradientEmbedder]]
+ProxyOpener = Callable[[], ContextManager[Embedder]]
 
 
-def lend(embedder: GradientEmbedder) -> ProxyOpener:
+def lend(embedder: Embedder) -> ProxyOpener:
     """A ProxyOpener for an embedder the caller owns (kept loaded)."""
     return lambda: contextlib.nullcontext(embedder)
 
@@ -236,64 +236,3 @@ def commit_round(store: MetadataStore, ledger: RoundLedger, pool: PoolState, emb
         round=ledger.round, requests=ledger.requests, candidates=ledger.candidates,
         decisions=[ledger.decisions[c.candidate_id] for c in ledger.candidates],
         samples=[embedded.drafts[r] for r in accepted], scores=scores.rows, row=row, run_id=run_id))
-
-
-# -- lineage -----------------------------------------------------------------------------
-#: One SQL query per lineage question (DuckDB, named parameters). Run with
-#: `store.query(LINEAGE_QUERIES[name], {"sample_id": ...})`.
-LINEAGE_QUERIES: dict[str, str] = {
-    # Where did this accepted sample come from? Round, request, few-shot parents, strategy,
-    # target cluster, generator and sampling, raw output, teacher and votes, cluster.
-    "sample_origin": f"""
-        SELECT s.sample_id, s.round, c.candidate_id, c.request_id, q.strategy, q.target_cluster,
-               q.few_shot_ids, q.generator_model, q.sampling, q.raw_output, c.problem,
-               c.teacher_model, c.solution_sampling, c.solutions, c.answers, c.agreement,
-               c.majority_answer, c.cluster, c.similarity, c.cluster_is_sparse, c.cluster_size,
-               q.clustering_id, d.decision, d.reason
-        FROM {S.SAMPLES} s
-        JOIN {S.SYNTHESIS_DECISIONS} d ON d.sample_id = s.sample_id
-        JOIN {S.SYNTHESIS_CANDIDATES} c ON c.candidate_id = d.candidate_id
-        JOIN {S.SYNTHESIS_REQUESTS} q
-          ON q.round = c.round AND q.request_id = c.request_id AND q.output_index = c.output_index
-        WHERE s.sample_id = $sample_id""",
-    # The few-shot parents of a sample, and where each parent came from (seed or a round).
-    "sample_parents": f"""
-        SELECT d.sample_id AS child_id, p.position, p.parent_id, par.origin AS parent_origin,
-               par.source AS parent_source, par.round AS parent_round, par.prompt AS parent_prompt
-        FROM {S.SYNTHESIS_DECISIONS} d
-        JOIN {S.SYNTHESIS_CANDIDATES} c ON c.candidate_id = d.candidate_id
-        JOIN {S.SYNTHESIS_REQUESTS} q
-          ON q.round = c.round AND q.request_id = c.request_id AND q.output_index = c.output_index
-        CROSS JOIN LATERAL (SELECT unnest(q.few_shot_ids) AS parent_id,
-                                   generate_subscripts(q.few_shot_ids, 1) AS position) p
-        LEFT JOIN {S.SAMPLES} par ON par.sample_id = p.parent_id
-        WHERE d.sample_id = $sample_id
-        ORDER BY p.position""",
-    # How many candidates each stage of a round rejected, and why.
-    "round_funnel": f"""
-        SELECT stage, decision, reason, count(*) AS n
-        FROM {S.SYNTHESIS_DECISIONS}
-        WHERE round = $round
-        GROUP BY stage, decision, reason
-        ORDER BY list_position(['hygiene', 'verification', 'gradient', 'cluster'], stage), reason""",
-    # Every rejected candidate of a round with the evidence behind its rejection.
-    "round_rejections": f"""
-        SELECT c.candidate_id, d.stage, d.reason, c.problem, c.duplicate_of, c.duplicate_kind,
-               c.contamination_label, c.contamination_ngram, c.answers, c.agreement, c.vote_reason,
-               c.embedding_error, c.cluster, c.similarity, c.cluster_is_sparse
-        FROM {S.SYNTHESIS_CANDIDATES} c
-        JOIN {S.SYNTHESIS_DECISIONS} d USING (candidate_id)
-        WHERE c.round = $round AND d.decision = 'rejected'
-        ORDER BY c.candidate_id""",
-    # Which sparse clusters of a round's pool clustering received accepted samples.
-    "cluster_fill": f"""
-        SELECT k.cluster, k.size, k.is_sparse, count(d.sample_id) AS accepted,
-               count(c.candidate_id) AS candidates_assigned
-        FROM {S.SYNTHESIS_ROUNDS} r
-        JOIN {S.CLUSTERS} k ON k.clustering_id = r.clustering_id
-        LEFT JOIN {S.SYNTHESIS_CANDIDATES} c ON c.round = r.round AND c.cluster = k.cluster
-        LEFT JOIN {S.SYNTHESIS_DECISIONS} d ON d.candidate_id = c.candidate_id AND d.decision = 'accepted'
-        WHERE r.round = $round
-        GROUP BY ALL
-        ORDER BY k.cluster""",
-}

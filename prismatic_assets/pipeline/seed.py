@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prismatic_assets.core.loaders import FieldMap, LoadResult, load_samples, split_holdout
+from prismatic_assets.core.holdout import split_holdout
+from prismatic_assets.core.loaders import load_samples
+from prismatic_assets.core.records import FieldMap, LoadResult
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import SeedConfig
 from prismatic_assets.store.store import MetadataStore

@@ -19,10 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from prismatic_assets.core.gradients import GradientEmbedder
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.core.selection import METHODS, random_subset, select
+from prismatic_assets.core.selection import DEFAULT_METHOD, DEFAULT_SEED, METHODS, random_subset, select
+from prismatic_assets.infra.config import ScoreConfig
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
+from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import Progress
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
@@ -101,8 +102,9 @@ def check_request(loaded: LoadedSet, k: int, method: str, q: float) -> None:
                          f"({len(loaded.rejections)} rows rejected): choose k <= {len(loaded.samples)}")
 
 
-def select_from_set(loaded: LoadedSet, embedder: GradientEmbedder, store: MetadataStore, *, k: int,
-                    method: str = "greedy", seed: int = 0, q: float = 1.0, clusters: int | None = None,
+def select_from_set(loaded: LoadedSet, embedder: Embedder, store: MetadataStore, *, k: int,
+                    method: str = DEFAULT_METHOD, seed: int = DEFAULT_SEED,
+                    q: float = ScoreConfig().q, clusters: int | None = None,
                     model: str | None = None, run_id: str | None = None, gradient_progress: Progress | None = None,
                     step_progress: Callable[[int, int], None] | None = None) -> SubsetReport:
     """Pick k samples of `loaded` by `method` (cluster-balanced, greedy, random); see `core.selection`.
@@ -139,7 +141,7 @@ def select_from_set(loaded: LoadedSet, embedder: GradientEmbedder, store: Metada
         g_vendi=score_vectors(pool.vectors[chosen.indices], q).score, random_g_vendi=randoms,  # pick order, as written
         random_seeds=seeds, n_loaded=len(loaded.samples), n_rejected=len(loaded.rejections), n_candidates=n,
         excluded=pool.excluded, rejections=[{"ref": r.source_ref, "reason": r.reason} for r in loaded.rejections],
-        params=chosen.params, model=model or str(getattr(embedder.model.config, "_name_or_path", "")),
+        params=chosen.params, model=model or embedder.model_name,
         model_fingerprint=embedder.model_fingerprint, projection=embedder.projection_key,
         embedding_key=report.embedding_key, n_computed=report.n_computed, n_cached=report.n_cached,
         seconds=time.perf_counter() - started, select_seconds=select_seconds, notes=notes)

@@ -564,6 +564,11 @@ class MetadataStore:
             con.register("incoming_members", members)
             con.execute(f"INSERT INTO {S.CLUSTER_MEMBERS} SELECT * FROM incoming_members")
 
+    def recent_scores(self, limit: int = 5) -> pl.DataFrame:
+        """The `limit` most recently written score rows (scope, metric, q, value, n, dim, ...)."""
+        return self.query(f"SELECT scope, metric, q, value, n, dim, n_excluded, created_at FROM {S.SCORES} "
+                          f"ORDER BY created_at DESC LIMIT ?", [int(limit)])
+
     def replace_score(self, *, score_id: str, scope: str, metric: str, q: float, value: float, entropy: float,
                       n: int, dim: int, n_excluded: int, embedding_key: str, config: dict,
                       run_id: str | None) -> None:

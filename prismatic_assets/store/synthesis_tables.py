@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import polars as pl
 import pyarrow as pa
 
 from prismatic_assets.core.ids import digest
@@ -379,6 +380,21 @@ def pool_where(round: int, seed_source: str | None) -> tuple[str, list[Any]]:
     return f"({seed_clause}) OR (origin = '{SYNTHETIC_ORIGIN}' AND round < ?)", params
 
 
+def pool_samples(store: MetadataStore, round: int, seed_source: str | None = None) -> list[Sample]:
+    """Round `round`'s pool (see `pool_where`), ordered by sample_id."""
+    where, params = pool_where(round, seed_source)
+    return store.load_samples(where=where, params=params)
+
+
+def accepted_samples(store: MetadataStore, rounds: Sequence[int]) -> list[Sample]:
+    """The samples accepted in `rounds` (none for an empty list), ordered by sample_id."""
+    if not rounds:
+        return []
+    marks = ",".join("?" for _ in rounds)
+    return store.load_samples(where=f"origin = '{SYNTHETIC_ORIGIN}' AND round IN ({marks})",
+                              params=[int(r) for r in rounds])
+
+
 def pool_digest(sample_ids: Sequence[str]) -> str:
     """The digest stored with a round: which samples its pool held (in sample_id order)."""
     return digest(sorted(sample_ids))
@@ -432,6 +448,12 @@ def completed_rounds(store: MetadataStore) -> list[int]:
     """The rounds with a rounds row (written only when a round finished), ascending."""
     return store.query(f"SELECT round FROM {S.SYNTHESIS_ROUNDS} WHERE status = 'complete' ORDER BY round"
                        )["round"].to_list()
+
+
+def round_history(store: MetadataStore) -> pl.DataFrame:
+    """Every complete round's pool size, accepted count and G-Vendi before/after/random, by round."""
+    return store.query(f"SELECT round, n_pool, n_accepted AS accepted, g_vendi_before, g_vendi_after, "
+                       f"g_vendi_random FROM {S.SYNTHESIS_ROUNDS} WHERE status = 'complete' ORDER BY round")
 
 
 def round_summary(store: MetadataStore, round: int) -> dict[str, Any] | None:

@@ -28,7 +28,8 @@ from prismatic_assets.core.evaluation import (
     load_eval_file,
     score_response,
 )
-from prismatic_assets.core.generation import SamplingConfig, TransformersGenerator
+from prismatic_assets.core.generation import SamplingConfig
+from prismatic_assets.core.generation_transformers import TransformersGenerator
 from prismatic_assets.core.models import PACKAGED_MODEL, resolve_model
 from prismatic_assets.core.samples import Sample
 
@@ -143,7 +144,7 @@ def test_assert_disjoint_names_overlapping_ids():
 
 
 def test_gsm_symbolic_is_disjoint_from_champ():
-    from prismatic_assets.core.loaders import load_champ
+    from prismatic_assets.core.champ import load_champ
 
     assert_disjoint(gsm_symbolic_set(n=50), load_champ().samples)
 

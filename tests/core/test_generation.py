@@ -26,10 +26,13 @@ from typing import Any
 
 import pytest
 
-from prismatic_assets.core import generation as gen
+from prismatic_assets.core import generation_vllm
 from prismatic_assets.core.generation import (PROBLEM_SAMPLING, SOLUTION_SAMPLING, GenerationError, Generator,
-                                              OpenAIGenerator, SamplingConfig, TransformersGenerator, Usage,
-                                              VLLMGenerator, check_conversations, make_generator)
+                                              SamplingConfig, Usage, check_conversations)
+from prismatic_assets.core.generation_openai import OpenAIGenerator
+from prismatic_assets.core.generation_transformers import TransformersGenerator
+from prismatic_assets.core.generation_vllm import VLLMGenerator
+from prismatic_assets.core.generators import make_generator
 from prismatic_assets.core.models import PACKAGED_MODEL, resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +155,7 @@ def test_spawn_preparation_drops_main_only_for_vllm_processes(monkeypatch, tmp_p
     main.__file__ = str(script)
     monkeypatch.setitem(sys.modules, "__main__", main)
     assert "init_main_from_path" in multiprocessing.spawn.get_preparation_data("Other")
-    with gen._spawn_without_main():
+    with generation_vllm._spawn_without_main():
         assert "init_main_from_path" not in multiprocessing.spawn.get_preparation_data("EngineCore")
         assert "init_main_from_path" not in multiprocessing.spawn.get_preparation_data("VllmWorker-0")
         assert "init_main_from_path" in multiprocessing.spawn.get_preparation_data("Other")
@@ -317,13 +320,14 @@ def test_vllm_runs_in_a_spawned_child_and_close_frees_its_processes(monkeypatch)
     assert [len(o) for o in result["out"]] == [2, 2]
     assert result["during"] and result["after"] == []  # engine processes existed, then were gone
     assert "is closed" in result["closed_error"]
-    assert result["kv_space"] == gen.CPU_ENV_DEFAULTS["VLLM_CPU_KVCACHE_SPACE"]
+    assert result["kv_space"] == generation_vllm.CPU_ENV_DEFAULTS["VLLM_CPU_KVCACHE_SPACE"]
     assert result["eager"] is True  # CPU_ENGINE_DEFAULTS where engine_kwargs says nothing
 
 
 NO_GUARD_SCRIPT = """
 import json
-from prismatic_assets.core.generation import SamplingConfig, VLLMGenerator
+from prismatic_assets.core.generation import SamplingConfig
+from prismatic_assets.core.generation_vllm import VLLMGenerator
 from prismatic_assets.core.models import PACKAGED_MODEL
 import os
 

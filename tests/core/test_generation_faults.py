@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
-from prismatic_assets.core.generation import GenerationError, OpenAIGenerator, PartialGenerationError, SamplingConfig
+from prismatic_assets.core.generation import GenerationError, PartialGenerationError, SamplingConfig
+from prismatic_assets.core.generation_openai import OpenAIGenerator
 
 
 class ScriptedServer:

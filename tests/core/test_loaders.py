@@ -1,4 +1,5 @@
-"""Tests for prismatic_assets.core.loaders: validation tables, mapping, dedup, CHAMP, splits."""
+"""Tests of the loaders (core.loaders, records, record_files, champ, holdout): validation tables, mapping,
+dedup, CHAMP, splits."""
 
 from __future__ import annotations
 
@@ -14,22 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prismatic_assets.core.loaders import (
-    CHAMP_CATEGORIES,
-    MAX_RAW_CHARS,
-    REJECTION_KINDS,
-    SUPPORTED_EXTENSIONS,
-    FieldMap,
-    LoadError,
-    LoadResult,
-    champ_file_path,
-    load_champ,
-    load_hf_dataset,
-    load_records_file,
-    load_samples,
-    reason_kind,
-    split_holdout,
-)
+from prismatic_assets.core.champ import CHAMP_CATEGORIES, champ_file_path, load_champ
+from prismatic_assets.core.holdout import split_holdout
+from prismatic_assets.core.loaders import load_samples
+from prismatic_assets.core.record_files import SUPPORTED_EXTENSIONS, load_hf_dataset, load_records_file
+from prismatic_assets.core.records import MAX_RAW_CHARS, REJECTION_KINDS, FieldMap, LoadError, LoadResult, reason_kind
 from prismatic_assets.core.samples import Rejection, Sample
 
 # ----------------------------------------------------------------------------- helpers

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from prismatic_assets.core.generation import OpenAIGenerator, SamplingConfig, TransformersGenerator, VLLMGenerator
+from prismatic_assets.core.generation import SamplingConfig
+from prismatic_assets.core.generation_openai import OpenAIGenerator
+from prismatic_assets.core.generation_transformers import TransformersGenerator
+from prismatic_assets.core.generation_vllm import VLLMGenerator
 from prismatic_assets.core.models import (RemoteCodeRequired, folder_fingerprint, load_causal_lm,
                                           model_fingerprint, model_source_fingerprint, needs_remote_code)
 from tests.conftest import make_tiny_llama

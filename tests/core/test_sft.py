@@ -20,16 +20,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from prismatic_assets.core.models import PACKAGED_MODEL, resolve_model
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.core.sft import (
-    FINAL_DIR,
-    RUN_INFO_FILE,
     SFTSettings,
     _peft_config,
     build_sft_config,
     build_trainer,
-    complete_checkpoints,
     samples_to_dataset,
     train_sft,
 )
+from prismatic_assets.core.sft_checkpoints import FINAL_DIR, RUN_INFO_FILE, complete_checkpoints
 
 FAST = dict(max_steps=3, learning_rate=1e-3, per_device_batch_size=2, warmup_ratio=0.0,
             max_length=128, save_steps=100, logging_steps=1)

@@ -54,7 +54,7 @@ def test_api_q_and_projection_change_the_score(data_file, tiny_model_dir):
     common = dict(fields="prompt=question,response=solution", model=tiny_model_dir, dim=64, cache=False)
     shannon = score_dataset(data_file, **common)
     renyi = score_dataset(data_file, q=2.0, **common)
-    other_seed = score_dataset(data_file, seed=1, **common)
+    other_seed = score_dataset(data_file, projection_seed=1, **common)
     assert shannon.g_vendi != pytest.approx(renyi.g_vendi)
     assert shannon.g_vendi != pytest.approx(other_seed.g_vendi)
     assert shannon.projection != other_seed.projection

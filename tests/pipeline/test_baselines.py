@@ -13,6 +13,7 @@ from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
 from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.baselines import BASELINE_METRICS, hidden_vectors, record_baselines
+from prismatic_assets.pipeline.embedder import LocalEmbedder
 from prismatic_assets.store.store import MetadataStore
 
 SAMPLES = [
@@ -28,8 +29,9 @@ SAMPLES = [
 
 @pytest.fixture
 def embedder(tiny_llama, packaged_tokenizer):
-    return GradientEmbedder(tiny_llama, packaged_tokenizer, ProjectionSpec(kind="countsketch", dim=32, seed=0),
-                            GradientSpec(max_length=64), model_fingerprint="tiny-test")
+    return LocalEmbedder(GradientEmbedder(tiny_llama, packaged_tokenizer,
+                                          ProjectionSpec(kind="countsketch", dim=32, seed=0),
+                                          GradientSpec(max_length=64), model_fingerprint="tiny-test"))
 
 
 def test_record_baselines_stores_each_metric_with_independent_values(embedder, tmp_path):
@@ -39,7 +41,7 @@ def test_record_baselines_stores_each_metric_with_independent_values(embedder, t
     assert values["distinct_1"] == pytest.approx(8 / 12)
     assert values["distinct_2"] == pytest.approx(7 / 9)
     assert values["distinct_3"] == pytest.approx(1.0)
-    hidden = mean_pooled_hidden_states(embedder.model, embedder.tokenizer, [s.prompt for s in SAMPLES],
+    hidden = mean_pooled_hidden_states(embedder.gradients.model, embedder.gradients.tokenizer, [s.prompt for s in SAMPLES],
                                        [s.response for s in SAMPLES], batch_size=1, max_length=64)
     assert values["embedding_vendi"] == pytest.approx(vendi.score_X(hidden.astype(np.float64)), rel=1e-4)
     rows = store.query("SELECT metric, q, value, entropy, n, dim, embedding_key, run_id FROM scores "
@@ -47,7 +49,7 @@ def test_record_baselines_stores_each_metric_with_independent_values(embedder, t
     assert rows["metric"].to_list() == sorted(BASELINE_METRICS)
     emb = rows.filter(rows["metric"] == "embedding_vendi").row(0, named=True)
     assert emb["q"] == 1.0 and emb["entropy"] == pytest.approx(math.log(emb["value"]))
-    assert emb["n"] == 3 and emb["dim"] == embedder.model.config.hidden_size and emb["run_id"] == "r1"
+    assert emb["n"] == 3 and emb["dim"] == embedder.gradients.model.config.hidden_size and emb["run_id"] == "r1"
     assert emb["embedding_key"].startswith("hidden-")
     d2 = rows.filter(rows["metric"] == "distinct_2").row(0, named=True)
     assert math.isnan(d2["q"]) and d2["n"] == 3 and d2["embedding_key"] == "text-v1"

@@ -12,7 +12,8 @@ from vendi_score import vendi
 
 from prismatic_assets.interfaces.api import compare_datasets, score_dataset
 from prismatic_assets.core.diversity import compression_ratio, distinct_n, mean_pooled_hidden_states
-from prismatic_assets.core.loaders import LoadError, load_samples
+from prismatic_assets.core.loaders import load_samples
+from prismatic_assets.core.records import LoadError
 from prismatic_assets.store.store import MetadataStore
 
 INF = float("inf")
@@ -131,7 +132,7 @@ def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir,
 
 
 def test_projection_seed_qs_names_and_fields_change_the_report(report, sets, tiny_model_dir, cache, tmp_path):
-    other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, seed=1, qs=(0.5,),
+    other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, projection_seed=1, qs=(0.5,),
                              names=["A", "B"], examples=1, limit=4)
     assert [s.name for s in other.sets] == ["A", "B"]
     assert all(len(e.samples) == 1 for e in other.examples) and len(report.examples[0].samples) == 2

@@ -1,4 +1,5 @@
-"""The SFT launch: one process vs two gloo processes, and the length checks before training."""
+"""Distillation without Dagster: the plan, the SFT launch (one process vs two gloo processes), the length
+checks, and training under one MLflow run."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from prismatic_assets.infra.config import build_config
 from prismatic_assets.core.models import PACKAGED_MODEL, resolve_model
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.pipeline.distill import (check_lengths, read_result, read_training_set, sft_command,
-                                               write_training_set)
+from prismatic_assets.core.tracking import Tracker
+from prismatic_assets.pipeline.distill import (StaleRoundsError, check_lengths, distill_settings, plan_training,
+                                               read_result, read_training_set, run_command, sft_command,
+                                               train_student, write_training_set)
+from prismatic_assets.store.store import MetadataStore
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +98,66 @@ def test_lengths_read_from_the_student_config(tiny_student):
     ok = build_config({"distill": {"student": str(tiny_student), "sft": {"max_length": 256}},
                        "evaluation": {"max_tokens": 128, "engine": {"max_model_len": 512}}})
     check_lengths(ok.distill, ok.evaluation)
+
+
+def _seeded(tmp_path: Path, n: int) -> tuple[MetadataStore, list[str]]:
+    store = MetadataStore(tmp_path / "m.duckdb")
+    samples = _samples(n)
+    store.replace_samples(source="unit", origin="seed", samples=samples,
+                          splits={s.sample_id: "pool" for s in samples}, rejections=[], run_id="r")
+    return store, [s.sample_id for s in samples]
+
+
+def _profile(student: Path):
+    return build_config({"distill": {"student": str(student), "launcher": "python", "rounds": "none",
+                                     "registered_name": "unit-student",
+                                     "sft": {"max_steps": 5, "learning_rate": 1e-3, "per_device_batch_size": 2,
+                                             "warmup_ratio": 0.0, "max_length": 128, "save_steps": 100}},
+                         "evaluation": {"engine": {"max_model_len": 256}, "max_tokens": 8}})
+
+
+def test_run_overrides_change_only_what_they_name():
+    base = build_config({}).distill
+    changed = distill_settings(base, max_steps=7)
+    assert changed.sft.max_steps == 7 and changed.sft.learning_rate == base.sft.learning_rate
+    assert distill_settings(base, learning_rate=3e-4).sft.learning_rate == 3e-4
+    assert distill_settings(base) == base
+
+
+def test_plan_refuses_rounds_that_are_not_complete(tiny_student, tmp_path):
+    store, ids = _seeded(tmp_path, 4)
+    settings = _profile(tiny_student)
+    with pytest.raises(ValueError, match=r"rounds \[1\] are not completed"):
+        plan_training(store, ids, settings.distill, settings.evaluation, tmp_path / "data", rounds="1")
+    assert issubclass(StaleRoundsError, RuntimeError)
+
+
+def test_training_runs_under_one_mlflow_run_and_registers_the_student(tiny_student, tmp_path):
+    store, ids = _seeded(tmp_path, 8)
+    settings = _profile(tiny_student)
+    plan = plan_training(store, ids, distill_settings(settings.distill, max_steps=2), settings.evaluation,
+                         tmp_path / "data")
+    assert plan.rounds == [] and [s.sample_id for s in read_training_set(plan.data)] == ids
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    student = train_student(plan, tracker=tracker, g_vendi=3.5, launch=run_command, dagster_run_id="d1")
+    run = tracker.client.get_run(student.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.params["n_train"] == "8" and run.data.params["max_steps"] == "2"
+    assert run.data.metrics["train/g_vendi"] == 3.5 and run.data.tags["dagster_run_id"] == "d1"
+    assert student.steps == 2 and [s for s, _ in student.loss_history] == [1, 2]
+    assert len(tracker.client.get_metric_history(student.mlflow_run_id, "train/loss")) == 2
+    assert student.version == "1" and (Path(student.model_dir) / "config.json").is_file()
+
+
+def test_a_failing_training_ends_its_mlflow_run_failed(tiny_student, tmp_path):
+    store, ids = _seeded(tmp_path, 4)
+    settings = _profile(tiny_student)
+    plan = plan_training(store, ids, settings.distill, settings.evaluation, tmp_path / "data")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def out_of_memory(command: list[str]) -> dict:
+        raise RuntimeError("the SFT processes exited with 137")
+
+    with pytest.raises(RuntimeError, match="137"):
+        train_student(plan, tracker=tracker, g_vendi=1.0, launch=out_of_memory)
+    runs = tracker.client.search_runs(tracker.experiment_id)
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("distillation", "FAILED")]

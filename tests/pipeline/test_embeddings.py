@@ -7,7 +7,8 @@ import pytest
 
 from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.pipeline.embeddings import build_embedder, embed_samples, shard_folder
+from prismatic_assets.pipeline.embedder import build_embedder
+from prismatic_assets.pipeline.embeddings import embed_samples, shard_folder
 from prismatic_assets.store.store import MetadataStore
 
 
@@ -40,7 +41,7 @@ def test_interrupted_run_resumes_from_finished_shards(tmp_path, tiny_model_dir):
     with pytest.raises(Stop):
         # Local chunks of 8 batches of 2: a shard is written after the first chunk (16 rows,
         # over shard_rows=8), and the run stops inside the second one.
-        embedder.batch_size = 2
+        embedder.gradients.batch_size = 2
         embed_samples(samples, embedder, store, progress=stop_after_20, shard_rows=8)
     finished = shard_folder(store, embedder.key).finished()
     assert len(finished) == 1  # the first chunk of 16, written atomically; nothing in the store yet
@@ -75,5 +76,5 @@ def test_local_and_batched_paths_store_the_same_vectors_as_one_at_a_time(tmp_pat
                               batch_size=ComputeConfig(batch_size=5).batch_size)
     store = MetadataStore(tmp_path / "prismatic.duckdb")
     embed_samples(samples, embedder, store)
-    one = np.stack([embedder.embed(s.prompt, s.response).vector for s in samples])
+    one = np.stack([embedder.gradients.embed(s.prompt, s.response).vector for s in samples])
     np.testing.assert_allclose(_vectors(store, samples, embedder.key, 32), one, rtol=1e-5, atol=1e-5)

@@ -22,11 +22,13 @@ from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import EngineConfig, SynthesisConfig, build_config
 from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.store import schema as S
+from prismatic_assets.store.lineage import lineage
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary
 from prismatic_assets.pipeline.baselines import BASELINE_METRICS
-from prismatic_assets.pipeline.round import LINEAGE_QUERIES, STAGES, lend, run_round
-from prismatic_assets.pipeline.round_stages import RoundOrderError, judge_candidates, plan_requests, request_seed
+from prismatic_assets.pipeline.round import STAGES, lend, run_round
+from prismatic_assets.pipeline.round_services import judge_candidates
+from prismatic_assets.pipeline.round_stages import RoundOrderError, plan_requests, request_seed
 from prismatic_assets.pipeline.embeddings import embed_samples
 
 # -- (a) the sparse-cluster filter on constructed gradients ------------------------------
@@ -394,23 +396,27 @@ def test_round_provenance_for_every_candidate(round_one):
 def test_lineage_queries(round_one):
     store, report, *_ = round_one
     sid = store.query(f"SELECT min(sample_id) AS s FROM {S.SAMPLES} WHERE origin = 'synthetic'")["s"][0]
-    origin = store.query(LINEAGE_QUERIES["sample_origin"], {"sample_id": sid})
+    origin = lineage(store, "sample_origin", sample_id=sid)
     assert origin.height == 1
     o = origin.row(0, named=True)
     assert o["round"] == 1 and o["decision"] == "accepted" and o["cluster_is_sparse"]
     assert o["generator_model"] == "scripted-generator" and o["teacher_model"] == "scripted-teacher"
     assert len(o["few_shot_ids"]) == 5 and o["strategy"] == "random" and o["raw_output"]
-    parents = store.query(LINEAGE_QUERIES["sample_parents"], {"sample_id": sid})
+    parents = lineage(store, "sample_parents", sample_id=sid)
     assert parents["position"].to_list() == [1, 2, 3, 4, 5]
     assert parents["parent_id"].to_list() == o["few_shot_ids"]
     assert set(parents["parent_origin"].to_list()) == {"seed"}
-    funnel = store.query(LINEAGE_QUERIES["round_funnel"], {"round": 1})
+    funnel = lineage(store, "round_funnel", round=1)
     assert funnel["n"].sum() == 12 and funnel["stage"][0] == "hygiene"
-    rejected = store.query(LINEAGE_QUERIES["round_rejections"], {"round": 1})
+    rejected = lineage(store, "round_rejections", round=1)
     assert rejected.height == 12 - report.accepted
-    fill = store.query(LINEAGE_QUERIES["cluster_fill"], {"round": 1})
+    fill = lineage(store, "cluster_fill", round=1)
     assert fill.height == report.k and fill["accepted"].sum() == report.accepted
     assert fill.filter(~fill["is_sparse"])["accepted"].sum() == 0
+    with pytest.raises(KeyError, match="choose one of"):
+        lineage(store, "sample_history", sample_id=sid)
+    with pytest.raises(TypeError, match="takes round="):
+        lineage(store, "round_funnel", sample_id=sid)
 
 
 def test_rerun_is_idempotent_and_uses_the_cache(tmp_path, seeded, embedder, round_one):

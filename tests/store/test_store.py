@@ -176,3 +176,13 @@ def test_vectors_stream_out_in_input_order_across_record_batches(tmp_path, monke
     assert {reasons[p] for p, i in enumerate(order) if i < 50 and i % 11 == 3} == {"nan loss"}
     with pytest.raises(store_module.StoreError, match="do not all have 8 values"):
         store.load_vectors([samples[0].content_hash], "k", 8)
+
+
+def test_recent_scores_are_the_newest_rows_first(tmp_path):
+    store = MetadataStore(tmp_path / "m.duckdb")
+    for i in range(7):
+        store.replace_score(score_id=f"s{i}", scope=f"scope{i}", metric="g_vendi", q=1.0, value=float(i + 1),
+                            entropy=0.0, n=i + 1, dim=4, n_excluded=0, embedding_key="k", config={}, run_id=None)
+    recent = store.recent_scores(3)
+    assert recent["scope"].to_list() == ["scope6", "scope5", "scope4"]
+    assert recent["value"].to_list() == [7.0, 6.0, 5.0]

@@ -30,7 +30,7 @@ from prismatic_assets.pipeline.evaluation import CachedGenerator, decontaminatio
 from prismatic_assets.pipeline.experiment import (accuracy_rows, accuracy_table, evaluate_student, held_out_samples,
                                                   held_out_tasks, intervals_overlap, student_distill, train_student)
 from prismatic_assets.pipeline.distill import check_lengths
-from prismatic_assets.pipeline.round_stages import load_pool
+from prismatic_assets.pipeline.round_services import load_pool
 
 GROUP = "arms"
 ARM_ROUNDS = dg.DynamicPartitionsDefinition(name="arm_rounds")

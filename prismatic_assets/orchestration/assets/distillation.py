@@ -1,35 +1,29 @@
 """The end of the lineage: distilled_model (SFT of the student) and student_evaluation.
 
-distilled_model writes the training set (seed + accepted samples of the configured rounds),
-checks the lengths against the student's context, and launches SFT in its own processes
-(`accelerate launch` / `torchrun` / python, per the profile) through Dagster Pipes: the
-training log streams into the run, rank 0 reports the result. The asset then logs the run
-to MLflow (hyperparameters, data snapshot with its G-Vendi, loss curve) and registers the
-student. student_evaluation scores the base and the distilled student on held-out problems
-(per-problem rows in DuckDB, accuracies in MLflow and on the model version).
+distilled_model plans the training (`pipeline.distill.plan_training`: lengths, rounds, the
+training set), scores the training set's G-Vendi, and trains and registers the student under
+one MLflow run (`train_student`); the SFT processes (`accelerate launch` / `torchrun` /
+python, per the profile) run through Dagster Pipes, so the training log streams into the run
+and rank 0 reports the result. student_evaluation scores the base and the distilled student
+on held-out problems (`pipeline.evaluation.evaluate_students`: per-problem rows in DuckDB)
+and logs the accuracies to MLflow and onto the model version (`track_evaluation`). The
+assets read inputs, call those functions and attach metadata.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import dagster as dg
 from pydantic import Field
 
-from prismatic_assets.reporting import plots
 from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
-from prismatic_assets.core.evaluation import assert_disjoint, combine_reports, evaluate
-from prismatic_assets.core.generation import SamplingConfig
-from prismatic_assets.core.ids import digest
-from prismatic_assets.orchestration.resources import EngineResource, ProfileResource, ProxyResource, StoreResource, \
-    TrackerResource
-from prismatic_assets.pipeline.distill import (check_lengths, parse_rounds, read_result, sft_command,
-                                               training_samples, write_training_set)
-from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
-from prismatic_assets.pipeline.evaluation import CachedGenerator, evaluation_id, held_out_sets, store_results
-from prismatic_assets.pipeline.scores import score_pool
+from prismatic_assets.orchestration.resources import (EngineResource, ProfileResource, ProxyResource, StoreResource,
+                                                      TrackerResource)
+from prismatic_assets.pipeline.distill import (StaleRoundsError, distill_settings, plan_training, train_student,
+                                               training_g_vendi, training_samples)
+from prismatic_assets.pipeline.evaluation import evaluate_students, evaluation_sets, track_evaluation
 from prismatic_assets.orchestration.metadata import chart, figure, rounded
-from prismatic_assets.store.synthesis_tables import completed_rounds, refresh_staleness
 
 GROUP = "distillation"
 
@@ -62,75 +56,35 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillRunConfig,
                     proxy: ProxyResource, tracker: TrackerResource,
                     pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.Output[DistilledSnapshot]:
     settings, db = profile.config(), store.open()
-    sft_changes = {k: v for k, v in (("max_steps", config.max_steps), ("learning_rate", config.learning_rate))
-                   if v is not None}
-    ds = settings.distill.model_copy(update={"sft": type(settings.distill.sft)(**{**asdict(settings.distill.sft),
-                                                                                  **sft_changes})})
-    check_lengths(ds, settings.evaluation)
-    rounds = parse_rounds(config.rounds or ds.rounds, completed_rounds(db))
-    stale = {r: why for r, why in refresh_staleness(db).items() if r in rounds}
-    if stale:  # trained on rounds whose diversity filter judged against a pool that is gone
-        raise dg.Failure(description=f"distillation would train on stale round(s) {sorted(stale)}: "
-                                     f"{stale[min(stale)]}", allow_retries=False)
-    samples = training_samples(db, seed_samples.pool_ids, rounds)
-    with proxy.open() as embedder:  # the training set's diversity, under the pool's proxy and projection
-        embed_samples(samples, embedder, db, context.run_id)
-        vectors = pool_vectors(db, samples, embedder.key, embedder.projector.spec.dim)
-        g_vendi = score_pool(db, vectors, settings.score.q, embedder.key, scope="distill:train",
-                             run_id=context.run_id).score
-    data_key = digest({"student": ds.student, "ids": [s.sample_id for s in samples],
-                       "sft": ds.sft.resume_relevant()})
-    output_dir = settings.data_path / "models" / f"distilled-{data_key}"
-    data = write_training_set(samples, output_dir / "train.jsonl")
-    t = tracker.tracker()
-    run_id = t.start_run("distillation", tags={"dagster_run_id": context.run_id, "stage": "distillation"})
+    distill = distill_settings(settings.distill, max_steps=config.max_steps, learning_rate=config.learning_rate)
     try:
-        t.log_params(run_id, {"student": ds.student, "rounds": ",".join(map(str, rounds)) or "none",
-                              "n_train": len(samples), "launcher": ds.launcher, "num_processes": ds.num_processes,
-                              **ds.sft.resume_relevant()})
-        t.log_metrics(run_id, {"train/g_vendi": g_vendi, "train/samples": len(samples),
-                               "train/synthetic": sum(1 for s in samples if s.sample_id.startswith("syn:"))})
-        command = sft_command(ds, data, output_dir)
-        context.log.info(f"launching SFT: {' '.join(command[:8])} ...")
-        reported = pipes_subprocess_client.run(command=command, context=context).get_materialize_result()
-        result = read_result(output_dir)
-        version, metadata = _track_student(context, t, run_id, ds.registered_name, result, output_dir, g_vendi)
-    except BaseException:
-        t.end_run(run_id, "FAILED")
-        raise
-    t.end_run(run_id)
-    snapshot = DistilledSnapshot(result["final_model_dir"], ds.student, rounds, len(samples), g_vendi, run_id,
-                                 ds.registered_name, version)
+        plan = plan_training(db, seed_samples.pool_ids, distill, settings.evaluation, settings.data_path,
+                             rounds=config.rounds)
+    except StaleRoundsError as exc:  # a retry cannot help: the rounds must be re-run first
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    with proxy.open() as embedder:  # the training set's diversity, under the pool's proxy and projection
+        g_vendi = training_g_vendi(db, plan.samples, embedder, settings.score.q, context.run_id)
+
+    def launch(command: list[str]) -> Mapping[str, Any]:  # through Pipes: the training log streams into the run
+        return pipes_subprocess_client.run(command=command, context=context).get_materialize_result().metadata or {}
+
+    t = tracker.tracker()
+    student = train_student(plan, tracker=t, g_vendi=g_vendi, launch=launch, dagster_run_id=context.run_id,
+                            log=context.log.info)
+    snapshot = DistilledSnapshot(student.model_dir, distill.student, plan.rounds, len(plan.samples), g_vendi,
+                                 student.mlflow_run_id, student.registered_name, student.version)
     return dg.Output(snapshot, metadata={
-        **(reported.metadata or {}), **metadata,
-        "rounds": ",".join(map(str, rounds)) or "none (seed only)", "n_train": len(samples),
-        "train_g_vendi": figure(g_vendi), "mlflow_run": dg.MetadataValue.url(t.run_url(run_id)),
-        "mlflow_run_id": run_id,
-        "registered_model": f"{ds.registered_name} v{version}",
-        "model_version": dg.MetadataValue.url(t.model_version_url(ds.registered_name, version)),
+        **student.reported,
+        "model_dir": dg.MetadataValue.path(student.model_dir), "steps": student.steps,
+        "world_size": student.world_size, "resumed_from": student.resumed_from or "none",
+        "final_loss": figure(student.final_loss, 4), "train_seconds": figure(student.train_seconds, 1),
+        "loss_curve": chart(context, student.loss_png, "loss_curve", "loss curve"),
+        "rounds": ",".join(map(str, plan.rounds)) or "none (seed only)", "n_train": len(plan.samples),
+        "train_g_vendi": figure(g_vendi), "mlflow_run": dg.MetadataValue.url(t.run_url(student.mlflow_run_id)),
+        "mlflow_run_id": student.mlflow_run_id,
+        "registered_model": f"{student.registered_name} v{student.version}",
+        "model_version": dg.MetadataValue.url(t.model_version_url(student.registered_name, student.version)),
     })
-
-
-def _track_student(context: dg.AssetExecutionContext, t, run_id: str, registered_name: str, result: dict,
-                   output_dir: Path, g_vendi: float) -> tuple[str, dict]:
-    """Log the loss curve and register the final model; return its version and asset metadata."""
-    history = [(int(s), float(v)) for s, v in result["loss_history"]]
-    t.log_metric_history(run_id, "train/loss", history)
-    loss_png = plots.series_png([s for s, _ in history], {"loss": [v for _, v in history]}, "step", "training loss",
-                                "SFT loss")
-    png_path = output_dir / "loss.png"
-    png_path.write_bytes(loss_png)
-    t.log_artifact(run_id, png_path, "plots")
-    _, version = t.log_transformers_model(run_id, Path(result["final_model_dir"]), registered_name,
-                                          tags={"dagster_run_id": context.run_id, "g_vendi": g_vendi})
-    return version, {
-        "model_dir": dg.MetadataValue.path(result["final_model_dir"]),
-        "steps": result["steps"], "world_size": result["world_size"],
-        "resumed_from": result["resumed_from"] or "none",
-        "final_loss": figure(history[-1][1] if history else None, 4),
-        "train_seconds": figure(result["seconds"], 1),
-        "loss_curve": chart(context, loss_png, "loss_curve", "loss curve"),
-    }
 
 
 @dg.asset(group_name=GROUP, kinds={"vllm", "mlflow", "duckdb"},
@@ -140,48 +94,28 @@ def student_evaluation(context: dg.AssetExecutionContext, distilled_model: Disti
                        seed_samples: SeedSnapshot, profile: ProfileResource, store: StoreResource,
                        engines: EngineResource, tracker: TrackerResource) -> dg.MaterializeResult:
     db, ev = store.open(), profile.config().evaluation
-    eval_sets = {k: v for k, v in held_out_sets(db, seed_samples.source, seed_samples.holdout_ids, ev).items() if v}
-    if not eval_sets:
-        raise ValueError("no evaluation set configured: set evaluation.gsm_symbolic > 0, evaluation.holdout: true "
-                         "(with seed.holdout_fraction > 0) or evaluation.files in the profile")
     train = training_samples(db, seed_samples.pool_ids, distilled_model.rounds)
-    for samples in eval_sets.values():
-        assert_disjoint(samples, train)
-    sampling = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens, seed=0)
-    results, requests = {}, {}
-    students = engines.engines("student")
-    for role, model in (("base", distilled_model.base_model), ("distilled", distilled_model.model_dir)):
-        context.log.info(f"evaluating the {role} student ({model}) on {sum(map(len, eval_sets.values()))} problems")
-        with students.open("student", model=model) as engine:  # closed (memory freed) before the next
-            generator = CachedGenerator(db, engine, chunk_size=ev.chunk_size, run_id=context.run_id)
-            report = combine_reports([evaluate(generator, samples, sampling, name, stated_answers=ev.stated_answers)
-                                      for name, samples in eval_sets.items()])
-        requests[role] = {"engine": generator.called, "cached": generator.cached}
-        eval_id = evaluation_id(role, model, eval_sets, sampling, ev.stated_answers)
-        store_results(db, eval_id, role, model, distilled_model.mlflow_run_id, report, context.run_id)
-        results[role] = report
+    sets = evaluation_sets(db, seed_samples.source, seed_samples.holdout_ids, train, ev)
+    students = {"base": distilled_model.base_model, "distilled": distilled_model.model_dir}
+    scores = evaluate_students(db, engines.engines("student"), students, sets, ev,
+                               mlflow_run_id=distilled_model.mlflow_run_id, run_id=context.run_id,
+                               log=context.log.info)
     t = tracker.tracker()
-    for role, report in results.items():
-        t.log_metrics(distilled_model.mlflow_run_id, {f"{role}/{k}": v for k, v in report.metrics().items()})
-    t.set_model_version_tags(distilled_model.registered_name, distilled_model.version,
-                             {f"eval/{k}": round(v, 4) for k, v in results["distilled"].metrics().items()})
-    benchmarks = sorted(results["base"].accuracy)
-    labels = [f"{b} ({role})" for b in benchmarks for role in ("base", "distilled")]
-    values = [results[role].accuracy[b] for b in benchmarks for role in ("base", "distilled")]
-    png = plots.bars_png(labels, values, "accuracy", "Accuracy by benchmark")
-    png_path = Path(distilled_model.model_dir).parent / "accuracy.png"
-    png_path.write_bytes(png)
-    t.log_artifact(distilled_model.mlflow_run_id, png_path, "plots")
+    png = track_evaluation(t, distilled_model.mlflow_run_id, scores, registered_name=distilled_model.registered_name,
+                           version=distilled_model.version, registered_role="distilled",
+                           plot_path=Path(distilled_model.model_dir).parent / "accuracy.png")
+    base, distilled = scores["base"], scores["distilled"]
     return dg.MaterializeResult(metadata={
-        "base_accuracy": dg.MetadataValue.json(rounded(results["base"].accuracy)),
-        "distilled_accuracy": dg.MetadataValue.json(rounded(results["distilled"].accuracy)),
-        "base_overall": figure(results["base"].overall),
-        "llm_requests": dg.MetadataValue.json(requests),
-        "distilled_overall": figure(results["distilled"].overall),
-        **{f"accuracy/{role}/{b}": figure(a) for role in ("base", "distilled")
-           for b, a in results[role].accuracy.items()},
+        "base_accuracy": dg.MetadataValue.json(rounded(base.accuracy())),
+        "distilled_accuracy": dg.MetadataValue.json(rounded(distilled.accuracy())),
+        "base_overall": figure(base.report.overall),
+        "llm_requests": dg.MetadataValue.json({
+            "base": {"engine": base.engine_requests, "cached": base.cached_requests},
+            "distilled": {"engine": distilled.engine_requests, "cached": distilled.cached_requests}}),
+        "distilled_overall": figure(distilled.report.overall),
+        **{f"accuracy/{role}/{b}": figure(a) for role, result in scores.items() for b, a in result.accuracy().items()},
         "train_g_vendi": figure(distilled_model.g_vendi),
-        "problems": dg.MetadataValue.json(results["base"].problems),
+        "problems": dg.MetadataValue.json(base.report.problems),
         "mlflow_run": dg.MetadataValue.url(t.run_url(distilled_model.mlflow_run_id)),
         "accuracy_by_benchmark": chart(context, png, "accuracy_by_benchmark", "accuracy by benchmark"),
     })

@@ -16,12 +16,11 @@ from prismatic_assets.orchestration.resources import EngineResource, ProfileReso
     TrackerResource
 from prismatic_assets.pipeline.evaluation import decontamination_texts
 from prismatic_assets.pipeline.round import RoundReport, run_round
-from prismatic_assets.store import schema as S
 from prismatic_assets.orchestration.metadata import chart, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
 from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.round_keys import partition_round
-from prismatic_assets.store.synthesis_tables import completed_rounds, stale_rounds
+from prismatic_assets.store.synthesis_tables import completed_rounds, round_history, stale_rounds
 
 GROUP = "synthesis"
 ROUNDS = dg.DynamicPartitionsDefinition(name="synthesis_rounds")
@@ -63,18 +62,13 @@ def synthesis_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapsho
     config, db = profile.config(), store.open()
     eval_texts = decontamination_texts(db, seed_samples.source, seed_samples.holdout_ids, config.evaluation)
     mlflow = tracker.tracker()
-    mlflow_run = mlflow.start_run(f"round-{round_number}", tags={"dagster_run_id": context.run_id,
-                                                                 "stage": "synthesis", "round": round_number})
-    try:
+    tags = {"dagster_run_id": context.run_id, "stage": "synthesis", "round": round_number}
+    with mlflow.run(f"round-{round_number}", tags=tags) as mlflow_run:  # ends FAILED if anything below raises
         with retry_transient_only():  # a rerun resumes from the generation and vector caches
             report = run_round(db, round_number, engines=engines.engines("generator", "teacher"), proxy=proxy.open,
                                config=config, eval_texts=eval_texts, seed_source=seed_samples.source,
                                run_id=context.run_id, progress=_progress_logger(context, round_number))
         plots_md = _track_round(context, mlflow, mlflow_run, config, report, db)
-    except BaseException:
-        mlflow.end_run(mlflow_run, "FAILED")
-        raise
-    mlflow.end_run(mlflow_run)
     _unmaterialize_stale_rounds(context, db, round_number)
     context.log.info(f"round {round_number}: accepted {report.accepted} of {report.problems_parsed} parsed "
                      f"problems; G-Vendi {report.g_vendi_before:.3f} -> {report.g_vendi_after:.3f} "
@@ -120,8 +114,7 @@ def _track_round(context: dg.AssetExecutionContext, mlflow, mlflow_run: str, con
                  db) -> dict:
     """Log the round's parameters, metrics and plots to MLflow; return the plots as metadata."""
     syn = config.synthesis
-    history = db.query(f"SELECT round, n_pool, n_accepted AS accepted, g_vendi_before, g_vendi_after, "
-                       f"g_vendi_random FROM {S.SYNTHESIS_ROUNDS} ORDER BY round")
+    history = round_history(db)
     gv_png = plots.series_png(history["round"].to_list(), {
         "after (gradient filter)": history["g_vendi_after"].to_list(),
         "random control": history["g_vendi_random"].to_list(),

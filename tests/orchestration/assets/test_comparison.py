@@ -7,7 +7,8 @@ import json
 import dagster as dg
 import pytest
 
-from prismatic_assets.orchestration.assets.comparison import CompareConfig, dataset_comparison
+from prismatic_assets.infra.config import CompareConfig
+from prismatic_assets.orchestration.assets.comparison import dataset_comparison
 from prismatic_assets.orchestration.resources import build_resources
 from prismatic_assets.store.store import MetadataStore
 from tests.conftest import write_profile
