@@ -76,7 +76,7 @@ def dataset_comparison(context: dg.AssetExecutionContext, config: CompareRunConf
     sets = []
     if settings.include_seed:
         seed_config = profile.config().seed
-        seed = load_seed(seed_config)
+        seed = load_seed(seed_config, profile.config().world)
         sets.append(LoadedSet(SEED_SET, f"seed pool ({seed_config.source})", list(seed.pool),
                               list(seed.result.rejections)))
     if settings.datasets:
