@@ -208,8 +208,8 @@ def _print_arms_summary(settings) -> None:
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    print(f"[demo] G-Vendi of each arm's pool after each round (gain over the round), accepted per round; "
-          f"budget {settings.arms.budget} per arm:")
+    print(f"[demo] per round and arm: accepted (shortfall) of budget {settings.arms.budget}, candidates that passed "
+          f"the sparse-cluster filter, G-Vendi and (family, level) coverage of the arm's pool:")
     for line in summary_lines(store, settings.arms.arms):
         print("  " + line)
     table = settings.data_path / "plots" / "arms-accuracy.md"
@@ -221,7 +221,7 @@ def _print_arms_summary(settings) -> None:
         print("[demo] accuracies: not computed in this run (make experiment trains one student per arm)")
     print(f"[demo] metadata store: {settings.store_path}")
     print("[demo] Dagster UI: make ui, then http://127.0.0.1:3000 -> Assets -> arm_round (metadata: per_arm, "
-          "g_vendi_per_arm chart) and arm_students")
+          "charts; Plots: g_vendi/<arm>, cells/<arm>, cell_entropy/<arm>) and arm_students")
     print(f"[demo] MLflow: mlflow ui --backend-store-uri sqlite:///{settings.data_path / 'mlflow.db'} "
           "-> experiment 'prismatic', runs arms-round-N (plots/) and arm-students")
 
@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print a JSON report (no progress bar)")
     score.set_defaults(func=_cmd_score)
 
-    demo = sub.add_parser("demo", help="the backbone, then the arm rounds (prismatic vs random vs naive), "
-                                       "through Dagster")
+    demo = sub.add_parser("demo", help="the backbone, then the arm rounds (prismatic, prismatic_targeted, random, "
+                                       "naive), through Dagster")
     demo.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
     demo.set_defaults(func=_cmd_demo, experiment=False)
 
