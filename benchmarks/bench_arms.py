@@ -208,10 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - began
     table, lines = summarize(runs, base.arms.arms, args.draws)
     seconds = {f"{r:g}": [run["seconds"] for run in per] for r, per in runs.items()}
-    head = [f"# Arms over {args.seeds} seeds x {args.draws} redraws ({'tiny proxy' if args.tiny else base.proxy.model}, "
-            f"budget {base.arms.budget}, {base.arms.rounds} rounds, {base.arms.requests_per_round} requests per arm per "
-            f"round)", "", f"Wall time {total:.0f} s in all; per whole run (seed pool, rounds, redraws): "
-            + "; ".join(f"ratio {r}: " + ", ".join(f"{s:.0f}" for s in v) + " s" for r, v in seconds.items()) + "."]
+    proxy_name = "tiny proxy" if args.tiny else base.proxy.model
+    per_run = "; ".join(f"ratio {r}: " + ", ".join(f"{s:.0f}" for s in v) + " s" for r, v in seconds.items())
+    head = [f"# Arms over {args.seeds} seeds x {args.draws} redraws ({proxy_name}, budget {base.arms.budget}, "
+            f"{base.arms.rounds} rounds, {base.arms.requests_per_round} requests per arm per round)", "",
+            f"Wall time {total:.0f} s in all; per whole run (seed pool, rounds, redraws): {per_run}."]
     write_results("arms", {"seeds": args.seeds, "draws": args.draws, "ratios": ratios, "tiny": args.tiny,
                            "seconds": seconds, "total_seconds": total, "summary": table,
                            "runs": {f"{r:g}": per for r, per in runs.items()}},

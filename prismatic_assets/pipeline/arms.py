@@ -441,6 +441,7 @@ def summary_lines(store: MetadataStore, arms: Sequence[str]) -> list[str]:
             continue
         lines.append(f"| {row['round']} | {row['arm']} | {row['n_accepted']} ({row['shortfall']}) | "
                      f"{row['n_passed_filter']} of {row['n_verified']} | {row['g_vendi_before']:.2f} -> "
-                     f"{row['g_vendi_after']:.2f} ({row['gain']:+.2f}) | {row['cells_before']} -> {row['cells_after']} | "
+                     f"{row['g_vendi_after']:.2f} ({row['gain']:+.2f}) | "
+                     f"{row['cells_before']} -> {row['cells_after']} | "
                      f"{row['cell_entropy_before']:.3f} -> {row['cell_entropy_after']:.3f} |")
     return lines

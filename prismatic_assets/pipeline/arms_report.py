@@ -68,8 +68,10 @@ def log_arm_round(tracker, run: str, store: MetadataStore, report: ArmRoundRepor
     """Log one round to its MLflow run: settings, the round's numbers (step = round), each
     figure's whole history per arm (so the run's charts show every round so far), and the PNG
     charts. Returns the chart files written under ``<data_dir>/plots``."""
-    tracker.log_params(run, {"round": report.round, "arms": config.arms.model_dump(mode="json", exclude={"experiment"}),
-                             "world": config.world.model_dump(mode="json"), "clustering_ratio": config.clustering.ratio})
+    tracker.log_params(run, {"round": report.round,
+                             "arms": config.arms.model_dump(mode="json", exclude={"experiment"}),
+                             "world": config.world.model_dump(mode="json"),
+                             "clustering_ratio": config.clustering.ratio})
     tracker.log_metrics(run, round_numbers(report), step=report.round)
     for name, lines in history(store, config.arms.arms).items():
         for arm, points in lines.items():

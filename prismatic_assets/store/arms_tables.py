@@ -212,8 +212,8 @@ def round_candidates(store: MetadataStore, round: int, arm: str) -> pl.DataFrame
 def accepted_cells(store: MetadataStore) -> pl.DataFrame:
     """How many samples of each (family, level) cell each arm accepted per round."""
     return store.query(f"SELECT a.round, a.arm, c.family, c.level, count(*) AS n FROM {S.ARM_ACCEPTED} a "
-                       f"JOIN {S.ARM_CANDIDATES} c ON c.round = a.round AND c.arm = a.arm AND c.sample_id = a.sample_id "
-                       f"GROUP BY ALL ORDER BY a.round, a.arm, c.family, c.level")
+                       f"JOIN {S.ARM_CANDIDATES} c ON c.round = a.round AND c.arm = a.arm "
+                       f"AND c.sample_id = a.sample_id GROUP BY ALL ORDER BY a.round, a.arm, c.family, c.level")
 
 
 def clear_arm_rounds(store: MetadataStore) -> None:

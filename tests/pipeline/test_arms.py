@@ -169,7 +169,7 @@ def test_g_vendi_and_cell_coverage_match_an_independent_computation(three_rounds
     seed = store.load_samples(where="origin = 'seed' AND split = 'pool'")
     key, dim = reports[0].embedding_key, tiny_embedder.dim
     for report in reports:
-        for arm, result in report.arms.items():
+        for arm in report.arms:
             pool = arm_pool(store, arm, report.round + 1, seed)  # the pool after this round
             cells = Counter((s.meta["family"], s.meta["level"]) for s in pool)
             p = np.array(list(cells.values())) / len(pool)
@@ -254,7 +254,8 @@ def test_a_killed_round_reruns_to_the_same_rows(three_rounds, tmp_path, tiny_emb
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 137, proc.stderr[-3000:]
-    assert killed.query(f"SELECT count(*) AS n FROM {S.ARM_ROUNDS} WHERE round = 2")["n"][0] == 0  # nothing half-written
+    # nothing half-written
+    assert killed.query(f"SELECT count(*) AS n FROM {S.ARM_ROUNDS} WHERE round = 2")["n"][0] == 0
     _round(killed, tiny_embedder, 2, run_id="rerun")
     expected = {t: [row for row in rows if row[0 if t != S.ARM_ACCEPTED else 2] <= 2]
                 for t, rows in snapshot(store).items()}
@@ -352,3 +353,29 @@ def test_the_sparse_cluster_order_and_the_other_arms():
         [2, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="unknown arm 'greedy'"):
         choose("greedy", 3, 1, rng_seed=0)
+
+
+def test_each_round_logs_its_numbers_history_and_charts_to_mlflow(three_rounds, tmp_path):
+    from prismatic_assets.core.tracking import Tracker
+    from prismatic_assets.pipeline.arms_report import arm_table, log_arm_round, round_numbers
+
+    store, reports = three_rounds
+    config = build_config({**VALUES, "data_dir": str(tmp_path / "data")})
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracker.run("arms-round-3") as run:
+        charts = log_arm_round(tracker, run, store, reports[2], config)
+    assert sorted(charts) == ["cell_entropy", "cells", "g_vendi"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in charts.values())
+    client = tracker.client
+    assert client.get_run(run).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run, "plots")} == {f"plots/arms-round-3-{n}.png" for n in charts}
+    rows = store.query(f"SELECT round, g_vendi_before, g_vendi_after, cells_after FROM {S.ARM_ROUNDS} "
+                       f"WHERE arm = 'random' ORDER BY round").rows()
+    history = client.get_metric_history(run, "g_vendi_by_round/random")
+    history = sorted(history, key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    assert [m.value for m in history] == pytest.approx([rows[0][1]] + [after for _, _, after, _ in rows])
+    numbers = round_numbers(reports[2])
+    assert numbers["cells/random"] == rows[2][3] and numbers["accepted/prismatic_targeted"] == 4
+    assert client.get_run(run).data.metrics["g_vendi/random"] == pytest.approx(rows[2][2])
+    assert arm_table(reports[2]).count("\n") == 1 + 4
