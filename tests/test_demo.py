@@ -1,7 +1,8 @@
 """`prismatic experiment` and `prismatic pipeline` end to end through the real `dagster` CLI, on a tiny profile.
 
-Same commands as `make experiment` (backbone, the arm rounds, one student per arm scored on
-held-out tasks), then the paper's path (two LLM synthesis rounds, distillation, evaluation)
+Same commands as `make experiment` (backbone on the procedural world's seed pool, the arm
+rounds, one student per arm scored on held-out tasks), then the paper's path (two LLM
+synthesis rounds from the same seed pool, distillation, evaluation)
 and the round benchmark, with a tiny
 random-init model in every role so it runs in minutes; the packaged model's paths are
 covered by the asset tests.
@@ -30,7 +31,7 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     llm = {"backend": "transformers", "model": tiny_model_dir}
     profile = {
         "profile": "tiny", "data_dir": str(tmp_path / "data"),
-        "seed": {"source": "champ", "limit": 30, "holdout_fraction": 0.2},
+        "seed": {"source": "world", "holdout_fraction": 0.2},
         "proxy": {"model": tiny_model_dir, "max_length": 256},
         "projection": {"dim": 64},
         "clustering": {"ratio": 0.2},
@@ -39,9 +40,11 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
         "distill": {"student": tiny_model_dir, "launcher": "python",
                     "sft": {"max_steps": 2, "save_steps": 1, "max_length": 256}},
         "evaluation": {"engine": {"backend": "transformers"}, "gsm_symbolic": 2, "max_tokens": 8},
-        "arms": {"rounds": 2, "budget": 3, "source": {"families": ["gcd", "leg_counting"], "levels": [0],
-                                                      "candidates_per_round": 8},
-                 "experiment": {"max_steps": 2, "eval_per_family": 1, "ood_families": ["spell_backward"],
+        "world": {"families": ["basic_arithmetic", "gcd", "leg_counting", "letter_counting"], "levels": [0, 1],
+                  "pool": {"size": 24, "family_zipf": 1.0}, "held_out_per_family": 1},
+        # two of the four arms (the pipeline tests run all four): the targeted variant and the control
+        "arms": {"arms": ["prismatic_targeted", "random"], "rounds": 2, "budget": 2, "requests_per_round": 3,
+                 "experiment": {"max_steps": 2, "batch_size": 2, "ood_families": ["spell_backward"],
                                 "max_tokens": 8}},
     }
     config = tmp_path / "tiny.yaml"
@@ -68,19 +71,21 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
                                                     "backbone_job"]
         assert {r.remote_job_origin.location_name for r in runs} == {"prismatic"}
     store = MetadataStore(tmp_path / "data" / "prismatic.duckdb")
-    arms = store.query("SELECT round, arm, n_accepted FROM arm_rounds ORDER BY round, arm").rows()
-    assert arms == [(r, a, 3) for r in (1, 2) for a in ("naive", "prismatic", "random")]
-    assert "| 2 | " in proc.stdout and "prismatic gain - random gain" in proc.stdout  # the closing summary
-    assert "| prismatic | " in proc.stdout and "out_of_distribution" in proc.stdout  # the students' table
+    arms = store.query("SELECT round, arm, n_accepted, n_candidates FROM arm_rounds ORDER BY round, arm").rows()
+    assert arms == [(r, a, 2, 6) for r in (1, 2) for a in ("prismatic_targeted", "random")]
+    assert store.query("SELECT DISTINCT source FROM samples WHERE origin = 'seed'")["source"].to_list() == ["world"]
+    # the closing summary: per round and arm, G-Vendi and (family, level) coverage
+    assert "| 2 | prismatic_targeted | 2 (0) |" in proc.stdout and "cells before -> after" in proc.stdout
+    assert "| prismatic_targeted | " in proc.stdout and "out_of_distribution" in proc.stdout  # the students' table
     roles = store.query("SELECT model_role, count(*) AS n FROM eval_results GROUP BY 1 ORDER BY 1").rows()
-    assert roles == [("arm:base", 3), ("arm:naive", 3), ("arm:prismatic", 3), ("arm:random", 3)]
+    assert roles == [(f"arm:{m}", 4 + 1) for m in ("base", "prismatic_targeted", "random")]
 
     # The demo again: every arm round is complete, so it runs none and the store is unchanged.
     again = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "demo", "--profile", str(config)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
-    assert "arm round " not in again.stdout
-    assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 3 * 3
+    assert "arm round " not in again.stdout and "arm_round[" not in again.stdout
+    assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 2 * 2
 
     # The paper's path: the backbone (cached), two LLM synthesis rounds, distillation, evaluation.
     pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "2", "--profile",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, TypeVar
+from typing import Any, Literal, Mapping, Optional, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,7 +56,8 @@ class _Block(BaseModel):
 
 
 class SeedConfig(_Block):
-    source: str = Field("champ", description="'champ', a .jsonl/.json/.parquet path, or hf:owner/name[:split]")
+    source: str = Field("champ", description="'champ', 'world' (the procedural world of the `world` block), a "
+                        ".jsonl/.json/.parquet path, or hf:owner/name[:split]")
     fields: Optional[str] = Field(None, description="field mapping, e.g. prompt=question,response=solution")
     limit: Optional[int] = Field(None, ge=1, description="load only the first N valid rows")
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="kept out of the pool for evaluation")
@@ -216,51 +217,92 @@ class CompareConfig(_Block):
     examples: int = Field(2, ge=0, description="samples shown per distinguishing cluster")
 
 
-class ProceduralConfig(_Block):
-    """Candidates from reasoning-gym's task generators (`core/procedural.py`), checked by each task's scorer."""
+class WorldPoolConfig(_Block):
+    """The shape of the world's seed pool (`seed.source: world`): skewed as real data sets are."""
+
+    size: int = Field(150, ge=1, description="seed problems drawn, before the seed.holdout_fraction split")
+    family_zipf: float = Field(1.5, ge=0, description="family at rank r (its place in world.families) weighs "
+                               "r**-family_zipf: 1.5 puts half the pool in the first family, ~1.6% in the tenth")
+    level_decay: float = Field(0.4, gt=0, le=1, description="level j weighs level_decay**j: 0.4 gives about 64% "
+                               "/ 26% / 10% over three levels")
+
+
+class WorldGeneratorConfig(_Block):
+    """The pool-conditioned generator (`core/world.py`), the procedural stand-in for the paper's few-shot LLM."""
+
+    few_shot: int = Field(5, ge=1, description="pool problems shown per request (the paper: 5)")
+    new_per_request: int = Field(2, ge=1, description="problems written per request (the paper: 2)")
+    same_cell: float = Field(0.7, ge=0, le=1, description="share that keeps an exemplar's family and level")
+    neighbour_level: float = Field(0.2, ge=0, le=1, description="share at the exemplar's family one level up "
+                                   "(one down at the top level)")
+    new_family: float = Field(0.1, ge=0, le=1, description="share of a family none of the request's exemplars has")
+    max_attempts: int = Field(20, ge=1, description="tries per problem for one not seen before (else the slot is a "
+                              "recorded 'no_fresh_problem')")
+
+    @model_validator(mode="after")
+    def _shares_add_up(self) -> "WorldGeneratorConfig":
+        total = self.same_cell + self.neighbour_level + self.new_family
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"same_cell + neighbour_level + new_family = {total:g}: the three shares must add up "
+                             "to 1")
+        return self
+
+
+class WorldConfig(_Block):
+    """A procedural world of reasoning-gym task families x difficulty levels (`core/world.py`).
+
+    It supplies the seed pool (`seed.source: world`), the arms' candidates and the students'
+    held-out problems. `families` are in rank order: the first is the most frequent in the
+    seed pool."""
 
     families: tuple[str, ...] = Field(
-        ("basic_arithmetic", "chain_sum", "gcd", "lcm", "leg_counting", "count_bits", "simple_equations",
-         "letter_counting", "products", "base_conversion"), description="reasoning-gym tasks candidates come from")
-    levels: tuple[int, ...] = Field((0, 1, 2), description="curriculum difficulty levels, spread evenly")
-    candidates_per_round: int = Field(120, ge=1, description="problems generated (and embedded) once per round")
-    seed: int = 0
+        ("basic_arithmetic", "gcd", "simple_equations", "letter_counting", "lcm", "count_bits", "base_conversion",
+         "leg_counting", "chain_sum", "products"),
+        description="reasoning-gym tasks with a derivation (or worked solution), most frequent first")
+    levels: tuple[int, ...] = Field((0, 1, 2), description="curriculum levels, each its own band of difficulty")
+    seed: int = Field(0, description="seed of the seed pool and of every generator request")
+    pool: WorldPoolConfig = WorldPoolConfig()
+    generator: WorldGeneratorConfig = WorldGeneratorConfig()
+    held_out_per_family: int = Field(12, ge=1, description="held-out problems per family (spread over the levels) "
+                                     "the students are scored on; never in a seed pool or accepted")
+    held_out_seed: int = Field(10_007, description="seed of the held-out problems")
 
 
 class ExperimentConfig(_Block):
     """`prismatic experiment`: one student per arm, trained alike, scored on held-out tasks."""
 
-    max_steps: int = Field(40, ge=1, description="optimizer steps per student (the same for every arm)")
-    eval_per_family: int = Field(8, ge=1, description="held-out problems per task family and split")
+    max_steps: int = Field(150, ge=1, description="optimizer steps per student (the same for every arm)")
+    batch_size: int = Field(8, ge=1, description="samples per step per student (distill.sft.per_device_batch_size "
+                            "for the students)")
     ood_families: tuple[str, ...] = Field(
         ("fraction_simplification", "prime_factorization", "time_intervals", "spell_backward"),
-        description="tasks never used for candidates: the out-of-distribution split")
-    eval_seed: int = Field(10_007, description="seed of the held-out problems (never a candidate seed)")
-    max_tokens: int = Field(64, ge=1, description="answer tokens per held-out problem")
+        description="tasks never offered to any arm: the out-of-distribution split (world.held_out_per_family "
+                    "each, at world.levels)")
+    max_tokens: int = Field(320, ge=1, description="answer tokens per held-out problem (room for a derivation)")
+
+
+ArmName = Literal["prismatic", "prismatic_targeted", "random", "naive"]
+#: Every arm, in the order the demo reports them.
+ARM_NAMES: tuple[str, ...] = get_args(ArmName)
 
 
 class ArmsConfig(_Block):
     """Arms compared round by round at an equal acceptance budget (`pipeline/arms.py`, `prismatic demo`)."""
 
-    arms: tuple[Literal["prismatic", "random", "naive"], ...] = Field(
-        ("prismatic", "random", "naive"), description="prismatic: sparse clusters first; random: the control; "
-                                                      "naive: generation order")
+    arms: tuple[ArmName, ...] = Field(
+        ARM_NAMES, description="prismatic: the sparse-cluster filter, then a draw; prismatic_targeted: exemplars "
+                               "from one sparse cluster per request, then the filter; random: a draw (the "
+                               "control); naive: generation order")
     rounds: int = Field(3, ge=1, description="rounds `prismatic demo` runs after the backbone")
-    budget: int = Field(24, ge=1, description="samples each arm accepts per round")
-    source: ProceduralConfig = ProceduralConfig()
+    requests_per_round: int = Field(15, ge=1, description="generator requests per arm per round, each writing "
+                                    "world.generator.new_per_request problems from the arm's own pool")
+    budget: int = Field(8, ge=1, description="samples each arm accepts per round")
     experiment: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")
-    def _budget_fits(self) -> "ArmsConfig":
-        if self.budget > self.source.candidates_per_round:
-            raise ValueError(f"budget={self.budget} > source.candidates_per_round={self.source.candidates_per_round}:"
-                             " no arm could fill its budget; raise candidates_per_round or lower the budget")
+    def _distinct(self) -> "ArmsConfig":
         if len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms={list(self.arms)} names an arm twice")
-        overlap = sorted(set(self.source.families) & set(self.experiment.ood_families))
-        if overlap:
-            raise ValueError(f"experiment.ood_families {overlap} are also candidate families: the "
-                             "out-of-distribution split must use tasks never used for candidates")
         return self
 
 
@@ -282,6 +324,7 @@ class Config(_Block):
     distill: DistillConfig = DistillConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     compare: CompareConfig = CompareConfig()
+    world: WorldConfig = WorldConfig()
     arms: ArmsConfig = ArmsConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -298,6 +341,19 @@ class Config(_Block):
             raise ValueError("projection.kind=rademacher with proxy.device=cpu and every parameter: a dense "
                              "projection of ~1e8 dims takes minutes per sample on a CPU; set "
                              "projection.kind: countsketch, or restrict proxy.params, or use a GPU")
+        offered = self.arms.requests_per_round * self.world.generator.new_per_request
+        if self.arms.budget > offered:
+            raise ValueError(f"arms.budget={self.arms.budget} > arms.requests_per_round x "
+                             f"world.generator.new_per_request = {offered}: no arm could fill its budget; raise "
+                             "arms.requests_per_round or lower arms.budget")
+        overlap = sorted(set(self.world.families) & set(self.arms.experiment.ood_families))
+        if overlap:
+            raise ValueError(f"arms.experiment.ood_families {overlap} are also in world.families: the "
+                             "out-of-distribution split must use tasks no arm is offered")
+        if len(self.world.levels) < 2 and self.world.generator.neighbour_level > 0:
+            raise ValueError(f"world.generator.neighbour_level={self.world.generator.neighbour_level} but "
+                             f"world.levels={list(self.world.levels)} has one level: add a level, or set "
+                             "neighbour_level to 0 and same_cell to match")
         return self
 
     @property

@@ -228,8 +228,8 @@ def _print_arms_summary(settings, say) -> None:
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    say(f"G-Vendi of each arm's pool after each round (gain over the round), accepted per round; "
-        f"budget {settings.arms.budget} per arm:")
+    say(f"Per round and arm: accepted (shortfall) of budget {settings.arms.budget}, candidates that passed the "
+        "sparse-cluster filter, G-Vendi and (family, level) coverage of the arm's pool:")
     for line in summary_lines(store, settings.arms.arms):
         say("  " + line)
     table = settings.data_path / "plots" / "arms-accuracy.md"
@@ -240,9 +240,10 @@ def _print_arms_summary(settings, say) -> None:
     else:
         say("Accuracies: not computed in this run (make experiment trains one student per arm).")
     say(f"Metadata store: {settings.store_path}")
-    say(f"Dagster UI: make ui, then {UI_URL} (Overview: these runs; Assets > arm_round > Plots: G-Vendi per arm)")
+    say(f"Dagster UI: make ui, then {UI_URL} (Assets > arm_round: per_arm, charts; Plots: g_vendi/<arm>, "
+        "cells/<arm>, cell_entropy/<arm>; arm_students)")
     say(f"MLflow: mlflow ui --backend-store-uri sqlite:///{settings.data_path / 'mlflow.db'} "
-        "(experiment 'prismatic': arms-round-N, arm-students)")
+        "(experiment 'prismatic': arms-round-N with plots/, arm-students)")
 
 
 def _print_summary(settings, say) -> None:
@@ -297,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_proxy_options(score)
     score.set_defaults(func=_cmd_score)
 
-    demo = sub.add_parser("demo", help="the backbone, then the arm rounds (prismatic vs random vs naive), "
-                                       "through Dagster")
+    demo = sub.add_parser("demo", help="the backbone, then the arm rounds (prismatic, prismatic_targeted, random, "
+                                       "naive), through Dagster")
     demo.add_argument("--profile", default=None, help="local (default) or paper, or a YAML path")
     demo.set_defaults(func=_cmd_demo, experiment=False)
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 from prismatic_assets.core.gradients import Embedding
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.infra.config import CompareConfig, SeedConfig
+from prismatic_assets.infra.config import CompareConfig, SeedConfig, WorldConfig
 from prismatic_assets.pipeline.compare import ComparisonReport, compare_sets, store_comparison
 from prismatic_assets.pipeline.datasets import LoadedSet, load_sets
 from prismatic_assets.pipeline.embedder import Embedder
@@ -37,9 +37,10 @@ class ComparisonSets:
     notes: list[str] = field(default_factory=list)
 
 
-def comparison_sets(settings: CompareConfig, seed: SeedConfig) -> ComparisonSets:
+def comparison_sets(settings: CompareConfig, seed: SeedConfig, world: WorldConfig | None = None) -> ComparisonSets:
     """The sets to compare: the seed pool (`include_seed`) and `datasets`; ValueError naming the fix when
-    there is nothing to compare or the names do not match the data sets."""
+    there is nothing to compare or the names do not match the data sets. `world`: the profile's world
+    block, needed when the seed source is 'world'."""
     if not settings.datasets and not settings.include_seed:
         raise ValueError("nothing to compare: list data sets under `compare.datasets` in the profile, or set "
                          "`compare.include_seed: true` to report the seed pool")
@@ -48,7 +49,7 @@ def comparison_sets(settings: CompareConfig, seed: SeedConfig) -> ComparisonSets
                          "data sets: give one name per data set, or none")
     sets: list[LoadedSet] = []
     if settings.include_seed:
-        loaded = load_seed(seed)
+        loaded = load_seed(seed, world)
         sets.append(LoadedSet(SEED_SET, f"seed pool ({seed.source})", list(loaded.pool),
                               list(loaded.result.rejections)))
     if settings.datasets:

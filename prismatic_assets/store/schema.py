@@ -27,6 +27,8 @@ SYNTHESIS_ROUNDS = "synthesis_rounds"
 ARM_CANDIDATES = "arm_candidates"
 ARM_ACCEPTED = "arm_accepted"
 ARM_ROUNDS = "arm_rounds"
+# Arms in the pool-conditioned world (migration 6): each arm's own requests and candidates.
+ARM_REQUESTS = "arm_requests"
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,89 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             embedding_key   VARCHAR NOT NULL,
             g_vendi_before  DOUBLE NOT NULL,
             g_vendi_after   DOUBLE NOT NULL,
+            settings        JSON NOT NULL,
+            run_id          VARCHAR,
+            finished_at     TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (round, arm)
+        );
+    """),
+    Migration(6, "arms in a pool-conditioned world: each arm's own requests and candidates, coverage per round "
+                 "(the shared-candidate tables of migration 5 are kept as arm_*_v5)", f"""
+        ALTER TABLE {ARM_CANDIDATES} RENAME TO {ARM_CANDIDATES}_v5;
+        ALTER TABLE {ARM_ACCEPTED} RENAME TO {ARM_ACCEPTED}_v5;
+        ALTER TABLE {ARM_ROUNDS} RENAME TO {ARM_ROUNDS}_v5;
+        CREATE TABLE {ARM_REQUESTS} (           -- one generator request of one arm
+            round           INTEGER NOT NULL,
+            arm             VARCHAR NOT NULL,
+            request         INTEGER NOT NULL,
+            request_seed    BIGINT NOT NULL,      -- the generator's seed for this request
+            strategy        VARCHAR NOT NULL,     -- 'random' | 'sparse_cluster' (exemplars from one sparse cluster)
+            target_cluster  INTEGER,              -- that cluster, in the arm's pool clustering
+            exemplar_ids    VARCHAR[] NOT NULL,   -- the arm's pool problems shown, in order
+            exemplar_cells  VARCHAR[] NOT NULL,   -- 'family:level' of each
+            clustering_id   VARCHAR NOT NULL,
+            run_id          VARCHAR,
+            PRIMARY KEY (round, arm, request)
+        );
+        CREATE TABLE {ARM_CANDIDATES} (         -- evidence per written problem; acceptances live apart
+            round           INTEGER NOT NULL,
+            arm             VARCHAR NOT NULL,
+            sample_id       VARCHAR NOT NULL,
+            request         INTEGER NOT NULL,
+            slot            INTEGER NOT NULL,
+            position        INTEGER NOT NULL,     -- generation order within the arm's round
+            mode            VARCHAR NOT NULL,     -- 'same_cell' | 'neighbour_level' | 'new_family' | 'same_cell_fallback'
+            exemplar_id     VARCHAR NOT NULL,     -- the exemplar it was written from
+            family          VARCHAR NOT NULL,
+            level           INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL,     -- problems drawn until one not seen before
+            prompt          VARCHAR,              -- NULL: no fresh problem was found
+            response        VARCHAR,
+            answer          VARCHAR,
+            source_ref      VARCHAR,
+            content_hash    VARCHAR,              -- keys the embedding cache (shared by identical texts)
+            problem_key     VARCHAR,              -- normalized prompt
+            status          VARCHAR NOT NULL,     -- 'verified' | 'rejected'
+            reason          VARCHAR,              -- why rejected: no_fresh_problem, duplicate_held_out, contaminated, ...
+            cluster         INTEGER,              -- nearest centroid of the arm's pool clustering (verified only)
+            similarity      DOUBLE,
+            cluster_size    INTEGER,
+            in_sparse       BOOLEAN,              -- that cluster is sparse: the paper's filter passes it
+            run_id          VARCHAR,
+            PRIMARY KEY (round, arm, sample_id)
+        );
+        CREATE TABLE {ARM_ACCEPTED} (
+            arm             VARCHAR NOT NULL,
+            sample_id       VARCHAR NOT NULL,
+            round           INTEGER NOT NULL,
+            rank            INTEGER NOT NULL,     -- order of acceptance within the round
+            PRIMARY KEY (arm, sample_id)
+        );
+        CREATE TABLE {ARM_ROUNDS} (
+            round           INTEGER NOT NULL,
+            arm             VARCHAR NOT NULL,
+            budget          INTEGER NOT NULL,
+            n_requests      INTEGER NOT NULL,
+            n_candidates    INTEGER NOT NULL,
+            n_verified      INTEGER NOT NULL,
+            n_passed_filter INTEGER NOT NULL,     -- verified candidates whose nearest cluster is sparse
+            n_accepted      INTEGER NOT NULL,
+            shortfall       INTEGER NOT NULL,     -- budget - accepted: fewer verified candidates than the budget
+            n_in_sparse     INTEGER NOT NULL,     -- accepted samples whose cluster is sparse
+            n_pool_before   INTEGER NOT NULL,
+            k               INTEGER NOT NULL,
+            n_sparse        INTEGER NOT NULL,
+            clustering_id   VARCHAR NOT NULL,
+            pool_digest     VARCHAR NOT NULL,     -- hash of the arm's pool sample ids the round started from
+            embedding_key   VARCHAR NOT NULL,
+            g_vendi_before  DOUBLE NOT NULL,
+            g_vendi_after   DOUBLE NOT NULL,
+            cells_before    INTEGER NOT NULL,     -- distinct (family, level) cells in the pool
+            cells_after     INTEGER NOT NULL,
+            cell_entropy_before DOUBLE NOT NULL,  -- Shannon entropy (nats) of the pool's cell counts
+            cell_entropy_after  DOUBLE NOT NULL,
+            rejected        JSON NOT NULL,        -- {{reason: count}}
+            modes           JSON NOT NULL,        -- {{generator mode: count}} of the candidates
             settings        JSON NOT NULL,
             run_id          VARCHAR,
             finished_at     TIMESTAMP DEFAULT current_timestamp,

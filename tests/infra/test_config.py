@@ -52,6 +52,12 @@ def test_every_shipped_profile_loads(profile):
     ({"projection": {"kind": "rademacher"}}, r"set projection.kind: countsketch"),
     ({"synthesis": {"teacher": {"tensor_parallel_size": 2, "devices": [0]}}}, r"one GPU per shard"),
     ({"distill": {"sft": {"sharding": "zero2"}}}, r"sharding='zero2': choose one of"),
+    ({"arms": {"budget": 31}}, r"arms.budget=31 > arms.requests_per_round x world.generator.new_per_request = 30"),
+    ({"arms": {"arms": ["random", "random"]}}, r"names an arm twice"),
+    ({"arms": {"arms": ["prismatic", "greedy"]}}, r"arms.arms.1: Input should be 'prismatic', 'prismatic_targeted'"),
+    ({"arms": {"experiment": {"ood_families": ["gcd"]}}}, r"ood_families \['gcd'\] are also in world.families"),
+    ({"world": {"generator": {"same_cell": 0.8}}}, r"same_cell \+ neighbour_level \+ new_family = 1.1"),
+    ({"world": {"levels": [0]}}, r"neighbour_level=0.2 but world.levels=\[0\] has one level"),
 ])
 def test_bad_profiles_name_the_file_the_key_and_the_choices(tmp_path, values, match):
     path = write_profile(tmp_path, values, name="bad")

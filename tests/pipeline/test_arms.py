@@ -1,5 +1,5 @@
-"""The arms' bookkeeping: candidates made once and shared, pools kept per arm, the budget
-respected, reruns that add nothing, and the order the sparse-cluster filter takes candidates.
+"""The arms in the procedural world: each arm generates from its own pool, accepts the budget by its
+rule, records G-Vendi and cell coverage; reruns add nothing, a killed round reruns to the same rows.
 
 Real parts: a DuckDB file, reasoning-gym's generators and scorers, per-sample gradients of a
 tiny random-init Llama with the packaged tokenizer.
@@ -8,34 +8,56 @@ tiny random-init Llama with the packaged tokenizer.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from prismatic_assets.core.samples import Sample, normalize_text
+from prismatic_assets.core.world import WorldError, draw_entry, world_item
 from prismatic_assets.infra.config import build_config
-from prismatic_assets.core.procedural import task_items, verify_item
-from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.arms import (ArmRoundOrderError, accepted_samples, arm_pool, choose, prismatic_order,
                                             run_arm_round, summary_lines)
-from prismatic_assets.pipeline.embeddings import embed_samples
+from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.pipeline.seed import load_seed, store_seed
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 
-ARMS = ("prismatic", "random", "naive")
-CONFIG = build_config({"clustering": {"ratio": 0.2},
-                       "arms": {"budget": 6, "source": {"families": ["basic_arithmetic", "gcd", "leg_counting"],
-                                                        "levels": [0, 1], "candidates_per_round": 18}}})
+ROOT = Path(__file__).resolve().parents[2]
+ARMS = ("prismatic", "prismatic_targeted", "random", "naive")
+VALUES = {"seed": {"source": "world", "holdout_fraction": 0.0}, "clustering": {"ratio": 0.2},
+          "world": {"families": ["basic_arithmetic", "gcd", "leg_counting", "letter_counting"],
+                    "pool": {"size": 24, "family_zipf": 1.0}, "held_out_per_family": 2},
+          "arms": {"requests_per_round": 5, "budget": 4}}
+CONFIG = build_config(VALUES)
+VARYING = {S.ARM_REQUESTS: " EXCLUDE (run_id)", S.ARM_CANDIDATES: " EXCLUDE (run_id)", S.ARM_ACCEPTED: "",
+           S.ARM_ROUNDS: " EXCLUDE (run_id, finished_at)"}
+
+
+def snapshot(store: MetadataStore, arm: str | None = None) -> dict:
+    """Every arm row, floats to 5 decimals: a gradient computed in another batch (other arms' candidates
+    beside it, sorted by length) differs in the last float32 bits, which moves a similarity or a
+    G-Vendi by ~1e-7; every id, count and decision must match exactly."""
+    where = f" WHERE arm = '{arm}'" if arm else ""
+    return {t: [tuple(round(v, 5) if isinstance(v, float) else v for v in row)
+                for row in store.query(f"SELECT *{cols} FROM {t}{where} ORDER BY ALL").rows()]
+            for t, cols in VARYING.items()}
 
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory, tiny_embedder):
+    """A store holding the world's seed pool and its vectors; each call returns a fresh copy."""
     template = tmp_path_factory.mktemp("arms") / "seeded.duckdb"
     store = MetadataStore(template)
-    seed = [Sample(f"unit:{i:02d}", f"Seed problem {i}: what is {i} times {i + 3}?",
-                   f"It is \\boxed{{{i * (i + 3)}}}.", answer=str(i * (i + 3)), source="unit") for i in range(20)]
-    store.replace_samples(source="unit", origin="seed", samples=seed, splits={}, rejections=[], run_id="seed")
-    embed_samples(seed, tiny_embedder, store)
+    seed = load_seed(CONFIG.seed, CONFIG.world)
+    store_seed(store, seed, "seed")
+    embed_samples(seed.pool, tiny_embedder, store)
 
     def copy(path) -> MetadataStore:
         shutil.copyfile(template, path)
@@ -45,7 +67,7 @@ def seeded(tmp_path_factory, tiny_embedder):
 
 def _round(store, tiny_embedder, round, config=CONFIG, **kw):
     return run_arm_round(store, round, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=config,
-                         seed_source="unit", **kw)
+                         seed_source="world", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -55,92 +77,200 @@ def three_rounds(tmp_path_factory, seeded, tiny_embedder):
     return store, reports
 
 
-def test_every_arm_accepts_the_budget_from_one_shared_candidate_set(three_rounds):
+def test_every_arm_accepts_the_budget_from_its_own_verified_candidates(three_rounds):
     store, reports = three_rounds
     for report in reports:
-        assert report.n_candidates == 18 and report.n_verified == 18 and report.rejected == {}
         assert set(report.arms) == set(ARMS)
-        verified = set(store.query(f"SELECT sample_id FROM {S.ARM_CANDIDATES} WHERE round = ? AND "
-                                   f"status = 'verified'", [report.round])["sample_id"].to_list())
         for arm, result in report.arms.items():
-            assert len(result.accepted) == 6  # the budget, for every arm
-            assert set(result.accepted) <= verified  # accepted only from the round's shared candidates
-    counts = store.query(f"SELECT round, arm, count(*) AS n FROM {S.ARM_ACCEPTED} GROUP BY 1, 2")
-    assert sorted(counts["n"].to_list()) == [6] * 9
-    # one candidate set per round, embedded once: 18 rows per round, each with one vector
-    assert store.query(f"SELECT count(*) AS n FROM {S.ARM_CANDIDATES}")["n"][0] == 54
+            assert len(result.candidates) == 10 and len(result.requests) == 5
+            assert len(result.accepted) == 4 and result.shortfall == 0
+            own = {c.sample.sample_id for c in result.verified}
+            assert set(result.accepted) <= own and all(sid.startswith(f"arm:{arm}:r{report.round}:")
+                                                       for sid in result.accepted)
+    rows = store.query(f"SELECT round, arm, n_accepted, shortfall, n_candidates FROM {S.ARM_ROUNDS} ORDER BY ALL")
+    assert rows.rows() == sorted((r, a, 4, 0, 10) for r in (1, 2, 3) for a in ARMS)
 
 
-def test_each_arm_grows_its_own_pool(three_rounds):
+def test_each_arms_exemplars_come_from_its_own_pool(three_rounds):
     store, reports = three_rounds
-    seed = store.load_samples(where="origin = 'seed'")
+    seed = store.load_samples(where="origin = 'seed' AND split = 'pool'")
+    for report in reports:
+        for arm in ARMS:
+            pool = {s.sample_id for s in arm_pool(store, arm, report.round, seed)}
+            assert len(pool) == len(seed) + 4 * (report.round - 1)
+            shown = store.query(f"SELECT exemplar_ids FROM {S.ARM_REQUESTS} WHERE round = ? AND arm = ?",
+                                [report.round, arm])["exemplar_ids"].to_list()
+            assert len(shown) == 5 and all(set(ids) <= pool for ids in shown)
     for arm in ARMS:
         own = accepted_samples(store, arm, 4)
-        assert len(own) == 18 and len({s.sample_id for s in own}) == 18  # no sample twice in one arm
         assert [s.sample_id for s in own] == [sid for r in reports for sid in r.arms[arm].accepted]
-        assert len(arm_pool(store, arm, 4, seed)) == 20 + 18
-        for r in reports:  # the pool each round started from: seed + that arm's earlier acceptances only
-            assert r.arms[arm].n_pool_before == 20 + 6 * (r.round - 1)
-    pools = {arm: {s.sample_id for s in accepted_samples(store, arm, 4)} for arm in ARMS}
-    assert pools["naive"] != pools["random"] != pools["prismatic"]
-    # naive takes generation order: the first 6 verified candidates of every round
-    for r in reports:
-        first = store.query(f"SELECT sample_id FROM {S.ARM_CANDIDATES} WHERE round = ? AND status = 'verified' "
-                            f"ORDER BY position LIMIT 6", [r.round])["sample_id"].to_list()
-        assert r.arms["naive"].accepted == first
 
 
-def test_candidates_never_repeat_a_problem_of_an_earlier_round(three_rounds):
+def test_arms_never_read_each_others_pools(three_rounds, seeded, tmp_path, tiny_embedder):
+    """The random arm run alone gives exactly the rows it got beside the three other arms."""
     store, _ = three_rounds
-    keys = store.query(f"SELECT problem_key, count(*) AS n FROM {S.ARM_CANDIDATES} WHERE status = 'verified' "
-                       f"GROUP BY 1 HAVING n > 1")
-    assert keys.is_empty()
+    alone = seeded(tmp_path / "alone.duckdb")
+    config = build_config({**VALUES, "arms": {**VALUES["arms"], "arms": ["random"]}})
+    for r in (1, 2):
+        _round(alone, tiny_embedder, r, config=config)
+    beside = {t: [row for row in rows if row[0] <= 2] for t, rows in snapshot(store, "random").items()
+              if t != S.ARM_ACCEPTED}
+    by_itself = {t: rows for t, rows in snapshot(alone, "random").items() if t != S.ARM_ACCEPTED}
+    settings = [i for i, c in enumerate(store.query(f"SELECT * EXCLUDE (run_id, finished_at) FROM {S.ARM_ROUNDS}")
+                                        .columns) if c == "settings"][0]
+
+    def without_settings(rows):  # the arms list differs, nothing else
+        return [row[:settings] + row[settings + 1:] for row in rows]
+    beside[S.ARM_ROUNDS], by_itself[S.ARM_ROUNDS] = (without_settings(beside[S.ARM_ROUNDS]),
+                                                     without_settings(by_itself[S.ARM_ROUNDS]))
+    assert beside == by_itself
 
 
-def test_g_vendi_per_arm_is_stored_and_summarized(three_rounds):
+def test_naive_takes_generation_order_and_the_filtered_arms_take_sparse_clusters_first(three_rounds):
     store, reports = three_rounds
-    rows = store.query(f"SELECT round, arm, g_vendi_before, g_vendi_after FROM {S.ARM_ROUNDS} ORDER BY round, arm")
-    assert len(rows) == 9
-    for r in reports:
-        for arm, result in r.arms.items():
-            row = rows.filter((rows["round"] == r.round) & (rows["arm"] == arm)).row(0, named=True)
-            assert row["g_vendi_after"] == pytest.approx(result.g_vendi_after)
-            assert result.g_vendi_after > 1.0
-    # each round starts from the pool the previous round ended with
-    for arm in ARMS:
+    for report in reports:
+        for arm, result in report.arms.items():
+            verified = [c for c in result.candidates if c.reason is None]
+            if arm == "naive":
+                assert result.accepted == [c.sample.sample_id for c in verified[:4]]
+            if arm in ("prismatic", "prismatic_targeted"):
+                passed = {c.sample.sample_id for c in verified if c.in_sparse}
+                taken = set(result.accepted)
+                assert taken <= passed if len(passed) >= 4 else passed <= taken
+    # the filter is a difference of rule: across the run, a filtered arm accepted more sparse-cluster
+    # candidates than it would by taking them in generation order
+    sparse = store.query(f"SELECT a.arm, count(*) FILTER (WHERE c.in_sparse) AS n FROM {S.ARM_ACCEPTED} a JOIN "
+                         f"{S.ARM_CANDIDATES} c USING (round, arm, sample_id) GROUP BY 1")
+    n = dict(sparse.rows())
+    assert n["prismatic"] >= n["naive"] and n["prismatic_targeted"] >= n["naive"]
+
+
+def test_the_targeted_arm_draws_each_request_from_one_sparse_cluster(three_rounds):
+    store, reports = three_rounds
+    for report in reports:
+        rows = store.query(f"SELECT r.request, r.strategy, r.target_cluster, r.exemplar_ids, r.clustering_id FROM "
+                           f"{S.ARM_REQUESTS} r WHERE round = ? AND arm = 'prismatic_targeted' ORDER BY request",
+                           [report.round])
+        for request in rows.iter_rows(named=True):
+            assert request["strategy"] == "sparse_cluster"
+            members = store.query(f"SELECT sample_id, cluster FROM {S.CLUSTER_MEMBERS} WHERE clustering_id = ?",
+                                  [request["clustering_id"]])
+            cluster_of = dict(members.rows())
+            assert {cluster_of[sid] for sid in request["exemplar_ids"]} == {request["target_cluster"]}
+            size, sparse = store.query(f"SELECT size, is_sparse FROM {S.CLUSTERS} WHERE clustering_id = ? AND "
+                                       f"cluster = ?", [request["clustering_id"], request["target_cluster"]]).row(0)
+            assert sparse and len(request["exemplar_ids"]) == min(5, size)
+        other = store.query(f"SELECT DISTINCT strategy FROM {S.ARM_REQUESTS} WHERE arm <> 'prismatic_targeted'")
+        assert other["strategy"].to_list() == ["random"]
+
+
+def test_g_vendi_and_cell_coverage_match_an_independent_computation(three_rounds, tiny_embedder):
+    store, reports = three_rounds
+    seed = store.load_samples(where="origin = 'seed' AND split = 'pool'")
+    key, dim = reports[0].embedding_key, tiny_embedder.dim
+    for report in reports:
+        for arm in report.arms:
+            pool = arm_pool(store, arm, report.round + 1, seed)  # the pool after this round
+            cells = Counter((s.meta["family"], s.meta["level"]) for s in pool)
+            p = np.array(list(cells.values())) / len(pool)
+            row = store.query(f"SELECT * FROM {S.ARM_ROUNDS} WHERE round = ? AND arm = ?",
+                              [report.round, arm]).row(0, named=True)
+            assert row["cells_after"] == len(cells)
+            assert row["cell_entropy_after"] == pytest.approx(float(-(p * np.log(p)).sum()))
+            g = pool_vectors(store, pool, key, dim).vectors.astype(np.float64)
+            lam = np.clip(np.linalg.eigvalsh(g.T @ g / len(g)), 0, None)
+            lam = lam[lam > 0]
+            assert row["g_vendi_after"] == pytest.approx(math.exp(-(lam * np.log(lam)).sum()), rel=1e-4)
+    for arm in ARMS:  # each round starts where the previous ended
         for a, b in zip(reports, reports[1:]):
             assert b.arms[arm].g_vendi_before == pytest.approx(a.arms[arm].g_vendi_after, rel=1e-5)
+            assert b.arms[arm].cells_before == a.arms[arm].cells_after
     lines = summary_lines(store, ARMS)
-    assert len(lines) == 2 + 3 and lines[2].startswith("| 1 |")
-    gain = reports[0].arms["prismatic"].gain - reports[0].arms["random"].gain
-    assert lines[2].endswith(f"| {gain:+.2f} |")
+    assert len(lines) == 2 + 3 * 4 and lines[2].startswith("| 1 | naive | 4 (0) |")
 
 
-def test_a_rerun_adds_nothing(three_rounds, tmp_path, tiny_embedder):
-    store, reports = three_rounds
+def test_a_rerun_adds_nothing_and_the_same_seed_gives_the_same_round(three_rounds, seeded, tmp_path, tiny_embedder):
+    store, _ = three_rounds
     copy = MetadataStore(tmp_path / "copy.duckdb")
     shutil.copyfile(store.path, copy.path)
-
-    varying = {S.ARM_CANDIDATES: " EXCLUDE (run_id)", S.ARM_ACCEPTED: "", S.ARM_ROUNDS: " EXCLUDE (run_id, finished_at)"}
-
-    def snapshot(s):
-        return {t: s.query(f"SELECT *{cols} FROM {t} ORDER BY ALL").rows() for t, cols in varying.items()}
     before = snapshot(copy)
     again = _round(copy, tiny_embedder, 2, run_id="again")
     assert again.removed_rounds == []  # the same acceptances: round 3 still stands on round 2
     assert snapshot(copy) == before
+    fresh = seeded(tmp_path / "fresh.duckdb")  # another store, the same settings: the same first round
+    _round(fresh, tiny_embedder, 1)
+    assert snapshot(fresh) == {t: [row for row in rows if row[0 if t != S.ARM_ACCEPTED else 2] == 1]
+                               for t, rows in before.items()}
+
+
+def test_another_world_seed_gives_other_candidates(seeded, tmp_path, tiny_embedder):
+    store = seeded(tmp_path / "other.duckdb")
+    config = build_config({**VALUES, "world": {**VALUES["world"], "seed": 1}})
+    report = _round(store, tiny_embedder, 1, config=config)
+    ours = {c.sample.prompt for c in report.arms["random"].verified}
+    theirs = _round(seeded(tmp_path / "base.duckdb"), tiny_embedder, 1).arms["random"].verified
+    assert ours != {c.sample.prompt for c in theirs}
+
+
+KILLED = """
+import contextlib, os, sys
+sys.path.insert(0, {root!r})
+from tests.conftest import make_tiny_llama
+from transformers import AutoTokenizer
+import torch
+from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
+from prismatic_assets.core.models import model_fingerprint
+from prismatic_assets.core.projection import ProjectionSpec
+from prismatic_assets.infra.config import build_config
+from prismatic_assets.pipeline.arms import run_arm_round
+from prismatic_assets.store.store import MetadataStore
+torch.set_num_threads(1)
+tok = AutoTokenizer.from_pretrained({tokenizer!r})
+model = make_tiny_llama(tok)
+embedder = GradientEmbedder(model, tok, ProjectionSpec(dim=32), GradientSpec(max_length=256),
+                            model_fingerprint(model, tok))
+
+def die(stage, i, n):
+    if stage == "candidate gradients" and i == 3:
+        os._exit(137)  # as SIGKILL: no cleanup, no finally, nothing flushed
+
+run_arm_round(MetadataStore({store!r}), 2, proxy=lambda: contextlib.nullcontext(embedder),
+              config=build_config({values!r}), seed_source="world", progress=die)
+"""
+
+
+def test_a_killed_round_reruns_to_the_same_rows(three_rounds, tmp_path, tiny_embedder, packaged_tokenizer):
+    store, _ = three_rounds
+    killed = MetadataStore(tmp_path / "killed.duckdb")
+    shutil.copyfile(store.path, killed.path)
+    with killed.transaction() as con:  # back to the state before round 2 (embeddings of later rounds removed too)
+        for table in (S.ARM_REQUESTS, S.ARM_CANDIDATES, S.ARM_ACCEPTED, S.ARM_ROUNDS):
+            con.execute(f"DELETE FROM {table} WHERE round >= 2")
+        con.execute(f"DELETE FROM {S.EMBEDDINGS} WHERE content_hash NOT IN (SELECT content_hash FROM {S.SAMPLES}) "
+                    f"AND content_hash NOT IN (SELECT content_hash FROM {S.ARM_CANDIDATES})")
+    tok_dir = tmp_path / "tok"
+    packaged_tokenizer.save_pretrained(tok_dir)
+    script = KILLED.format(root=str(ROOT), tokenizer=str(tok_dir), store=str(killed.path), values=VALUES)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 137, proc.stderr[-3000:]
+    # nothing half-written
+    assert killed.query(f"SELECT count(*) AS n FROM {S.ARM_ROUNDS} WHERE round = 2")["n"][0] == 0
+    _round(killed, tiny_embedder, 2, run_id="rerun")
+    expected = {t: [row for row in rows if row[0 if t != S.ARM_ACCEPTED else 2] <= 2]
+                for t, rows in snapshot(store).items()}
+    assert snapshot(killed) == expected
 
 
 def test_a_changed_rerun_removes_the_rounds_built_on_it(three_rounds, tmp_path, tiny_embedder):
     store, _ = three_rounds
     copy = MetadataStore(tmp_path / "copy.duckdb")
     shutil.copyfile(store.path, copy.path)
-    changed = build_config({**CONFIG.model_dump(mode="json"), "arms": {**CONFIG.arms.model_dump(mode="json"),
-                                                                        "budget": 4}})
+    changed = build_config({**VALUES, "arms": {**VALUES["arms"], "budget": 3}})
     report = _round(copy, tiny_embedder, 2, config=changed)
     assert report.removed_rounds == [3]
     assert copy.query(f"SELECT DISTINCT round FROM {S.ARM_ROUNDS} ORDER BY 1")["round"].to_list() == [1, 2]
-    assert copy.query(f"SELECT count(*) AS n FROM {S.ARM_ACCEPTED} WHERE round = 2")["n"][0] == 12
+    assert copy.query(f"SELECT count(*) AS n FROM {S.ARM_ACCEPTED} WHERE round = 2")["n"][0] == 3 * 4
 
 
 def test_a_second_arm_round_while_one_runs_is_refused(seeded, tmp_path, tiny_embedder):
@@ -161,31 +291,50 @@ def test_rounds_run_in_order(seeded, tmp_path, tiny_embedder):
     assert store.query(f"SELECT count(*) AS n FROM {S.ARM_ROUNDS}")["n"][0] == 0
 
 
-def test_duplicates_of_held_out_problems_are_rejected_with_their_reason(seeded, tmp_path, tiny_embedder):
+def test_held_out_problems_are_rejected_and_a_short_budget_is_a_recorded_shortfall(seeded, tmp_path, tiny_embedder):
     store = seeded(tmp_path / "held.duckdb")
-    items = task_items(CONFIG.arms.source.families, CONFIG.arms.source.levels, 18, CONFIG.arms.source.seed,
-                       id_prefix="arm-r1")
-    held = [Sample("held:0", items[2].sample.prompt, "x", answer="1", source="held")]
+    first = _round(seeded(tmp_path / "probe.duckdb"), tiny_embedder, 1).arms["naive"].verified
+    held = [Sample(f"held:{i}", c.sample.prompt, "x", answer="1", source="held") for i, c in enumerate(first[:7])]
     report = _round(store, tiny_embedder, 1, held_out=held)
-    assert report.rejected == {"duplicate_held_out": 1} and report.n_verified == 17
-    row = store.query(f"SELECT status, reason FROM {S.ARM_CANDIDATES} WHERE sample_id = ?",
-                      [items[2].sample.sample_id]).row(0)
-    assert row == ("rejected", "duplicate_held_out")
-    assert all(items[2].sample.sample_id not in r.accepted for r in report.arms.values())
+    naive = report.arms["naive"]
+    assert naive.rejected == {"duplicate_held_out": 7} and len(naive.verified) == 3
+    assert len(naive.accepted) == 3 and naive.shortfall == 1
+    row = store.query(f"SELECT n_accepted, shortfall, rejected FROM {S.ARM_ROUNDS} WHERE arm = 'naive'").row(0)
+    assert row[:2] == (3, 1) and '"duplicate_held_out": 7' in row[2]
+    assert "| 1 | naive | 3 (1) |" in "\n".join(summary_lines(store, ARMS))
+    keys = {normalize_text(h.prompt) for h in held}
+    assert not keys & {normalize_text(s.prompt) for s in accepted_samples(store, "naive", 2)}
 
 
-def test_procedural_items_are_deterministic_and_graded_by_their_task():
-    a = task_items(["gcd", "leg_counting"], [0, 2], 10, 3, id_prefix="x")
-    b = task_items(["gcd", "leg_counting"], [0, 2], 10, 3, id_prefix="x")
-    assert [i.sample for i in a] == [i.sample for i in b] and len(a) == 10
-    assert {(i.family, i.level) for i in a} == {("gcd", 0), ("gcd", 2), ("leg_counting", 0), ("leg_counting", 2)}
-    assert all(verify_item(i) is None for i in a)
-    from prismatic_assets.core.procedural import TaskItem, score_item
-    wrong = TaskItem(a[0].sample, a[0].family, a[0].level, {**a[0].entry, "answer": "-123456"})
-    assert verify_item(wrong) == "scorer_rejects_answer"
-    assert score_item(a[0], "I think it is 7") == (None, False)
-    with pytest.raises(ValueError, match="unknown reasoning-gym task"):
-        task_items(["no_such_task"], [0], 2, 0, id_prefix="x")
+def test_a_seed_pool_from_another_world_is_refused(tmp_path, tiny_embedder):
+    store = MetadataStore(tmp_path / "champ.duckdb")
+    seed = [Sample(f"c:{i}", f"Problem {i}?", f"\\boxed{{{i}}}", answer=str(i), source="champ") for i in range(6)]
+    store.replace_samples(source="champ", origin="seed", samples=seed, splits={}, rejections=[], run_id="s")
+    with pytest.raises(WorldError, match=r"seed.source: world.*source 'champ' has no \(family, level\)"):
+        run_arm_round(store, 1, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=CONFIG,
+                      seed_source="champ")
+
+
+def test_a_world_that_cannot_write_anything_new_is_an_error_naming_the_setting(tmp_path, tiny_embedder):
+    """Every one of the 100 products problems at level 0 is already in the seed pool."""
+    every = {}
+    for i in range(3000):
+        entry = draw_entry("products", 0, i)
+        every.setdefault(normalize_text(entry["question"]), i)
+    assert len(every) == 100
+    seed = [world_item("products", 0, i, sample_id=f"world:products:L0:{n:03d}").sample
+            for n, i in enumerate(every.values())]
+    store = MetadataStore(tmp_path / "full.duckdb")
+    store.replace_samples(source="world", origin="seed", samples=seed, splits={}, rejections=[], run_id="s")
+    config = build_config({"seed": {"source": "world"}, "clustering": {"ratio": 0.05},
+                           "world": {"families": ["products"], "levels": [0, 1],
+                                     "generator": {"same_cell": 1.0, "neighbour_level": 0.0, "new_family": 0.0,
+                                                   "max_attempts": 5}},
+                           "arms": {"arms": ["random"], "requests_per_round": 2, "budget": 2}})
+    with pytest.raises(WorldError, match=r"arm random, round 1: the generator found no new problem.*max_attempts=5"):
+        run_arm_round(store, 1, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=config,
+                      seed_source="world")
+    assert store.query(f"SELECT count(*) AS n FROM {S.ARM_CANDIDATES}")["n"][0] == 0
 
 
 def test_the_sparse_cluster_order_and_the_other_arms():
@@ -200,3 +349,33 @@ def test_the_sparse_cluster_order_and_the_other_arms():
     drawn = choose("random", 7, 3, rng_seed=5)
     assert len(set(drawn)) == 3 and drawn == choose("random", 7, 3, rng_seed=5)
     assert choose("random", 2, 3, rng_seed=0) == [0, 1]  # fewer verified than the budget: all of them
+    assert sorted(choose("prismatic_targeted", 8, 5, rng_seed=1, cluster_sizes=sizes, in_sparse=sparse)) == \
+        [2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="unknown arm 'greedy'"):
+        choose("greedy", 3, 1, rng_seed=0)
+
+
+def test_each_round_logs_its_numbers_history_and_charts_to_mlflow(three_rounds, tmp_path):
+    from prismatic_assets.core.tracking import Tracker
+    from prismatic_assets.pipeline.arms_report import arm_table, log_arm_round, round_numbers
+
+    store, reports = three_rounds
+    config = build_config({**VALUES, "data_dir": str(tmp_path / "data")})
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracker.run("arms-round-3") as run:
+        charts = log_arm_round(tracker, run, store, reports[2], config)
+    assert sorted(charts) == ["cell_entropy", "cells", "g_vendi"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in charts.values())
+    client = tracker.client
+    assert client.get_run(run).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run, "plots")} == {f"plots/arms-round-3-{n}.png" for n in charts}
+    rows = store.query(f"SELECT round, g_vendi_before, g_vendi_after, cells_after FROM {S.ARM_ROUNDS} "
+                       f"WHERE arm = 'random' ORDER BY round").rows()
+    history = client.get_metric_history(run, "g_vendi_by_round/random")
+    history = sorted(history, key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    assert [m.value for m in history] == pytest.approx([rows[0][1]] + [after for _, _, after, _ in rows])
+    numbers = round_numbers(reports[2])
+    assert numbers["cells/random"] == rows[2][3] and numbers["accepted/prismatic_targeted"] == 4
+    assert client.get_run(run).data.metrics["g_vendi/random"] == pytest.approx(rows[2][2])
+    assert arm_table(reports[2]).count("\n") == 1 + 4

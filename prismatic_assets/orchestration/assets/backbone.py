@@ -94,7 +94,7 @@ class ScoreRunConfig(dg.Config):
           description="Seed problems with worked solutions, validated; rejected rows are kept with reasons.")
 def seed_samples(context: dg.AssetExecutionContext, profile: ProfileResource,
                  store: StoreResource) -> dg.Output[SeedSnapshot]:
-    seed = load_seed(profile.config().seed)
+    seed = load_seed(profile.config().seed, profile.config().world)
     store_seed(store.open(), seed, context.run_id)
     result = seed.result
     reasons = Counter(_reason_kind(r.reason) for r in result.rejections)
