@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
+from prismatic_assets.core.gradient_memory import MemoryBudget
 from prismatic_assets.core.gradients import Embedding, GradientEmbedder, GradientSpec
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
@@ -37,13 +38,20 @@ SHARD_ROWS: int = ComputeConfig.model_fields["shard_rows"].default
 SHARD_SECONDS: float = ComputeConfig.model_fields["shard_seconds"].default
 
 
-def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig, batch_size: int = 8) -> GradientEmbedder:
-    """Load the proxy model and freeze everything the vectors depend on."""
+#: GiB a gradient step may use (`compute.memory_gb`'s default; None: no budget).
+MEMORY_GB: float | None = ComputeConfig.model_fields["memory_gb"].default
+
+
+def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig, batch_size: int = 8,
+                   memory_gb: float | None = MEMORY_GB) -> GradientEmbedder:
+    """Load the proxy model and freeze everything the vectors depend on; batches are planned
+    within `memory_gb` GiB (see core/gradient_memory.py)."""
     model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
                                       trust_remote_code=proxy.trust_remote_code)
     spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)
     gradient = GradientSpec(params=proxy.params, autocast=proxy.autocast, max_length=proxy.max_length)
-    embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer))
+    embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer),
+                                memory=None if memory_gb is None else MemoryBudget.gb(memory_gb))
     embedder.batch_size = batch_size
     return embedder
 
@@ -191,7 +199,7 @@ def open_embedder(proxy: ProxyConfig, projection: ProjectionConfig, compute: Com
 
         yield RayEmbeddingBackend(proxy, projection, compute)
         return
-    embedder = build_embedder(proxy, projection, compute.batch_size)
+    embedder = build_embedder(proxy, projection, compute.batch_size, compute.memory_gb)
     try:
         yield embedder
     finally:

@@ -57,10 +57,10 @@ def worker_device(proxy: ProxyConfig, compute: ComputeConfig) -> str:
 class _EmbedActor:
     """A Ray Data actor: one proxy model, embedding batches of rows {i, prompt, response}."""
 
-    def __init__(self, proxy: dict, projection: dict, batch_size: int, key: str) -> None:
+    def __init__(self, proxy: dict, projection: dict, batch_size: int, key: str, memory_gb: float | None) -> None:
         from prismatic_assets.pipeline.embeddings import build_embedder
 
-        self.embedder = build_embedder(ProxyConfig(**proxy), ProjectionConfig(**projection), batch_size)
+        self.embedder = build_embedder(ProxyConfig(**proxy), ProjectionConfig(**projection), batch_size, memory_gb)
         if self.embedder.key != key:
             raise RuntimeError(
                 f"this Ray worker computes embedding key {self.embedder.key}, the driver expected {key}: the "
@@ -138,7 +138,8 @@ class RayEmbeddingBackend:
         dataset = ray.data.from_arrow(blocks).map_batches(
             _EmbedActor, batch_size=rows, batch_format="pyarrow",
             fn_constructor_kwargs={"proxy": self.worker_proxy.model_dump(), "projection": self.projection.model_dump(),
-                                   "batch_size": self.compute.batch_size, "key": self.key},
+                                   "batch_size": self.compute.batch_size, "key": self.key,
+                                   "memory_gb": self.compute.memory_gb},
             **self.map_options())
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             index = table.column("i").to_pylist()
