@@ -312,10 +312,10 @@ class GradientEmbedder:
         prompts = [e.n_prompt_tokens for e in encs]
         if self.memory is None or not encs or not self._batched_available():
             return unbudgeted_batches(lengths, prompts, batch_size, max_batch_tokens)
+        cost = self.step_cost()  # first: its forwards also page in every weight, which then counts as resident
         release_freed_memory()
         resident = self.memory.resident() if self.memory.resident is not None else resident_bytes(self.device)
-        return plan_batches(lengths, prompts, self.step_cost(), self.memory.total_bytes, resident, batch_size,
-                            max_batch_tokens)
+        return plan_batches(lengths, prompts, cost, self.memory.total_bytes, resident, batch_size, max_batch_tokens)
 
     def _batched_available(self) -> bool:
         if self.batched_unsupported is None and self._per_sample is None:

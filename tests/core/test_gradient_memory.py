@@ -166,18 +166,21 @@ def test_plan_batches_by_hand():
     assert cost.bytes(1, 100, 50, 2) == 200 + 2000
     assert cost.bytes(2, 100, 100, 1) == 2000 + 200 + 4000
     lengths, prompts = [300, 100, 90, 80], [10, 10, 10, 10]
-    # 30000 (27000 usable): the 300-token sample (290 positions) alone, 6000 + 11600; with a
-    # second one at 256 positions each 12000 + 20480 > 27000. The three short ones: 6000 + 10800.
-    plan = plan_batches(lengths, prompts, cost, 30000, 0, max_batch=8)
+    def budget(usable: float) -> float:  # what leaves `usable` bytes to plan, HEADROOM aside
+        return usable / (1 - HEADROOM)
+
+    # 27000 usable: the 300-token sample (290 positions) alone, 6000 + 11600; with a second
+    # one at 256 positions each 12000 + 20480 > 27000. The three short ones: 6000 + 10800.
+    plan = plan_batches(lengths, prompts, cost, budget(27000), 0, max_batch=8)
     assert [(p.indices, p.recompute, p.logit_chunk) for p in plan] == [((0,), 0, None), ((1, 2, 3), 0, None)]
-    # 15600 (14040 usable): at 256 positions the long one needs one block recomputed
+    # 14040 usable: at 256 positions the long one needs one block recomputed
     # (3000 + 300 + 10240 = 13540), then takes 268 positions at a time; 3 short ones: 16800 > 14040.
-    plan = plan_batches(lengths, prompts, cost, 15600, 0, max_batch=8)
+    plan = plan_batches(lengths, prompts, cost, budget(14040), 0, max_batch=8)
     assert [(p.indices, p.recompute, p.logit_chunk) for p in plan] == [((0,), 1, 268), ((1, 2), 0, None),
                                                                         ((3,), 0, None)]
-    # 12000 (10800 usable): even two recomputed blocks leave no room for 256 positions (10840),
+    # 10800 usable: even two recomputed blocks leave no room for 256 positions (10840),
     # so no recompute and smaller chunks: 6000 + 40P <= 10800, P = 120.
-    plan = plan_batches(lengths, prompts, cost, 12000, 0, max_batch=8)
+    plan = plan_batches(lengths, prompts, cost, budget(10800), 0, max_batch=8)
     assert [(p.indices, p.recompute, p.logit_chunk) for p in plan] == [((0,), 0, 120), ((1,), 0, None),
                                                                         ((2, 3), 0, None)]
     assert all(p.predicted_bytes <= 10800 for p in plan)
@@ -186,8 +189,8 @@ def test_plan_batches_by_hand():
     assert [p.indices for p in plan_batches(lengths, prompts, cost, 10**9, 0, 8, max_batch_tokens=250)] == \
         [(0,), (1, 2), (3,)]
     # What is resident comes off the budget; below 16 positions with every block recomputed: too big.
-    assert plan_batches(lengths, prompts, cost, 42000, 12000, max_batch=8) == \
-        plan_batches(lengths, prompts, cost, 30000, 0, max_batch=8)
+    assert plan_batches(lengths, prompts, cost, budget(27000) + 12000, 12000, max_batch=8) == \
+        plan_batches(lengths, prompts, cost, budget(27000), 0, max_batch=8)
     with pytest.raises(MemoryBudgetError, match="sample 0 \\(300 tokens\\)"):
         plan_batches(lengths, prompts, cost, 1000, 0, max_batch=8)
 
