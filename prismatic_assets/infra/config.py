@@ -82,6 +82,14 @@ class ClusteringConfig(_Block):
     max_points_per_centroid: Optional[int] = Field(
         None, ge=1, description="train k-means on a sample of K x this many points (None: every point); "
                                 "every point is still assigned")
+    method: Literal["flat", "two_level"] = Field(
+        "flat", description="flat: one k-means over the pool (the paper); two_level: coarse groups, then k-means "
+                            "inside each with K split by size (~sqrt(K) times cheaper per iteration); either way "
+                            "every point goes to its exact nearest final centroid")
+    coarse: Optional[int] = Field(None, ge=1, description="two_level: coarse groups (None: round(sqrt(K)))")
+    refine: int = Field(3, ge=0, description="two_level: Lloyd iterations over every point after the groups' "
+                                             "k-means, each point against the centroids of its `probe` nearest groups")
+    probe: int = Field(8, ge=1, description="two_level: coarse groups searched per point while refining")
 
 
 class ScoreConfig(_Block):
