@@ -277,7 +277,7 @@ def memory_part(args) -> None:
     results: dict = {"machine": machine(), "load_at_start": load, "limit": args.limit,
                      "batch_size": args.batch_size, "memory_gb": args.memory_gb, "modes": {}, "cost_cases": []}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        for mode in args.modes.split(","):
+        for mode in filter(None, args.modes.split(",")):
             worker = ["memory", mode, "--out", tmp, "--batch-size", str(args.batch_size),
                       "--memory-gb", str(args.memory_gb)] + (["--limit", str(args.limit)] if args.limit else [])
             results["modes"][mode] = _run(worker, args.timeout_s)

@@ -185,7 +185,7 @@ def assign_to_centroids(x, centroids, batch_size: int = ASSIGN_BATCH, gpu: bool 
 def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: float = 0.5,
                      max_points_per_centroid: int | None = None, gpu: bool | None = None,
                      init_centroids=None, method: str = "flat", coarse: int | None = None,
-                     refine: int = 3, probe: int = 8) -> Clustering:
+                     refine: int = 3, probe: int = 16) -> Clustering:
     """Cluster the rows of x (normalized here) into k cosine clusters; deterministic for a seed.
 
     method "flat" (default): one k-means over the pool. max_points_per_centroid: None trains

@@ -89,7 +89,7 @@ class ClusteringConfig(_Block):
     coarse: Optional[int] = Field(None, ge=1, description="two_level: coarse groups (None: round(sqrt(K)))")
     refine: int = Field(3, ge=0, description="two_level: Lloyd iterations over every point after the groups' "
                                              "k-means, each point against the centroids of its `probe` nearest groups")
-    probe: int = Field(8, ge=1, description="two_level: coarse groups searched per point while refining")
+    probe: int = Field(16, ge=1, description="two_level: coarse groups searched per point while refining")
 
 
 class ScoreConfig(_Block):

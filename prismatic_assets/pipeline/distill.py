@@ -19,10 +19,10 @@ from typing import Sequence
 
 from prismatic_assets.infra.config import DistillConfig, EvaluationConfig
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.pipeline.sft_worker import RESULT_FILE, read_training_set  # noqa: F401 (part of this API)
 from prismatic_assets.store.store import MetadataStore
 
 WORKER_MODULE = "prismatic_assets.pipeline.sft_worker"
-RESULT_FILE = "sft_result.json"
 
 
 def parse_rounds(spec: str, available: list[int]) -> list[int]:
@@ -94,11 +94,6 @@ def write_training_set(samples: Sequence[Sample], path: Path) -> Path:
             f.write(json.dumps(asdict(s), default=str) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def read_training_set(path: Path) -> list[Sample]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [Sample(**row) for row in rows]
 
 
 def sft_command(distill: DistillConfig, data: Path, output_dir: Path) -> list[str]:
