@@ -1,28 +1,74 @@
-"""Benchmark: spherical k-means (faiss, via core.clustering) at pool scale.
+"""Benchmark: spherical k-means (faiss, via core.clustering) at pool scale, and its cheaper trainings.
 
 N synthetic unit vectors at d = 1024 drawn around hidden directions (so clusters exist and
-their sizes vary), clustered into K = 1% of N (the paper) and K = 10% (its reference
-code), 20 iterations, each K in a fresh subprocess. Also times assigning a batch of new
-candidates to the centroids and reports the sparse-cluster count and size spread.
+their sizes vary), 20 iterations, each run in a fresh subprocess. A case is N x K and a
+list of methods:
 
-    python -m benchmarks.bench_kmeans                                   # N = 100k, K = 1000, 10000
-    python -m benchmarks.bench_kmeans --n 5000 --dim 64 --ks 50,500 --niter 5   # quick check
+- `flat`: the paper's k-means, every point in every iteration (`flat~1`: the same with
+  seed + 1, the run-to-run noise floor of the comparison);
+- `sampledM`: flat, trained on a seeded sample of K x M points (`max_points_per_centroid`);
+- `two_level` (`two_levelC`: C coarse groups; default round(sqrt(K))): coarse groups,
+  then k-means inside each with K split by size.
 
-Cost per iteration is about 2 N K d flops: N = 100k, K = 10000, d = 1024 is 2e12 per
-iteration, minutes on 2 cores. Writes benchmarks/results/kmeans.{json,md}.
+Every method then assigns every point to its exact nearest final centroid. Reported per
+method: fit time (training + that assignment), peak RSS, the objective (mean cosine of a
+point to its assigned centroid), and, against the case's first method (the reference):
+the relative loss in objective, the sparse-flag agreement on the pool (the share of points
+whose own cluster is sparse in both clusterings or in neither: the sparse rule marks the
+smaller half of the clusters, `sparse_cluster_mask`), and the decision agreement on held-out
+candidates (the share of new vectors that the sparse filter accepts in both or rejects in
+both: each goes to its nearest centroid and is kept iff that cluster is sparse).
+
+    python -m benchmarks.bench_kmeans                                            # N = 100k, K = 1000, flat
+    python -m benchmarks.bench_kmeans --cases "100000x1000:flat,flat~1,sampled32,two_level;1000000x10000:two_level" \\
+        --name kmeans_methods                                                    # the issue's comparison and 1M run
+    python -m benchmarks.bench_kmeans --cases "20000x200:flat,flat~1,sampled16,two_level" --dim 256 --name x  # quick
+
+Cost per flat iteration is about 2 N K d flops (N = 1M, K = 10k, d = 1024: 2e13, about 10
+minutes on 2 cores); the exact assignment at the end is one more such pass. Writes
+benchmarks/results/<name>.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.bench_gvendi import current_rss_mb, load_line, markdown_table, peak_rss_mb, run_worker
 from benchmarks.common import machine, write_results
+
+METHOD = re.compile(r"^(flat(~(\d+))?|sampled(\d+)|two_level(\d+)?)$")
+
+
+def parse_method(spec: str) -> dict[str, Any]:
+    """The spherical_kmeans arguments of a method spec (see the module docstring)."""
+    match = METHOD.match(spec)
+    if not match:
+        raise SystemExit(f"method {spec!r}: use flat, flat~S (seed + S), sampledM or two_level[C]")
+    if spec.startswith("flat"):
+        return {"method": "flat", "seed_offset": int(match.group(3) or 0)}
+    if spec.startswith("sampled"):
+        return {"method": "flat", "max_points_per_centroid": int(match.group(4)), "seed_offset": 0}
+    return {"method": "two_level", "coarse": int(match.group(5)) if match.group(5) else None, "seed_offset": 0}
+
+
+def parse_cases(text: str) -> list[tuple[int, int, list[str]]]:
+    cases = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        size, _, methods = part.partition(":")
+        n, k = (int(v) for v in size.lower().split("x"))
+        names = [m.strip() for m in (methods or "flat").split(",") if m.strip()]
+        for name in names:
+            parse_method(name)
+        cases.append((n, k, names))
+    return cases
 
 
 def synthetic_pool(n: int, d: int, seed: int, hidden: int | None = None) -> np.ndarray:
@@ -41,78 +87,112 @@ def synthetic_pool(n: int, d: int, seed: int, hidden: int | None = None) -> np.n
     return x
 
 
-def worker(n: int, d: int, k: int, niter: int, seed: int, candidates: int,
-           max_points_per_centroid: int | None = None) -> dict[str, Any]:
+def worker(n: int, d: int, k: int, niter: int, seed: int, candidates: int, method: str,
+           out: str | None = None) -> dict[str, Any]:
     from prismatic_assets.core.clustering import assign_to_centroids, spherical_kmeans
 
     base = current_rss_mb()
+    spec = parse_method(method)
     x = synthetic_pool(n + candidates, d, seed)
     pool, new = x[:n], x[n:]
     t0 = time.perf_counter()
-    c = spherical_kmeans(pool, k, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid)
+    c = spherical_kmeans(pool, k, niter=niter, seed=seed + spec.pop("seed_offset"), **spec)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     ids, _ = assign_to_centroids(new, c.centroids)
     assign_s = time.perf_counter() - t0
+    if out:
+        np.save(Path(out) / f"{method}.assign.npy", c.assignments.astype(np.int32))
+        np.save(Path(out) / f"{method}.sparse.npy", c.sparse)
+        np.save(Path(out) / f"{method}.candidates.npy", ids.astype(np.int32))
     return {
-        "status": "ok", "fit_s": fit_s, "assign_s": assign_s,
+        "status": "ok", "method": method, "fit_s": fit_s, "assign_s": assign_s,
+        "objective": float(c.similarities.mean()),
         "candidates": candidates, "candidates_in_sparse": int(c.sparse[ids].sum()),
         "sparse_clusters": int(c.sparse.sum()), "empty_clusters": int((c.sizes == 0).sum()),
         "size_min": int(c.sizes.min()), "size_median": float(np.median(c.sizes)), "size_max": int(c.sizes.max()),
-        "mean_similarity": float(c.similarities.mean()),
         "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": base,
     }
+
+
+def agreement(folder: Path, reference: str, method: str) -> dict[str, float]:
+    """Sparse-flag agreement of `method` with `reference` on the pool and on the candidates."""
+    def load(name: str, what: str) -> np.ndarray:
+        return np.load(folder / f"{name}.{what}.npy")
+
+    ref_sparse, sparse = load(reference, "sparse"), load(method, "sparse")
+    pool = ref_sparse[load(reference, "assign")] == sparse[load(method, "assign")]  # (N,)
+    new = ref_sparse[load(reference, "candidates")] == sparse[load(method, "candidates")]  # (candidates,)
+    return {"pool_sparse_agreement": float(pool.mean()), "candidate_decision_agreement": float(new.mean())}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--ks", default="1000,10000", help="comma-separated K")
+    parser.add_argument("--ks", default="1000", help="comma-separated K (with --n; method flat)")
+    parser.add_argument("--cases", default=None, help="NxK:method,method;NxK:... (overrides --n and --ks)")
     parser.add_argument("--niter", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=10_000, help="new vectors assigned after the fit")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-points-per-centroid", type=int, default=None,
-                        help="train on a sample of K x this many points (default: every point)")
-    parser.add_argument("--timeout-s", type=float, default=3600.0, help="per K")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="per run")
     parser.add_argument("--name", default="kmeans", help="results file stem under benchmarks/results")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="flat", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.n, args.dim, args.k, args.niter, args.seed, args.candidates,
-                                args.max_points_per_centroid)))
+        print(json.dumps(worker(args.n, args.dim, args.k, args.niter, args.seed, args.candidates, args.method,
+                                args.out)))
         return
 
     info, load = machine(), load_line()
-    ks = [int(k) for k in args.ks.split(",")]
-    cases = []
-    for k in ks:
-        result = run_worker("benchmarks.bench_kmeans",
-                            ["--n", str(args.n), "--dim", str(args.dim), "--k", str(k), "--niter", str(args.niter),
-                             "--seed", str(args.seed), "--candidates", str(args.candidates)]
-                            + ([] if args.max_points_per_centroid is None
-                               else ["--max-points-per-centroid", str(args.max_points_per_centroid)]), args.timeout_s)
-        result.update(n=args.n, dim=args.dim, k=k, niter=args.niter, gflop_per_iter=2 * args.n * k * args.dim / 1e9)
-        cases.append(result)
-        print(json.dumps(result), flush=True)
-    rows = [[c["n"], c["k"], c["niter"], c.get("fit_s"), c.get("assign_s"),
-             c.get("peak_rss_mb"), c.get("sparse_clusters"), c.get("empty_clusters"),
+    cases = parse_cases(args.cases) if args.cases else [(args.n, int(k), ["flat"]) for k in args.ks.split(",")]
+    rows_out = []
+    for n, k, methods in cases:
+        with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
+            reference = None
+            for method in methods:
+                result = run_worker("benchmarks.bench_kmeans",
+                                    ["--n", str(n), "--dim", str(args.dim), "--k", str(k), "--niter", str(args.niter),
+                                     "--seed", str(args.seed), "--candidates", str(args.candidates),
+                                     "--method", method, "--out", tmp], args.timeout_s)
+                result.update(n=n, dim=args.dim, k=k, niter=args.niter, method=method)
+                if result["status"] == "ok":
+                    if reference is None:
+                        reference = result
+                    else:
+                        result.update(agreement(Path(tmp), reference["method"], method))
+                        result["reference"] = reference["method"]
+                        result["objective_loss"] = (reference["objective"] - result["objective"]) / reference["objective"]
+                        result["speedup"] = reference["fit_s"] / result["fit_s"]
+                rows_out.append(result)
+                print(json.dumps(result), flush=True)
+
+    def fmt(c: dict, key: str, pattern: str = "{:.4f}") -> str | None:
+        return pattern.format(c[key]) if key in c else None
+
+    rows = [[c["n"], c["k"], c["method"], c.get("fit_s"), fmt(c, "speedup", "{:.1f}x"), c.get("peak_rss_mb"),
+             fmt(c, "objective"), fmt(c, "objective_loss", "{:.2%}"), fmt(c, "pool_sparse_agreement", "{:.1%}"),
+             fmt(c, "candidate_decision_agreement", "{:.1%}"),
              None if c["status"] != "ok" else f"{c['size_min']}/{c['size_median']:g}/{c['size_max']}",
-             "" if c["status"] == "ok" else c["status"]] for c in cases]
+             "" if c["status"] == "ok" else c["status"]] for c in rows_out]
     payload = {"benchmark": "kmeans", "machine": info, "load_at_start": load,
-               "config": {"n": args.n, "dim": args.dim, "ks": ks, "niter": args.niter,
-                          "candidates": args.candidates, "seed": args.seed},
-               "cases": cases}
+               "config": {"dim": args.dim, "niter": args.niter, "candidates": args.candidates, "seed": args.seed,
+                          "cases": [{"n": n, "k": k, "methods": m} for n, k, m in cases]},
+               "cases": rows_out}
     md = (f"# Spherical k-means (faiss)\n\n{load}\n\n"
-          f"N = {args.n} synthetic unit vectors, d = {args.dim}, {args.niter} iterations, "
-          + ("all points used every iteration" if args.max_points_per_centroid is None else
-             f"trained on a sample of K x {args.max_points_per_centroid} points")
-          + "; 'fit' includes the final assignment of all N points to the centroids (batched); 'assign' places "
-          f"{args.candidates} new vectors on the centroids.\n\n")
-    md += markdown_table(["N", "K", "iters", "fit s", "assign s", "peak RSS MB", "sparse", "empty",
-                          "size min/median/max", "note"], rows)
+          f"Synthetic unit vectors, d = {args.dim}, {args.niter} iterations. Methods: flat = every point in every "
+          "iteration (the paper), flat~1 = the same with another seed (the noise floor), sampledM = trained on K x M "
+          "points, two_level = sqrt(K) coarse groups then k-means inside each. 'fit' includes assigning every point "
+          "to its exact nearest final centroid. Objective = mean cosine to the assigned centroid; loss, sparse-flag "
+          "agreement (pool points whose cluster is sparse in both or neither) and decision agreement ("
+          f"{args.candidates} held-out candidates accepted in both or rejected in both) are against the first "
+          "method of each case.\n\n")
+    md += markdown_table(["N", "K", "method", "fit s", "speedup", "peak RSS MB", "objective", "objective loss",
+                          "pool sparse agreement", "candidate decision agreement", "size min/median/max", "note"], rows)
     write_results(args.name, payload, md)
 
 

@@ -6,11 +6,22 @@ only if its nearest centroid belongs to a sparse cluster. This module holds the 
 pieces: `spherical_kmeans`, `sparse_cluster_mask` and `assign_to_centroids`, plus
 `num_clusters` for K as a fraction of the pool.
 
-At scale: k-means trains on a sample of the pool when `max_points_per_centroid` is set
-(faiss draws K x that many points), then every point is assigned to the final centroids
-in batches of `ASSIGN_BATCH` rows, so memory beyond the (N, d) float32 input stays
-bounded. With CUDA and a GPU build of faiss (the `faiss-gpu-cu12` package of the `gpu`
-extra) training and assignment run on the GPU(s); otherwise on CPU.
+At scale, two ways to train cheaper than the paper's 20 iterations over every point
+against every centroid (2 N K d flops each: 2e13 at N = 1M, K = 10k, d = 1024):
+- `method="flat"` with `max_points_per_centroid`: faiss trains on a seeded sample of
+  K x that many points;
+- `method="two_level"`: a coarse spherical k-means into C groups (C = sqrt(K) unless
+  given), then within each group a k-means with K split by group size (largest
+  remainders), on that group's points only: each iteration costs about 2 N (K / C) d.
+  A point near a group's edge trains the wrong group's centroids, so `refine` Lloyd
+  iterations over every point follow, in which each point is compared only with the
+  centroids of its `probe` nearest groups (an inverted-file search: 2 N (probe K / C) d).
+Whatever the training, every point is then assigned to its exact nearest final centroid
+(one flat search over all K centroids, in batches of `ASSIGN_BATCH` rows, so memory
+beyond the (N, d) float32 input stays bounded): only the centroids are approximate, not
+the assignment, the sizes or the sparse flags computed from them. With CUDA and a GPU
+build of faiss (the `faiss-gpu-cu12` package of the `gpu` extra) training and assignment
+run on the GPU(s); otherwise on CPU.
 
 It does not decide acceptance (the synthesis loop does, storing the cluster and similarity
 next to the decision) and does not store clusterings.
@@ -26,6 +37,10 @@ import numpy as np
 
 #: Rows per nearest-centroid search: bounds the (rows, K) similarity block faiss holds.
 ASSIGN_BATCH = 65_536
+METHODS = ("flat", "two_level")
+#: Points per centroid faiss samples for the coarse level of a two-level k-means (its default):
+#: the coarse groups only divide the work, the fine level trains on every point of a group.
+COARSE_POINTS_PER_CENTROID = 256
 
 
 def gpu_count() -> int:
@@ -169,16 +184,22 @@ def assign_to_centroids(x, centroids, batch_size: int = ASSIGN_BATCH, gpu: bool 
 
 def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: float = 0.5,
                      max_points_per_centroid: int | None = None, gpu: bool | None = None,
-                     init_centroids=None) -> Clustering:
+                     init_centroids=None, method: str = "flat", coarse: int | None = None,
+                     refine: int = 3, probe: int = 16) -> Clustering:
     """Cluster the rows of x (normalized here) into k cosine clusters; deterministic for a seed.
 
-    max_points_per_centroid: None (default) trains on every point, as the paper's 20
-    iterations over the pool; an integer m trains on a seeded sample of k * m points when
-    the pool is larger (faiss's own subsampling; 256 is faiss's default), which divides the
-    cost of each iteration by N / (k * m). Either way every point is then assigned to the
-    final centroids (in batches), so assignments and sizes are exactly what
+    method "flat" (default): one k-means over the pool. max_points_per_centroid: None trains
+    on every point, as the paper's 20 iterations over the pool; an integer m trains on a
+    seeded sample of k * m points when the pool is larger (faiss's own subsampling; 256 is
+    faiss's default), which divides the cost of each iteration by N / (k * m).
+    method "two_level": `coarse` groups (None: round(sqrt(k))), then k split among them by
+    size and a k-means inside each, then `refine` Lloyd iterations over all points, each
+    point compared with the centroids of its `probe` nearest groups (see the module
+    docstring); max_points_per_centroid caps each group's training sample. Either way every point is then assigned to its exact
+    nearest final centroid (in batches), so assignments and sizes are exactly what
     `assign_to_centroids` gives for the pool. gpu: None uses faiss's GPUs when it sees any.
-    init_centroids: (k, d) starting centroids (e.g. k-means++); None lets faiss draw k rows.
+    init_centroids: (k, d) starting centroids (e.g. k-means++, flat only); None lets faiss
+    draw k rows.
     """
     v = _unit_rows(x, "vectors")  # (N, d)
     n, d = v.shape
@@ -194,17 +215,25 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
             max_points_per_centroid, (int, np.integer)) or max_points_per_centroid < 1):
         raise ValueError(f"max_points_per_centroid must be a positive integer or None, got {max_points_per_centroid!r}")
     _check_sparse_ratio(sparse_ratio)
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    if coarse is not None and (isinstance(coarse, bool) or not isinstance(coarse, (int, np.integer)) or coarse < 1):
+        raise ValueError(f"coarse must be a positive integer or None, got {coarse!r}")
+    for name, value in (("refine", refine), ("probe", probe)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "refine" else 1):
+            raise ValueError(f"{name} must be a {'non-negative' if name == 'refine' else 'positive'} integer, "
+                             f"got {value!r}")
+    if method == "two_level" and init_centroids is not None:
+        raise ValueError("init_centroids applies to method='flat' only: a two-level k-means draws its own starts")
     use_gpu = _use_gpu(gpu)
-    per_centroid = max(256, -(-n // int(k))) if max_points_per_centroid is None else int(max_points_per_centroid)
-    km = faiss.Kmeans(
-        d, int(k), niter=int(niter), seed=int(seed), spherical=True, verbose=False, gpu=use_gpu,
-        min_points_per_centroid=1, max_points_per_centroid=per_centroid,
-    )
     init = None if init_centroids is None else _unit_rows(init_centroids, "init_centroids")
     if init is not None and init.shape != (int(k), d):
         raise ValueError(f"init_centroids must have shape (k, d) = ({k}, {d}), got {init.shape}")
-    km.train(v, init_centroids=init)
-    centroids = _unit_rows(km.centroids, "centroids")  # (K, d)
+    if method == "two_level":
+        centroids = _two_level_centroids(v, int(k), int(niter), int(seed), coarse, max_points_per_centroid, use_gpu,
+                                         int(refine), int(probe))
+    else:
+        centroids = _train(v, int(k), int(niter), int(seed), max_points_per_centroid, use_gpu, init)
     assignments, similarities = assign_to_centroids(v, centroids, gpu=use_gpu)
     sizes = np.bincount(assignments, minlength=int(k)).astype(np.int64)
     return Clustering(
@@ -212,3 +241,102 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
         sparse=sparse_cluster_mask(sizes, sparse_ratio), k=int(k), niter=int(niter), seed=int(seed),
         sparse_ratio=float(sparse_ratio),
     )
+
+
+def _train(v: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int | None, use_gpu: bool,
+           init: np.ndarray | None = None) -> np.ndarray:
+    """(k, d) unit centroids of a faiss spherical k-means of the unit rows v (k <= len(v))."""
+    n, d = v.shape
+    per_centroid = max(256, -(-n // k)) if max_points_per_centroid is None else int(max_points_per_centroid)
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, verbose=False, gpu=use_gpu,
+                      min_points_per_centroid=1, max_points_per_centroid=per_centroid)
+    km.train(v, init_centroids=init)
+    return _unit_rows(km.centroids, "centroids")
+
+
+def split_clusters(sizes, k: int) -> np.ndarray:
+    """K split among groups in proportion to their sizes (largest remainders; ties to the lower
+    index): every non-empty group gets at least one cluster and at most one per point."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    nonempty = sizes > 0
+    if k < int(nonempty.sum()) or k > int(sizes.sum()):
+        raise ValueError(f"cannot split k={k} clusters among {int(nonempty.sum())} groups of {int(sizes.sum())} "
+                         "points: need one cluster per non-empty group and at most one per point")
+    share = k * sizes / sizes.sum()  # (G,)
+    counts = np.where(nonempty, np.maximum(1, np.floor(share)), 0).astype(np.int64)
+    counts = np.minimum(counts, sizes)
+    while counts.sum() != k:
+        if counts.sum() < k:  # the largest remainder among groups that can take one more
+            room = np.where(counts < sizes, share - counts, -np.inf)
+            counts[int(np.argmax(room))] += 1
+        else:  # too many (the floor of 1 per group): take from the most over-served
+            room = np.where(counts > 1, counts - share, -np.inf)
+            counts[int(np.argmax(room))] -= 1
+    return counts
+
+
+def _two_level_centroids(v: np.ndarray, k: int, niter: int, seed: int, coarse: int | None,
+                         max_points_per_centroid: int | None, use_gpu: bool, refine: int, probe: int) -> np.ndarray:
+    """(k, d) unit centroids: coarse groups, a k-means inside each with k split by size, then
+    `refine` Lloyd iterations restricted to each point's `probe` nearest groups."""
+    n, d = v.shape
+    groups = min(k, coarse if coarse is not None else max(1, int(round(math.sqrt(k)))))
+    if groups == 1:
+        return _train(v, k, niter, seed, max_points_per_centroid, use_gpu)
+    coarse_centroids = _train(v, groups, niter, seed, COARSE_POINTS_PER_CENTROID, use_gpu)
+    labels, _ = assign_to_centroids(v, coarse_centroids, gpu=use_gpu)
+    order = np.argsort(labels, kind="stable")  # (N,) point indices grouped by coarse label
+    bounds = np.searchsorted(labels[order], np.arange(groups + 1))
+    counts = split_clusters(np.diff(bounds), k)
+    parts = []
+    for g in range(groups):
+        if counts[g] == 0:
+            continue
+        members = v[order[bounds[g]:bounds[g + 1]]]  # (n_g, d), a copy of one group's rows
+        if counts[g] == len(members):
+            parts.append(members)  # one cluster per point: each point is its own centroid
+            continue
+        # Seeds differ by group, so groups of equal shape do not start from the same draws.
+        parts.append(_train(members, int(counts[g]), niter, (seed + 1 + g) % 2**31, max_points_per_centroid,
+                            use_gpu))
+    centroids = np.concatenate(parts)  # (k, d)
+    for _ in range(refine):
+        centroids = _lloyd_step(v, centroids, coarse_centroids, probe, use_gpu)
+    return centroids
+
+
+def _lloyd_step(v: np.ndarray, centroids: np.ndarray, coarse_centroids: np.ndarray, probe: int,
+                use_gpu: bool) -> np.ndarray:
+    """One spherical Lloyd iteration: each point to the nearest centroid listed under its `probe`
+    nearest coarse centroids, then each centroid to the normalized mean of its points (a
+    centroid that gets none stays where it was)."""
+    from scipy.sparse import csr_matrix
+
+    k, d = centroids.shape
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(coarse_centroids)
+    index = faiss.IndexIVFFlat(quantizer, d, len(coarse_centroids), faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True  # the coarse centroids are the lists; nothing to train
+    index.add(centroids)  # each centroid listed under its nearest coarse centroid
+    index.nprobe = min(probe, len(coarse_centroids))
+    if use_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    exact = None
+    sums = np.zeros((k, d), dtype=np.float64)
+    for start in range(0, len(v), ASSIGN_BATCH):
+        rows = v[start:start + ASSIGN_BATCH]  # (b, d)
+        _, ids = index.search(rows, 1)
+        ids = ids[:, 0]  # (b,)
+        missing = ids < 0  # every probed list was empty: search all centroids for those rows
+        if missing.any():
+            if exact is None:
+                exact = _flat_index(d, use_gpu)
+                exact.add(centroids)
+            ids[missing] = exact.search(rows[missing], 1)[1][:, 0]
+        members = csr_matrix((np.ones(len(ids), dtype=np.float32), (ids, np.arange(len(ids)))), shape=(k, len(ids)))
+        sums += members @ rows  # (k, d): the sum of each centroid's points
+    norms = np.linalg.norm(sums, axis=1)
+    moved = norms > 0
+    out = centroids.copy()
+    out[moved] = (sums[moved] / norms[moved, None]).astype(np.float32)
+    return out

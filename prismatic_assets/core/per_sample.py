@@ -17,7 +17,13 @@ output, seen in the backward pass.
   sample under `torch.func.vmap` and differentiated with `vjp`.
 
 The pieces go to a sink as soon as they exist (`GradientSink`: the projection of
-`core/projection.py`), so no sample's full gradient is ever held in memory. Weights shared
+`core/projection.py`), so no sample's full gradient is ever held in memory.
+
+Memory: `attach(..., recompute=c)` recomputes the last c repeated blocks (a transformer's
+decoder layers, `blocks`) in the backward pass instead of keeping their activations
+(reentrant activation checkpointing: their first forward keeps nothing, and the hooks
+fire in the recomputation, whose inputs and output gradients are the same). A recomputed
+block keeps only its input, at the cost of one more forward of that block. Weights shared
 by several modules (tied input and output embeddings) get every module's share: the
 contributions add up in the sink. Samples never interact: one sample's gradient depends
 only on its own rows of the batch, whatever the padding.
@@ -27,12 +33,14 @@ This module does not build batches, losses or projections (`core/gradients.py` d
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 #: Memory for one block of per-sample weight gradients (B x rows x in values).
 DEFAULT_BLOCK_BYTES = 256 * 1024**2
@@ -93,15 +101,31 @@ class PerSampleGradients:
         if orphans:
             raise UnsupportedModule(f"parameters {orphans[:3]} belong to no module of the model: batched gradients "
                                     "cannot reach them; embed one sample at a time (batch_size=1)")
+        self.blocks = repeated_blocks(model)
+        # Blocks whose parameters are selected: their input needs a gradient even when
+        # nothing upstream does (a recomputed block must have one to take part in backward).
+        self._selected_blocks = {i for i, block in enumerate(self.blocks)
+                                 if any(id(p) in offsets for p in block.parameters())}
         self._sink: GradientSink | None = None
         self._batch = 0
         self._replaying = False  # the hooks stand aside while a module's forward is replayed
+        self._watch: Callable[[torch.Tensor], None] | None = None
+        #: Set when a block meant to be recomputed had to run plainly (see `_recomputed`).
+        self.recompute_missed: str | None = None
 
     @contextmanager
-    def attach(self, sink: GradientSink, batch: int) -> Iterator[None]:
-        """Hooks in place and every parameter frozen (no `.grad` is written) while inside."""
+    def attach(self, sink: GradientSink, batch: int, recompute: int = 0) -> Iterator[None]:
+        """Hooks in place and every parameter frozen (no `.grad` is written) while inside.
+
+        recompute: the last `recompute` of `blocks` keep no activations; they are run again
+        in the backward pass (same gradients, one more forward of each).
+        """
+        if isinstance(recompute, bool) or not isinstance(recompute, int) or not 0 <= recompute <= len(self.blocks):
+            raise ValueError(f"recompute must be an integer in [0, {len(self.blocks)}] (the model's repeated "
+                             f"blocks), got {recompute!r}")
         saved = [(p, p.requires_grad) for p in self.model.parameters()]
         handles = []
+        patched: list[tuple[nn.Module, object]] = []
         self._sink, self._batch = sink, int(batch)
         try:
             for p, _ in saved:
@@ -110,13 +134,61 @@ class PerSampleGradients:
                 if owner.kind != "embedding":
                     handles.append(owner.module.register_forward_pre_hook(self._needs_grad_input, with_kwargs=True))
                 handles.append(owner.module.register_forward_hook(self._forward_hook(owner), with_kwargs=True))
+            for index in range(len(self.blocks) - recompute, len(self.blocks)):
+                block = self.blocks[index]
+                patched.append((block, block.__dict__.get("forward")))
+                block.forward = self._recomputed(index, block.forward)
             yield
         finally:
+            for block, own_forward in patched:
+                if own_forward is None:
+                    del block.forward
+                else:
+                    block.forward = own_forward
             for handle in handles:
                 handle.remove()
             for p, flag in saved:
                 p.requires_grad_(flag)
             self._sink, self._batch = None, 0
+
+    @contextmanager
+    def watching(self, seen: Callable[[torch.Tensor], None]) -> Iterator[None]:
+        """Call `seen(x)` with every module input the hooks keep for the backward pass (for
+        measuring what a step holds; see core/gradient_memory.py)."""
+        self._watch = seen
+        try:
+            yield
+        finally:
+            self._watch = None
+
+    def _recomputed(self, index: int, forward):
+        """`forward` of block `index`, wrapped so that backward recomputes it (reentrant checkpoint).
+
+        Reentrant checkpointing differentiates only positional tensor inputs, so a block whose
+        hidden states come as a keyword, or with a keyword tensor that needs a gradient, runs
+        plainly (correct, but it keeps its activations): `recompute_missed` says why.
+        """
+
+        def run(*args, **kwargs):
+            x = args[0] if args else None
+            if not torch.is_grad_enabled() or self._replaying:
+                return forward(*args, **kwargs)
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                self.recompute_missed = (f"block {index} ({type(self.blocks[index]).__name__}) does not take its "
+                                         "hidden states as its first positional argument")
+                return forward(*args, **kwargs)
+            if any(t.requires_grad for t in _tensors(kwargs.values())):
+                self.recompute_missed = (f"block {index} ({type(self.blocks[index]).__name__}) gets a keyword "
+                                         "tensor that needs a gradient")
+                return forward(*args, **kwargs)
+            if not x.requires_grad:
+                if index not in self._selected_blocks:
+                    return forward(*args, **kwargs)  # nothing to differentiate in or before this block
+                x = x.detach().requires_grad_()
+            return checkpoint(functools.partial(forward, **kwargs), x, *args[1:], use_reentrant=True,
+                              preserve_rng_state=False)
+
+        return run
 
     # -- forward side ------------------------------------------------------------------------
     def _needs_grad_input(self, module, args, kwargs):
@@ -146,7 +218,10 @@ class PerSampleGradients:
             if owner.kind == "embedding" and not output.requires_grad:
                 output.requires_grad_()  # a leaf: the weights are frozen
             if output.requires_grad:
-                output.register_hook(lambda g, x=x.detach(): self._deliver(owner, x, g))
+                kept = x.detach()
+                if self._watch is not None:
+                    self._watch(kept)
+                output.register_hook(lambda g, x=kept: self._deliver(owner, x, g))
             return output
         return hook
 
@@ -252,6 +327,33 @@ class PerSampleGradients:
             self._replaying = False
         for name, grad in zip(names, grads):
             self._sink.dense(grad.reshape(grad.shape[0], -1), owner.offsets[name])
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks (a transformer's decoder layers): the `nn.ModuleList` of at
+    least two modules of one class that holds the most parameters; [] when there is none."""
+    best: list[nn.Module] = []
+    best_size = 0
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        children = list(module)
+        if len({type(c) for c in children}) != 1:
+            continue
+        size = sum(p.numel() for c in children for p in c.parameters())
+        if size > best_size:
+            best, best_size = children, size
+    return best
+
+
+def _tensors(values) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            yield from _tensors(value)
+        elif isinstance(value, dict):
+            yield from _tensors(value.values())
 
 
 def _kind(module: nn.Module, name: str) -> str:

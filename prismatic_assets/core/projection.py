@@ -183,6 +183,10 @@ class Projector:
         """Whether the hash table is held in memory (else it is regenerated on every call)."""
         raise NotImplementedError
 
+    def working_bytes(self, batch: int) -> int:
+        """Memory a call on `batch` samples allocates beyond its inputs and output (at most)."""
+        raise NotImplementedError
+
     # -- public entry points ---------------------------------------------------------------
     def project(self, chunks: Sequence[torch.Tensor]) -> torch.Tensor:
         """Project one gradient; `chunks` in the fixed parameter order, numels summing to input_dim."""
@@ -347,6 +351,12 @@ class _CountSketch(Projector):
     def cached(self) -> bool:
         return self._index is not None
 
+    def working_bytes(self, batch: int) -> int:
+        # Per block: two int64 hash buffers and the int32 ids (none when cached), and a
+        # float32 copy of a non-float32 part.
+        block = self._hash_block
+        return (0 if self.cached else 20 * block) + 4 * block
+
     def _ids_from_hash(self, z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
         dim = self.spec.dim
         # Bucket from the high 32 bits by multiply-shift (Lemire): floor(hi * dim / 2**32).
@@ -462,6 +472,17 @@ class _Rademacher(Projector):
     @property
     def cached(self) -> bool:
         return self._cache is not None
+
+    def working_bytes(self, batch: int) -> int:
+        rows, words, size = self._block_rows, self._words, self._dtype.itemsize
+        signs = rows * words * 64 * size  # one block of signs in the compute dtype
+        # Regenerating it: two int64 hash buffers, the bytes of every word as int64. A cached
+        # block is copied out of the int8 table instead.
+        making = signs if self.cached else rows * words * (16 + 64)
+        # The batch's block of values in the compute dtype, and float32 copies where the
+        # device has no mixed-precision product.
+        values = batch * rows * (size + (4 if size != 4 and not self._mm_out_dtype else 0))
+        return signs + making + values + (rows * self.spec.dim * 4 if size != 4 and not self._mm_out_dtype else 0)
 
     def _signs_from_words(self, z: torch.Tensor, rows: int, lut: torch.Tensor) -> torch.Tensor:
         # Bytes by shifts rather than a uint8 view, so the bit order never depends on endianness.

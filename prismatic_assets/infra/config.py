@@ -90,6 +90,14 @@ class ClusteringConfig(_Block):
     max_points_per_centroid: Optional[int] = Field(
         None, ge=1, description="train k-means on a sample of K x this many points (None: every point); "
                                 "every point is still assigned")
+    method: Literal["flat", "two_level"] = Field(
+        "flat", description="flat: one k-means over the pool (the paper); two_level: coarse groups, then k-means "
+                            "inside each with K split by size (~sqrt(K) times cheaper per iteration); either way "
+                            "every point goes to its exact nearest final centroid")
+    coarse: Optional[int] = Field(None, ge=1, description="two_level: coarse groups (None: round(sqrt(K)))")
+    refine: int = Field(3, ge=0, description="two_level: Lloyd iterations over every point after the groups' "
+                                             "k-means, each point against the centroids of its `probe` nearest groups")
+    probe: int = Field(16, ge=1, description="two_level: coarse groups searched per point while refining")
 
 
 class ScoreConfig(_Block):
@@ -104,7 +112,11 @@ class ComputeConfig(_Block):
     workers: int = Field(1, ge=1, description="Ray actors, each holding one proxy")
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1, description="samples per gradient batch")
+    batch_size: int = Field(8, ge=1, description="most samples per gradient batch")
+    memory_gb: Optional[float] = Field(
+        3.0, gt=0, description="GiB the gradient step may use in all (model, projection table, batches): resident "
+                               "memory on CPU, allocated device memory on a GPU; batches, logit chunks and "
+                               "recomputed layers are planned to fit. None: batch_size samples per step, unbounded")
     shard_rows: int = Field(4096, ge=1, description="vectors per Parquet shard; a killed run keeps finished shards")
     shard_seconds: float = Field(60.0, gt=0, description="a shard is also written after this long: a killed run "
                                  "loses at most this much gradient work")

@@ -21,11 +21,16 @@ def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringCo
     k = num_clusters(n, settings.ratio)
     clustering = spherical_kmeans(pool.vectors, k, niter=settings.niter, seed=settings.seed,
                                   sparse_ratio=settings.sparse_ratio,
-                                  max_points_per_centroid=settings.max_points_per_centroid)
+                                  max_points_per_centroid=settings.max_points_per_centroid,
+                                  method=settings.method, coarse=settings.coarse, refine=settings.refine,
+                                  probe=settings.probe)
     config = {"ratio": settings.ratio, "niter": settings.niter, "seed": settings.seed,
               "sparse_ratio": settings.sparse_ratio}
-    if settings.max_points_per_centroid is not None:  # absent when None: ids of earlier clusterings stay valid
+    # Settings at their defaults are left out, so the ids of earlier clusterings stay valid.
+    if settings.max_points_per_centroid is not None:
         config["max_points_per_centroid"] = settings.max_points_per_centroid
+    if settings.method != "flat":
+        config.update(method=settings.method, coarse=settings.coarse, refine=settings.refine, probe=settings.probe)
     clustering_id = digest({"scope": scope, "members": pool.sample_ids, "key": embedding_key, "config": config})
     sorted_sizes = np.sort(clustering.sizes)
     threshold = int(sorted_sizes[int(k * settings.sparse_ratio)]) if k else 0

@@ -33,12 +33,12 @@ from prismatic_assets.infra.config import DistillConfig, EvaluationConfig
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 from prismatic_assets.pipeline.scores import score_pool
+from prismatic_assets.pipeline.sft_worker import RESULT_FILE, read_training_set  # noqa: F401 (part of this API)
 from prismatic_assets.reporting import plots
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import accepted_samples, completed_rounds, refresh_staleness
 
 WORKER_MODULE = "prismatic_assets.pipeline.sft_worker"
-RESULT_FILE = "sft_result.json"
 
 
 def parse_rounds(spec: str, available: list[int]) -> list[int]:
@@ -106,11 +106,6 @@ def write_training_set(samples: Sequence[Sample], path: Path) -> Path:
             f.write(json.dumps(asdict(s), default=str) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def read_training_set(path: Path) -> list[Sample]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [Sample(**row) for row in rows]
 
 
 def sft_command(distill: DistillConfig, data: Path, output_dir: Path) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from prismatic_assets.core.diversity import mean_pooled_hidden_states
+from prismatic_assets.core.gradient_memory import MemoryBudget
 from prismatic_assets.core.gradients import Embedding, GradientEmbedder, GradientSpec
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
@@ -87,13 +88,16 @@ class Embedder(Protocol):
 
 
 def load_gradient_embedder(proxy: ProxyConfig, projection: ProjectionConfig,
-                           batch_size: int = ComputeConfig().batch_size) -> GradientEmbedder:
-    """Load the proxy model and freeze everything its vectors depend on."""
+                           batch_size: int = ComputeConfig().batch_size,
+                           memory_gb: float | None = ComputeConfig().memory_gb) -> GradientEmbedder:
+    """Load the proxy model and freeze everything its vectors depend on; batches are planned
+    within `memory_gb` GiB (None: no budget; see core/gradient_memory.py)."""
     model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
                                       trust_remote_code=proxy.trust_remote_code)
     spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)
     gradient = GradientSpec(params=proxy.params, autocast=proxy.autocast, max_length=proxy.max_length)
-    embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer))
+    embedder = GradientEmbedder(model, tokenizer, spec, gradient, model_fingerprint(model, tokenizer),
+                                memory=None if memory_gb is None else MemoryBudget.gb(memory_gb))
     embedder.batch_size = batch_size
     return embedder
 
@@ -155,6 +159,7 @@ class LocalEmbedder:
 
 
 def build_embedder(proxy: ProxyConfig, projection: ProjectionConfig,
-                   batch_size: int = ComputeConfig().batch_size) -> LocalEmbedder:
+                   batch_size: int = ComputeConfig().batch_size,
+                   memory_gb: float | None = ComputeConfig().memory_gb) -> LocalEmbedder:
     """The local backend: the proxy loaded in this process, named as the config names it."""
-    return LocalEmbedder(load_gradient_embedder(proxy, projection, batch_size), name=proxy.model)
+    return LocalEmbedder(load_gradient_embedder(proxy, projection, batch_size, memory_gb), name=proxy.model)

@@ -153,7 +153,7 @@ def open_embedder(proxy: ProxyConfig, projection: ProjectionConfig, compute: Com
     if compute.backend == "ray":
         yield RayEmbeddingBackend(proxy, projection, compute)
         return
-    embedder = build_embedder(proxy, projection, compute.batch_size)
+    embedder = build_embedder(proxy, projection, compute.batch_size, compute.memory_gb)
     try:
         yield embedder
     finally:

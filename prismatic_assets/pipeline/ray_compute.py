@@ -59,8 +59,10 @@ def worker_device(compute: ComputeConfig) -> str:
 class _GradientActor:
     """A Ray Data actor: one proxy model, embedding batches of rows {i, prompt, response}."""
 
-    def __init__(self, proxy: dict[str, Any], projection: dict[str, Any], batch_size: int, key: str) -> None:
-        self.embedder = load_gradient_embedder(ProxyConfig(**proxy), ProjectionConfig(**projection), batch_size)
+    def __init__(self, proxy: dict[str, Any], projection: dict[str, Any], batch_size: int, key: str,
+                 memory_gb: float | None) -> None:
+        self.embedder = load_gradient_embedder(ProxyConfig(**proxy), ProjectionConfig(**projection), batch_size,
+                                               memory_gb)
         if self.embedder.key != key:
             raise RuntimeError(
                 f"this Ray worker computes embedding key {self.embedder.key}, the driver expected {key}: the "
@@ -177,7 +179,7 @@ class RayEmbeddingBackend:
         if not samples:
             return
         kwargs = {"proxy": self.worker_proxy.model_dump(), "projection": self.projection.model_dump(),
-                  "batch_size": self.compute.batch_size, "key": self.key}
+                  "batch_size": self.compute.batch_size, "key": self.key, "memory_gb": self.compute.memory_gb}
         for chunk, table in self._map(samples, self.compute.batch_size * BATCHES_PER_CHUNK, _GradientActor, kwargs):
             yield chunk, _embeddings(table, self.dim)
 

@@ -6,7 +6,9 @@
 Under accelerate/torchrun every rank runs this and trains its share; the Trainer handles
 the distributed setup (NCCL on GPUs, gloo on CPUs). Rank 0 alone reports to Dagster through
 Pipes (logs, then the result as materialization metadata) and writes `sft_result.json`.
-Launched outside Dagster it simply trains.
+Launched outside Dagster it simply trains. It needs the training stack only (torch,
+transformers, trl, datasets, accelerate): no config, store or Dagster (dagster-pipes is
+imported only when Dagster launched it), so it also runs on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import json
 import os
 from pathlib import Path
 
+#: What rank 0 writes into the output folder when training ends (read by pipeline.distill.read_result).
+RESULT_FILE = "sft_result.json"
+#: Set by Dagster Pipes in the environment of a process it launched (dagster_pipes.DAGSTER_PIPES_CONTEXT_ENV_VAR).
+PIPES_CONTEXT_ENV_VAR = "DAGSTER_PIPES_CONTEXT"
+
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -24,16 +31,23 @@ def _rank() -> int:
 
 def _pipes():
     """Dagster Pipes on rank 0 when launched by Dagster; otherwise nothing."""
-    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+    if _rank() == 0 and PIPES_CONTEXT_ENV_VAR in os.environ:
+        from dagster_pipes import open_dagster_pipes
 
-    if _rank() == 0 and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ:
         return open_dagster_pipes()
     return contextlib.nullcontext()
 
 
+def read_training_set(path: Path):
+    """The samples of a JSON Lines training set (pipeline.distill.write_training_set writes it)."""
+    from prismatic_assets.core.samples import Sample
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [Sample(**row) for row in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     from prismatic_assets.core.sft import SFTSettings, train_sft
-    from prismatic_assets.pipeline.distill import RESULT_FILE, read_training_set
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", required=True)

@@ -329,3 +329,83 @@ def test_unit_float32_rows_are_used_in_place_and_others_normalized_in_a_copy():
     before = x.copy()
     out = _unit_rows(x, "vectors")
     assert np.array_equal(x, before) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- two-level k-means
+
+
+@pytest.mark.parametrize("sizes, k, expected", [
+    ([50, 30, 20], 10, [5, 3, 2]),  # exact shares
+    ([50, 30, 20, 0], 10, [5, 3, 2, 0]),  # an empty group gets none
+    ([60, 25, 15], 7, [4, 2, 1]),  # 4.2, 1.75, 1.05: the spare one to the largest remainder (0.75)
+    ([97, 1, 1, 1], 5, [2, 1, 1, 1]),  # one per non-empty group first
+    ([3, 3, 3], 9, [3, 3, 3]),  # one per point at most
+    ([10, 1], 11, [10, 1]),
+])
+def test_split_clusters(sizes, k, expected):
+    from prismatic_assets.core.clustering import split_clusters
+
+    assert split_clusters(sizes, k).tolist() == expected
+
+
+@pytest.mark.parametrize("sizes, k", [([5, 5, 5], 2), ([2, 1], 4)])
+def test_split_clusters_refuses_impossible_splits(sizes, k):
+    from prismatic_assets.core.clustering import split_clusters
+
+    with pytest.raises(ValueError, match="cannot split"):
+        split_clusters(sizes, k)
+
+
+def test_two_level_recovers_well_separated_clusters():
+    x, labels = _blobs(k=9, per=20, d=24)
+    c = spherical_kmeans(x, 9, seed=0, method="two_level")  # 3 coarse groups, k split among them
+    assert adjusted_rand_score(labels, c.assignments) == 1.0
+
+
+@pytest.mark.parametrize("kwargs", [{"method": "two_level"}, {"method": "two_level", "coarse": 5},
+                                    {"method": "two_level", "max_points_per_centroid": 8},
+                                    {"max_points_per_centroid": 8}])
+def test_cheaper_training_gives_unit_centroids_and_exact_nearest_assignments(kwargs):
+    x = _groups(4000, d=16, seed=4)
+    c = spherical_kmeans(x, 60, niter=8, seed=2, **kwargs)
+    assert c.centroids.shape == (60, 16)
+    np.testing.assert_allclose(np.linalg.norm(c.centroids, axis=1), 1.0, atol=1e-5)
+    # Every point sits at its exact nearest centroid: checked by brute force in float64.
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = xn.astype(np.float64) @ c.centroids.astype(np.float64).T  # (N, K)
+    best = sims.max(1)
+    assert np.allclose(sims[np.arange(len(x)), c.assignments], best, atol=1e-5)
+    assert np.allclose(c.similarities, best, atol=1e-5)
+    assert c.sizes.tolist() == np.bincount(c.assignments, minlength=60).tolist()
+    again = spherical_kmeans(x, 60, niter=8, seed=2, **kwargs)
+    assert np.array_equal(again.centroids, c.centroids) and np.array_equal(again.assignments, c.assignments)
+
+
+@pytest.mark.parametrize("change", [{"seed": 3}, {"coarse": 4}, {"niter": 2}, {"method": "flat"}, {"refine": 0},
+                                    {"probe": 1}])
+def test_two_level_settings_change_the_clustering(change):
+    x = _groups(2000, seed=5)
+    base = {"niter": 8, "seed": 2, "method": "two_level", "coarse": 6}
+    a = spherical_kmeans(x, 40, **base)
+    b = spherical_kmeans(x, 40, **{**base, **change})
+    assert not np.allclose(a.centroids, b.centroids)
+
+
+def test_two_level_objective_is_close_to_flat_and_refining_helps():
+    from benchmarks.bench_kmeans import synthetic_pool
+
+    x = synthetic_pool(6000, 64, seed=0)  # clusters of Zipf-like sizes, many cut by the coarse groups
+    flat = spherical_kmeans(x, 60, niter=20, seed=0).similarities.mean()
+    unrefined = spherical_kmeans(x, 60, niter=20, seed=0, method="two_level", refine=0).similarities.mean()
+    refined = spherical_kmeans(x, 60, niter=20, seed=0, method="two_level").similarities.mean()
+    # Mean cosine to the assigned centroid, relative to the flat k-means.
+    assert refined > unrefined
+    assert refined > 0.98 * flat
+
+
+@pytest.mark.parametrize("kwargs, match", [({"method": "kmeans++"}, "method="), ({"coarse": 0}, "coarse"),
+                                           ({"refine": -1}, "refine must"), ({"probe": 0}, "probe must"),
+                                           ({"method": "two_level", "init_centroids": np.eye(4)[:2]}, "flat. only")])
+def test_two_level_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        spherical_kmeans(np.eye(4)[[0, 1, 2, 3, 0, 1]], 2, **kwargs)

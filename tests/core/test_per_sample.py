@@ -151,3 +151,85 @@ def test_a_parameter_outside_any_module_is_refused():
     stray = nn.Parameter(torch.zeros(3))
     with pytest.raises(UnsupportedModule, match="no module"):
         PerSampleGradients(model, [("stray", stray)])
+
+
+class _Block(nn.Module):
+    """A residual block like a decoder layer: norm, linear, nonlinearity, linear."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = TinyRMSNorm(width)
+        self.up = nn.Linear(width, 2 * width)
+        self.down = nn.Linear(2 * width, width, bias=False)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return x + scale * self.down(torch.tanh(self.up(self.norm(x))))
+
+
+class _Stack(nn.Module):
+    """Embedding, four repeated blocks (called positionally, or by keyword) and a tied head."""
+
+    def __init__(self, vocab: int = 11, width: int = 6, by_keyword: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.layers = nn.ModuleList(_Block(width) for _ in range(4))
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.embed.weight
+        self.by_keyword = by_keyword
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        for layer in self.layers:
+            h = layer(x=h, scale=0.5) if self.by_keyword else layer(h, scale=0.5)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("pattern, recompute", [(None, 4), (None, 2), ("layers.3", 1), ("layers.1.up", 3)])
+def test_recomputed_blocks_give_the_same_per_sample_gradients(pattern, recompute):
+    torch.manual_seed(0)
+    model = _Stack().double()
+    params = [(n, p) for n, p in model.named_parameters() if pattern is None or pattern in n]
+    chosen = {id(p) for _, p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    lengths = [7, 4, 6]
+    ids = torch.randint(1, 11, (3, 7))
+    targets = torch.randint(0, 11, (3, 7))
+    expected = _reference(model, ids, targets, lengths, params)
+    model.zero_grad(set_to_none=True)
+    hooks = PerSampleGradients(model, params)
+    assert hooks.blocks == list(model.layers)
+    sink = _Collect(3, hooks.input_dim)
+    forwards = []
+    counter = model.layers[-1].up.register_forward_hook(lambda *a: forwards.append(torch.is_grad_enabled()))
+    with hooks.attach(sink, 3, recompute=recompute):
+        _loss(model(ids), targets, lengths).sum().backward()
+    counter.remove()
+    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    # The last block ran twice: once keeping nothing (no grad), once again in backward.
+    assert forwards == [False, True] and hooks.recompute_missed is None
+    assert all("forward" not in layer.__dict__ for layer in model.layers)  # unpatched on the way out
+
+
+def test_a_block_called_by_keyword_runs_plainly_and_says_why():
+    torch.manual_seed(0)
+    model = _Stack(by_keyword=True).double()
+    params = list(model.named_parameters())
+    ids = torch.randint(1, 11, (2, 5))
+    targets = torch.randint(0, 11, (2, 5))
+    expected = _reference(model, ids, targets, [5, 5], params)
+    model.zero_grad(set_to_none=True)
+    hooks = PerSampleGradients(model, params)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2, recompute=4):
+        _loss(model(ids), targets, [5, 5]).sum().backward()
+    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    assert "first positional argument" in hooks.recompute_missed
+
+
+def test_recompute_beyond_the_blocks_is_refused():
+    model = _Stack()
+    hooks = PerSampleGradients(model, list(model.named_parameters()))
+    with pytest.raises(ValueError, match=r"recompute must be an integer in \[0, 4\]"):
+        with hooks.attach(_Collect(1, hooks.input_dim), 1, recompute=5):
+            pass

@@ -1,0 +1,218 @@
+"""Gradient steps planned within a memory budget: same vectors, steps that fit, clear errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from prismatic_assets.core.gradient_memory import (HEADROOM, KeptBytes, MemoryBudget, MemoryBudgetError, Polynomial,
+                                                   StepCost, fit_polynomial, plan_batches, resident_bytes)
+from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
+from prismatic_assets.core.models import model_fingerprint
+from prismatic_assets.core.projection import ProjectionSpec
+from tests.conftest import make_tiny_llama
+
+LONG = ("Prove that the sum of two odd numbers is even. " * 2,
+        "Write them as 2a + 1 and 2b + 1; their sum is 2(a + b + 1), a multiple of two. " * 8)
+SHORT = [("What is 2 + 3?", "5"), ("Name a prime.", "7 is prime."), ("Is 9 odd?", "Yes, 9 = 2 * 4 + 1."),
+         ("Halve 10.", "10 / 2 = 5.")]
+PAIRS = [SHORT[0], LONG, *SHORT[1:]]
+MB = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def tokenizer(packaged_tokenizer):
+    return packaged_tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _embedder(tokenizer, budget: int | None, layers: int = 2) -> GradientEmbedder:
+    model = make_tiny_llama(tokenizer, layers=layers)
+    memory = None if budget is None else MemoryBudget(budget, resident=lambda: 0)
+    return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=320),
+                            model_fingerprint(model, tokenizer), memory=memory)
+
+
+def _assert_same(many, one):
+    for m, o in zip(many, one, strict=True):
+        assert m.error is None and o.error is None
+        np.testing.assert_allclose(m.vector, o.vector, rtol=1e-5, atol=1e-5)
+        assert m.loss == pytest.approx(o.loss, rel=1e-5)
+
+
+def _allocated_peak(run) -> int:
+    """Peak bytes allocated by torch on CPU while `run()` runs, from the profiler's memory events
+    (each op's own allocations minus frees, in time order): a measurement, not the model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    current = peak = 0
+    for event in sorted(prof.profiler.function_events, key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def test_long_and_short_samples_within_a_small_budget(tokenizer, one_thread):
+    """The budgeted embedder gives the one-at-a-time vectors; the long sample goes alone with its
+    logits in chunks, the short ones share steps, and every step's memory stays under the budget."""
+    budget = 40 * MB
+    embedder = _embedder(tokenizer, budget)
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    embedder.step_cost()  # measured once, by short forwards of its own
+    shapes = []
+    hook = embedder.model.model.embed_tokens.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+    many = embedder.embed_many(PAIRS, batch_size=8)
+    hook.remove()
+    _assert_same(many, one)
+    plan = embedder.last_plan
+    lengths = {i: embedder.plan([PAIRS[i]])[0].tokens for i in range(len(PAIRS))}
+    assert lengths[1] > 4 * max(lengths[i] for i in (0, 2, 3, 4))
+    assert plan[0].indices == (1,) and plan[0].logit_chunk is not None  # the long one, alone and chunked
+    assert max(len(p.indices) for p in plan[1:]) >= 2  # short samples share steps
+    assert sorted(i for p in plan for i in p.indices) == list(range(len(PAIRS)))
+    # The steps that ran are the planned ones (the model saw B x T = batch x padded length).
+    assert shapes == [(len(p.indices), p.tokens) for p in plan]
+    assert all(p.predicted_bytes <= budget * (1 - HEADROOM) for p in plan)
+    # Measured, per step: what torch allocated stays under the budget.
+    for p in plan:
+        pairs = [PAIRS[i] for i in p.indices]
+        peak = _allocated_peak(lambda: embedder.embed_many(pairs, batch_size=8))
+        assert peak <= budget, (p, peak)
+        assert peak >= 0.4 * p.predicted_bytes  # the model is not absurdly loose either
+
+
+def test_the_budget_changes_the_steps_not_the_vectors(tokenizer, one_thread):
+    reference = None
+    plans = {}
+    for budget in (None, 400 * MB, 40 * MB, 20 * MB):
+        embedder = _embedder(tokenizer, budget)
+        out = embedder.embed_many(PAIRS, batch_size=8)
+        if reference is None:
+            reference = out
+        _assert_same(out, reference)
+        plans[budget] = [(p.indices, p.logit_chunk) for p in embedder.last_plan]
+    (today,) = plans[None]  # no budget: one step, longest first, all logits at once (today's batching)
+    assert today[0][0] == 1 and sorted(today[0]) == [0, 1, 2, 3, 4] and today[1] is None
+    assert len({tuple(v) for v in plans.values()}) == 4  # every budget planned differently
+    assert len(plans[20 * MB]) > len(plans[40 * MB]) > len(plans[400 * MB])
+
+
+def test_blocks_are_recomputed_when_that_is_what_fits(tokenizer, one_thread):
+    model = make_tiny_llama(tokenizer, layers=4)
+
+    def budgeted(budget: int) -> GradientEmbedder:
+        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=256), "fp",
+                                memory=MemoryBudget(budget, resident=lambda: 0))
+
+    one = [budgeted(10**9).embed(*LONG)]
+    # Above 32 x one sample's head gradient (6.3 MB) the step cost no longer depends on the budget.
+    probe = budgeted(250 * MB)
+    cost = probe.step_cost()
+    (alone,) = probe.plan([LONG])
+    assert alone.positions < 256  # all of its logits at once is the least a lone step takes first
+    need = cost.bytes(1, alone.tokens, alone.positions, recompute=0)
+    saved = cost.blocks[-1].at(1, alone.tokens) - cost.block_inputs[-1] * alone.tokens
+    assert saved > 0
+    # Room for all the logits only if at least one block is recomputed.
+    embedder = budgeted(int((need - saved / 2) / (1 - HEADROOM)))
+    out = embedder.embed_many([LONG])
+    (step,) = embedder.last_plan
+    assert step.recompute >= 1 and step.logit_chunk is None
+    _assert_same(out, one)
+
+
+def test_a_sample_that_cannot_fit_names_the_setting_and_the_figure(tokenizer, one_thread):
+    embedder = _embedder(tokenizer, 3 * MB)
+    with pytest.raises(MemoryBudgetError, match=r"sample 1 \(\d+ tokens\) needs .* raise compute.memory_gb to at "
+                                                r"least [0-9.]+") as caught:
+        embedder.embed_many(PAIRS)
+    figure = float(re.search(r"at least ([0-9.]+)", str(caught.value)).group(1))
+    # The stated figure is enough: with that budget the same samples go through.
+    enough = GradientEmbedder(embedder.model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=320),
+                              embedder.model_fingerprint, memory=MemoryBudget.gb(figure, resident=lambda: 0))
+    assert all(o.error is None for o in enough.embed_many(PAIRS))
+
+
+def test_what_is_already_resident_counts_against_the_budget(tokenizer, one_thread):
+    model = make_tiny_llama(tokenizer)
+    embedder = GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=320), "fp",
+                                memory=MemoryBudget(100 * MB, resident=lambda: 99 * MB))
+    with pytest.raises(MemoryBudgetError, match="already resident"):
+        embedder.embed_many(PAIRS)
+    # This process's own resident memory: a few hundred MB at least (torch and the model are loaded).
+    assert 100 * MB < resident_bytes() < 64 * 2**30
+
+
+def test_plan_batches_by_hand():
+    """A cost with round numbers: 10 bytes per token per block (2 blocks), 1 per token of a
+    block's input, 10 per logit position and copy; nothing else. Budgets worked out by hand."""
+    cost = StepCost(blocks=(Polynomial(token=10.0), Polynomial(token=10.0)), block_inputs=(1.0, 1.0),
+                    other=Polynomial(), logit_position=10.0, sample_block=0.0, block_cap=0.0, projection=0.0,
+                    split_head=True, can_recompute=True)
+    # B samples of T tokens, P positions, c blocks recomputed: 10BT(2 - c) + cBT + max(40P, 10BT).
+    assert cost.bytes(1, 100, 50, 0) == 2000 + 2000
+    assert cost.bytes(1, 100, 50, 2) == 200 + 2000
+    assert cost.bytes(2, 100, 100, 1) == 2000 + 200 + 4000
+    lengths, prompts = [300, 100, 90, 80], [10, 10, 10, 10]
+    def budget(usable: float) -> float:  # what leaves `usable` bytes to plan, HEADROOM aside
+        return usable / (1 - HEADROOM)
+
+    # 27000 usable: the 300-token sample (290 positions) alone, 6000 + 11600; with a second
+    # one at 256 positions each 12000 + 20480 > 27000. The three short ones: 6000 + 10800.
+    plan = plan_batches(lengths, prompts, cost, budget(27000), 0, max_batch=8)
+    assert [(p.indices, p.recompute, p.logit_chunk) for p in plan] == [((0,), 0, None), ((1, 2, 3), 0, None)]
+    # 14040 usable: at 256 positions the long one needs one block recomputed
+    # (3000 + 300 + 10240 = 13540), then takes 268 positions at a time; 3 short ones: 16800 > 14040.
+    plan = plan_batches(lengths, prompts, cost, budget(14040), 0, max_batch=8)
+    assert [(p.indices, p.recompute, p.logit_chunk) for p in plan] == [((0,), 1, 268), ((1, 2), 0, None),
+                                                                        ((3,), 0, None)]
+    # 10800 usable: even two recomputed blocks leave no room for 256 positions (10840),
+    # so no recompute and smaller chunks: 6000 + 40P <= 10800, P = 120.
+    plan = plan_batches(lengths, prompts, cost, budget(10800), 0, max_batch=8)
+    assert [(p.indices, p.recompute, p.logit_chunk) for p in plan] == [((0,), 0, 120), ((1,), 0, None),
+                                                                        ((2, 3), 0, None)]
+    assert all(p.predicted_bytes <= 10800 for p in plan)
+    # The batch cap and the token cap still hold (a lone sample over the token cap still runs).
+    assert [p.indices for p in plan_batches(lengths, prompts, cost, 10**9, 0, max_batch=2)] == [(0, 1), (2, 3)]
+    assert [p.indices for p in plan_batches(lengths, prompts, cost, 10**9, 0, 8, max_batch_tokens=250)] == \
+        [(0,), (1, 2), (3,)]
+    # What is resident comes off the budget; below 16 positions with every block recomputed: too big.
+    assert plan_batches(lengths, prompts, cost, budget(27000) + 12000, 12000, max_batch=8) == \
+        plan_batches(lengths, prompts, cost, budget(27000), 0, max_batch=8)
+    with pytest.raises(MemoryBudgetError, match="sample 0 \\(300 tokens\\)"):
+        plan_batches(lengths, prompts, cost, 1000, 0, max_batch=8)
+
+
+def test_fit_polynomial_recovers_constant_linear_and_quadratic_terms():
+    truth = Polynomial(const=5000.0, token=300.0, pair=4.0)
+    lengths = (16, 32, 64)
+    fitted = fit_polynomial(lengths, [truth.at(2, t) for t in lengths], batch=2)
+    assert (fitted.const, fitted.token, fitted.pair) == pytest.approx((5000.0, 300.0, 4.0))
+    # A term that would come out negative is dropped and the constant covers the longest length.
+    noisy = fit_polynomial(lengths, [1000.0, 900.0, 2000.0], batch=1)
+    assert noisy.token >= 0 and noisy.pair >= 0 and noisy.at(1, 64) >= 2000.0
+
+
+def test_kept_bytes_counts_what_autograd_saves_once():
+    layer = torch.nn.Linear(8, 16)
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(4, 8, requires_grad=True)
+    kept = KeptBytes(layer.parameters())
+    with kept.recording([]):
+        y = torch.tanh(layer(x))  # Linear saves its (frozen, excluded) weight; tanh saves its output
+        z = y * y  # mul saves y twice: one storage, counted once
+    assert kept.bytes[-1] == 4 * 16 * 4
+    del z
