@@ -269,7 +269,7 @@ class StudyConfig(_Block):
         ("basic_arithmetic", "gcd", "lcm", "leg_counting", "letter_counting", "count_bits"),
         description="procedural pool: the reasoning-gym tasks (the in-distribution split)")
     levels: tuple[int, ...] = Field((0, 1), description="procedural pool: curriculum levels, spread evenly")
-    pool_size: int = Field(480, ge=1, description="procedural pool: problems generated (before duplicates and "
+    pool_size: int = Field(576, ge=1, description="procedural pool: problems generated (before duplicates and "
                            "held-out overlaps are removed); every pool sample gets a gradient")
     designs: tuple[str, ...] = Field(
         ("span:1:1", "span:1:2", "span:2:2", "span:3:2", "span:all:all", "random:0", "cluster-balanced",
@@ -281,10 +281,10 @@ class StudyConfig(_Block):
     seed: int = Field(0, description="seed of the draws")
     clusters: Optional[int] = Field(None, ge=2, description="K of the gradient clusterings of cluster designs "
                                     "(None: about sqrt of the candidates)")
-    max_steps: int = Field(60, ge=1, description="SFT steps per student (the same for every set)")
+    max_steps: int = Field(50, ge=1, description="SFT steps per student (the same for every set)")
     batch_size: int = Field(8, ge=1, description="SFT samples per step per process")
-    learning_rate: float = Field(5e-5, gt=0)
-    save_steps: int = Field(20, ge=1, description="a student's checkpoint cadence: a killed study resumes its "
+    learning_rate: float = Field(1e-4, gt=0)
+    save_steps: int = Field(25, ge=1, description="a student's checkpoint cadence: a killed study resumes its "
                             "student from the last one")
     keep_models: bool = Field(False, description="keep each student's weights after its evaluation (else only "
                               "its results are kept; ~0.5 GB per SmolLM2 student)")
