@@ -281,16 +281,16 @@ class StudyConfig(_Block):
     seed: int = Field(0, description="seed of the draws")
     clusters: Optional[int] = Field(None, ge=2, description="K of the gradient clusterings of cluster designs "
                                     "(None: about sqrt of the candidates)")
-    max_steps: int = Field(50, ge=1, description="SFT steps per student (the same for every set)")
+    max_steps: int = Field(40, ge=1, description="SFT steps per student (the same for every set)")
     batch_size: int = Field(8, ge=1, description="SFT samples per step per process")
     learning_rate: float = Field(1e-4, gt=0)
-    save_steps: int = Field(25, ge=1, description="a student's checkpoint cadence: a killed study resumes its "
+    save_steps: int = Field(20, ge=1, description="a student's checkpoint cadence: a killed study resumes its "
                             "student from the last one")
     keep_models: bool = Field(False, description="keep each student's weights after its evaluation (else only "
                               "its results are kept; ~0.5 GB per SmolLM2 student)")
     engine: EngineConfig = Field(EngineConfig(backend="transformers"),
                                  description="how students answer the held-out problems (`model` is ignored)")
-    eval_per_family: int = Field(16, ge=1, description="held-out problems per family and split")
+    eval_per_family: int = Field(12, ge=1, description="held-out problems per family and split")
     ood_families: tuple[str, ...] = Field(
         ("chain_sum", "products", "spell_backward", "fraction_simplification"),
         description="tasks no set contains: the out-of-distribution split")
