@@ -458,7 +458,7 @@ class StudyReport:
     students: list[StudentRecord]
     rankings: list[RankingRow]
     seconds: dict[str, float] = field(default_factory=dict)
-    trained: list[str] = field(default_factory=list)  # students trained in this run
+    trained: list[str] = field(default_factory=list)  # students run in this run (trained or failed; base evaluated)
     n_pool: int | None = None
     rejected: dict[str, int] = field(default_factory=dict)
 

@@ -83,7 +83,7 @@ class CliStudy:
 
     def __init__(self, root: Path, model_dir: str) -> None:
         self.root = root
-        home = root / "home"
+        self.home = home = root / "home"
         home.mkdir()
         config = yaml.safe_load((REPO / "dagster.yaml").read_text())
         for key in ("storage", "local_artifact_storage", "compute_logs"):  # state under the temporary home
@@ -197,6 +197,19 @@ def test_the_stored_study_is_complete_and_consistent(killed_and_resumed):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
     assert sorted(r.data.tags["set"] for r in children) == sorted([BASE, *DESIGNS])
     assert all(r.data.tags["study_id"] == report.study_id for r in children)
+    finished = [r for r in runs if r.info.run_id in parents and r.info.status == "FINISHED"]
+    assert len(finished) == 1  # the killed run's parent never finished
+    artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id, "study")}
+    assert {"study/ranking.md", "study/sets.md", "study/scatter-g_vendi_q1.png"} <= artifacts
+    # The asset's metadata in Dagster: the study, its tables, one scatter per measure, the stage times.
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(cli.home)) as instance:
+        metadata = instance.get_latest_materialization_event(dg.AssetKey("study")).asset_materialization.metadata
+    assert metadata["study_id"].value == report.study_id and metadata["sets"].value == len(DESIGNS)
+    assert "| g_vendi_q1 |" in metadata["ranking"].value and "span:3:1" in metadata["sets_table"].value
+    assert metadata["scatter/g_vendi_q1"].value.startswith("![g_vendi_q1 vs accuracy](data:image/png;base64,")
+    assert {"sets", "gradients", "measures", "training", "evaluation"} <= set(metadata["seconds_by_stage"].value)
 
 
 def test_a_rerun_of_a_finished_study_adds_no_rows(killed_and_resumed):
@@ -252,19 +265,24 @@ def test_settings_that_define_the_sets_make_a_new_study_id(tiny_model_dir, tmp_p
 
 
 def test_a_failed_student_is_stored_with_its_reason_and_the_others_go_on(tmp_path, tiny_model_dir, one_thread):
-    config = build_config(tiny_values(tmp_path / "data", tiny_model_dir, designs=["span:1:1", "random:0"],
+    config = build_config(tiny_values(tmp_path / "data", tiny_model_dir, designs=["random:0", "random:1"],
                                       max_steps=2, save_steps=1))
 
     def launch(command: list[str]) -> None:
         broken = any("random-0" in part for part in command)  # this student's SFT process gets a bad argument
         _launch_logged(command + ["--no-such-option"] if broken else command)
     store = MetadataStore(config.store_path)
-    report = run_study(store, config, launch=launch)
-    assert report.student("span:1:1").status == "finished" and report.student(BASE).status == "finished"
+    lines = []
+    report = run_study(store, config, launch=launch, log=lines.append)
     failed = report.student("random:0")
     assert failed.status == "failed"
     assert "training failed" in failed.reason and "unrecognized arguments: --no-such-option" in failed.reason
+    # the student after the failed one still ran
+    assert report.student("random:1").status == "finished" and report.student(BASE).status == "finished"
+    assert [line.split(":")[0] + ":" + line.split(":")[1] for line in lines if line.startswith("student random")
+            and ("finished" in line or "failed" in line)] == ["student random:0", "student random:1"]
     assert report.ranking("g_vendi_q1", "out_of_distribution").reason.startswith("1 set(s) with a value")
+    assert "failed: training failed" in sets_table(report)
     lines = []
     report = run_study(store, config, log=lines.append)  # the rerun tries the failed student again
     assert "students: 2 with a result, 1 to run (one after another)" in lines
