@@ -1,9 +1,9 @@
 # One command each: `make demo` sets up and materializes the pipeline on the local profile
-# (`make experiment` adds one student per arm),
+# (`make experiment` adds one student per arm; `make study` ranks diversity measures by student accuracy),
 # `make test` sets up and runs the test suite.
 PY := .venv/bin/python
 
-.PHONY: setup demo experiment test bench ui
+.PHONY: setup demo experiment study test bench ui
 setup:
 	bash scripts/setup.sh
 
@@ -12,6 +12,9 @@ demo: setup
 
 experiment: setup
 	$(PY) -m prismatic_assets.interfaces.cli experiment
+
+study: setup
+	$(PY) -m prismatic_assets.interfaces.cli study
 
 test: setup
 	$(PY) -m pytest

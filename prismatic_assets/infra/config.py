@@ -318,6 +318,70 @@ class ArmsConfig(_Block):
         return self
 
 
+class StudyConfig(_Block):
+    """`prismatic study`: does G-Vendi rank accuracy across training sets of equal size? (`pipeline/study.py`)
+
+    The defaults fit the 2-core CPU budget of `make study` (docs/STUDY.md gives the arithmetic)."""
+
+    pool: str = Field("procedural", description="'procedural' (reasoning-gym problems over families x levels), or a "
+                      ".jsonl/.json/.parquet path, 'champ' or hf:owner/name[:split] (what `prismatic score` reads)")
+    fields: Optional[str] = Field(None, description="field mapping of a pool file, e.g. prompt=q,response=a,answer=x,"
+                                  "category=topic (the category is the family of span designs)")
+    limit: Optional[int] = Field(None, ge=1, description="read only the first N valid rows of a pool file")
+    families: tuple[str, ...] = Field(
+        ("basic_arithmetic", "gcd", "lcm", "leg_counting", "letter_counting", "count_bits"),
+        description="procedural pool: the reasoning-gym tasks (the in-distribution split)")
+    levels: tuple[int, ...] = Field((0, 1), description="procedural pool: curriculum levels, spread evenly")
+    pool_size: int = Field(576, ge=1, description="procedural pool: problems generated (before duplicates and "
+                           "held-out overlaps are removed); every pool sample gets a gradient")
+    designs: tuple[str, ...] = Field(
+        ("span:1:1", "span:1:2", "span:2:2", "span:3:2", "span:all:all", "random:0", "cluster-balanced",
+         "single-cluster"),
+        description="one training set per design: span:F:L, random:S, cluster-balanced, greedy, single-cluster "
+                    "(core/study_sets.py)")
+    set_size: int = Field(40, ge=2, description="samples per training set (the same for every set)")
+    disjoint: bool = Field(True, description="no sample in two sets")
+    seed: int = Field(0, description="seed of the draws")
+    clusters: Optional[int] = Field(None, ge=2, description="K of the gradient clusterings of cluster designs "
+                                    "(None: about sqrt of the candidates)")
+    max_steps: int = Field(40, ge=1, description="SFT steps per student (the same for every set)")
+    batch_size: int = Field(8, ge=1, description="SFT samples per step per process")
+    learning_rate: float = Field(1e-4, gt=0)
+    save_steps: int = Field(20, ge=1, description="a student's checkpoint cadence: a killed study resumes its "
+                            "student from the last one")
+    keep_models: bool = Field(False, description="keep each student's weights after its evaluation (else only "
+                              "its results are kept; ~0.5 GB per SmolLM2 student)")
+    engine: EngineConfig = Field(EngineConfig(backend="transformers"),
+                                 description="how students answer the held-out problems (`model` is ignored)")
+    eval_per_family: int = Field(12, ge=1, description="held-out problems per family and split")
+    ood_families: tuple[str, ...] = Field(
+        ("chain_sum", "products", "spell_backward", "fraction_simplification"),
+        description="tasks no set contains: the out-of-distribution split")
+    eval_seed: int = Field(20_011, description="seed of the held-out problems (never a pool seed)")
+    max_tokens: int = Field(32, ge=1, description="answer tokens per held-out problem")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the sets for rho's 95% interval")
+    bootstrap_seed: int = 0
+
+    @field_validator("designs")
+    @classmethod
+    def _designs_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from prismatic_assets.core.study_sets import parse_designs
+
+        parse_designs(value, key="designs")
+        return value
+
+    @model_validator(mode="after")
+    def _families_apart(self) -> "StudyConfig":
+        overlap = sorted(set(self.families) & set(self.ood_families))
+        if overlap:
+            raise ValueError(f"ood_families {overlap} are also pool families: the out-of-distribution split must "
+                             "use tasks no set contains")
+        if self.save_steps > self.max_steps:
+            raise ValueError(f"save_steps={self.save_steps} > max_steps={self.max_steps}: a killed student could "
+                             "not resume from a checkpoint; lower save_steps")
+        return self
+
+
 class TrackingConfig(_Block):
     tracking_uri: Optional[str] = Field(None, description="None: $MLFLOW_TRACKING_URI, else sqlite under data_dir")
     experiment: str = "prismatic"
@@ -338,6 +402,7 @@ class Config(_Block):
     compare: CompareConfig = CompareConfig()
     world: WorldConfig = WorldConfig()
     arms: ArmsConfig = ArmsConfig()
+    study: StudyConfig = StudyConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("data_dir")

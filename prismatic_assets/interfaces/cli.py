@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--markdown", action="store_true", help="a Markdown table")
     show.set_defaults(func=_cmd_config)
     add_toolkit_commands(sub)
+    from prismatic_assets.interfaces.cli_study import add_study_command
+    add_study_command(sub)
     return parser
 
 

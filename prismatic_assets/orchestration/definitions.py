@@ -20,13 +20,14 @@ from prismatic_assets.orchestration.assets.comparison import dataset_comparison
 from prismatic_assets.orchestration.assets.distillation import distilled_model, student_evaluation
 from prismatic_assets.orchestration.assets.rounds import synthesis_round, synthesis_round_every_6_hours
 from prismatic_assets.orchestration.automation import add_next_round_partitions, arm_round_every_hour
+from prismatic_assets.orchestration.assets.study import study
 from prismatic_assets.orchestration.checks import BACKBONE_CHECKS, ROUND_CHECKS
 from prismatic_assets.infra.config import load_config
 from prismatic_assets.orchestration.jobs import build_jobs
 from prismatic_assets.orchestration.resources import build_resources
 
 ASSETS = [*BACKBONE_ASSETS, synthesis_round, distilled_model, student_evaluation, dataset_comparison, arm_round,
-          arm_students]
+          arm_students, study]
 
 
 def build_definitions(profile: str | None = None) -> dg.Definitions:

@@ -3,7 +3,7 @@
 Each job's page in the UI has a "Materialize all" button that runs exactly the job:
 `backbone_job` the backbone group, `arm_round_job` and `synthesis_round_job` one round (a
 partition), `arm_students_job` the students of the arms, `distillation_job` the distilled
-student and its evaluation, `dataset_comparison_job` the comparison report. The command line
+student and its evaluation, `dataset_comparison_job` the comparison report, `study_job` the correlation study. The command line
 launches the same jobs (`interfaces/runs.py`), so its runs are listed under them. The run
 config of each job defaults to the profile's values, so the launchpad opens pre-filled with
 what the run would use and any of it can be changed for one run.
@@ -23,6 +23,7 @@ from prismatic_assets.orchestration.assets.backbone import GROUP as BACKBONE_GRO
 from prismatic_assets.orchestration.assets.comparison import dataset_comparison
 from prismatic_assets.orchestration.assets.distillation import distilled_model, student_evaluation
 from prismatic_assets.orchestration.assets.rounds import synthesis_round_job
+from prismatic_assets.orchestration.assets.study import study
 
 
 def _given(values: dict) -> dict:
@@ -69,4 +70,8 @@ def build_jobs(config: Config) -> list:
         dg.define_asset_job("dataset_comparison_job", selection=[dataset_comparison],
                             config=comparison_config(config),
                             description="The seed pool beside the data sets of the profile's compare section."),
+        dg.define_asset_job("study_job", selection=[study],
+                            description="The correlation study: one student per designed training set, Spearman "
+                                        "rho of each diversity measure against accuracy (what `prismatic study` "
+                                        "runs)."),
     ]

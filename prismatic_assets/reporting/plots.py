@@ -79,3 +79,21 @@ def bars_png(labels: Sequence[str], values: Sequence[float], ylabel: str, title:
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
     return _png(fig)
+
+
+def interval_scatter_png(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float],
+                                                                       Sequence[float]]],
+                         labels: Sequence[str], xlabel: str, ylabel: str, title: str) -> bytes:
+    """Labelled points with vertical interval bars, one colour per series: {name: (y, low, high)}
+    (a diversity measure against each split's accuracy and its 95% interval, one point per set)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (y, low, high) in series.items():
+        y, low, high = np.asarray(y, float), np.asarray(low, float), np.asarray(high, float)
+        ax.errorbar(list(x), y, yerr=[y - low, high - y], fmt="o", capsize=3, label=name)
+        for xi, yi, label in zip(x, y, labels):
+            ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -29,6 +29,14 @@ ARM_ACCEPTED = "arm_accepted"
 ARM_ROUNDS = "arm_rounds"
 # Arms in the pool-conditioned world (migration 6): each arm's own requests and candidates.
 ARM_REQUESTS = "arm_requests"
+# The correlation study (migration 7).
+STUDIES = "studies"
+STUDY_SETS = "study_sets"
+STUDY_MEMBERS = "study_members"
+STUDY_MEASURES = "study_measures"
+STUDY_STUDENTS = "study_students"
+STUDY_ACCURACY = "study_accuracy"
+STUDY_RANKINGS = "study_rankings"
 
 
 @dataclass(frozen=True)
@@ -384,6 +392,99 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             run_id          VARCHAR,
             finished_at     TIMESTAMP DEFAULT current_timestamp,
             PRIMARY KEY (round, arm)
+        );
+    """),
+    Migration(7, "study: training sets by design, their diversity measures, one student each, the ranking", f"""
+        CREATE TABLE {STUDIES} (
+            study_id        VARCHAR PRIMARY KEY,  -- digest of the settings that define the sets
+            settings        JSON NOT NULL,        -- those settings
+            pool_source     VARCHAR NOT NULL,     -- 'procedural' or the pool file
+            n_pool          INTEGER NOT NULL,     -- candidates after duplicates and held-out overlaps
+            n_rejected      INTEGER NOT NULL,     -- candidates removed, with reasons in pool_rejections
+            pool_rejections JSON NOT NULL,        -- {{reason: count}}
+            n_sets          INTEGER NOT NULL,
+            set_size        INTEGER NOT NULL,
+            disjoint        BOOLEAN NOT NULL,
+            run_id          VARCHAR,
+            created_at      TIMESTAMP DEFAULT current_timestamp
+        );
+        CREATE TABLE {STUDY_SETS} (
+            study_id        VARCHAR NOT NULL,
+            set_name        VARCHAR NOT NULL,     -- the design as written: 'span:2:1', 'random:0', ...
+            position        INTEGER NOT NULL,     -- order of the designs
+            kind            VARCHAR NOT NULL,     -- 'span' | 'random' | 'cluster-balanced' | 'greedy' | 'single-cluster'
+            size            INTEGER NOT NULL,
+            details         JSON NOT NULL,        -- families and levels spanned, clusters, ...
+            PRIMARY KEY (study_id, set_name)
+        );
+        CREATE TABLE {STUDY_MEMBERS} (
+            study_id        VARCHAR NOT NULL,
+            set_name        VARCHAR NOT NULL,
+            sample_id       VARCHAR NOT NULL,
+            family          VARCHAR,              -- reasoning-gym task or the file's category
+            level           INTEGER,
+            prompt          VARCHAR NOT NULL,
+            response        VARCHAR NOT NULL,
+            answer          VARCHAR,
+            category        VARCHAR,
+            source          VARCHAR NOT NULL,
+            source_ref      VARCHAR,
+            content_hash    VARCHAR NOT NULL,     -- keys the embedding cache
+            PRIMARY KEY (study_id, set_name, sample_id)
+        );
+        CREATE TABLE {STUDY_MEASURES} (
+            study_id        VARCHAR NOT NULL,
+            set_name        VARCHAR NOT NULL,
+            measure         VARCHAR NOT NULL,     -- 'g_vendi_q1', 'embedding_vendi', 'distinct_2', ...
+            value           DOUBLE,               -- NULL: not computable for this set (see reason)
+            n               INTEGER NOT NULL,     -- samples it read
+            reason          VARCHAR,              -- why value is NULL
+            embedding_key   VARCHAR,              -- the vectors it read (NULL for text and label measures)
+            PRIMARY KEY (study_id, set_name, measure)
+        );
+        CREATE TABLE {STUDY_STUDENTS} (
+            study_id        VARCHAR NOT NULL,
+            set_name        VARCHAR NOT NULL,     -- a set, or 'base' (the untrained student)
+            run_key         VARCHAR NOT NULL,     -- digest of the student, SFT and evaluation settings
+            status          VARCHAR NOT NULL,     -- 'finished' | 'failed'
+            reason          VARCHAR,              -- why it failed
+            model           VARCHAR,              -- the trained model folder (removed unless keep_models)
+            steps           INTEGER,
+            final_loss      DOUBLE,
+            train_seconds   DOUBLE,
+            eval_seconds    DOUBLE,
+            settings        JSON NOT NULL,
+            mlflow_run_id   VARCHAR,
+            run_id          VARCHAR,
+            finished_at     TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (study_id, set_name, run_key)
+        );
+        CREATE TABLE {STUDY_ACCURACY} (
+            study_id        VARCHAR NOT NULL,
+            set_name        VARCHAR NOT NULL,
+            run_key         VARCHAR NOT NULL,
+            split           VARCHAR NOT NULL,     -- 'in_distribution' | 'out_of_distribution'
+            n               INTEGER NOT NULL,
+            correct         INTEGER NOT NULL,
+            accuracy        DOUBLE NOT NULL,
+            low             DOUBLE NOT NULL,      -- 95% Wilson interval
+            high            DOUBLE NOT NULL,
+            PRIMARY KEY (study_id, set_name, run_key, split)
+        );
+        CREATE TABLE {STUDY_RANKINGS} (
+            study_id        VARCHAR NOT NULL,
+            run_key         VARCHAR NOT NULL,
+            measure         VARCHAR NOT NULL,
+            split           VARCHAR NOT NULL,
+            rho             DOUBLE,               -- NULL: undefined (constant values, fewer than 3 sets)
+            low             DOUBLE,               -- bootstrap percentile 95% interval over the sets
+            high            DOUBLE,
+            n_sets          INTEGER NOT NULL,
+            resamples       INTEGER NOT NULL,
+            degenerate      INTEGER NOT NULL,     -- resamples left out: one side constant
+            bootstrap_seed  INTEGER NOT NULL,
+            reason          VARCHAR,
+            PRIMARY KEY (study_id, run_key, measure, split)
         );
     """),
 )

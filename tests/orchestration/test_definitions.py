@@ -23,6 +23,8 @@ LINEAGE = {
     # The arms (prismatic vs random vs naive) on procedural candidates, and one student per arm.
     "arm_round": {"seed_samples", "gradient_embeddings"},
     "arm_students": {"arm_round", "seed_samples"},
+    # The correlation study: its own pool, sets and students (no upstream asset).
+    "study": set(),
 }
 
 
@@ -69,8 +71,8 @@ def test_resources_name_the_profile_they_serve(monkeypatch):
 
 
 def test_assets_are_module_level_and_testable_without_definitions():
-    from prismatic_assets.orchestration.assets import arms, backbone, comparison, distillation, rounds
+    from prismatic_assets.orchestration.assets import arms, backbone, comparison, distillation, rounds, study
 
-    module_level = {a.key.to_user_string() for m in (arms, backbone, comparison, distillation, rounds)
+    module_level = {a.key.to_user_string() for m in (arms, backbone, comparison, distillation, rounds, study)
                     for a in vars(m).values() if isinstance(a, dg.AssetsDefinition)}
     assert module_level == set(LINEAGE) == {a.key.to_user_string() for a in ASSETS}
