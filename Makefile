@@ -1,9 +1,10 @@
 # One command each: `make demo` sets up and materializes the pipeline on the local profile
 # (`make experiment` adds one student per arm),
-# `make test` sets up and runs the test suite.
+# `make test` sets up and runs the test suite,
+# `make mutation` runs mutmut module by module (hours; not in CI; docs/MUTATION.md).
 PY := .venv/bin/python
 
-.PHONY: setup demo experiment test bench ui
+.PHONY: setup demo experiment test bench ui mutation
 setup:
 	bash scripts/setup.sh
 
@@ -21,3 +22,8 @@ bench: setup
 
 ui: setup
 	DAGSTER_HOME=$(CURDIR) .venv/bin/dagster dev -h 127.0.0.1 -p 3000
+
+mutation: setup
+	$(PY) -m pip install -c constraints.txt -e ".[mutation]"
+	$(PY) scripts/mutation.py
+	$(PY) scripts/mutation.py --summary
