@@ -159,8 +159,14 @@ def other_model_dir(tmp_path_factory, packaged_tokenizer) -> str:
     return str(path)
 
 
-def test_every_proxy_and_projection_setting_changes_the_embedders_key(tiny_model_dir, other_model_dir):
+def test_every_proxy_and_projection_setting_changes_the_embedders_key(tiny_model_dir, other_model_dir, monkeypatch):
+    import functools
+
+    from prismatic_assets.pipeline import embeddings
     from prismatic_assets.pipeline.embeddings import build_embedder
+
+    # Each distinct (model, dtype, ...) is loaded once: most settings change only the spec.
+    monkeypatch.setattr(embeddings, "load_causal_lm", functools.lru_cache(embeddings.load_causal_lm))
 
     proxy_changes = {"model": other_model_dir, "dtype": "bfloat16", "params": r"layers\.1\.self_attn",
                      "autocast": "bf16", "max_length": 64}
