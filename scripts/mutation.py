@@ -2,6 +2,7 @@
 
     python scripts/mutation.py                      # every module of [tool.prismatic-mutation.modules]
     python scripts/mutation.py prismatic_assets/core/gvendi.py ...
+    python scripts/mutation.py --survivors MODULE   # run the last survivors again against today's tests
     python scripts/mutation.py --summary            # scores per module and package from earlier runs
 
 For each module: copy the package, its tests and profiles into build/mutation/<module>/,
@@ -48,9 +49,14 @@ def _mutmut(folder: Path, *args: str, timeout: float | None = None) -> subproces
 
 
 def prepare(module: str, tests: list[str], conf: dict) -> Path:
-    """The module's working copy with its [tool.mutmut] settings (kept if it exists: mutmut resumes)."""
+    """The module's working copy with its [tool.mutmut] settings (kept if it exists: mutmut resumes).
+
+    The tests are copied anew every time, so survivors can be run again against new tests."""
     folder = OUT / slug(module)
-    if not (folder / "pyproject.toml").is_file():
+    if (folder / "pyproject.toml").is_file():
+        shutil.copytree(ROOT / "tests", folder / "tests", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    else:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("prismatic_assets", "tests", "resources"):
             shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -75,11 +81,19 @@ def outcomes(folder: Path) -> dict[str, str]:
     return found
 
 
-def run_module(module: str, tests: list[str], conf: dict) -> dict:
+def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool = False) -> dict:
     folder = prepare(module, tests, conf)
+    report = OUT / f"{slug(module)}.json"
+    names: list[str] = []
+    if survivors_only:
+        if not report.is_file():
+            raise SystemExit(f"{module} has not run yet: run it whole first")
+        names = sorted(json.loads(report.read_text())["survivors"])
     began = time.perf_counter()
-    done = _mutmut(folder, "run", "--max-children", "1")
+    done = _mutmut(folder, "run", "--max-children", "1", *names)
     seconds = time.perf_counter() - began
+    if survivors_only:  # the module's time is that of its whole run
+        seconds = json.loads(report.read_text())["seconds"]
     (folder / "run.log").write_text(done.stdout[-20000:] + "\n" + done.stderr[-20000:])
     found = outcomes(folder)
     counts: dict[str, int] = {}
@@ -89,7 +103,7 @@ def run_module(module: str, tests: list[str], conf: dict) -> dict:
                  if outcome in SURVIVED}
     result = {"module": module, "tests": tests, "seconds": round(seconds, 1), "exit_code": done.returncode,
               "counts": counts, "survivors": survivors, "finished": time.strftime("%Y-%m-%d %H:%M")}
-    (OUT / f"{slug(module)}.json").write_text(json.dumps(result, indent=1))
+    report.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -130,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: every configured one, in order)")
     parser.add_argument("--summary", action="store_true", help="print the scores of earlier runs")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run only the survivors of each module's last run again (after adding tests)")
     args = parser.parse_args()
     conf = settings()
     if args.summary:
@@ -140,7 +156,7 @@ def main() -> None:
         raise SystemExit(f"{unknown} have no entry in [tool.prismatic-mutation.modules] of pyproject.toml: "
                          "add the module with the tests that pin it")
     for module in args.modules or list(conf["modules"]):
-        result = run_module(module, conf["modules"][module], conf)
+        result = run_module(module, conf["modules"][module], conf, survivors_only=args.survivors)
         killed, total, share = score(result["counts"])
         print(f"{module}: {killed}/{total} killed ({share:.1%}), {result['counts']}, {result['seconds'] / 60:.1f} min",
               flush=True)
