@@ -1,9 +1,10 @@
 # One command each: `make demo` sets up and materializes the pipeline on the local profile
 # (`make experiment` adds one student per arm; `make study` ranks diversity measures by student accuracy),
-# `make test` sets up and runs the test suite.
+# `make test` sets up and runs the test suite,
+# `make mutation` runs mutmut module by module (hours; not in CI).
 PY := .venv/bin/python
 
-.PHONY: setup demo experiment study test bench ui
+.PHONY: setup demo experiment study test bench ui mutation
 setup:
 	bash scripts/setup.sh
 
@@ -25,3 +26,8 @@ bench: setup
 # Ctrl-C stops the webserver, the daemon and the code server within seconds (tests/test_ui.py).
 ui: setup
 	DAGSTER_HOME=$(CURDIR) .venv/bin/dg dev -h 127.0.0.1 -p 3000
+
+mutation: setup
+	$(PY) -m pip install -c constraints.txt -e ".[mutation]"
+	$(PY) scripts/mutation.py
+	$(PY) scripts/mutation.py --summary

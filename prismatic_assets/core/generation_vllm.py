@@ -140,7 +140,10 @@ class VLLMGenerator(BaseGenerator):
                 **self.engine_kwargs}
 
     def _identity(self) -> str:
-        return model_source_fingerprint(self.model_name, revision=self.engine_kwargs.get("revision"), download=True)
+        identity = model_source_fingerprint(self.model_name, revision=self.engine_kwargs.get("revision"), download=True)
+        # vLLM ends a completion where prompt + completion fill max_model_len, whatever max_tokens
+        # says: under a longer context the same request writes a longer text.
+        return identity if self.max_model_len is None else f"{identity}-ctx{self.max_model_len}"
 
     @property
     def started(self) -> bool:

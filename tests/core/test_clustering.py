@@ -201,13 +201,25 @@ def test_deterministic_for_a_seed():
     assert np.array_equal(a.centroids, b.centroids) and np.array_equal(a.assignments, b.assignments)
 
 
-@pytest.mark.parametrize("change", [{"seed": 8}, {"niter": 1}, {"k": 14}])
-def test_seed_niter_and_k_change_the_clustering(change):
+@pytest.mark.parametrize("change", [{"seed": 8}, {"niter": 1}])
+def test_seed_and_niter_change_the_clustering(change):
     x = _random()
     base = {"k": 15, "niter": 20, "seed": 7}
     a = spherical_kmeans(x, **base)
     b = spherical_kmeans(x, **{**base, **change})
-    assert a.centroids.shape != b.centroids.shape or not np.allclose(a.centroids, b.centroids)
+    assert a.centroids.shape == b.centroids.shape
+    assert not np.allclose(a.centroids, b.centroids)
+
+
+def test_k_changes_which_points_share_a_cluster():
+    x = _random()
+    a = spherical_kmeans(x, 15, niter=20, seed=7)
+    b = spherical_kmeans(x, 14, niter=20, seed=7)
+    assert b.centroids.shape == (14, x.shape[1]) and b.sizes.sum() == len(x) and b.assignments.max() < 14
+    # The partitions differ: some pair of points is together under one k and apart under the other.
+    together_a = a.assignments[:, None] == a.assignments[None, :]
+    together_b = b.assignments[:, None] == b.assignments[None, :]
+    assert (together_a != together_b).any()
 
 
 def test_sparse_ratio_changes_the_sparse_flags_only():

@@ -349,3 +349,67 @@ def test_float32_path_on_unit_rows_matches_float64_with_or_without_rescaling():
     heavy[::2] *= 1.01
     assert g_vendi(heavy, compute_dtype="float32").score == pytest.approx(exact, rel=1e-5)
     assert g_vendi(heavy, normalize=False, compute_dtype="float32").score != pytest.approx(exact, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+@pytest.mark.parametrize("compute_dtype", ["float64", "float32"])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_second_moment_of_several_batches_is_the_whole_matrix(compute_dtype, normalize, dtype):
+    # Batches of growing size (the float32 path reuses a buffer: it must grow), rows of any length.
+    x = _vectors(40, 16).astype(dtype)
+    m = SecondMoment(16, normalize=normalize, compute_dtype=compute_dtype)
+    for start, stop in [(0, 2), (2, 12), (12, 40)]:
+        m.update(x[start:stop])
+    rows = x.astype(np.float64)
+    if normalize:
+        rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    expected = rows.T @ rows / np.trace(rows.T @ rows)
+    assert m.n == 40
+    np.testing.assert_allclose(m.matrix(), expected, atol=1e-6 if compute_dtype == "float32" else 1e-13)
+    assert g_vendi_from_moment(m).n == 40
+
+
+def test_defaults_are_shannon():
+    x = _vectors(20, 8)
+    m = SecondMoment(8).update(x)
+    assert g_vendi_from_moment(m).score == pytest.approx(g_vendi(x, q=1.0).score, rel=1e-12)
+    assert vendi_from_kernel(x).score == pytest.approx(vendi.score_dual(x, q=1), rel=1e-9)
+
+
+def test_one_dimension_and_bad_widths():
+    assert SecondMoment(1).update(np.array([[2.0], [-3.0]])).matrix().tolist() == [[1.0]]
+    assert vendi_from_kernel(np.array([[1.0], [2.0], [-1.0]])).score == pytest.approx(1.0)
+    for dim in (0, True, 2.0):
+        with pytest.raises(ValueError, match="dim must be a positive integer"):
+            SecondMoment(dim)
+
+
+@pytest.mark.parametrize("vectors", [np.zeros((0, 4)), np.zeros((3, 0)), np.ones(4)])
+def test_the_kernel_form_rejects_empty_or_flat_input(vectors):
+    with pytest.raises(ValueError, match="non-empty"):
+        vendi_from_kernel(vectors)
+
+
+def test_the_kernel_form_names_a_bad_row_and_takes_exactly_its_limit(monkeypatch):
+    with pytest.raises(ValueError, match="row 1 is all zeros"):
+        vendi_from_kernel(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    monkeypatch.setattr(gvendi, "KERNEL_MAX_N", 5)
+    assert vendi_from_kernel(np.eye(5)).score == pytest.approx(5.0)
+
+
+def test_a_scalar_is_not_a_set_of_vectors():
+    with pytest.raises(TypeError, match=r"expected an \(N, d\) array"):
+        g_vendi(5)
+
+
+@pytest.mark.parametrize("negative, raises", [(-0.5e-8, False), (-1e-8, False), (-1.5e-8, True)])
+def test_renyi_entropy_tolerates_round_off_below_zero_only(negative, raises):
+    eigenvalues = [0.5 - negative, 0.5, negative]  # the largest is 0.5: the tolerance is 1e-8 itself
+    if raises:
+        with pytest.raises(ValueError, match="negative beyond round-off"):
+            renyi_entropy(eigenvalues, 1.0)
+    else:
+        assert renyi_entropy(eigenvalues, 1.0) == pytest.approx(math.log(2), abs=1e-6)

@@ -64,6 +64,27 @@ def test_written_subset_loads_again_and_scores_what_select_printed(data, tiny_mo
     assert load_samples(str(out)).n_loaded == 6
 
 
+def test_the_subsets_and_the_random_baselines_scores_are_the_g_vendi_of_their_rows(fast, data, cache):
+    """Each reported G-Vendi recomputed by the Vendi-Score package over the cached vectors of the
+    rows it must cover: the picks, and each baseline's uniform draw of k rows with its seed."""
+    import numpy as np
+    from vendi_score import vendi
+
+    report = fast(method="cluster-balanced", seed=2)
+    samples = load_set(data).samples
+    valid, vectors, _ = MetadataStore(cache).load_vectors([s.content_hash for s in samples], report.embedding_key, 64)
+    assert valid.all() and report.n_candidates == len(samples) == 22
+    row = {s.sample_id: i for i, s in enumerate(samples)}
+    vectors = vectors.astype(np.float64)
+    picked = vectors[[row[s.sample_id] for s, _ in report.picks]]
+    assert report.g_vendi == pytest.approx(vendi.score_dual(picked), rel=1e-5)
+    assert len(set(report.random_seeds)) == RANDOM_BASELINE_SEEDS and report.seed not in report.random_seeds
+    expected = [vendi.score_dual(vectors[np.random.default_rng(seed).choice(22, size=6, replace=False)])
+                for seed in report.random_seeds]
+    assert report.random_g_vendi == pytest.approx(expected, rel=1e-5)
+    assert (report.random_mean, report.random_std) == pytest.approx((np.mean(expected), np.std(expected)), rel=1e-4)
+
+
 @pytest.mark.parametrize("method", ["greedy", "cluster-balanced", "random"])
 def test_same_input_and_seed_give_the_same_file(fast, tmp_path, method):
     a = fast(tmp_path / "a.jsonl", method=method, seed=4)

@@ -1,0 +1,85 @@
+"""Properties of the arms' choice functions (Hypothesis).
+
+- random: a seeded uniform draw that reads no judgement: the same picks whatever the
+  clustering says, and the draw a direct call of numpy's generator gives for that seed;
+- naive: the first `budget` candidates in generation order;
+- prismatic: only candidates whose nearest centroid is sparse while any are left, then the
+  rest from the smallest clusters up; the same random draw among passing candidates as
+  long as they last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prismatic_assets.pipeline.arms import choose
+from prismatic_assets.pipeline.round_stages import ClusterJudgement
+
+
+@st.composite
+def judgements(draw, n: int) -> ClusterJudgement:
+    """Any verdict on n candidates: a cluster, its pool size and whether it is sparse."""
+    clusters = draw(st.integers(1, 6))
+    assignments = np.array(draw(st.lists(st.integers(0, clusters - 1), min_size=n, max_size=n)), dtype=np.int64)
+    sizes = np.array(draw(st.lists(st.integers(0, 20), min_size=clusters, max_size=clusters)), dtype=np.int64)
+    sparse = np.array(draw(st.lists(st.booleans(), min_size=clusters, max_size=clusters)), dtype=bool)
+    return ClusterJudgement(assignments=assignments, similarities=np.ones(n, dtype=np.float32),
+                            cluster_sizes=sizes[assignments], accepted=sparse[assignments])
+
+
+@st.composite
+def cases(draw):
+    n = draw(st.integers(0, 40))
+    return n, draw(st.integers(1, 45)), draw(st.integers(0, 2**32 - 1)), draw(judgements(n)), draw(judgements(n))
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=cases())
+def test_random_is_a_seeded_draw_that_reads_no_judgement(case):
+    n, budget, seed, one, other = case
+    picks = choose("random", n, budget, rng_seed=seed, judgement=one)
+    assert picks == choose("random", n, budget, rng_seed=seed, judgement=other)
+    assert picks == choose("random", n, budget, rng_seed=seed, judgement=None)
+    take = min(budget, n)
+    assert picks == sorted(np.random.default_rng(seed).choice(n, size=take, replace=False).tolist())
+    assert len(set(picks)) == take
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=cases())
+def test_naive_takes_the_first_candidates_in_generation_order(case):
+    n, budget, seed, one, _ = case
+    assert choose("naive", n, budget, rng_seed=seed, judgement=one) == list(range(min(budget, n)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=cases())
+def test_prismatic_takes_passing_candidates_while_they_last(case):
+    n, budget, seed, judged, _ = case
+    picks = choose("prismatic", n, budget, rng_seed=seed, judgement=judged)
+    take = min(budget, n)
+    assert len(picks) == take == len(set(picks)) and all(0 <= i < n for i in picks)
+    passing = [i for i in range(n) if judged.accepted[i]]
+    n_pass = min(take, len(passing))
+    assert all(judged.accepted[i] for i in picks[:n_pass])  # the filter first ...
+    assert set(picks[n_pass:]).isdisjoint(passing)  # ... the rest only once none is left
+    if len(passing) >= take:
+        assert set(picks) <= set(passing)
+    fill = [int(judged.cluster_sizes[i]) for i in picks[n_pass:]]
+    assert fill == sorted(fill)  # the rest from the smallest clusters up
+    if len(passing) < take:
+        rest = sorted(int(judged.cluster_sizes[i]) for i in range(n) if not judged.accepted[i])
+        assert fill == rest[:len(fill)]
+
+
+def test_prismatic_draws_at_random_among_passing_candidates():
+    # Ten passing candidates among dense ones, a budget of one, 300 seeds: each passing
+    # candidate is drawn about 30 times (not the first passing one every time).
+    n = 20
+    judged = ClusterJudgement(assignments=np.zeros(n, dtype=np.int64), similarities=np.ones(n, dtype=np.float32),
+                              cluster_sizes=np.arange(n, dtype=np.int64), accepted=np.arange(n) % 2 == 1)
+    first = [choose("prismatic", n, 1, rng_seed=seed, judgement=judged)[0] for seed in range(300)]
+    counts = np.bincount(first, minlength=n)
+    assert counts[::2].sum() == 0 and (counts[1::2] >= 12).all() and (counts[1::2] <= 55).all(), counts

@@ -1,0 +1,75 @@
+"""The score stage of a round on hand-made vectors: G-Vendi before, after and of the random
+control against the Vendi-Score package over the rows each must cover, and the control's
+draw (as many candidates as were accepted, from all candidates with a gradient)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from vendi_score import vendi
+
+from prismatic_assets.core.clustering import spherical_kmeans
+from prismatic_assets.core.samples import Sample
+from prismatic_assets.pipeline.embeddings import PoolVectors
+from prismatic_assets.pipeline.round_stages import Embedded, PoolState, score_round
+from prismatic_assets.store.synthesis_tables import CandidateRow
+
+
+def _unit(rng, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _state(n_pool: int = 12, m: int = 7, d: int = 6):
+    rng = np.random.default_rng(4)
+    ids = [f"seed:{i}" for i in range(n_pool)]
+    pool_vectors = _unit(rng, n_pool, d)
+    pool = PoolState(samples=[Sample(i, f"p{i}", f"r{i}") for i in ids],
+                     vectors=PoolVectors(ids, pool_vectors, {"seed:x": "zero gradient"}), clustering_id="c",
+                     clustering=spherical_kmeans(pool_vectors, 3, seed=0), embedding_key="emb", dim=d)
+    candidates = [CandidateRow(f"r1:q{i:04d}:o0:p0", 1, f"r1:q{i:04d}", 0, 0, f"problem {i}") for i in range(m)]
+    drafts = [Sample(f"syn:r1:{i:012d}", f"problem {i}", f"solution {i}") for i in range(m)]
+    return pool, Embedded(candidates, drafts, _unit(rng, m, d))
+
+
+def _fresh(embedded: Embedded) -> Embedded:
+    """The same candidates, none flagged yet (score_round flags the control's rows)."""
+    return Embedded([CandidateRow(c.candidate_id, 1, c.request_id, 0, 0, c.problem) for c in embedded.candidates],
+                    embedded.drafts, embedded.vectors)
+
+
+def _gv(rows: np.ndarray) -> float:
+    return float(vendi.score_dual(rows.astype(np.float64)))
+
+
+def test_before_after_and_control_are_the_g_vendi_of_their_rows():
+    pool, embedded = _state()
+    accepted = [1, 4]
+    scores = score_round(pool, embedded, accepted, q=1.0, round=1, seed=0)
+    control = scores.control_rows
+    assert len(control) == len(accepted) and len(set(control)) == len(control)
+    assert [c.in_random_control for c in embedded.candidates] == [i in control for i in range(7)]
+    p, v = pool.vectors.vectors, embedded.vectors
+    assert scores.before.score == pytest.approx(_gv(p), rel=1e-5)
+    assert scores.after.score == pytest.approx(_gv(np.vstack([p, v[accepted]])), rel=1e-5)
+    assert scores.random.score == pytest.approx(_gv(np.vstack([p, v[control]])), rel=1e-5)
+    before, after, random_row = scores.rows
+    assert (before.scope, after.scope, random_row.scope) == ("round:1:before", "round:1:after", "round:1:random")
+    assert (before.n, after.n, random_row.n) == (12, 14, 14)
+    assert before.value == scores.before.score and after.value == scores.after.score
+    assert {r.n_excluded for r in scores.rows} == {1}
+    # Nothing accepted: the pool is unchanged, after and control equal before.
+    none = score_round(pool, _fresh(embedded), [], q=1.0, round=1, seed=0)
+    assert none.after.score == none.random.score == pytest.approx(_gv(p), rel=1e-5) and none.control_rows == []
+
+
+def test_the_control_is_a_seeded_draw_from_every_candidate_with_a_gradient():
+    pool, embedded = _state()
+    accepted = [1, 4]
+    draws = [tuple(score_round(pool, _fresh(embedded), accepted, 1.0, 1, seed).control_rows) for seed in range(40)]
+    assert draws[0] == tuple(score_round(pool, _fresh(embedded), accepted, 1.0, 1, 0).control_rows)  # seeded
+    other_round = [tuple(score_round(pool, _fresh(embedded), accepted, 1.0, 2, seed).control_rows)
+                   for seed in range(40)]
+    assert other_round != draws  # the round enters the seed
+    assert set().union(*draws) == set(range(7))  # not confined to the accepted rows
+    assert len(set(draws)) > 5
