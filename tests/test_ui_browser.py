@@ -1,7 +1,7 @@
 """The Dagster UI driven in a real browser: what a user does first, end to end.
 
 `dg dev` (the command behind `make ui`) serves this project on loopback with a tiny profile
-(tiny random-init models, 30 seed problems), and Playwright drives the distribution's
+(tiny random-init models, a 24-problem world seed pool), and Playwright drives the distribution's
 Chromium (/usr/bin/chromium, installed by scripts/setup.sh; no browser is downloaded):
 open the lineage with its groups expanded, press "Materialize all" on backbone_job's page and
 wait for the run to succeed, open `g_vendi` and read its G-Vendi from the page (checked
@@ -59,13 +59,14 @@ def ui(tmp_path_factory, tiny_model_dir):
     llm = {"backend": "transformers", "model": tiny_model_dir}
     profile = {
         "profile": "tiny-ui", "data_dir": str(root / "data"),
-        "seed": {"source": "champ", "limit": 30, "holdout_fraction": 0.2},
+        "seed": {"source": "world", "holdout_fraction": 0.2},
         "proxy": {"model": tiny_model_dir, "max_length": 256}, "projection": {"dim": 64},
         "clustering": {"ratio": 0.2},
         "synthesis": {"generator": llm, "teacher": llm, "requests_per_round": 2},
         "evaluation": {"engine": {"backend": "transformers"}, "gsm_symbolic": 2, "max_tokens": 8},
-        "arms": {"rounds": 1, "budget": 3, "source": {"families": ["gcd", "leg_counting"], "levels": [0],
-                                                      "candidates_per_round": 8}},
+        "world": {"families": ["basic_arithmetic", "gcd", "leg_counting", "letter_counting"], "levels": [0, 1],
+                  "pool": {"size": 24, "family_zipf": 1.0}, "held_out_per_family": 1},
+        "arms": {"arms": ["prismatic", "random"], "rounds": 1, "budget": 2, "requests_per_round": 3},
     }
     (root / "tiny.yaml").write_text(yaml.safe_dump(profile))
     home = root / "home"  # the project's instance settings; state kept out of the repository
@@ -226,7 +227,7 @@ def test_a_user_materializes_the_backbone_reads_g_vendi_and_starts_an_arm_round(
     assert run.tags["dagster/partition"] == "1"
 
     # The Plots view of arm_round's metadata has a G-Vendi series per arm.
-    page.goto(base + "/assets/arm_round")
+    page.goto(base + "/assets/arm_round?view=events")  # the Events tab: its metadata as a Table or as Plots
     page.get_by_role("button", name="Plots", exact=True).click()
     page.get_by_text("g_vendi/prismatic", exact=True).first.wait_for()
     shots(page, "arm_round-plots")
