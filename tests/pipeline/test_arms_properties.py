@@ -14,19 +14,27 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prismatic_assets.pipeline.arms import choose
-from prismatic_assets.pipeline.round_stages import ClusterJudgement
+from prismatic_assets.pipeline.arms import FILTERED_ARMS, choose
+
+
+class Judged:
+    """A verdict on n candidates: each one's nearest cluster's pool size and whether it is sparse."""
+
+    def __init__(self, cluster_sizes: np.ndarray, accepted: np.ndarray):
+        self.cluster_sizes, self.accepted = cluster_sizes, accepted
+
+    def kwargs(self) -> dict:
+        return {"cluster_sizes": self.cluster_sizes.tolist(), "in_sparse": self.accepted.tolist()}
 
 
 @st.composite
-def judgements(draw, n: int) -> ClusterJudgement:
+def judgements(draw, n: int) -> Judged:
     """Any verdict on n candidates: a cluster, its pool size and whether it is sparse."""
     clusters = draw(st.integers(1, 6))
     assignments = np.array(draw(st.lists(st.integers(0, clusters - 1), min_size=n, max_size=n)), dtype=np.int64)
     sizes = np.array(draw(st.lists(st.integers(0, 20), min_size=clusters, max_size=clusters)), dtype=np.int64)
     sparse = np.array(draw(st.lists(st.booleans(), min_size=clusters, max_size=clusters)), dtype=bool)
-    return ClusterJudgement(assignments=assignments, similarities=np.ones(n, dtype=np.float32),
-                            cluster_sizes=sizes[assignments], accepted=sparse[assignments])
+    return Judged(sizes[assignments], sparse[assignments])
 
 
 @st.composite
@@ -39,9 +47,9 @@ def cases(draw):
 @given(case=cases())
 def test_random_is_a_seeded_draw_that_reads_no_judgement(case):
     n, budget, seed, one, other = case
-    picks = choose("random", n, budget, rng_seed=seed, judgement=one)
-    assert picks == choose("random", n, budget, rng_seed=seed, judgement=other)
-    assert picks == choose("random", n, budget, rng_seed=seed, judgement=None)
+    picks = choose("random", n, budget, rng_seed=seed, **one.kwargs())
+    assert picks == choose("random", n, budget, rng_seed=seed, **other.kwargs())
+    assert picks == choose("random", n, budget, rng_seed=seed)
     take = min(budget, n)
     assert picks == sorted(np.random.default_rng(seed).choice(n, size=take, replace=False).tolist())
     assert len(set(picks)) == take
@@ -51,14 +59,14 @@ def test_random_is_a_seeded_draw_that_reads_no_judgement(case):
 @given(case=cases())
 def test_naive_takes_the_first_candidates_in_generation_order(case):
     n, budget, seed, one, _ = case
-    assert choose("naive", n, budget, rng_seed=seed, judgement=one) == list(range(min(budget, n)))
+    assert choose("naive", n, budget, rng_seed=seed, **one.kwargs()) == list(range(min(budget, n)))
 
 
 @settings(max_examples=100, deadline=None)
-@given(case=cases())
-def test_prismatic_takes_passing_candidates_while_they_last(case):
+@given(case=cases(), arm=st.sampled_from(sorted(FILTERED_ARMS)))
+def test_the_filtered_arms_take_passing_candidates_while_they_last(case, arm):
     n, budget, seed, judged, _ = case
-    picks = choose("prismatic", n, budget, rng_seed=seed, judgement=judged)
+    picks = choose(arm, n, budget, rng_seed=seed, **judged.kwargs())
     take = min(budget, n)
     assert len(picks) == take == len(set(picks)) and all(0 <= i < n for i in picks)
     passing = [i for i in range(n) if judged.accepted[i]]
@@ -78,8 +86,7 @@ def test_prismatic_draws_at_random_among_passing_candidates():
     # Ten passing candidates among dense ones, a budget of one, 300 seeds: each passing
     # candidate is drawn about 30 times (not the first passing one every time).
     n = 20
-    judged = ClusterJudgement(assignments=np.zeros(n, dtype=np.int64), similarities=np.ones(n, dtype=np.float32),
-                              cluster_sizes=np.arange(n, dtype=np.int64), accepted=np.arange(n) % 2 == 1)
-    first = [choose("prismatic", n, 1, rng_seed=seed, judgement=judged)[0] for seed in range(300)]
+    judged = Judged(np.arange(n, dtype=np.int64), np.arange(n) % 2 == 1)
+    first = [choose("prismatic", n, 1, rng_seed=seed, **judged.kwargs())[0] for seed in range(300)]
     counts = np.bincount(first, minlength=n)
     assert counts[::2].sum() == 0 and (counts[1::2] >= 12).all() and (counts[1::2] <= 55).all(), counts
