@@ -523,6 +523,12 @@ def _spans(s: SetRecord) -> str:
     return f"{len(families)} families x {len(levels) or 1} levels"
 
 
+def ranking_numbers(report: StudyReport) -> dict[str, float]:
+    """Each finite rho as `rho_id/<measure>` or `rho_ood/<measure>` (what the asset's Plots tab charts)."""
+    return {f"rho_{'ood' if r.split == 'out_of_distribution' else 'id'}/{r.measure}": float(r.rho)
+            for r in report.rankings if r.rho is not None and math.isfinite(r.rho)}
+
+
 def scatter_pngs(report: StudyReport) -> dict[str, bytes]:
     """One PNG per measure: the measure against each split's accuracy (95% Wilson bars), rho in the title."""
     from prismatic_assets.reporting.plots import interval_scatter_png

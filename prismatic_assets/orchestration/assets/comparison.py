@@ -47,7 +47,8 @@ def dataset_comparison(context: dg.AssetExecutionContext, config: CompareRunConf
     profile_config = profile.config()
     settings = with_overrides(profile_config.compare, config.model_dump())
     try:
-        chosen = comparison_sets(settings, profile_config.seed, profile_config.world)  # before the proxy loads: a typo costs nothing
+        # before the proxy loads: a typo costs nothing
+        chosen = comparison_sets(settings, profile_config.seed, profile_config.world)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
     with proxy.open() as embedder:
