@@ -120,7 +120,9 @@ class CliStudy:
         text = log.read_text()
         assert kill_when is None, f"the study finished before it could be killed:\n{text[-3000:]}"
         assert proc.returncode == 0, text[-5000:]
-        return proc.returncode, text
+        # The console prints a line per step; the steps' own log lines are in the full log it names.
+        assert "full log: " in text, text[-3000:]
+        return proc.returncode, text + Path(text.split("full log: ")[1].split()[0]).read_text()
 
     def checkpoint_of(self, set_name: str) -> bool:
         """A complete SFT checkpoint of this set's student is on disk (it is mid-training)."""
