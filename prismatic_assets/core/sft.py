@@ -68,10 +68,21 @@ from typing import Any, Union
 from transformers import TrainerCallback
 
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.core.sft_checkpoints import (FINAL_DIR, RUN_INFO_FILE, SFTDiskFull, complete_checkpoints,
-                                                   disk_full, export_checkpoint, folder_mb, is_main_process,
-                                                   prepare_output_dir, read_json, remove_incomplete_checkpoints,
-                                                   save_final_atomic, write_json_atomic)
+from prismatic_assets.core.sft_checkpoints import (
+    FINAL_DIR,
+    RUN_INFO_FILE,
+    SFTDiskFull,
+    complete_checkpoints,
+    disk_full,
+    export_checkpoint,
+    folder_mb,
+    is_main_process,
+    prepare_output_dir,
+    read_json,
+    remove_incomplete_checkpoints,
+    save_final_atomic,
+    write_json_atomic,
+)
 
 __all__ = [
     "SFT_ALGORITHM_VERSION",
@@ -157,7 +168,8 @@ class SFTSettings:
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"SFTSettings.save_total_limit={self.save_total_limit}: use None to keep all, or >= 1")
         if self.lora and not self.lora_target_modules:
-            raise ValueError("SFTSettings.lora_target_modules is empty: name the modules to adapt, e.g. ('q_proj', 'v_proj')")
+            raise ValueError("SFTSettings.lora_target_modules is empty: name the modules to adapt, "
+                             "e.g. ('q_proj', 'v_proj')")
         # Frozen dataclass: normalise a list given by a config system to a tuple.
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
 

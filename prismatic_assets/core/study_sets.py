@@ -242,7 +242,7 @@ def draw_vector_sets(designs: Sequence[Design], drawn: Sequence[DrawnSet], pool_
     if disjoint:
         for s in drawn:
             free[s.members] = False
-    for i, d in enumerate(designs):
+    for d in designs:
         if not d.needs_vectors:
             continue
         rows, vectors = vectors_of(np.flatnonzero(free))  # (m,), (m, d)

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from prismatic_assets.infra.config import EngineConfig
 from prismatic_assets.core.generation import Generator
 from prismatic_assets.core.generators import make_generator
+from prismatic_assets.infra.config import EngineConfig
 
 log = logging.getLogger(__name__)
 

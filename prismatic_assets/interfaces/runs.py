@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import dagster as dg
-from dagster._core.launcher import WorkerStatus
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.errors import DagsterLaunchFailedError, DagsterUserCodeUnreachableError
 from dagster._core.events.log import EventLogEntry
+from dagster._core.launcher import WorkerStatus
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget
 
 #: The code location of workspace.yaml and pyproject's [tool.dg]: the same name the UI shows.
 LOCATION = "prismatic"

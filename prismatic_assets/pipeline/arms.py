@@ -43,8 +43,17 @@ from prismatic_assets.core.clustering import Clustering
 from prismatic_assets.core.decontamination import NGramIndex
 from prismatic_assets.core.procedural import verify_item
 from prismatic_assets.core.samples import Sample, normalize_text
-from prismatic_assets.core.world import (WORLD_SOURCE, Exemplar, GeneratorMix, WorldError, Written, cell_coverage,
-                                         check_world, world_seed, write_problems)
+from prismatic_assets.core.world import (
+    WORLD_SOURCE,
+    Exemplar,
+    GeneratorMix,
+    WorldError,
+    Written,
+    cell_coverage,
+    check_world,
+    world_seed,
+    write_problems,
+)
 from prismatic_assets.infra.config import Config
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embeddings import PoolVectors, embed_samples, pool_vectors
@@ -52,9 +61,17 @@ from prismatic_assets.pipeline.round import ProxyOpener
 from prismatic_assets.pipeline.round_services import judge_candidates, load_pool
 from prismatic_assets.pipeline.round_stages import sparse_targets
 from prismatic_assets.pipeline.scores import score_vectors
-from prismatic_assets.store.arms_tables import (ArmCandidateRow, ArmRequestRow, ArmRoundRecord, ArmRoundRow,
-                                                accepted_candidates, arm_history, completed_arm_rounds,
-                                                earlier_problem_keys, write_arm_round)
+from prismatic_assets.store.arms_tables import (
+    ArmCandidateRow,
+    ArmRequestRow,
+    ArmRoundRecord,
+    ArmRoundRow,
+    accepted_candidates,
+    arm_history,
+    completed_arm_rounds,
+    earlier_problem_keys,
+    write_arm_round,
+)
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import pool_digest
 

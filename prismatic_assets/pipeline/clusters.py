@@ -6,8 +6,8 @@ import numpy as np
 
 from prismatic_assets.core.clustering import Clustering, num_clusters, spherical_kmeans
 from prismatic_assets.core.ids import digest
-from prismatic_assets.pipeline.embeddings import PoolVectors
 from prismatic_assets.infra.config import ClusteringConfig
+from prismatic_assets.pipeline.embeddings import PoolVectors
 from prismatic_assets.store.store import MetadataStore
 
 

@@ -18,8 +18,14 @@ from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.records import FieldMap
 from prismatic_assets.core.samples import Rejection, Sample
 from prismatic_assets.pipeline.embedder import Embedder
-from prismatic_assets.pipeline.embeddings import (EmbeddingReport, PoolVectors, Progress, default_cache_store,
-                                                  embed_samples, pool_vectors)
+from prismatic_assets.pipeline.embeddings import (
+    EmbeddingReport,
+    PoolVectors,
+    Progress,
+    default_cache_store,
+    embed_samples,
+    pool_vectors,
+)
 from prismatic_assets.store.store import MetadataStore
 
 Cache = MetadataStore | str | Path | None | bool

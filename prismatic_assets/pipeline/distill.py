@@ -51,7 +51,8 @@ def parse_rounds(spec: str, available: list[int]) -> list[int]:
     try:
         wanted = sorted({int(part) for part in spec.split(",")})
     except ValueError:
-        raise ValueError(f"rounds={spec!r}: write 'all', 'none' or a comma list of round numbers such as '1,2'") from None
+        raise ValueError(f"rounds={spec!r}: write 'all', 'none' or a comma list of round numbers "
+                         "such as '1,2'") from None
     missing = [r for r in wanted if r not in available]
     if missing:
         raise ValueError(f"rounds {missing} are not completed (completed: {available or 'none'}): run them first "

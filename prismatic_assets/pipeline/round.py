@@ -22,16 +22,29 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
-from prismatic_assets.infra.config import Config
 from prismatic_assets.core.ids import digest
+from prismatic_assets.infra.config import Config
 from prismatic_assets.infra.engines import EngineSet
-from prismatic_assets.pipeline.round_services import StageProgress
-from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, check_round_order,
-                                                    decontaminate, embed_candidates, filter_candidates,
-                                                    generate_problems, parse_outputs, plan_requests, prepare_pool,
-                                                    score_round, solve_problems, vote)
 from prismatic_assets.pipeline.baselines import record_baselines
 from prismatic_assets.pipeline.embedder import Embedder
+from prismatic_assets.pipeline.round_services import StageProgress
+from prismatic_assets.pipeline.round_stages import (
+    Embedded,
+    PoolState,
+    RoundLedger,
+    RoundScores,
+    check_round_order,
+    decontaminate,
+    embed_candidates,
+    filter_candidates,
+    generate_problems,
+    parse_outputs,
+    plan_requests,
+    prepare_pool,
+    score_round,
+    solve_problems,
+    vote,
+)
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, pool_digest, round_scope, write_round
 

@@ -15,8 +15,14 @@ from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.procedural import TaskItem
 from prismatic_assets.core.records import FieldMap, LoadResult
 from prismatic_assets.core.samples import Sample, normalize_text
-from prismatic_assets.core.world import (WORLD_SOURCE, WorldError, check_world, held_out_items, seed_counts,
-                                         seed_pool_items)
+from prismatic_assets.core.world import (
+    WORLD_SOURCE,
+    WorldError,
+    check_world,
+    held_out_items,
+    seed_counts,
+    seed_pool_items,
+)
 from prismatic_assets.infra.config import SeedConfig, WorldConfig
 from prismatic_assets.store.store import MetadataStore
 

@@ -66,10 +66,23 @@ from prismatic_assets.pipeline.experiment import SPLITS, accuracy_rows, train_st
 from prismatic_assets.pipeline.round import ProxyOpener
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.study_tables import (AccuracyRecord, MeasureRow, RankingRow, SetRecord, StudentRecord,
-                                                 finished_students, load_measures, load_rankings, load_sets,
-                                                 load_students, replace_measures, replace_rankings, study_exists,
-                                                 write_student, write_study)
+from prismatic_assets.store.study_tables import (
+    AccuracyRecord,
+    MeasureRow,
+    RankingRow,
+    SetRecord,
+    StudentRecord,
+    finished_students,
+    load_measures,
+    load_rankings,
+    load_sets,
+    load_students,
+    replace_measures,
+    replace_rankings,
+    study_exists,
+    write_student,
+    write_study,
+)
 
 #: Every diversity measure of a set, in report order.
 GVENDI_ORDERS = {"g_vendi_q1": 1.0, "g_vendi_q2": 2.0, "g_vendi_qinf": math.inf}

@@ -11,8 +11,8 @@ import html
 import math
 from typing import Sequence
 
-from prismatic_assets.reporting.plots import _png, plt  # Agg backend, shared figure-to-PNG helper
 from prismatic_assets.pipeline.compare import ComparisonReport
+from prismatic_assets.reporting.plots import _png, plt  # Agg backend, shared figure-to-PNG helper
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 

@@ -279,7 +279,8 @@ class MetadataStore:
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other["since"])) if "since" in other else "?"
                 extra = ", ".join(f"{k} {v}" for k, v in other.items() if k not in ("what", "pid", "since"))
                 raise StoreBusy(
-                    f"{what} was refused: {other.get('what', 'other work')} holds {path.name} (pid {other.get('pid', '?')}"
+                    f"{what} was refused: {other.get('what', 'other work')} holds {path.name} "
+                    f"(pid {other.get('pid', '?')}"
                     f"{', ' + extra if extra else ''}, since {since}). Wait for it to finish, or stop it; running "
                     f"both would write the same rows twice.") from None
             handle.seek(0)

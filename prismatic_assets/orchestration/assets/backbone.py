@@ -16,19 +16,18 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from prismatic_assets.reporting import plots
-from prismatic_assets.pipeline.clusters import cluster_pool
-from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
-from prismatic_assets.pipeline.baselines import record_baselines
-from prismatic_assets.pipeline.scores import score_pool
-from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
 from prismatic_assets.infra.config import ClusteringConfig
 from prismatic_assets.orchestration.metadata import chart, constant, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
-from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource
-from prismatic_assets.pipeline.seed import load_seed
+from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
+from prismatic_assets.pipeline.baselines import record_baselines
+from prismatic_assets.pipeline.clusters import cluster_pool
+from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.pipeline.scores import score_pool
+from prismatic_assets.pipeline.seed import load_seed, store_seed
+from prismatic_assets.reporting import plots
 
 GROUP = "backbone"
 SEED_SCOPE = "seed"

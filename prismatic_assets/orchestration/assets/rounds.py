@@ -9,17 +9,22 @@ from the command line. The round itself is `prismatic_assets.pipeline.round.run_
 
 import dagster as dg
 
-from prismatic_assets.reporting import plots
-from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
 from prismatic_assets.infra.config import Config
-from prismatic_assets.orchestration.resources import EngineResource, ProfileResource, ProxyResource, StoreResource, \
-    TrackerResource
-from prismatic_assets.pipeline.evaluation import decontamination_texts
-from prismatic_assets.pipeline.round import RoundReport, run_round
+from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
 from prismatic_assets.orchestration.metadata import chart, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
+from prismatic_assets.orchestration.resources import (
+    EngineResource,
+    ProfileResource,
+    ProxyResource,
+    StoreResource,
+    TrackerResource,
+)
 from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.round_keys import partition_round
+from prismatic_assets.pipeline.evaluation import decontamination_texts
+from prismatic_assets.pipeline.round import RoundReport, run_round
+from prismatic_assets.reporting import plots
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_history, stale_rounds
 
 GROUP = "synthesis"
