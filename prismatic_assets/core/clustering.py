@@ -316,12 +316,11 @@ def _lloyd_step(v: np.ndarray, centroids: np.ndarray, coarse_centroids: np.ndarr
     k, d = centroids.shape
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(coarse_centroids)
-    index = faiss.IndexIVFFlat(quantizer, d, len(coarse_centroids), faiss.METRIC_INNER_PRODUCT)
-    index.is_trained = True  # the coarse centroids are the lists; nothing to train
-    index.add(centroids)  # each centroid listed under its nearest coarse centroid
-    index.nprobe = min(probe, len(coarse_centroids))
-    if use_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
+    ivf = faiss.IndexIVFFlat(quantizer, d, len(coarse_centroids), faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True  # the coarse centroids are the lists; nothing to train
+    ivf.add(centroids)  # each centroid listed under its nearest coarse centroid
+    ivf.nprobe = min(probe, len(coarse_centroids))
+    index = faiss.index_cpu_to_all_gpus(ivf) if use_gpu else ivf
     exact = None
     sums = np.zeros((k, d), dtype=np.float64)
     for start in range(0, len(v), ASSIGN_BATCH):

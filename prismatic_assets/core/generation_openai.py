@@ -256,7 +256,7 @@ class OpenAIGenerator(BaseGenerator):
                     delivered += len(batch)
                     yield sorted(batch)
             if failure is None:
-                self._record_results([f.result() for f in sorted(futures, key=futures.get)],
+                self._record_results([f.result() for f in sorted(futures, key=futures.__getitem__)],
                                      time.perf_counter() - began)
         finally:
             abort.set()
@@ -305,7 +305,7 @@ class OpenAIGenerator(BaseGenerator):
         self._record(Usage(prompt_tokens=sum(r[2] for r in results), completion_tokens=sum(r[3] for r in results),
                            completions=sum(len(r[0]) for r in results), seconds=seconds,
                            completion_token_counts=None if any(c is None for c in all_counts)
-                           else tuple(tuple(c) for c in all_counts),  # type: ignore[arg-type]
+                           else tuple(tuple(c) for c in all_counts),
                            finish_reasons=tuple(tuple(r[1]) for r in results)))
 
     def close(self) -> None:

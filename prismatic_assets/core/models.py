@@ -96,7 +96,8 @@ def convert_gguf(gguf_path: Path, cache_dir: Path | None = None) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
         # save_pretrained refuses GGUF-loaded models; the weights are already dequantized.
-        model.hf_quantizer = None
+        # transformers types undeclared attributes through nn.Module.__getattr__ (Tensor | Module).
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -154,7 +155,7 @@ def load_causal_lm(model_ref: str, dtype: str = "float32", device: str = "cpu",
         if not trust and "trust_remote_code" in str(error):
             raise RemoteCodeRequired(model_ref) from error
         raise
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub of `to` wraps it with `self` unbound
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -257,6 +257,9 @@ def build_sft_config(settings: SFTSettings, output_dir: Path):
     """The `trl.SFTConfig` for `settings` (every TRL default we rely on is set explicitly)."""
     from trl import SFTConfig
 
+    # FSDP checkpoints activations through its own setting.
+    checkpointing: dict[str, Any] = ({} if settings.sharding == "fsdp"
+                                     else {"gradient_checkpointing": settings.gradient_checkpointing})
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=settings.max_steps,
@@ -271,7 +274,7 @@ def build_sft_config(settings: SFTSettings, output_dir: Path):
         fp16=False,
         # transformers refuses bf16 without a GPU unless told to train on the CPU.
         use_cpu=not _accelerator_available(),
-        **({} if settings.sharding == "fsdp" else {"gradient_checkpointing": settings.gradient_checkpointing}),
+        **checkpointing,
         seed=settings.seed,
         data_seed=settings.seed,
         save_strategy="steps",
@@ -391,12 +394,15 @@ CallbackLike = Union[TrainerCallback, ProgressFn]
 def _as_callbacks(callbacks: CallbackLike | Sequence[CallbackLike] | None) -> list[TrainerCallback]:
     if callbacks is None:
         return []
-    if isinstance(callbacks, TrainerCallback) or callable(callbacks):
-        callbacks = [callbacks]  # type: ignore[list-item]
+    # Any: each item is checked below, and anything else is refused with the fix.
+    items: Sequence[Any] = [callbacks] if isinstance(callbacks, TrainerCallback) or callable(callbacks) \
+        else callbacks
     out: list[TrainerCallback] = []
-    for cb in callbacks:  # type: ignore[union-attr]
-        if isinstance(cb, TrainerCallback) or (isinstance(cb, type) and issubclass(cb, TrainerCallback)):
+    for cb in items:
+        if isinstance(cb, TrainerCallback):
             out.append(cb)
+        elif isinstance(cb, type) and issubclass(cb, TrainerCallback):
+            out.append(cb())  # what the Trainer does with a callback class
         elif callable(cb):
             out.append(_ProgressCallback(cb))
         else:

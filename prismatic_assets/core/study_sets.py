@@ -253,6 +253,7 @@ def draw_vector_sets(designs: Sequence[Design], drawn: Sequence[DrawnSet], pool_
         k = min(k, rows.size)
         if d.kind == "cluster-balanced":
             chosen = select_cluster_balanced(vectors, set_size, seed=seed, n_clusters=k)
+            assert chosen.quotas is not None  # set by every cluster-balanced selection
             local, details = chosen.indices, {"n_clusters": k, "quotas": chosen.quotas.tolist()}
         elif d.kind == "greedy":
             chosen = select_greedy(vectors, set_size, seed=seed)

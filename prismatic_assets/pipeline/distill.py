@@ -145,8 +145,12 @@ class StaleRoundsError(RuntimeError):
 def distill_settings(distill: DistillConfig, *, max_steps: int | None = None,
                      learning_rate: float | None = None) -> DistillConfig:
     """The profile's `distill` block with a run's SFT overrides (None: the profile's value)."""
-    changes = {k: v for k, v in (("max_steps", max_steps), ("learning_rate", learning_rate)) if v is not None}
-    return distill.model_copy(update={"sft": dataclasses.replace(distill.sft, **changes)})
+    sft = distill.sft
+    if max_steps is not None:
+        sft = dataclasses.replace(sft, max_steps=max_steps)
+    if learning_rate is not None:
+        sft = dataclasses.replace(sft, learning_rate=learning_rate)
+    return distill.model_copy(update={"sft": sft})
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,12 @@ def build_report(ledger: RoundLedger, pool: PoolState, plans, outputs_cached: in
     """The round's counts, rates and scores, from what the stages recorded."""
     clustering = pool.clustering
     sparse_ids = {int(c) for c, s in enumerate(clustering.sparse) if s}
-    filled = sorted({int(embedded.candidates[r].cluster) for r in accepted})
+    clusters = set()
+    for r in accepted:
+        cluster = embedded.candidates[r].cluster
+        assert cluster is not None  # filter_candidates gives every accepted candidate its cluster
+        clusters.add(int(cluster))
+    filled = sorted(clusters)
     reasons = ledger.reasons()
     vote_failures: dict[str, int] = {}
     for c in clean:

@@ -67,7 +67,7 @@ def load_seed(settings: SeedConfig, world: WorldConfig | None = None) -> SeedDat
         pool, holdout = split_holdout(result.samples, settings.holdout_fraction, seed=settings.holdout_seed)
     else:
         pool, holdout = list(result.samples), []
-    if settings.source == WORLD_SOURCE:
+    if settings.source == WORLD_SOURCE and world is not None:  # world is set: checked above
         left = Counter(s.category for s in pool)
         empty = [f for f in world.families if not left[f]]
         if empty:

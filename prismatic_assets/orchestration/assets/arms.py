@@ -32,7 +32,9 @@ from prismatic_assets.pipeline.arms_report import arm_table, log_arm_round, log_
 from prismatic_assets.pipeline.experiment import ExperimentNotReady, arm_round_guards, run_experiment, track_experiment
 
 GROUP = "arms"
-ARM_ROUNDS = dg.DynamicPartitionsDefinition(name="arm_rounds")
+#: The name of the arm round partitions (see rounds.ROUND_PARTITIONS).
+ARM_ROUND_PARTITIONS = "arm_rounds"
+ARM_ROUNDS = dg.DynamicPartitionsDefinition(name=ARM_ROUND_PARTITIONS)
 
 
 @dg.asset(group_name=GROUP, partitions_def=ARM_ROUNDS, kinds={"pytorch", "duckdb", "mlflow"},
