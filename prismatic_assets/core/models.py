@@ -155,7 +155,7 @@ def load_causal_lm(model_ref: str, dtype: str = "float32", device: str = "cpu",
         if not trust and "trust_remote_code" in str(error):
             raise RemoteCodeRequired(model_ref) from error
         raise
-    model.to(device)  # type: ignore[arg-type]  # transformers' stub of `to` wraps it with `self` unbound
+    model.to(device)  # type: ignore[arg-type]  # @wraps(nn.Module.to) on `to`: mypy reads `self` as argument 1
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

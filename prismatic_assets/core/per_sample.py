@@ -323,7 +323,7 @@ class PerSampleGradients:
         def one(x_b: torch.Tensor, g_b: torch.Tensor):
             def f(*ps):
                 return functional_call(module, dict(zip(names, ps)), (x_b.unsqueeze(0),))
-            out, pull = vjp(f, *values)  # type: ignore[misc]  # torch's stub always adds the has_aux slot
+            out, pull = vjp(f, *values)  # type: ignore[misc]  # typed 2- or 3-tuple: no overload on has_aux
             return pull(g_b.unsqueeze(0).to(out.dtype))
 
         self._replaying = True

@@ -230,12 +230,13 @@ from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.infra.config import build_config
 from prismatic_assets.pipeline.arms import run_arm_round
+from prismatic_assets.pipeline.embedder import LocalEmbedder
 from prismatic_assets.store.store import MetadataStore
 torch.set_num_threads(1)
 tok = AutoTokenizer.from_pretrained({tokenizer!r})
 model = make_tiny_llama(tok)
-embedder = GradientEmbedder(model, tok, ProjectionSpec(dim=32), GradientSpec(max_length=256),
-                            model_fingerprint(model, tok))
+embedder = LocalEmbedder(GradientEmbedder(model, tok, ProjectionSpec(dim=32), GradientSpec(max_length=256),
+                                          model_fingerprint(model, tok)))
 
 def die(stage, i, n):
     if stage == "candidate gradients" and i == 3:
