@@ -77,6 +77,7 @@ def _tiny_proxy():
     from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
     from prismatic_assets.core.models import PACKAGED_MODEL, model_fingerprint, resolve_model
     from prismatic_assets.core.projection import ProjectionSpec
+    from prismatic_assets.pipeline.embedder import LocalEmbedder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(PACKAGED_MODEL))
     torch.manual_seed(0)
@@ -88,8 +89,8 @@ def _tiny_proxy():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model's ops are too small to split over threads
     try:
-        yield GradientEmbedder(model, tokenizer, ProjectionSpec(dim=32), GradientSpec(max_length=256),
-                               model_fingerprint(model, tokenizer))
+        yield LocalEmbedder(GradientEmbedder(model, tokenizer, ProjectionSpec(dim=32), GradientSpec(max_length=256),
+                                             model_fingerprint(model, tokenizer)), name="tiny random-init Llama")
     finally:
         torch.set_num_threads(threads)
 

@@ -153,6 +153,8 @@ COMPUTE_NOT_IN_KEY = {
     "batch_size": "batched gradients equal one-at-a-time ones within float32 round-off (test_gradients)",
     "shard_rows": "how often finished vectors are written to a Parquet shard, not what they are",
     "shard_seconds": "how often finished vectors are written to a Parquet shard, not what they are",
+    "memory_gb": "how samples are grouped into steps and how much is recomputed, not the vectors: budgeted steps "
+                 "equal one-at-a-time ones (tests/core/test_gradient_memory.py)",
 }
 
 
@@ -168,11 +170,11 @@ def other_model_dir(tmp_path_factory, packaged_tokenizer) -> str:
 def test_every_proxy_and_projection_setting_changes_the_embedders_key(tiny_model_dir, other_model_dir, monkeypatch):
     import functools
 
-    from prismatic_assets.pipeline import embeddings
-    from prismatic_assets.pipeline.embeddings import build_embedder
+    from prismatic_assets.pipeline import embedder
+    from prismatic_assets.pipeline.embedder import build_embedder
 
     # Each distinct (model, dtype, ...) is loaded once: most settings change only the spec.
-    monkeypatch.setattr(embeddings, "load_causal_lm", functools.lru_cache(embeddings.load_causal_lm))
+    monkeypatch.setattr(embedder, "load_causal_lm", functools.lru_cache(embedder.load_causal_lm))
 
     proxy_changes = {"model": other_model_dir, "dtype": "bfloat16", "params": r"layers\.1\.self_attn",
                      "autocast": "bf16", "max_length": 64}
@@ -410,7 +412,11 @@ def test_every_text_field_of_a_sample_changes_its_content_hash():
 
 
 # -- clusterings and scores --------------------------------------------------------------
-CLUSTERING_CHANGES = {"ratio": 0.5, "niter": 3, "seed": 1, "sparse_ratio": 0.25, "max_points_per_centroid": 4}
+CLUSTERING_CHANGES = {"ratio": 0.5, "niter": 3, "seed": 1, "sparse_ratio": 0.25, "max_points_per_centroid": 4,
+                      "method": "two_level"}
+#: Settings of the two-level method only: each changes the id of a two-level clustering (they are
+#: ignored by, and left out of the id of, a flat one).
+TWO_LEVEL_CHANGES = {"coarse": 2, "refine": 1, "probe": 1}
 
 
 def test_every_clustering_setting_changes_the_clustering_id(tmp_path):
@@ -418,7 +424,7 @@ def test_every_clustering_setting_changes_the_clustering_id(tmp_path):
     from prismatic_assets.pipeline.embeddings import PoolVectors
     from prismatic_assets.store.store import MetadataStore
 
-    _complete(ClusteringConfig.model_fields, CLUSTERING_CHANGES, {}, "ClusteringConfig")
+    _complete(ClusteringConfig.model_fields, {**CLUSTERING_CHANGES, **TWO_LEVEL_CHANGES}, {}, "ClusteringConfig")
     store = MetadataStore(tmp_path / "m.duckdb")
     rows = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
     pool = PoolVectors([f"s{i}" for i in range(12)], rows / np.linalg.norm(rows, axis=1, keepdims=True), {})
@@ -428,6 +434,12 @@ def test_every_clustering_setting_changes_the_clustering_id(tmp_path):
     for name, value in CLUSTERING_CHANGES.items():
         assert value != getattr(base, name)
         assert cluster_pool(store, pool, base.model_copy(update={name: value}), "emb", "round:1")[0] != key, name
+    two_level = base.model_copy(update={"method": "two_level"})
+    two_key = cluster_pool(store, pool, two_level, "emb", "round:1")[0]
+    for name, value in TWO_LEVEL_CHANGES.items():
+        assert value != getattr(two_level, name)
+        assert cluster_pool(store, pool, two_level.model_copy(update={name: value}), "emb", "round:1")[0] != two_key, \
+            name
     assert cluster_pool(store, pool, base, "emb-other", "round:1")[0] != key
     assert cluster_pool(store, pool, base, "emb", "round:2")[0] != key
     fewer = PoolVectors(pool.sample_ids[:-1], pool.vectors[:-1], {})

@@ -185,15 +185,17 @@ class Tracker:
         _with_retry(lambda: self.client.set_terminated(run_id, status=status))
 
     @contextmanager
-    def run(self, name: str, tags: Mapping[str, Any] | None = None) -> Iterator[str]:
-        """``with tracker.run("sft") as run_id:`` ends FINISHED, or FAILED on an exception."""
+    def run(self, name: str, tags: Mapping[str, Any] | None = None,
+            end_status: Callable[[], str] | None = None) -> Iterator[str]:
+        """``with tracker.run("sft") as run_id:`` ends FINISHED (or `end_status()`, for a run that
+        records a failure without raising), FAILED on an exception, KILLED on Ctrl-C."""
         run_id = self.start_run(name, tags)
         try:
             yield run_id
         except BaseException as exc:
             self.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
-        self.end_run(run_id, "FINISHED")
+        self.end_run(run_id, end_status() if end_status is not None else "FINISHED")
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag

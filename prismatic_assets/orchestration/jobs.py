@@ -3,11 +3,11 @@
 Each job's page in the UI has a "Materialize all" button that runs exactly the job:
 `backbone_job` the backbone group, `arm_round_job` and `synthesis_round_job` one round (a
 partition), `arm_students_job` the students of the arms, `distillation_job` the distilled
-student and its evaluation, `dataset_comparison_job` the comparison report, `study_job` the
-correlation study. The command line launches the same jobs (`interfaces/runs.py`), so its
-runs are listed under them. The run config of each job defaults to the profile's values, so
-the launchpad opens pre-filled with what the run would use and any of it can be changed for
-one run.
+student and its evaluation, `dataset_comparison_job` the comparison report,
+`study_job` the correlation study. The command line
+launches the same jobs (`interfaces/runs.py`), so its runs are listed under them. The run
+config of each job defaults to the profile's values, so the launchpad opens pre-filled with
+what the run would use and any of it can be changed for one run.
 
 Not here: the assets (assets/), the round jobs (beside their partitioned assets).
 """

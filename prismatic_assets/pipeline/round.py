@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 from prismatic_assets.core.ids import digest
+from prismatic_assets.core.tracking import Tracker
 from prismatic_assets.infra.config import Config
 from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.pipeline.baselines import record_baselines
@@ -46,7 +47,14 @@ from prismatic_assets.pipeline.round_stages import (
     vote,
 )
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import RoundRecord, RoundRow, pool_digest, round_scope, write_round
+from prismatic_assets.store.synthesis_tables import (
+    RoundRecord,
+    RoundRow,
+    pool_digest,
+    round_history,
+    round_scope,
+    write_round,
+)
 
 #: The store lock a running round holds (one round at a time per store).
 ROUND_LOCK = "synthesis-round"
@@ -254,3 +262,43 @@ def commit_round(store: MetadataStore, ledger: RoundLedger, pool: PoolState, emb
         round=ledger.round, requests=ledger.requests, candidates=ledger.candidates,
         decisions=[ledger.decisions[c.candidate_id] for c in ledger.candidates],
         samples=[embedded.drafts[r] for r in accepted], scores=scores.rows, row=row, run_id=run_id))
+
+
+def track_round(tracker: Tracker, run_id: str, config: Config, report: RoundReport,
+                store: MetadataStore) -> dict[str, bytes]:
+    """Log a finished round's settings, figures and charts to its MLflow run; return the charts
+    ({"g_vendi_per_round": png, "accepted_per_round": png}), also written under data/plots/."""
+    from prismatic_assets.reporting import plots
+
+    syn = config.synthesis
+    history = round_history(store)
+    charts = {
+        "g_vendi_per_round": plots.series_png(history["round"].to_list(), {
+            "after (gradient filter)": history["g_vendi_after"].to_list(),
+            "random control": history["g_vendi_random"].to_list(),
+            "before": history["g_vendi_before"].to_list()}, "round", "G-Vendi", "G-Vendi per round"),
+        "accepted_per_round": plots.bars_png([str(r) for r in history["round"].to_list()],
+                                             history["accepted"].to_list(), "accepted samples",
+                                             "Accepted per round"),
+    }
+    tracker.log_params(run_id, {"round": report.round, "generator": syn.generator.model,
+                                "teacher": syn.teacher.model,
+                                **syn.model_dump(mode="json", exclude={"generator", "teacher", "problem_sampling",
+                                                                       "solution_sampling"}),
+                                "problem_sampling": syn.problem_sampling.key(),
+                                "solution_sampling": syn.solution_sampling.key()})
+    tracker.log_metrics(run_id, {
+        "g_vendi/before": report.g_vendi_before, "g_vendi/after": report.g_vendi_after,
+        "g_vendi/random_control": report.g_vendi_random, "pool/before": report.n_pool,
+        "pool/after": report.n_pool + report.accepted, "count/requests": report.requests,
+        "count/parsed": report.problems_parsed, "count/duplicates": report.duplicates,
+        "count/contaminated": report.contaminated, "count/verified": report.verified,
+        "count/accepted": report.accepted, "clusters/k": report.k, "clusters/sparse": report.n_sparse,
+        "clusters/sparse_coverage": report.sparse_coverage,
+        **{f"acceptance/{k}": v for k, v in report.acceptance_rate.items()}}, step=report.round)
+    for name, png in charts.items():
+        path = config.data_path / "plots" / f"round-{report.round}-{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        tracker.log_artifact(run_id, path, "plots")
+    return charts

@@ -537,6 +537,12 @@ def _spans(s: SetRecord) -> str:
     return f"{len(families)} families x {len(levels) or 1} levels"
 
 
+def ranking_numbers(report: StudyReport) -> dict[str, float]:
+    """Each finite rho as `rho_id/<measure>` or `rho_ood/<measure>` (what the asset's Plots tab charts)."""
+    return {f"rho_{'ood' if r.split == 'out_of_distribution' else 'id'}/{r.measure}": float(r.rho)
+            for r in report.rankings if r.rho is not None and math.isfinite(r.rho)}
+
+
 def scatter_pngs(report: StudyReport) -> dict[str, bytes]:
     """One PNG per measure: the measure against each split's accuracy (95% Wilson bars), rho in the title."""
     from prismatic_assets.reporting.plots import interval_scatter_png
@@ -577,10 +583,10 @@ def _evaluation_id(sid: str, name: str, key: str) -> str:
 
 def _track_student(tracker: Tracker, parent: str, sid: str, outcome: StudentOutcome, record_accuracy,
                    set_record: SetRecord | None, measures: Mapping[str, float | None], settings: dict) -> str:
-    run = tracker.start_run(f"study-{sid[:8]}-{outcome.name}",
-                            tags={"mlflow.parentRunId": parent, "stage": "study", "study_id": sid,
-                                  "set": outcome.name, "status": outcome.status})
-    try:
+    tags = {"mlflow.parentRunId": parent, "stage": "study", "study_id": sid, "set": outcome.name,
+            "status": outcome.status}
+    with tracker.run(f"study-{sid[:8]}-{outcome.name}", tags=tags,
+                     end_status=lambda: "FINISHED" if outcome.status == "finished" else "FAILED") as run:
         tracker.log_params(run, {"set": outcome.name, "kind": set_record.kind if set_record else "untrained",
                                  "size": len(set_record.members) if set_record else 0, **settings})
         metrics = {f"{a.split}/accuracy": a.accuracy for a in record_accuracy}
@@ -592,10 +598,6 @@ def _track_student(tracker: Tracker, parent: str, sid: str, outcome: StudentOutc
             tracker.log_metric_history(run, "train/loss", [tuple(p) for p in outcome.sft["loss_history"]])
         if outcome.reason:
             tracker.set_tags(run, {"failure": outcome.reason[:5000]})
-    except BaseException:
-        tracker.end_run(run, "FAILED")
-        raise
-    tracker.end_run(run, "FINISHED" if outcome.status == "finished" else "FAILED")
     return run
 
 

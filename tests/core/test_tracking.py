@@ -126,6 +126,11 @@ def test_run_context_marks_failures(tracker):
     with tracker.run("fine") as ok_id:
         tracker.log_metrics(ok_id, {"x": 1.0})
     assert MlflowClient(tracker.tracking_uri).get_run(ok_id).info.status == "FINISHED"
+    outcome = {"status": "running"}
+    with tracker.run("recorded failure", end_status=lambda: "FAILED" if outcome["status"] == "failed"
+                     else "FINISHED") as failed_id:
+        outcome["status"] = "failed"  # decided inside the run, read when it ends
+    assert MlflowClient(tracker.tracking_uri).get_run(failed_id).info.status == "FAILED"
     with pytest.raises(ValueError, match="status"):
         tracker.end_run(ok_id, "DONE")
     with pytest.raises(ValueError, match="infinite"):

@@ -40,7 +40,7 @@ def test_definitions_for_every_profile_match_the_lineage(profile, monkeypatch):
     assert {"profile", "store", "proxy", "engines", "tracker", "pipes_subprocess_client"} <= set(defs.resources)
     assert defs.resources["proxy"].profile == profile
     assert {j.name for j in defs.jobs} == {"backbone_job", "arm_round_job", "arm_students_job", "synthesis_round_job",
-                                           "distillation_job", "dataset_comparison_job"}
+                                           "distillation_job", "dataset_comparison_job", "study_job"}
     for schedule in ("synthesis_round_every_6_hours", "arm_round_every_hour"):
         assert defs.resolve_schedule_def(schedule).default_status == dg.DefaultScheduleStatus.STOPPED
     assert defs.resolve_sensor_def("add_next_round_partitions").default_status == dg.DefaultSensorStatus.RUNNING

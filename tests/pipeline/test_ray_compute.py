@@ -111,7 +111,7 @@ def test_baselines_and_comparison_agree_across_backends(results):
 def test_actors_refuse_a_model_other_than_the_drivers(tiny_model_dir):
     proxy = ProxyConfig(model=tiny_model_dir).model_dump()
     with pytest.raises(RuntimeError, match="other model weights"):
-        _GradientActor(proxy, ProjectionConfig(dim=8).model_dump(), 2, key="not-this-key")
+        _GradientActor(proxy, ProjectionConfig(dim=8).model_dump(), 2, key="not-this-key", memory_gb=None)
     with pytest.raises(RuntimeError, match="other model weights"):
         _HiddenActor(proxy, fingerprint="not-this-fingerprint", max_length=64, batch_size=2)
 

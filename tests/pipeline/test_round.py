@@ -421,10 +421,10 @@ class FailingOn:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def embed_many(self, pairs, batch_size=None, max_batch_tokens=None):
-        out = self.inner.embed_many(pairs, batch_size, max_batch_tokens)
-        return [dataclasses.replace(e, vector=None, error="non-finite loss (nan)") if self.marker in prompt else e
-                for (prompt, _), e in zip(pairs, out)]
+    def embed_chunks(self, samples):
+        for chunk, out in self.inner.embed_chunks(samples):
+            yield chunk, [dataclasses.replace(e, vector=None, error="non-finite loss (nan)")
+                          if self.marker in s.prompt else e for s, e in zip(chunk, out)]
 
 
 def test_a_verified_candidate_without_a_gradient_is_counted_apart(tmp_path, seeded, embedder):

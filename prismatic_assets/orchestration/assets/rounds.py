@@ -23,9 +23,8 @@ from prismatic_assets.orchestration.resources import (
 from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.round_keys import partition_round
 from prismatic_assets.pipeline.evaluation import decontamination_texts
-from prismatic_assets.pipeline.round import RoundReport, run_round
-from prismatic_assets.reporting import plots
-from prismatic_assets.store.synthesis_tables import completed_rounds, round_history, stale_rounds
+from prismatic_assets.pipeline.round import RoundReport, run_round, track_round
+from prismatic_assets.store.synthesis_tables import completed_rounds, stale_rounds
 
 GROUP = "synthesis"
 #: The name of the round partitions, for the instance calls that take a name (`ROUNDS.name` is optional).
@@ -117,39 +116,11 @@ def _round_metadata(report: RoundReport) -> dict:
     }
 
 
-def _track_round(context: dg.AssetExecutionContext, mlflow, mlflow_run: str, config: Config, report: RoundReport,
+def _track_round(context: dg.AssetExecutionContext, tracker, run_id: str, config: Config, report: RoundReport,
                  db) -> dict:
-    """Log the round's parameters, metrics and plots to MLflow; return the plots as metadata."""
-    syn = config.synthesis
-    history = round_history(db)
-    gv_png = plots.series_png(history["round"].to_list(), {
-        "after (gradient filter)": history["g_vendi_after"].to_list(),
-        "random control": history["g_vendi_random"].to_list(),
-        "before": history["g_vendi_before"].to_list()}, "round", "G-Vendi", "G-Vendi per round")
-    acc_png = plots.bars_png([str(r) for r in history["round"].to_list()], history["accepted"].to_list(),
-                             "accepted samples", "Accepted per round")
-    mlflow.log_params(mlflow_run, {"round": report.round, "generator": syn.generator.model,
-                                   "teacher": syn.teacher.model,
-                                   **syn.model_dump(mode="json", exclude={"generator", "teacher", "problem_sampling",
-                                                                          "solution_sampling"}),
-                                   "problem_sampling": syn.problem_sampling.key(),
-                                   "solution_sampling": syn.solution_sampling.key()})
-    mlflow.log_metrics(mlflow_run, {
-        "g_vendi/before": report.g_vendi_before, "g_vendi/after": report.g_vendi_after,
-        "g_vendi/random_control": report.g_vendi_random, "pool/before": report.n_pool,
-        "pool/after": report.n_pool + report.accepted, "count/requests": report.requests,
-        "count/parsed": report.problems_parsed, "count/duplicates": report.duplicates,
-        "count/contaminated": report.contaminated, "count/verified": report.verified,
-        "count/accepted": report.accepted, "clusters/k": report.k, "clusters/sparse": report.n_sparse,
-        "clusters/sparse_coverage": report.sparse_coverage,
-        **{f"acceptance/{k}": v for k, v in report.acceptance_rate.items()}}, step=report.round)
-    for name, png in (("g_vendi_per_round.png", gv_png), ("accepted_per_round.png", acc_png)):
-        path = config.data_path / "plots" / f"round-{report.round}-{name}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
-        mlflow.log_artifact(mlflow_run, path, "plots")
-    return {"g_vendi_per_round": chart(context, gv_png, "g_vendi_per_round", "G-Vendi per round"),
-            "accepted_per_round": chart(context, acc_png, "accepted_per_round", "accepted per round")}
+    """The round's MLflow record (`pipeline.round.track_round`); its charts as metadata."""
+    charts = track_round(tracker, run_id, config, report, db)
+    return {name: chart(context, png, name, name.replace("_", " ")) for name, png in charts.items()}
 
 
 synthesis_round_job = dg.define_asset_job("synthesis_round_job", selection=[synthesis_round], partitions_def=ROUNDS,

@@ -7,13 +7,11 @@ materializations), the ranking and sets tables, one scatter per measure, the wal
 per stage, and the MLflow parent run.
 """
 
-import math
-
 import dagster as dg
 
+from prismatic_assets.orchestration.metadata import chart
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource, TrackerResource
-from prismatic_assets.pipeline.study import BASE, ranking_table, run_study, scatter_pngs, sets_table
-from prismatic_assets.reporting import plots
+from prismatic_assets.pipeline.study import BASE, ranking_numbers, ranking_table, run_study, scatter_pngs, sets_table
 
 GROUP = "study"
 
@@ -42,9 +40,7 @@ def study(context: dg.AssetExecutionContext, profile: ProfileResource, store: St
         "sets_table": dg.MetadataValue.md(sets),
         "seconds_by_stage": dg.MetadataValue.json({k: round(v, 1) for k, v in report.seconds.items()}),
     }
-    for r in report.rankings:  # numbers, so the Plots tab charts them across materializations
-        if r.rho is not None and math.isfinite(r.rho):
-            metadata[f"rho_{'ood' if r.split == 'out_of_distribution' else 'id'}/{r.measure}"] = float(r.rho)
-    for measure, png in scatter_pngs(report).items():
-        metadata[f"scatter/{measure}"] = dg.MetadataValue.md(plots.markdown_image(png, f"{measure} vs accuracy"))
+    metadata.update(ranking_numbers(report))  # numbers, so the Plots tab charts them across materializations
+    metadata.update({f"scatter/{measure}": chart(context, png, f"scatter_{measure}", f"{measure} vs accuracy")
+                     for measure, png in scatter_pngs(report).items()})
     return dg.MaterializeResult(metadata=metadata)
