@@ -1,6 +1,6 @@
 # One command each: `make demo` sets up and materializes the pipeline on the local profile
 # (`make experiment` adds one student per arm; `make study` ranks diversity measures by student accuracy),
-# `make test` sets up and runs the test suite,
+# `make test` sets up, lints (ruff), type-checks (mypy) and runs the test suite,
 # `make mutation` runs mutmut module by module (hours; not in CI).
 PY := .venv/bin/python
 
@@ -17,7 +17,10 @@ experiment: setup
 study: setup
 	$(PY) -m prismatic_assets.interfaces.cli study
 
+# The linter and the type checker first: they take seconds to minutes and fail fast.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: setup

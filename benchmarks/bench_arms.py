@@ -34,8 +34,15 @@ import numpy as np
 from benchmarks.common import write_results
 from prismatic_assets.core.world import cell_coverage
 from prismatic_assets.infra.config import Config, build_config, load_config
-from prismatic_assets.pipeline.arms import (FILTERED_ARMS, ArmRoundReport, acceptance_seed, arm_pool, cell_of,
-                                            choose, run_arm_round)
+from prismatic_assets.pipeline.arms import (
+    FILTERED_ARMS,
+    ArmRoundReport,
+    acceptance_seed,
+    arm_pool,
+    cell_of,
+    choose,
+    run_arm_round,
+)
 from prismatic_assets.pipeline.embeddings import embed_samples, open_embedder, pool_vectors
 from prismatic_assets.pipeline.experiment import arm_round_guards
 from prismatic_assets.pipeline.scores import score_vectors

@@ -242,11 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result["ok"] or not args.check else 1
     result = run(args)
 
+    peak = result['peak_gpu_mem_gib']
     md = ("| device | parameters | batch | tokens | samples/s | projection ms/sample | peak GPU GiB | goals met |\n"
           "|---|---|---|---|---|---|---|---|\n"
           f"| {result['device']} | {result['parameters']:,} | {result['batch_size']} | {result['tokens']} | "
           f"{result['samples_per_s']:.1f} | {result['projection_ms_per_sample']:.1f} | "
-          f"{result['peak_gpu_mem_gib'] if result['peak_gpu_mem_gib'] is None else round(result['peak_gpu_mem_gib'], 1)}"
+          f"{peak if peak is None else round(peak, 1)}"
           f" | {result['meets_goals']} |\n\nGoals: >= {GOAL_SAMPLES_PER_S:g} samples/s, projection < "
           f"{GOAL_PROJECTION_MS:g} ms per sample ({result['projection']}, bf16 autocast: {result['autocast']}).")
     write_results("gpu_gradients", result, md, directory=Path(args.out) if args.out else None)

@@ -42,10 +42,15 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, write_results
-from prismatic_assets.core.gradients import (GradientEmbedder, GradientSpec, encode_chat_sample, response_loss,
-                                             select_parameters)
-from prismatic_assets.core.gvendi import g_vendi, vendi_from_kernel
 from prismatic_assets.core.champ import load_champ
+from prismatic_assets.core.gradients import (
+    GradientEmbedder,
+    GradientSpec,
+    encode_chat_sample,
+    response_loss,
+    select_parameters,
+)
+from prismatic_assets.core.gvendi import g_vendi, vendi_from_kernel
 from prismatic_assets.core.models import PACKAGED_MODEL, load_causal_lm, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec, make_projector
 
@@ -131,11 +136,11 @@ def batched_vs_one(model, tokenizer, fingerprint, samples, tokens: int, batch_si
     rows = [{"mode": "one at a time (embed)", "batch": 1, "s_per_sample": best["one"] / len(pairs),
              "samples_per_s": len(pairs) / best["one"], "speedup": 1.0, "max_abs_diff": 0.0}]
     for b in batch_sizes:
-        rows.append({"mode": f"batched (embed_many)", "batch": b, "s_per_sample": best[f"b{b}"] / len(pairs),
+        rows.append({"mode": "batched (embed_many)", "batch": b, "s_per_sample": best[f"b{b}"] / len(pairs),
                      "samples_per_s": len(pairs) / best[f"b{b}"], "speedup": best["one"] / best[f"b{b}"],
                      "max_abs_diff": float(np.abs(vectors[f"b{b}"] - vectors["one"]).max())})
-    return {"n": len(pairs), "tokens": [encode_chat_sample(tokenizer, p, r, tokens).input_ids.shape[1] for p, r in pairs],
-            "reps": reps, "rows": rows}
+    lengths = [encode_chat_sample(tokenizer, p, r, tokens).input_ids.shape[1] for p, r in pairs]
+    return {"n": len(pairs), "tokens": lengths, "reps": reps, "rows": rows}
 
 
 # -- part "memory" -----------------------------------------------------------------------------
@@ -202,7 +207,8 @@ def memory_worker(mode: str, limit: int | None, batch_size: int, memory_gb: floa
     vectors = np.stack([o.vector if o.vector is not None else np.full(embedder.dim, np.nan, np.float32)
                         for o in outcomes])
     np.save(out / f"{mode}.npy", vectors)
-    result = {"mode": mode, "n": len(pairs), "batch_size": batch_size, "memory_gb": memory_gb if mode == "budget" else None,
+    result = {"mode": mode, "n": len(pairs), "batch_size": batch_size,
+              "memory_gb": memory_gb if mode == "budget" else None,
               "load_s": load_s, "seconds": seconds, "s_per_sample": seconds / len(pairs),
               "loaded_rss_gib": loaded_rss / 2**30 if loaded_rss else None,
               "embed_peak_rss_gib": (_status_bytes("VmHWM") / 2**30) if reset else None,
@@ -327,7 +333,8 @@ def memory_markdown(results: dict) -> str:
     if results["cost_cases"]:
         lines += ["", "Single steps (today's path: all logits at once, nothing recomputed), peak RSS above the "
                       "settled baseline, against the step-cost model of core/gradient_memory.py:", "",
-                  "| B x T | logit positions | measured GiB | predicted GiB | predicted / measured |", "|---|---|---|---|---|"]
+                  "| B x T | logit positions | measured GiB | predicted GiB | predicted / measured |",
+                  "|---|---|---|---|---|"]
         for c in results["cost_cases"]:
             if "status" in c:
                 lines.append(f"| {c['batch']} x ? | - | - | - | {c['status']} |")
@@ -390,7 +397,8 @@ def main() -> None:
         print(batched, flush=True)
         md += [f"Batched per-sample gradients: {batched['n']} CHAMP samples cut to {args.tokens} tokens, all "
                f"134.5M parameters, CountSketch d=1024, fp32, best of {batched['reps']} alternating runs.", "",
-               "| mode | batch | s/sample | samples/s | speedup | max abs diff of unit vectors |", "|---|---|---|---|---|---|"]
+               "| mode | batch | s/sample | samples/s | speedup | max abs diff of unit vectors |",
+               "|---|---|---|---|---|---|"]
         md += [f"| {r['mode']} | {r['batch']} | {r['s_per_sample']:.3f} | {r['samples_per_s']:.3f} | "
                f"{r['speedup']:.2f} | {r['max_abs_diff']:.1e} |" for r in batched["rows"]]
         md += ["", f"Load average at end: {batched['load_at_end'][0]:.1f} (1 min).", ""]

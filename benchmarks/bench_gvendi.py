@@ -6,9 +6,10 @@ like the stored gradients; `ours_fp32_nonunit`: the same on rows of length 2, wh
 rescaled in a copy; `ours`:
 float64 throughout), fed batches generated on the fly so the N x d matrix never exists,
 against Vendi-Score 0.0.3's `score_dual` (d x d, needs all of X in memory) and `score_X`
-(N x N kernel). Ratios are against `score_dual`, the fastest peer, at the same N. Every case runs in a fresh subprocess, so its peak RSS
-(VmHWM) is its own; cases whose estimated memory exceeds --mem-limit-gb are reported
-as not run instead of crashing the machine. Scores are compared in the same run.
+(N x N kernel). Ratios are against `score_dual`, the fastest peer, at the same N. Every case
+runs in a fresh subprocess, so its peak RSS (VmHWM) is its own; cases whose estimated
+memory exceeds --mem-limit-gb are reported as not run instead of crashing the machine.
+Scores are compared in the same run.
 
     python -m benchmarks.bench_gvendi                       # ours_fp32(_nonunit) vs score_dual at 100k, 300k, 1M
     python -m benchmarks.bench_gvendi --sizes 2000,5000 --dim 128   # quick check
@@ -33,7 +34,6 @@ from typing import Any, Iterator
 import numpy as np
 
 from benchmarks.common import machine, write_results
-
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
                                     ["--method", method, "--n", str(n), "--dim", str(args.dim),
                                      "--batch-size", str(args.batch_size), "--seed", str(args.seed)],
                                     args.timeout_s)
-            result.update(method=method, n=n, dim=args.dim, est_gib=round(estimate_gib(method, n, args.dim, args.batch_size), 2))
+            result.update(method=method, n=n, dim=args.dim,
+                          est_gib=round(estimate_gib(method, n, args.dim, args.batch_size), 2))
             cases.append(result)
             print(json.dumps(result), flush=True)
 
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     md = (f"# G-Vendi: time and peak memory\n\n{load}\n\n"
           f"d = {args.dim}. `ours_fp32` streams batches of {UPDATE_ROWS['ours_fp32']} rows (float32 products "
           "summed in float64; unit rows go to BLAS as they are), `ours_fp32_nonunit` the same on rows of length 2 "
-          "(copied and rescaled per batch, the general case), `ours` batches of 8192 in float64; data generation is excluded. Vendi-Score 0.0.3 "
+          "(copied and rescaled per batch, the general case), `ours` batches of 8192 in float64; "
+          "data generation is excluded. Vendi-Score 0.0.3 "
           "gets X in memory. Every case ran in its own process: peak RSS (VmHWM) includes the interpreter and "
           "libraries; 'above baseline' subtracts the RSS before the method's imports. Ratios are against "
           "`score_dual` at the same N.\n\n")

@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                     else:
                         result.update(agreement(Path(tmp), reference["method"], method))
                         result["reference"] = reference["method"]
-                        result["objective_loss"] = (reference["objective"] - result["objective"]) / reference["objective"]
+                        best = reference["objective"]
+                        result["objective_loss"] = (best - result["objective"]) / best
                         result["speedup"] = reference["fit_s"] / result["fit_s"]
                 rows_out.append(result)
                 print(json.dumps(result), flush=True)

@@ -15,16 +15,15 @@ Writes benchmarks/results/round.json and round.md (or into `--out`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import write_results
-from prismatic_assets.orchestration.assets.rounds import next_round
 from prismatic_assets.infra.config import build_config, load_config
 from prismatic_assets.infra.engines import EngineSet, open_engine
+from prismatic_assets.orchestration.assets.rounds import next_round
 from prismatic_assets.pipeline.embedder import build_embedder
 from prismatic_assets.pipeline.round import STAGES, lend, run_round
 from prismatic_assets.store import schema as S
@@ -85,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
             generator.close()
             if teacher is not generator:
                 teacher.close()
-        tokens = generator.total_completion_tokens + (teacher.total_completion_tokens if teacher is not generator else 0)
+        tokens = generator.total_completion_tokens
+        if teacher is not generator:
+            tokens += teacher.total_completion_tokens
 
     seconds = {stage: report.seconds.get(stage, 0.0) for stage in STAGES}
     rows = [f"| engine start (once per step) | {start:.1f} | |"]
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         f"({tokens / llm_seconds if llm_seconds else 0:.1f} tokens/s).",
     ])
     write_results("round", {"profile": settings.profile, "round": round_number, "engine_start_s": start,
-                            "total_s": total, "seconds": seconds, "report": report.as_dict(), "completion_tokens": tokens},
+                            "total_s": total, "seconds": seconds, "report": report.as_dict(),
+                            "completion_tokens": tokens},
                   markdown, directory=args.out)
 
 

@@ -113,15 +113,13 @@ def model_seconds_per_sample(model_dir: str, samples, batch_size: int, max_sampl
 
 
 def worker(args) -> dict[str, Any]:
-    import numpy as np
+    import torch
 
     from prismatic_assets.infra.config import ClusteringConfig, ComputeConfig, ProjectionConfig, ProxyConfig
     from prismatic_assets.pipeline.clusters import cluster_pool
     from prismatic_assets.pipeline.embeddings import embed_samples, open_embedder, pool_vectors
     from prismatic_assets.pipeline.scores import score_pool
     from prismatic_assets.store.store import MetadataStore
-
-    import torch
 
     torch.set_num_threads(args.threads)  # tiny ops: 2 threads on a busy 2-core machine were 10x slower
     out: dict[str, Any] = {"status": "ok"}

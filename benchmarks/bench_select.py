@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_gvendi import current_rss_mb, load_line, markdown_table, peak_rss_mb, run_worker
+from benchmarks.bench_gvendi import current_rss_mb, markdown_table, peak_rss_mb, run_worker
 from benchmarks.common import machine, write_results
 
 RANDOM_SEEDS = 5
@@ -83,7 +83,8 @@ def worker(method: str, n: int, d: int, k: int, seed: int, lazy: bool) -> dict[s
     select_peak = peak_rss_mb()
     subset = _streamed_g_vendi(x, chosen.indices)
     randoms = [_streamed_g_vendi(x, random_subset(n, k, 1000 + s)) for s in range(RANDOM_SEEDS)]
-    out = {"status": "ok", "peak_is_selection_only": hwm_reset, "method": method, "lazy": lazy if method == "greedy" else None, "n": n, "dim": d,
+    out = {"status": "ok", "peak_is_selection_only": hwm_reset, "method": method,
+           "lazy": lazy if method == "greedy" else None, "n": n, "dim": d,
            "k": k, "select_s": select_s, "data_s": data_s, "data_rss_mb": data_rss, "peak_rss_mb": select_peak,
            "g_vendi": subset, "random_mean": float(np.mean(randoms)), "random_std": float(np.std(randoms)),
            "random_max": float(np.max(randoms)), "random": randoms, "params": chosen.params,
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{load_end[0]:.1f}, {load_end[1]:.1f}; on {os.cpu_count()} cores.\n\n"
         f"Synthetic unit vectors, d = {args.dim}, around 500 hidden directions with weights 1/rank. "
         "'input RSS' is the process after building the vectors (float32 N x d), 'peak RSS' the peak "
-        "during selection (the peak counter is reset after the vectors are built); G-Vendi is q = 1 over the chosen rows; random subsets have the same k.\n\n"
+        "during selection (the peak counter is reset after the vectors are built); G-Vendi is q = 1 over the "
+        "chosen rows; random subsets have the same k.\n\n"
         + table)
     write_results(args.name, {"results": results, "load_start": load_start, "load_end": load_end,
                               "lazy_matches_plain": same_picks, "machine": machine()}, markdown)

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import write_results
 from benchmarks.bench_generation import conversations
+from benchmarks.common import write_results
 from prismatic_assets.core.generation import SamplingConfig
 from prismatic_assets.core.generation_vllm import VLLMGenerator
 from prismatic_assets.core.models import PACKAGED_MODEL
@@ -48,7 +48,8 @@ def staged(generator: VLLMGenerator, convs, sampling: SamplingConfig, store: Met
     before = generator.total_completion_tokens
     began = time.perf_counter()
     generate_problems(store, generator, plans, chunk_size=256, run_id="bench",
-                      progress=lambda stage, done, total: calls.append(done) if stage.startswith("engine_call") else None)
+                      progress=lambda stage, done, total: (calls.append(done) if stage.startswith("engine_call")
+                                                           else None))
     seconds = time.perf_counter() - began
     return generator.total_completion_tokens - before, seconds, len(calls)
 
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
                                           seed=1000 * (r + 1))
                 b_tokens, b_s = bare(generator, convs, sampling)
                 store = MetadataStore(Path(tmp) / f"r{r}.duckdb")
-                p_tokens, p_s, calls = staged(generator, convs, dataclasses.replace(sampling, seed=sampling.seed + 500), store)
+                p_tokens, p_s, calls = staged(generator, convs,
+                                              dataclasses.replace(sampling, seed=sampling.seed + 500), store)
                 runs.append({"bare_tokens": b_tokens, "bare_s": b_s, "stage_tokens": p_tokens, "stage_s": p_s,
                              "engine_calls": calls})
                 ratio = (p_tokens / p_s) / (b_tokens / b_s)

@@ -18,13 +18,14 @@ pool gradients, 8 hidden states, SFT of 1 and 4 steps at the study's batch, 16 h
 problems answered to `study.max_tokens`) and multiplies them out for the profile's study
 settings: the arithmetic behind the defaults, redone on the machine at hand.
 
-Writes benchmarks/results/study.{json,md} (study_tiny.* with --tiny, study_probe*.* with --probe). Run it on an otherwise
-idle machine: the figures are wall-clock times, and the load average is recorded.
+Writes benchmarks/results/study.{json,md} (study_tiny.* with --tiny, study_probe*.* with
+--probe). Run it on an otherwise idle machine: the figures are wall-clock times, and the load average is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -70,39 +71,45 @@ def _timed(fn):
     return out, time.perf_counter() - wall, cpu() - before
 
 
+def _proxy_costs(config, pool) -> dict:
+    """Wall and CPU seconds per sample of a gradient and a hidden state, through the Embedder
+    role; the proxy is freed on return, before the SFT runs."""
+    from prismatic_assets.pipeline.embeddings import build_embedder
+
+    head = pool[:8]
+    units: dict = {}
+    embedder, units["proxy_load_s"], _ = _timed(functools.partial(build_embedder, config.proxy, config.projection,
+                                                                  config.compute.batch_size))
+    _, wall, cpu = _timed(lambda: list(embedder.embed_chunks(head)))
+    units["gradient_s"], units["gradient_cpu_s"] = wall / len(head), cpu / len(head)
+    _, wall, cpu = _timed(lambda: list(embedder.hidden_chunks(head, max_length=config.proxy.max_length,
+                                                              batch_size=len(head))))
+    units["hidden_s"], units["hidden_cpu_s"] = wall / len(head), cpu / len(head)
+    return units
+
+
 def probe(config, root: Path) -> dict:
     """Per-unit costs of the study on this machine, and the study's total projected from them."""
     import subprocess
 
-    from prismatic_assets.core.diversity import mean_pooled_hidden_states
     from prismatic_assets.core.evaluation import build_eval_prompt
     from prismatic_assets.core.generation import SamplingConfig
+    from prismatic_assets.core.study_sets import parse_designs
     from prismatic_assets.infra.engines import open_engine
     from prismatic_assets.pipeline.distill import read_result, sft_command, write_training_set
-    from prismatic_assets.pipeline.embeddings import build_embedder
     from prismatic_assets.pipeline.study import PROCEDURAL, prepare, study_distill
-    from prismatic_assets.core.study_sets import parse_designs
 
     s = config.study
     prepared = prepare(s)
     pool = prepared.pool.samples
-    units: dict = {}
-    embedder, units["proxy_load_s"], _ = _timed(lambda: build_embedder(config.proxy, config.projection,
-                                                                       config.compute.batch_size))
-    _, wall, cpu = _timed(lambda: embedder.embed_many([(x.prompt, x.response) for x in pool[:8]]))
-    units["gradient_s"], units["gradient_cpu_s"] = wall / 8, cpu / 8
-    _, wall, cpu = _timed(lambda: mean_pooled_hidden_states(embedder.model, embedder.tokenizer,
-                                                            [x.prompt for x in pool[:8]], [x.response for x in pool[:8]],
-                                                            batch_size=8, max_length=config.proxy.max_length))
-    units["hidden_s"], units["hidden_cpu_s"] = wall / 8, cpu / 8
-    del embedder
+    units = _proxy_costs(config, pool)
     data = write_training_set(pool[:max(s.batch_size * 4, 8)], root / "train.jsonl")
     runs = {}
     for steps in (1, 4):
         distill = study_distill(config.replace(study=s.model_copy(update={"max_steps": steps,
                                                                           "save_steps": steps})))
-        _, wall, cpu = _timed(lambda: subprocess.run(sft_command(distill, data, root / f"sft-{steps}"), check=True,
-                                                     capture_output=True))
+        _, wall, cpu = _timed(functools.partial(subprocess.run, sft_command(distill, data, root / f"sft-{steps}"),
+                                                check=True, capture_output=True))
         runs[steps] = (wall, cpu)
     units["sft_step_s"] = (runs[4][0] - runs[1][0]) / 3
     units["sft_step_cpu_s"] = (runs[4][1] - runs[1][1]) / 3

@@ -139,7 +139,7 @@ def check_sft(student: str, tiny: bool, work: Path) -> bool:
         return report("sft", False, f"exit {done.returncode}")
     result = json.loads((work / "sft" / RESULT_FILE).read_text())
     losses = [loss for _, loss in result["loss_history"]]
-    return report("sft", result["steps"] == settings.max_steps and all(l == l for l in losses),
+    return report("sft", result["steps"] == settings.max_steps and all(loss == loss for loss in losses),
                   f"{settings.max_steps} steps ({'fp32 CPU' if tiny else 'bf16, checkpointing'}) in {seconds:.1f} s, "
                   f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
@@ -166,7 +166,8 @@ def check_gradients(proxy: str, tiny: bool) -> bool:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - began
     setup = "CPU tiny" if tiny else "bf16, dense Rademacher d=1024, Qwen2.5-0.5B shapes"
-    return report("gradients", all(o.error is None for o in outcomes), f"{len(pairs) / seconds:.1f} samples/s ({setup})")
+    return report("gradients", all(o.error is None for o in outcomes),
+                  f"{len(pairs) / seconds:.1f} samples/s ({setup})")
 
 
 def check_gradient_memory(tiny: bool) -> bool:

@@ -100,7 +100,8 @@ class FakeOpenAI:
                 try:
                     self._send({"id": key, "object": "chat.completion", "created": 0, "model": body["model"],
                                 "choices": choices,
-                                "usage": {"prompt_tokens": 10, "completion_tokens": 10 * n, "total_tokens": 10 + 10 * n}})
+                                "usage": {"prompt_tokens": 10, "completion_tokens": 10 * n,
+                                          "total_tokens": 10 + 10 * n}})
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 with owner.lock:

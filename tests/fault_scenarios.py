@@ -47,8 +47,8 @@ def scenario_store(disk: Path, tmpfs: bool) -> dict:
     from prismatic_assets.store.store import MetadataStore, StoreDiskFull
 
     def samples(n: int, tag: str, size: int) -> list[Sample]:
-        return [Sample(f"{tag}:{i}", f"{tag} problem {i} " + os.urandom(size).hex(), "solution " + os.urandom(size).hex(),
-                       source=tag) for i in range(n)]
+        return [Sample(f"{tag}:{i}", f"{tag} problem {i} " + os.urandom(size).hex(),
+                       "solution " + os.urandom(size).hex(), source=tag) for i in range(n)]
 
     path = disk / "prismatic.duckdb"
     store = MetadataStore(path)

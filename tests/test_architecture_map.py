@@ -137,7 +137,8 @@ def test_the_architecture_page_names_a_file_for_every_lineage_box_and_round_stag
 def test_readme_is_short_and_its_table_of_contents_reaches_its_headings():
     text = README.read_text()
     n_lines = len(text.splitlines())
-    assert n_lines <= MAX_README_LINES, f"README.md has {n_lines} lines (at most {MAX_README_LINES}): move a section to docs/"
+    assert n_lines <= MAX_README_LINES, \
+        f"README.md has {n_lines} lines (at most {MAX_README_LINES}): move a section to docs/"
     contents = section(text, "Contents")
     toc = re.findall(r"\]\(#([^)]+)\)", contents)
     assert len(toc) >= 8, f"the README's contents list links {len(toc)} sections"

@@ -33,8 +33,14 @@ from prismatic_assets.core.gradients import GradientSpec, embedding_key
 from prismatic_assets.core.models import _CONFIG_KEYS_IGNORED, folder_fingerprint, model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec, make_projector, projection_key
 from prismatic_assets.core.samples import Sample, content_hash
-from prismatic_assets.infra.config import (ClusteringConfig, ComputeConfig, EngineConfig, ProjectionConfig,
-                                           ProxyConfig, ScoreConfig)
+from prismatic_assets.infra.config import (
+    ClusteringConfig,
+    ComputeConfig,
+    EngineConfig,
+    ProjectionConfig,
+    ProxyConfig,
+    ScoreConfig,
+)
 from prismatic_assets.store.synthesis_tables import generation_key
 from tests.conftest import make_tiny_llama
 

@@ -21,8 +21,8 @@ import yaml
 from dagster._core.instance.ref import InstanceRef
 from mlflow import MlflowClient
 
-from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.pipeline.round import STAGES
+from prismatic_assets.store.store import MetadataStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DAGSTER_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "experiment", "--profile", str(config)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "experiment",
+                           "--profile", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[experiment] done in" in proc.stdout and "arm rounds" in proc.stdout and "students" in proc.stdout
     # A console a person reads: one line per step with its figure, no Dagster debug log, no warning.
@@ -88,8 +88,9 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
     assert store.query("SELECT count(*) AS n FROM arm_accepted")["n"][0] == 2 * 2 * 2
 
     # The paper's path: the backbone (cached), two LLM synthesis rounds, distillation, evaluation.
-    pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "2", "--profile",
-                               str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    pipeline = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "pipeline", "--rounds", "2",
+                               "--profile", str(config)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert pipeline.returncode == 0, pipeline.stdout[-4000:] + pipeline.stderr[-4000:]
     assert "[pipeline] done in" in pipeline.stdout and "distill+evaluation" in pipeline.stdout
     assert store.query("SELECT round FROM synthesis_rounds ORDER BY round")["round"].to_list() == [1, 2]
@@ -97,7 +98,8 @@ def test_demo_runs_the_whole_lineage(tmp_path, tiny_model_dir):
                         "ORDER BY 1")["model_role"].to_list()
     assert roles == ["base", "distilled"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
-    names = sorted(r.info.run_name for r in client.search_runs(client.get_experiment_by_name("prismatic").experiment_id))
+    experiment = client.get_experiment_by_name("prismatic")
+    names = sorted(r.info.run_name for r in client.search_runs(experiment.experiment_id))
     assert names == ["arm-students", "arms-round-1", "arms-round-2", "distillation", "round-1", "round-2"]
 
     # The round benchmark runs the next round on a copy of this store and reports every stage.

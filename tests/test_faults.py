@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import numpy as np
 import pytest
 
-from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.infra.config import ProjectionConfig, ProxyConfig
 from prismatic_assets.pipeline.embedder import build_embedder
 from prismatic_assets.pipeline.embeddings import embed_samples, shard_folder
 from prismatic_assets.store import schema, shards
@@ -125,8 +125,9 @@ def test_cli_reports_a_damaged_store_without_a_traceback(tmp_path, tiny_model_di
     _make("flipped bytes", cache / "score-cache.duckdb")
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"prompt": "1+1?", "response": "\\boxed{2}"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "score", str(data), "--model", tiny_model_dir,
-                           "--dim", "8"], capture_output=True, text=True, timeout=300, cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "score", str(data),
+                           "--model", tiny_model_dir, "--dim", "8"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO), "PRISMATIC_CACHE_DIR": str(cache)})
     assert done.returncode != 0
     assert "score-cache.duckdb is damaged" in done.stderr and "Traceback" not in done.stderr

@@ -28,19 +28,19 @@ for name in {blocked!r}:
 def _dry_run(env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_smoke.py"), "--tiny"], capture_output=True,
                           text=True, timeout=900, cwd=ROOT, env=env)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("[gpu-smoke]")]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[gpu-smoke]")]
     return done, lines
 
 
 def _checks(lines: list[str]) -> list[str]:
-    return [l.split(":")[0].split(" ", 2)[2] for l in lines]
+    return [line.split(":")[0].split(" ", 2)[2] for line in lines]
 
 
 def test_gpu_smoke_script_passes_its_cpu_dry_run():
     done, lines = _dry_run()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _checks(lines) == ["engine generator", "engine teacher", "sft", "gradients", "gradient memory", "total"]
-    assert all(" PASS " in l for l in lines)
+    assert all(" PASS " in line for line in lines)
 
 
 def test_gpu_smoke_dry_run_without_the_modules_a_bare_gpu_machine_lacks(tmp_path):
@@ -51,10 +51,10 @@ def test_gpu_smoke_dry_run_without_the_modules_a_bare_gpu_machine_lacks(tmp_path
     done, lines = _dry_run(env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _checks(lines) == ["engine generator", "engine teacher", "sft", "gradients", "gradient memory", "total"]
-    assert [l for l in lines if " SKIP " in l] == [
+    assert [line for line in lines if " SKIP " in line] == [
         "[gpu-smoke] SKIP engine generator: skipped: vllm not installed",
         "[gpu-smoke] SKIP engine teacher: skipped: vllm not installed"]
-    assert all(" PASS " in l for l in lines if " SKIP " not in l)
+    assert all(" PASS " in line for line in lines if " SKIP " not in line)
 
 
 def test_gpu_smoke_refuses_to_run_without_cuda_unless_tiny():

@@ -266,7 +266,7 @@ def _parse(answer: str, timeout: int | None) -> tuple[Any, ...]:
         parsed = parse(
             "\\boxed{" + answer + "}",
             extraction_config=[LatexExtractionConfig()],
-            parsing_timeout=timeout,  # type: ignore[arg-type]  # None disables the signal
+            parsing_timeout=timeout,  # None disables the signal
         )
     except (Exception, TimeoutException):  # noqa: BLE001 - never raise from grading
         log.debug("math-verify could not parse %r", answer, exc_info=True)

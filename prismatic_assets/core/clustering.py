@@ -195,8 +195,8 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
     method "two_level": `coarse` groups (None: round(sqrt(k))), then k split among them by
     size and a k-means inside each, then `refine` Lloyd iterations over all points, each
     point compared with the centroids of its `probe` nearest groups (see the module
-    docstring); max_points_per_centroid caps each group's training sample. Either way every point is then assigned to its exact
-    nearest final centroid (in batches), so assignments and sizes are exactly what
+    docstring); max_points_per_centroid caps each group's training sample. Either way every
+    point is then assigned to its exact nearest final centroid (in batches), so assignments and sizes are exactly what
     `assign_to_centroids` gives for the pool. gpu: None uses faiss's GPUs when it sees any.
     init_centroids: (k, d) starting centroids (e.g. k-means++, flat only); None lets faiss
     draw k rows.
@@ -220,7 +220,8 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
     if coarse is not None and (isinstance(coarse, bool) or not isinstance(coarse, (int, np.integer)) or coarse < 1):
         raise ValueError(f"coarse must be a positive integer or None, got {coarse!r}")
     for name, value in (("refine", refine), ("probe", probe)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "refine" else 1):
+        least = 0 if name == "refine" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be a {'non-negative' if name == 'refine' else 'positive'} integer, "
                              f"got {value!r}")
     if method == "two_level" and init_centroids is not None:
@@ -315,12 +316,11 @@ def _lloyd_step(v: np.ndarray, centroids: np.ndarray, coarse_centroids: np.ndarr
     k, d = centroids.shape
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(coarse_centroids)
-    index = faiss.IndexIVFFlat(quantizer, d, len(coarse_centroids), faiss.METRIC_INNER_PRODUCT)
-    index.is_trained = True  # the coarse centroids are the lists; nothing to train
-    index.add(centroids)  # each centroid listed under its nearest coarse centroid
-    index.nprobe = min(probe, len(coarse_centroids))
-    if use_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
+    ivf = faiss.IndexIVFFlat(quantizer, d, len(coarse_centroids), faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True  # the coarse centroids are the lists; nothing to train
+    ivf.add(centroids)  # each centroid listed under its nearest coarse centroid
+    ivf.nprobe = min(probe, len(coarse_centroids))
+    index = faiss.index_cpu_to_all_gpus(ivf) if use_gpu else ivf
     exact = None
     sums = np.zeros((k, d), dtype=np.float64)
     for start in range(0, len(v), ASSIGN_BATCH):

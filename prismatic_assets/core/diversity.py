@@ -288,7 +288,7 @@ def cluster_coverage(assignments, set_index, set_names: Sequence[str], k: int) -
     with np.errstate(invalid="ignore", divide="ignore"):
         composition = np.where(sizes > 0, counts / np.maximum(sizes, 1), np.nan)
     contrast = shares.max(axis=0) - shares.min(axis=0)
-    exclusive = {name: [] for name in names}
+    exclusive: dict[str, list[int]] = {name: [] for name in names}
     for c in np.flatnonzero(sizes > 0):
         holders = np.flatnonzero(counts[:, c] > 0)
         if len(holders) == 1 and len(names) > 1:

@@ -190,7 +190,8 @@ def _read_records(path: Path) -> Iterable[tuple[int, Any]]:
             yield i, row
         return
     if suffix not in (".jsonl", ".json"):
-        raise ValueError(f"evaluation file {path}: unsupported extension {path.suffix!r}; use .jsonl, .json or .parquet")
+        raise ValueError(f"evaluation file {path}: unsupported extension {path.suffix!r}; "
+                         "use .jsonl, .json or .parquet")
     text = path.read_text(encoding="utf-8")
     if suffix == ".json" and text.lstrip().startswith("["):
         try:

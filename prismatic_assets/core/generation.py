@@ -66,7 +66,8 @@ class SamplingConfig:
             return isinstance(value, int) and not isinstance(value, bool)
 
         if not is_int(self.n) or self.n < 1:
-            raise ValueError(f"SamplingConfig.n={self.n!r}: the number of completions per conversation must be an int >= 1")
+            raise ValueError(f"SamplingConfig.n={self.n!r}: the number of completions per conversation "
+                             "must be an int >= 1")
         if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"SamplingConfig.max_tokens={self.max_tokens!r}: must be an int >= 1")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
@@ -229,7 +230,8 @@ class BaseGenerator:
 
 
 def check_conversations(conversations: Sequence[Sequence[Message]],
-                        sampling: SamplingConfig | Sequence[SamplingConfig]) -> tuple[list[list[Message]], list[SamplingConfig]]:
+                        sampling: SamplingConfig | Sequence[SamplingConfig]
+                        ) -> tuple[list[list[Message]], list[SamplingConfig]]:
     """Validate inputs and return (conversations as plain lists, one SamplingConfig per conversation)."""
     if isinstance(conversations, (str, dict)) or (len(conversations) and isinstance(conversations[0], dict)):
         raise TypeError("chat() takes a list of conversations, each a list of messages: "

@@ -17,8 +17,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Iterator, Sequence
 
-from prismatic_assets.core.generation import (BaseGenerator, GenerationError, Message, PartialGenerationError,
-                                              SamplingConfig, Usage, check_conversations, decoded_completions)
+from prismatic_assets.core.generation import (
+    BaseGenerator,
+    GenerationError,
+    Message,
+    PartialGenerationError,
+    SamplingConfig,
+    Usage,
+    check_conversations,
+    decoded_completions,
+)
 
 _RETRY_STATUS = {408, 409, 429}
 
@@ -248,7 +256,7 @@ class OpenAIGenerator(BaseGenerator):
                     delivered += len(batch)
                     yield sorted(batch)
             if failure is None:
-                self._record_results([f.result() for f in sorted(futures, key=futures.get)],
+                self._record_results([f.result() for f in sorted(futures, key=futures.__getitem__)],
                                      time.perf_counter() - began)
         finally:
             abort.set()
@@ -265,7 +273,8 @@ class OpenAIGenerator(BaseGenerator):
             return []
         began = time.perf_counter()
         abort = threading.Event()
-        futures = [self._executor().submit(self._complete_unless_aborted, c, s, abort) for c, s in zip(convs, samplings)]
+        executor = self._executor()
+        futures = [executor.submit(self._complete_unless_aborted, c, s, abort) for c, s in zip(convs, samplings)]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
         except BaseException:  # interrupted: start nothing more, stop retrying
@@ -296,7 +305,7 @@ class OpenAIGenerator(BaseGenerator):
         self._record(Usage(prompt_tokens=sum(r[2] for r in results), completion_tokens=sum(r[3] for r in results),
                            completions=sum(len(r[0]) for r in results), seconds=seconds,
                            completion_token_counts=None if any(c is None for c in all_counts)
-                           else tuple(tuple(c) for c in all_counts),  # type: ignore[arg-type]
+                           else tuple(tuple(c) for c in all_counts),
                            finish_reasons=tuple(tuple(r[1]) for r in results)))
 
     def close(self) -> None:

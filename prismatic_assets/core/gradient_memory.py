@@ -376,5 +376,5 @@ def release_freed_memory() -> None:
             _LIBC = None
         if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):
             _LIBC = None
-    if _LIBC is not None:
+    if isinstance(_LIBC, ctypes.CDLL):
         _LIBC.malloc_trim(0)

@@ -43,12 +43,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prismatic_assets.core.gradient_memory import (PROBE_BATCH, PROBE_LENGTHS, KeptBytes,
-                                                   MemoryBudget, PlannedBatch, Polynomial, StepCost,
-                                                   fit_polynomial, plan_batches, release_freed_memory,
-                                                   resident_bytes, unbudgeted_batches)
+from prismatic_assets.core.gradient_memory import (
+    PROBE_BATCH,
+    PROBE_LENGTHS,
+    KeptBytes,
+    MemoryBudget,
+    PlannedBatch,
+    Polynomial,
+    StepCost,
+    fit_polynomial,
+    plan_batches,
+    release_freed_memory,
+    resident_bytes,
+    unbudgeted_batches,
+)
 from prismatic_assets.core.per_sample import DEFAULT_BLOCK_BYTES, PerSampleGradients, UnsupportedModule
-from prismatic_assets.core.projection import DEFAULT_CACHE_BYTES, Projector, ProjectionSpec, make_projector
+from prismatic_assets.core.projection import DEFAULT_CACHE_BYTES, ProjectionSpec, Projector, make_projector
 
 #: Bump when the loss, masking or formatting changes: it is part of every cache key.
 GRADIENT_ALGORITHM_VERSION = 1
@@ -321,6 +331,13 @@ class GradientEmbedder:
         resident = self.memory.resident() if self.memory.resident is not None else resident_bytes(self.device)
         return plan_batches(lengths, prompts, cost, self.memory.total_bytes, resident, batch_size, max_batch_tokens)
 
+    @property
+    def _batched(self) -> PerSampleGradients:
+        """The per-sample gradient hooks, once `_batched_available()` said yes."""
+        if self._per_sample is None:
+            raise RuntimeError(f"no batched per-sample gradients: {self.batched_unsupported}")
+        return self._per_sample
+
     def _batched_available(self) -> bool:
         if self.batched_unsupported is None and self._per_sample is None:
             try:
@@ -342,7 +359,7 @@ class GradientEmbedder:
             return self._cost
         if not self._batched_available():
             raise UnsupportedModule(f"no batched step to cost: {self.batched_unsupported}")
-        psg = self._per_sample
+        psg = self._batched
         resident = [p for p in self.model.parameters()] + [b for b in self.model.buffers()]
         head = self._split_head()
         per_region: dict[int, list[float]] = {}
@@ -387,7 +404,7 @@ class GradientEmbedder:
 
     def _recompute_works(self) -> bool:
         """Whether the blocks can be recomputed (a probe forward with all of them wrapped)."""
-        psg = self._per_sample
+        psg = self._batched
         psg.recompute_missed = None
         ids = torch.full((1, 8), 3, dtype=torch.long, device=self.device)
         with psg.attach(_NullSink(), 1, recompute=len(psg.blocks)), self._autocast():
@@ -475,7 +492,7 @@ class GradientEmbedder:
             kwargs["attention_mask"] = mask.to(self.device)
         sink = _ProjectingSink(self.projector, batch)
         self.model.zero_grad(set_to_none=True)
-        with self._per_sample.attach(sink, batch, recompute):
+        with self._batched.attach(sink, batch, recompute):
             if logit_chunk is None:
                 losses = self._backward_whole(kwargs, first, longest, targets)
             else:

@@ -165,7 +165,8 @@ def renyi_entropy(eigenvalues, q: float) -> float:
         raise ValueError("eigenvalues must be a non-empty array of finite numbers")
     scale = float(np.abs(lam).max())
     if lam.min() < -1e-8 * max(scale, 1.0):
-        raise ValueError(f"eigenvalue {lam.min():.3g} is negative beyond round-off: pass the eigenvalues of a PSD matrix")
+        raise ValueError(f"eigenvalue {lam.min():.3g} is negative beyond round-off: "
+                         "pass the eigenvalues of a PSD matrix")
     lam = np.clip(lam, 0.0, None)
     total = lam.sum()
     if not abs(total - 1.0) <= 1e-6:
@@ -237,7 +238,8 @@ def _batches(vectors, batch_size: int) -> Iterator:
             yield vectors[start:start + batch_size]
         return
     if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Iterable):
-        raise TypeError(f"expected an (N, d) array/tensor or an iterable of (b, d) batches, got {type(vectors).__name__}")
+        raise TypeError("expected an (N, d) array/tensor or an iterable of (b, d) batches, "
+                        f"got {type(vectors).__name__}")
     rows: list[np.ndarray] = []
     for item in vectors:
         batch = _as_numpy(item)
@@ -272,7 +274,8 @@ def g_vendi(vectors, q: float = 1.0, normalize: bool = True, batch_size: int | N
     vectors: numpy or torch; the projected gradients, one row per sample. q: Renyi order.
     normalize: L2-normalize rows (see SecondMoment). batch_size: rows per accumulation step
     (None: 8192 for float64, 32768 for float32, whose BLAS product gains from large batches;
-    memory ~ 2 * batch_size * d * itemsize). compute_dtype: see SecondMoment. Raises ValueError on zero, non-finite or no rows.
+    memory ~ 2 * batch_size * d * itemsize). compute_dtype: see SecondMoment. Raises ValueError
+    on zero, non-finite or no rows.
     """
     q = _check_q(q)
     if batch_size is None:

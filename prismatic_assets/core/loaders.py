@@ -19,6 +19,7 @@ from prismatic_assets.core.champ import CHAMP_SOURCE, load_champ
 from prismatic_assets.core.record_files import load_hf_dataset, load_records_file
 from prismatic_assets.core.records import FieldMap, LoadResult
 
+
 def load_samples(spec: str, fields: FieldMap | None = None, limit: int | None = None,
                  **kw: Any) -> LoadResult:
     """Load samples named by `spec`.

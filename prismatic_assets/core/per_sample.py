@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, cast
 
 import torch
 from torch import nn
@@ -125,7 +125,7 @@ class PerSampleGradients:
                              f"blocks), got {recompute!r}")
         saved = [(p, p.requires_grad) for p in self.model.parameters()]
         handles = []
-        patched: list[tuple[nn.Module, object]] = []
+        patched: list[tuple[nn.Module, Callable[..., Any] | None]] = []
         self._sink, self._batch = sink, int(batch)
         try:
             for p, _ in saved:
@@ -243,9 +243,16 @@ class PerSampleGradients:
             else:
                 self._generic(owner, x, g)
 
+    @property
+    def _active_sink(self) -> GradientSink:
+        if self._sink is None:
+            raise RuntimeError("per-sample gradients reach a sink only inside attach()")
+        return self._sink
+
     def _linear(self, owner: _Owner, x: torch.Tensor, g: torch.Tensor) -> None:
         batch = g.shape[0]
-        out_features, in_features = owner.module.weight.shape
+        # kind "linear": an nn.Linear (see _kind)
+        out_features, in_features = cast(nn.Linear, owner.module).weight.shape
         # Under autocast the output gradient is bf16: the product runs in bf16, as in the
         # module's own backward.
         x2 = x.reshape(batch, -1, in_features).to(g.dtype)  # (B, T, in)
@@ -257,12 +264,12 @@ class PerSampleGradients:
             for r0 in range(0, out_features, step):
                 r1 = min(r0 + step, out_features)
                 block = torch.bmm(g2[:, :, r0:r1].transpose(1, 2), x2)  # (B, r1-r0, in)
-                self._sink.dense(block.reshape(batch, -1), offset + r0 * in_features)
+                self._active_sink.dense(block.reshape(batch, -1), offset + r0 * in_features)
         if "bias" in owner.offsets:
-            self._sink.dense(g2.sum(1), owner.offsets["bias"])  # (B, out)
+            self._active_sink.dense(g2.sum(1), owner.offsets["bias"])  # (B, out)
 
     def _embedding(self, owner: _Owner, ids: torch.Tensor, g: torch.Tensor) -> None:
-        module: nn.Embedding = owner.module
+        module = cast(nn.Embedding, owner.module)  # kind "embedding": an nn.Embedding (see _kind)
         batch = g.shape[0]
         width = module.weight.shape[1]
         ids = ids.reshape(batch, -1)  # (B, T)
@@ -278,7 +285,7 @@ class PerSampleGradients:
             b_idx = torch.arange(batch, device=g.device).unsqueeze(1).expand_as(inverse)
             slot = (b_idx * (r1 - r0) + inverse - r0)[inside]
             rows.index_add_(0, slot, g[inside])
-            self._sink.rows(rows.view(batch, r1 - r0, width), tokens[r0:r1], owner.offsets["weight"])
+            self._active_sink.rows(rows.view(batch, r1 - r0, width), tokens[r0:r1], owner.offsets["weight"])
 
     def _norm(self, owner: _Owner, x: torch.Tensor, g: torch.Tensor) -> None:
         from torch.func import functional_call
@@ -288,7 +295,7 @@ class PerSampleGradients:
         batch = x.shape[0]
         expanded = {}
         for n in names:
-            p = module._parameters[n].detach()
+            p = _parameter(module, n).detach()
             # (B, 1, .., 1, *p.shape): broadcasts like p against a (B, ..., *p.shape) input.
             shape = (batch,) + (1,) * (x.dim() - 1 - p.dim()) + tuple(p.shape)
             expanded[n] = p.reshape((1,) * (len(shape) - p.dim()) + tuple(p.shape)).expand(shape).clone()
@@ -304,19 +311,19 @@ class PerSampleGradients:
         finally:
             self._replaying = False
         for name, grad in zip(names, grads):
-            self._sink.dense(grad.reshape(batch, -1), owner.offsets[name])
+            self._active_sink.dense(grad.reshape(batch, -1), owner.offsets[name])
 
     def _generic(self, owner: _Owner, x: torch.Tensor, g: torch.Tensor) -> None:
         from torch.func import functional_call, vjp, vmap
 
         module = owner.module
         names = list(owner.offsets)
-        values = tuple(module._parameters[n].detach() for n in names)
+        values = tuple(_parameter(module, n).detach() for n in names)
 
         def one(x_b: torch.Tensor, g_b: torch.Tensor):
             def f(*ps):
                 return functional_call(module, dict(zip(names, ps)), (x_b.unsqueeze(0),))
-            out, pull = vjp(f, *values)
+            out, pull = vjp(f, *values)  # type: ignore[misc]  # typed 2- or 3-tuple: no overload on has_aux
             return pull(g_b.unsqueeze(0).to(out.dtype))
 
         self._replaying = True
@@ -326,7 +333,7 @@ class PerSampleGradients:
         finally:
             self._replaying = False
         for name, grad in zip(names, grads):
-            self._sink.dense(grad.reshape(grad.shape[0], -1), owner.offsets[name])
+            self._active_sink.dense(grad.reshape(grad.shape[0], -1), owner.offsets[name])
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -354,6 +361,14 @@ def _tensors(values) -> Iterator[torch.Tensor]:
             yield from _tensors(value)
         elif isinstance(value, dict):
             yield from _tensors(value.values())
+
+
+def _parameter(module: nn.Module, name: str) -> torch.Tensor:
+    """The module's own parameter `name` (the owners hold only the names of set parameters)."""
+    p = module._parameters[name]
+    if p is None:
+        raise UnsupportedModule(f"{type(module).__name__}.{name} is None: it holds no parameter to take a gradient of")
+    return p
 
 
 def _kind(module: nn.Module, name: str) -> str:

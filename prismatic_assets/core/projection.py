@@ -129,7 +129,8 @@ class ProjectionSpec:
         if self.kind not in KINDS:
             raise ValueError(f"projection kind {self.kind!r} is unknown: use one of {KINDS}")
         if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or not 1 <= self.dim <= MAX_DIM:
-            raise ValueError(f"projection dim must be an integer in [1, {MAX_DIM}], got {self.dim!r} (the paper uses 1024)")
+            raise ValueError(f"projection dim must be an integer in [1, {MAX_DIM}], got {self.dim!r} "
+                             "(the paper uses 1024)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
             raise ValueError(f"projection seed must be an integer in [0, 2**63), got {self.seed!r}")
         # numpy integers become Python ints, so keys and the 64-bit hash arithmetic are exact.
@@ -148,7 +149,8 @@ class ProjectionSpec:
 
 def _check_input_dim(input_dim: int) -> None:
     if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-        raise ValueError(f"input_dim must be a positive integer (the number of gradient coordinates), got {input_dim!r}")
+        raise ValueError("input_dim must be a positive integer (the number of gradient coordinates), "
+                         f"got {input_dim!r}")
 
 
 class Projector:
@@ -241,7 +243,8 @@ class Projector:
         batch, n_rows, width = values.shape
         rows = torch.as_tensor(rows, device=self.device)
         if rows.dtype.is_floating_point or rows.shape != (n_rows,):
-            raise ValueError(f"rows must be {n_rows} integer row indices, got {rows.dtype} of shape {tuple(rows.shape)}")
+            raise ValueError(f"rows must be {n_rows} integer row indices, "
+                             f"got {rows.dtype} of shape {tuple(rows.shape)}")
         acc = self._new_acc(batch)
         if n_rows == 0 or width == 0:
             return self._finish(acc)

@@ -41,7 +41,7 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return rankdata(values, method="average")
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
     """Spearman's rho of paired values (pairs with a NaN on either side dropped); None if undefined."""
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:

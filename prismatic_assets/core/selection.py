@@ -64,6 +64,8 @@ class Selection:
         """Why pick number `rank` (0-based) was made, as a JSON-able dict."""
         out: dict = {"method": self.method, "rank": rank}
         if self.method == "cluster-balanced":
+            # A cluster-balanced selection always carries its cluster sizes and quotas.
+            assert self.cluster_sizes is not None and self.quotas is not None
             c = int(self.clusters[rank])
             out.update(cluster=c, cluster_size=int(self.cluster_sizes[c]), cluster_quota=int(self.quotas[c]))
         elif self.method == "greedy":

@@ -68,10 +68,21 @@ from typing import Any, Union
 from transformers import TrainerCallback
 
 from prismatic_assets.core.samples import Sample
-from prismatic_assets.core.sft_checkpoints import (FINAL_DIR, RUN_INFO_FILE, SFTDiskFull, complete_checkpoints,
-                                                   disk_full, export_checkpoint, folder_mb, is_main_process,
-                                                   prepare_output_dir, read_json, remove_incomplete_checkpoints,
-                                                   save_final_atomic, write_json_atomic)
+from prismatic_assets.core.sft_checkpoints import (
+    FINAL_DIR,
+    RUN_INFO_FILE,
+    SFTDiskFull,
+    complete_checkpoints,
+    disk_full,
+    export_checkpoint,
+    folder_mb,
+    is_main_process,
+    prepare_output_dir,
+    read_json,
+    remove_incomplete_checkpoints,
+    save_final_atomic,
+    write_json_atomic,
+)
 
 __all__ = [
     "SFT_ALGORITHM_VERSION",
@@ -157,7 +168,8 @@ class SFTSettings:
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"SFTSettings.save_total_limit={self.save_total_limit}: use None to keep all, or >= 1")
         if self.lora and not self.lora_target_modules:
-            raise ValueError("SFTSettings.lora_target_modules is empty: name the modules to adapt, e.g. ('q_proj', 'v_proj')")
+            raise ValueError("SFTSettings.lora_target_modules is empty: name the modules to adapt, "
+                             "e.g. ('q_proj', 'v_proj')")
         # Frozen dataclass: normalise a list given by a config system to a tuple.
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
 
@@ -245,6 +257,9 @@ def build_sft_config(settings: SFTSettings, output_dir: Path):
     """The `trl.SFTConfig` for `settings` (every TRL default we rely on is set explicitly)."""
     from trl import SFTConfig
 
+    # FSDP checkpoints activations through its own setting.
+    checkpointing: dict[str, Any] = ({} if settings.sharding == "fsdp"
+                                     else {"gradient_checkpointing": settings.gradient_checkpointing})
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=settings.max_steps,
@@ -259,7 +274,7 @@ def build_sft_config(settings: SFTSettings, output_dir: Path):
         fp16=False,
         # transformers refuses bf16 without a GPU unless told to train on the CPU.
         use_cpu=not _accelerator_available(),
-        **({} if settings.sharding == "fsdp" else {"gradient_checkpointing": settings.gradient_checkpointing}),
+        **checkpointing,
         seed=settings.seed,
         data_seed=settings.seed,
         save_strategy="steps",
@@ -379,12 +394,15 @@ CallbackLike = Union[TrainerCallback, ProgressFn]
 def _as_callbacks(callbacks: CallbackLike | Sequence[CallbackLike] | None) -> list[TrainerCallback]:
     if callbacks is None:
         return []
-    if isinstance(callbacks, TrainerCallback) or callable(callbacks):
-        callbacks = [callbacks]  # type: ignore[list-item]
+    # Any: each item is checked below, and anything else is refused with the fix.
+    items: Sequence[Any] = [callbacks] if isinstance(callbacks, TrainerCallback) or callable(callbacks) \
+        else callbacks
     out: list[TrainerCallback] = []
-    for cb in callbacks:  # type: ignore[union-attr]
-        if isinstance(cb, TrainerCallback) or (isinstance(cb, type) and issubclass(cb, TrainerCallback)):
+    for cb in items:
+        if isinstance(cb, TrainerCallback):
             out.append(cb)
+        elif isinstance(cb, type) and issubclass(cb, TrainerCallback):
+            out.append(cb())  # what the Trainer does with a callback class
         elif callable(cb):
             out.append(_ProgressCallback(cb))
         else:

@@ -242,7 +242,7 @@ def draw_vector_sets(designs: Sequence[Design], drawn: Sequence[DrawnSet], pool_
     if disjoint:
         for s in drawn:
             free[s.members] = False
-    for i, d in enumerate(designs):
+    for d in designs:
         if not d.needs_vectors:
             continue
         rows, vectors = vectors_of(np.flatnonzero(free))  # (m,), (m, d)
@@ -253,6 +253,7 @@ def draw_vector_sets(designs: Sequence[Design], drawn: Sequence[DrawnSet], pool_
         k = min(k, rows.size)
         if d.kind == "cluster-balanced":
             chosen = select_cluster_balanced(vectors, set_size, seed=seed, n_clusters=k)
+            assert chosen.quotas is not None  # set by every cluster-balanced selection
             local, details = chosen.indices, {"n_clusters": k, "quotas": chosen.quotas.tolist()}
         elif d.kind == "greedy":
             chosen = select_greedy(vectors, set_size, seed=seed)

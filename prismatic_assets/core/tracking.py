@@ -25,6 +25,7 @@ What it does not: decide what to log (the assets do), or start a tracking server
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -213,7 +214,7 @@ class Tracker:
         items = [Param(k, v) for k, v in flatten_params(params).items()]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             chunk = items[i:i + _MAX_PARAMS_PER_BATCH]
-            _with_retry(lambda: self.client.log_batch(run_id, params=chunk))
+            _with_retry(functools.partial(self.client.log_batch, run_id, params=chunk))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log several metrics at one step (default 0)."""
@@ -233,7 +234,7 @@ class Tracker:
         items = [Metric(k, v, now, s) for k, v, s in triples]
         for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
             chunk = items[i:i + _MAX_METRICS_PER_BATCH]
-            _with_retry(lambda: self.client.log_batch(run_id, metrics=chunk))
+            _with_retry(functools.partial(self.client.log_batch, run_id, metrics=chunk))
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Save a matplotlib figure as an artifact, e.g. ``plots/loss.png``."""
@@ -322,7 +323,7 @@ class Tracker:
     def set_model_version_tags(self, name: str, version: str | int, tags: Mapping[str, Any]) -> None:
         """Attach tags (e.g. held-out accuracy) to a registered model version."""
         for key, value in tags.items():
-            _with_retry(lambda: self.client.set_model_version_tag(name, str(version), key, str(value)))
+            _with_retry(functools.partial(self.client.set_model_version_tag, name, str(version), key, str(value)))
 
     # ------------------------------------------------------------------------ display
 

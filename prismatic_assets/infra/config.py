@@ -295,7 +295,7 @@ class ExperimentConfig(_Block):
 
 ArmName = Literal["prismatic", "prismatic_targeted", "random", "naive"]
 #: Every arm, in the order the demo reports them.
-ARM_NAMES: tuple[str, ...] = get_args(ArmName)
+ARM_NAMES: tuple[ArmName, ...] = get_args(ArmName)
 
 
 class ArmsConfig(_Block):

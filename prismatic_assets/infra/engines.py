@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from prismatic_assets.infra.config import EngineConfig
 from prismatic_assets.core.generation import Generator
 from prismatic_assets.core.generators import make_generator
+from prismatic_assets.infra.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,10 @@ class EngineSet:
             # The answer-verification worker may start while an engine is open (grading its
             # outputs); it outlives engines on purpose.
             stray = [pid for pid in _children() - lease.children_before - worker_pids() if _running(pid)]
-            used = _gpu_used_bytes(tuple(lease.gpu_before)) if lease.gpu_before else None
-            held = {d: used[d] - lease.gpu_before[d] for d in used if used[d] - lease.gpu_before[d] > 1 << 30} \
-                if used else {}
+            before = lease.gpu_before
+            used = _gpu_used_bytes(tuple(before)) if before else None
+            held = {d: used[d] - before[d] for d in used if used[d] - before[d] > 1 << 30} \
+                if used and before else {}
             if not stray and not held:
                 return
             if time.monotonic() > deadline:

@@ -24,9 +24,17 @@ from typing import Callable, Sequence
 from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.records import FieldMap
 from prismatic_assets.core.samples import Rejection, Sample
-from prismatic_assets.infra.config import (Autocast, CompareConfig, ComputeConfig, Dtype, ProjectionConfig,
-                                           ProjectionKind, ProxyConfig, ScoreConfig)
 from prismatic_assets.core.selection import DEFAULT_METHOD, DEFAULT_SEED
+from prismatic_assets.infra.config import (
+    Autocast,
+    CompareConfig,
+    ComputeConfig,
+    Dtype,
+    ProjectionConfig,
+    ProjectionKind,
+    ProxyConfig,
+    ScoreConfig,
+)
 from prismatic_assets.pipeline.compare import ComparisonReport
 from prismatic_assets.pipeline.datasets import Cache, cache_store, set_vectors
 from prismatic_assets.pipeline.embedder import LocalEmbedder, build_embedder

@@ -178,23 +178,23 @@ def _backbone(settings, session: _Session) -> int:
 
 def _arm_rounds(settings, session: _Session) -> int:
     """Arm rounds up to `arms.rounds` (the ones already complete are kept)."""
-    from prismatic_assets.orchestration.assets.arms import ARM_ROUNDS
+    from prismatic_assets.orchestration.assets.arms import ARM_ROUND_PARTITIONS
     from prismatic_assets.pipeline.arms import next_arm_round
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
     todo = max(0, settings.arms.rounds - next_arm_round(store, settings.arms.arms) + 1)
-    return session.rounds("arm_round_job", ARM_ROUNDS.name, lambda: next_arm_round(store, settings.arms.arms),
+    return session.rounds("arm_round_job", ARM_ROUND_PARTITIONS, lambda: next_arm_round(store, settings.arms.arms),
                           todo, "arm rounds")
 
 
 def _synthesis_rounds(settings, session: _Session, count: int) -> int:
     """The next `count` synthesis rounds (LLM generator and teacher)."""
-    from prismatic_assets.orchestration.assets.rounds import ROUNDS, next_round
+    from prismatic_assets.orchestration.assets.rounds import ROUND_PARTITIONS, next_round
     from prismatic_assets.store.store import MetadataStore
 
     store = MetadataStore(settings.store_path)
-    return session.rounds("synthesis_round_job", ROUNDS.name, lambda: next_round(store), count, "rounds")
+    return session.rounds("synthesis_round_job", ROUND_PARTITIONS, lambda: next_round(store), count, "rounds")
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ def _print_study(settings, say) -> None:
     from prismatic_assets.store.store import MetadataStore
 
     report = load_report(MetadataStore(settings.store_path), settings)
+    if report is None:
+        raise RuntimeError(f"{settings.store_path} holds no study for these settings: its sets were never drawn")
     say("Sets: accuracy (correct/n, 95% Wilson interval) and diversity measures")
     for line in sets_table(report).splitlines():
         say("  " + line)

@@ -20,9 +20,15 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from prismatic_assets.infra.config import (CompareConfig, ComputeConfig, ProjectionConfig, ProjectionKind, ProxyConfig,
-                                           ScoreConfig)
 from prismatic_assets.core.selection import DEFAULT_METHOD, DEFAULT_SEED, METHODS
+from prismatic_assets.infra.config import (
+    CompareConfig,
+    ComputeConfig,
+    ProjectionConfig,
+    ProjectionKind,
+    ProxyConfig,
+    ScoreConfig,
+)
 
 PROXY, PROJECTION, COMPARE = ProxyConfig(), ProjectionConfig(), CompareConfig()
 

@@ -171,10 +171,21 @@ class Console:
 
 
 def _columns() -> int:
+    stdout = sys.__stdout__
+    if stdout is None:
+        return 100
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+        return os.get_terminal_size(stdout.fileno()).columns
     except (OSError, ValueError, AttributeError):
         return 100
+
+
+def _level(level: str | int) -> int:
+    """A log entry's level as a number (Dagster allows a level name)."""
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelName(level.upper())
+    return number if isinstance(number, int) else logging.INFO
 
 
 class RunView:
@@ -193,7 +204,7 @@ class RunView:
 
     def __call__(self, entry: EventLogEntry) -> None:
         self.console.log.write(_log_line(entry))
-        event, step = entry.dagster_event, entry.step_key
+        event, step = entry.dagster_event, entry.step_key or ""  # "": a run-level event
         if event is None:
             self._user_message(entry)
             return
@@ -210,14 +221,14 @@ class RunView:
             self.crash[step] = crash_cause(entry.user_message)
         elif kind == dg.DagsterEventType.STEP_UP_FOR_RETRY:
             data = event.step_retry_data
-            cause = self.crash.pop(step, None) or error_cause(data.error)
+            cause = self.crash.pop(step, "") or error_cause(data.error)
             self.retries[step].append(cause)
             wait = f"; retrying in {data.seconds_to_wait:.0f} s" if data.seconds_to_wait else "; retrying"
             self.console.say(f"  {step}: attempt {len(self.retries[step])} failed ({cause}){wait}")
         elif kind == dg.DagsterEventType.STEP_FAILURE:
-            data = event.step_failure_data
-            described = data.user_failure_data.description if data.user_failure_data else None
-            self.failures[step] = self.crash.pop(step, None) or described or error_cause(data.error)
+            failure = event.step_failure_data
+            described = failure.user_failure_data.description if failure.user_failure_data else None
+            self.failures[step] = self.crash.pop(step, "") or described or error_cause(failure.error)
         elif kind == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             check = event.asset_check_evaluation_data
             if not check.passed:
@@ -231,7 +242,7 @@ class RunView:
         parsed = parse_progress(entry.user_message)
         if parsed is not None:
             self._progress(entry.step_key or "", *parsed, at=entry.timestamp)
-        elif entry.level >= logging.WARNING:
+        elif _level(entry.level) >= logging.WARNING:
             self.console.say(f"  {entry.step_key or self.label}: {entry.user_message}")
 
     def _progress(self, step: str, stage: str, done: int, total: int, at: float) -> None:
@@ -302,16 +313,22 @@ class CommandConsole:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    @property
+    def _open(self) -> Console:
+        if self.console is None:
+            raise RuntimeError("the CommandConsole is not open: use it as `with CommandConsole(...) as session:`")
+        return self.console
+
     def say(self, text: str, error: bool = False) -> None:
-        self.console.say(text, error=error)
+        self._open.say(text, error=error)
 
     def record(self, text: str) -> None:
         """Into the log file only."""
-        self.console.record(text)
+        self._open.record(text)
 
     def run(self, launcher, job: str, label: str, partition: str | None = None, tags: dict | None = None):
         """Launch `job` (one `partition`), print its lines; the RunOutcome (failure paragraph printed)."""
-        view = RunView(self.console, self.label)
+        view = RunView(self._open, self.label)
         run_id = launcher.launch(job, partition=partition, tags=tags)
         self.say(f"[{self.label}] {label} (Dagster run {run_id[:8]})")
         outcome = launcher.follow(run_id, view)

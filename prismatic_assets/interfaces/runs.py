@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import dagster as dg
-from dagster._core.launcher import WorkerStatus
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.errors import DagsterLaunchFailedError, DagsterUserCodeUnreachableError
 from dagster._core.events.log import EventLogEntry
+from dagster._core.launcher import WorkerStatus
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget
 
 #: The code location of workspace.yaml and pyproject's [tool.dg]: the same name the UI shows.
 LOCATION = "prismatic"
@@ -70,9 +70,15 @@ class Launcher:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    @property
+    def _workspace(self) -> WorkspaceProcessContext:
+        if self._process is None:
+            raise RuntimeError("the Launcher is not open: use it as `with Launcher(...) as launcher:`")
+        return self._process
+
     def _job(self, name: str):
         """(request context, code location, repository, RemoteJob) of the job `name`."""
-        context = self._process.create_request_context()
+        context = self._workspace.create_request_context()
         location = context.get_code_location(LOCATION)
         repository = next(iter(location.get_repositories().values()))
         if not repository.has_job(name):
@@ -90,7 +96,7 @@ class Launcher:
         try:
             return self._launch(job, partition, tags)
         except (DagsterLaunchFailedError, DagsterUserCodeUnreachableError):
-            self._process.reload_code_location(LOCATION)
+            self._workspace.reload_code_location(LOCATION)
             return self._launch(job, partition, tags)
 
     def _launch(self, job: str, partition: str | None, tags: Mapping[str, str] | None) -> str:
@@ -118,6 +124,8 @@ class Launcher:
             while True:
                 cursor = self._drain(run_id, cursor, on_event)
                 run = self.instance.get_run_by_id(run_id)
+                if run is None:
+                    raise KeyError(f"run {run_id} is not in the Dagster instance {self.instance.root_directory}")
                 if run.is_finished:
                     self._drain(run_id, cursor, on_event)
                     return RunOutcome(run_id, run.job_name, run.status, time.monotonic() - began)

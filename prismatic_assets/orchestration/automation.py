@@ -15,11 +15,18 @@ assets/rounds.py does the same for synthesis rounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import dagster as dg
 
-from prismatic_assets.orchestration.assets.arms import ARM_ROUNDS, arm_round, arm_round_job
-from prismatic_assets.orchestration.assets.rounds import CONCURRENCY_TAG, ROUNDS, synthesis_round, synthesis_round_job
+from prismatic_assets.orchestration.assets.arms import ARM_ROUND_PARTITIONS, ARM_ROUNDS, arm_round, arm_round_job
+from prismatic_assets.orchestration.assets.rounds import (
+    CONCURRENCY_TAG,
+    ROUND_PARTITIONS,
+    ROUNDS,
+    synthesis_round,
+    synthesis_round_job,
+)
 from prismatic_assets.orchestration.resources import ProfileResource
 from prismatic_assets.orchestration.round_keys import is_round_key
 
@@ -35,7 +42,7 @@ class PartitionPlan:
     remove: dict[str, str]  # key -> why it is refused
 
 
-def plan_partitions(existing: list[str], materialized: set[str], in_flight: set[str]) -> PartitionPlan:
+def plan_partitions(existing: Sequence[str], materialized: set[str], in_flight: set[str]) -> PartitionPlan:
     """What the sensor does to one round asset's partitions (pure: tested without Dagster)."""
     done = {int(k) for k in materialized if is_round_key(k)}
     upcoming = next(r for r in range(1, len(done) + 2) if r not in done)
@@ -60,9 +67,11 @@ def _in_flight_partitions(instance: dg.DagsterInstance, asset_key: dg.AssetKey) 
            description="Keeps the next round's partition of synthesis_round and arm_round ready to launch and "
                        "deletes partitions that break the round order. Launches nothing.")
 def add_next_round_partitions(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    instance, requests, notes = context.instance, [], []
-    for asset, partitions in ((synthesis_round, ROUNDS), (arm_round, ARM_ROUNDS)):
-        existing = instance.get_dynamic_partitions(partitions.name)
+    instance, notes = context.instance, []
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    for asset, partitions, name in ((synthesis_round, ROUNDS, ROUND_PARTITIONS),
+                                    (arm_round, ARM_ROUNDS, ARM_ROUND_PARTITIONS)):
+        existing = instance.get_dynamic_partitions(name)
         plan = plan_partitions(existing, instance.get_materialized_partitions(asset.key),
                                _in_flight_partitions(instance, asset.key))
         if plan.add:
@@ -81,7 +90,7 @@ def add_next_round_partitions(context: dg.SensorEvaluationContext) -> dg.SensorR
                          "(stopped by default).")
 def arm_round_every_hour(context: dg.ScheduleEvaluationContext, profile: ProfileResource):
     instance = context.instance
-    plan = plan_partitions(instance.get_dynamic_partitions(ARM_ROUNDS.name),
+    plan = plan_partitions(instance.get_dynamic_partitions(ARM_ROUND_PARTITIONS),
                            instance.get_materialized_partitions(arm_round.key),
                            _in_flight_partitions(instance, arm_round.key))
     wanted = profile.config().arms.rounds
@@ -90,7 +99,7 @@ def arm_round_every_hour(context: dg.ScheduleEvaluationContext, profile: Profile
     if _in_flight_partitions(instance, arm_round.key):
         return dg.SkipReason("an arm round is running")
     if plan.add:
-        instance.add_dynamic_partitions(ARM_ROUNDS.name, plan.add)
+        instance.add_dynamic_partitions(ARM_ROUND_PARTITIONS, plan.add)
     return dg.RunRequest(partition_key=str(plan.next_round), tags=CONCURRENCY_TAG)
 
 

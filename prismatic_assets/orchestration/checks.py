@@ -4,10 +4,15 @@
 import dagster as dg
 import numpy as np
 
-from prismatic_assets.pipeline.embeddings import pool_vectors
-from prismatic_assets.orchestration.assets.backbone import ClusterSnapshot, EmbeddingSnapshot, ScoreSnapshot, SeedSnapshot
+from prismatic_assets.orchestration.assets.backbone import (
+    ClusterSnapshot,
+    EmbeddingSnapshot,
+    ScoreSnapshot,
+    SeedSnapshot,
+)
 from prismatic_assets.orchestration.assets.rounds import synthesis_round
 from prismatic_assets.orchestration.resources import StoreResource
+from prismatic_assets.pipeline.embeddings import pool_vectors
 from prismatic_assets.store.synthesis_tables import refresh_staleness
 
 
@@ -34,7 +39,8 @@ def embeddings_finite_unit(gradient_embeddings: EmbeddingSnapshot, store: StoreR
 
 @dg.asset_check(asset="gradient_clusters", description="Cluster sizes add up to the clustered pool.",
                 additional_ins={"gradient_embeddings": dg.AssetIn("gradient_embeddings")})
-def clusters_cover_pool(gradient_clusters: ClusterSnapshot, gradient_embeddings: EmbeddingSnapshot) -> dg.AssetCheckResult:
+def clusters_cover_pool(gradient_clusters: ClusterSnapshot,
+                        gradient_embeddings: EmbeddingSnapshot) -> dg.AssetCheckResult:
     total = int(sum(gradient_clusters.sizes))
     return dg.AssetCheckResult(passed=total == gradient_embeddings.n_valid and gradient_clusters.k >= 2,
                                metadata={"sum_of_sizes": total, "n_valid": gradient_embeddings.n_valid})

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from prismatic_assets.infra.config import load_config
 from prismatic_assets.orchestration.assets.arms import arm_round, arm_students
 from prismatic_assets.orchestration.assets.backbone import BACKBONE_ASSETS
 from prismatic_assets.orchestration.assets.comparison import dataset_comparison
 from prismatic_assets.orchestration.assets.distillation import distilled_model, student_evaluation
 from prismatic_assets.orchestration.assets.rounds import synthesis_round, synthesis_round_every_6_hours
-from prismatic_assets.orchestration.automation import add_next_round_partitions, arm_round_every_hour
 from prismatic_assets.orchestration.assets.study import study
+from prismatic_assets.orchestration.automation import add_next_round_partitions, arm_round_every_hour
 from prismatic_assets.orchestration.checks import BACKBONE_CHECKS, ROUND_CHECKS
-from prismatic_assets.infra.config import load_config
 from prismatic_assets.orchestration.jobs import build_jobs
 from prismatic_assets.orchestration.resources import build_resources
 

@@ -17,8 +17,8 @@ from typing import Iterator
 import dagster as dg
 from pydantic import PrivateAttr
 
-from prismatic_assets.infra.config import DEFAULT_PROFILE, Config, load_config
 from prismatic_assets.core.tracking import Tracker, default_tracking_uri
+from prismatic_assets.infra.config import DEFAULT_PROFILE, Config, load_config
 from prismatic_assets.infra.engines import EngineSet, visible_gpu_count
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import open_embedder

@@ -26,6 +26,7 @@ from prismatic_assets.store.store import StoreLockTimeout
 TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL,
                                  jitter=dg.Jitter.PLUS_MINUS)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (GenerationError, StoreLockTimeout, ConnectionError)
+_PASSED_THROUGH: tuple[type[BaseException], ...] = (dg.Failure, *TRANSIENT_ERRORS)
 
 
 @contextlib.contextmanager
@@ -34,7 +35,7 @@ def retry_transient_only() -> Iterator[None]:
     `dg.Failure` that is not retried (its message first, the original chained)."""
     try:
         yield
-    except (dg.Failure, *TRANSIENT_ERRORS):
+    except _PASSED_THROUGH:
         raise
     except Exception as exc:
         raise dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from exc

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import psutil
 from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher
+
 # Dagster exports the health-check types only from its private package: pyproject.toml pins
 # dagster to the minor release this was tested with (1.13.x) so an upgrade cannot break it unseen.
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus

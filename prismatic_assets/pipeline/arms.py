@@ -43,8 +43,17 @@ from prismatic_assets.core.clustering import Clustering
 from prismatic_assets.core.decontamination import NGramIndex
 from prismatic_assets.core.procedural import verify_item
 from prismatic_assets.core.samples import Sample, normalize_text
-from prismatic_assets.core.world import (WORLD_SOURCE, Exemplar, GeneratorMix, WorldError, Written, cell_coverage,
-                                         check_world, world_seed, write_problems)
+from prismatic_assets.core.world import (
+    WORLD_SOURCE,
+    Exemplar,
+    GeneratorMix,
+    WorldError,
+    Written,
+    cell_coverage,
+    check_world,
+    world_seed,
+    write_problems,
+)
 from prismatic_assets.infra.config import Config
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embeddings import PoolVectors, embed_samples, pool_vectors
@@ -52,9 +61,17 @@ from prismatic_assets.pipeline.round import ProxyOpener
 from prismatic_assets.pipeline.round_services import judge_candidates, load_pool
 from prismatic_assets.pipeline.round_stages import sparse_targets
 from prismatic_assets.pipeline.scores import score_vectors
-from prismatic_assets.store.arms_tables import (ArmCandidateRow, ArmRequestRow, ArmRoundRecord, ArmRoundRow,
-                                                accepted_candidates, arm_history, completed_arm_rounds,
-                                                earlier_problem_keys, write_arm_round)
+from prismatic_assets.store.arms_tables import (
+    ArmCandidateRow,
+    ArmRequestRow,
+    ArmRoundRecord,
+    ArmRoundRow,
+    accepted_candidates,
+    arm_history,
+    completed_arm_rounds,
+    earlier_problem_keys,
+    write_arm_round,
+)
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import pool_digest
 
@@ -209,8 +226,9 @@ def prismatic_order(cluster_sizes: np.ndarray, in_sparse: np.ndarray, rng: np.ra
     return rng.permutation(sparse).tolist() + dense.tolist()
 
 
-def choose(arm: str, n: int, budget: int, *, rng_seed: int, cluster_sizes: Sequence[int] | None = None,
-           in_sparse: Sequence[bool] | None = None) -> list[int]:
+def choose(arm: str, n: int, budget: int, *, rng_seed: int,
+           cluster_sizes: Sequence[int] | np.ndarray | None = None,
+           in_sparse: Sequence[bool] | np.ndarray | None = None) -> list[int]:
     """Indices (into the arm's verified candidates) that `arm` accepts, in acceptance order."""
     take = min(budget, n)
     if arm == "naive":
@@ -363,7 +381,7 @@ def _run_arm_round(store: MetadataStore, round: int, *, proxy: ProxyOpener, conf
                       progress=lambda i, n, *_: progress and progress("candidate gradients", i, n))
         seconds["candidate gradients"] = time.perf_counter() - began
     began = time.perf_counter()
-    results = {arm: _decide(store, arm, round, states[arm], key, dim, config) for arm in arms}
+    results: dict[str, ArmResult] = {arm: _decide(store, arm, round, states[arm], key, dim, config) for arm in arms}
     seconds["arms"] = time.perf_counter() - began
     report = ArmRoundReport(round, results, key, seconds=seconds)
     began = time.perf_counter()
@@ -414,8 +432,9 @@ def _record(report: ArmRoundReport, config: Config, run_id: str | None) -> ArmRo
             w, s = c.written, (c.written.item.sample if c.written.item is not None else None)
             candidates.append(ArmCandidateRow(
                 r, arm, s.sample_id if s else f"arm:{arm}:r{r}:q{c.request:03d}:p{w.slot}", c.request, w.slot,
-                c.position, w.mode, w.exemplar_id, w.family, w.level, w.attempts, s and s.prompt, s and s.response,
-                s and s.answer, s and s.source_ref, s and s.content_hash, s and normalize_text(s.prompt),
+                c.position, w.mode, w.exemplar_id, w.family, w.level, w.attempts,
+                s.prompt if s else None, s.response if s else None, s.answer if s else None,
+                s.source_ref if s else None, s.content_hash if s else None, normalize_text(s.prompt) if s else None,
                 "verified" if c.reason is None else "rejected", c.reason, c.cluster, c.similarity, c.cluster_size,
                 c.in_sparse))
         verified = res.verified

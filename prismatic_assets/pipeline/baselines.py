@@ -24,8 +24,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prismatic_assets.core.diversity import (TEXT_METRICS_VERSION, compression_ratio, distinct_ns, embedding_vendi,
-                                             hidden_state_key, sample_text)
+from prismatic_assets.core.diversity import (
+    TEXT_METRICS_VERSION,
+    compression_ratio,
+    distinct_ns,
+    embedding_vendi,
+    hidden_state_key,
+    sample_text,
+)
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import ComputeConfig

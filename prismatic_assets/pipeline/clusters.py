@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from prismatic_assets.core.clustering import Clustering, num_clusters, spherical_kmeans
 from prismatic_assets.core.ids import digest
-from prismatic_assets.pipeline.embeddings import PoolVectors
 from prismatic_assets.infra.config import ClusteringConfig
+from prismatic_assets.pipeline.embeddings import PoolVectors
 from prismatic_assets.store.store import MetadataStore
 
 
@@ -24,7 +26,7 @@ def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringCo
                                   max_points_per_centroid=settings.max_points_per_centroid,
                                   method=settings.method, coarse=settings.coarse, refine=settings.refine,
                                   probe=settings.probe)
-    config = {"ratio": settings.ratio, "niter": settings.niter, "seed": settings.seed,
+    config: dict[str, Any] = {"ratio": settings.ratio, "niter": settings.niter, "seed": settings.seed,
               "sparse_ratio": settings.sparse_ratio}
     # Settings at their defaults are left out, so the ids of earlier clusterings stay valid.
     if settings.max_points_per_centroid is not None:

@@ -22,8 +22,14 @@ import numpy as np
 from prismatic_assets.core.diversity import Coverage, cluster_coverage, pca_2d
 from prismatic_assets.core.selection import cluster_in_batches
 from prismatic_assets.infra.config import CompareConfig, ComputeConfig
-from prismatic_assets.pipeline.baselines import (MetricValue, StepProgress, embedding_metric, hidden_vectors,
-                                                 store_metric, text_metrics)
+from prismatic_assets.pipeline.baselines import (
+    MetricValue,
+    StepProgress,
+    embedding_metric,
+    hidden_vectors,
+    store_metric,
+    text_metrics,
+)
 from prismatic_assets.pipeline.datasets import LoadedSet, set_vectors
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import Progress

@@ -18,8 +18,14 @@ from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.records import FieldMap
 from prismatic_assets.core.samples import Rejection, Sample
 from prismatic_assets.pipeline.embedder import Embedder
-from prismatic_assets.pipeline.embeddings import (EmbeddingReport, PoolVectors, Progress, default_cache_store,
-                                                  embed_samples, pool_vectors)
+from prismatic_assets.pipeline.embeddings import (
+    EmbeddingReport,
+    PoolVectors,
+    Progress,
+    default_cache_store,
+    embed_samples,
+    pool_vectors,
+)
 from prismatic_assets.store.store import MetadataStore
 
 Cache = MetadataStore | str | Path | None | bool
@@ -75,7 +81,7 @@ def load_sets(sources: Sequence[str | Path], *, names: Sequence[str] | None = No
               limit: int | None = None) -> list[LoadedSet]:
     """Load several sets. `fields`: one mapping for all, or one per set (None keeps the default).
     Names default to the file stem; repeated names get a numeric suffix."""
-    sources = [str(s) for s in sources]
+    paths = [str(s) for s in sources]
     if names is not None and len(names) != len(sources):
         raise ValueError(f"{len(names)} names for {len(sources)} data sets: give one name per data set")
     if isinstance(fields, (list, tuple)):
@@ -85,7 +91,7 @@ def load_sets(sources: Sequence[str | Path], *, names: Sequence[str] | None = No
         per_set = list(fields)
     else:
         per_set = [fields] * len(sources)
-    chosen = list(names) if names is not None else [default_name(s) for s in sources]
+    chosen = list(names) if names is not None else [default_name(s) for s in paths]
     seen: dict[str, int] = {}
     unique = []
     for label in chosen:
@@ -93,7 +99,7 @@ def load_sets(sources: Sequence[str | Path], *, names: Sequence[str] | None = No
         unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     if names is not None and len(set(unique)) != len(chosen):
         raise ValueError(f"names {list(names)} repeat: give every data set its own name")
-    return [load_set(s, name=n, fields=f, limit=limit) for s, n, f in zip(sources, unique, per_set)]
+    return [load_set(s, name=n, fields=f, limit=limit) for s, n, f in zip(paths, unique, per_set)]
 
 
 def set_vectors(samples: Sequence[Sample], embedder: Embedder, store: MetadataStore,

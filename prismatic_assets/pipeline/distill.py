@@ -51,7 +51,8 @@ def parse_rounds(spec: str, available: list[int]) -> list[int]:
     try:
         wanted = sorted({int(part) for part in spec.split(",")})
     except ValueError:
-        raise ValueError(f"rounds={spec!r}: write 'all', 'none' or a comma list of round numbers such as '1,2'") from None
+        raise ValueError(f"rounds={spec!r}: write 'all', 'none' or a comma list of round numbers "
+                         "such as '1,2'") from None
     missing = [r for r in wanted if r not in available]
     if missing:
         raise ValueError(f"rounds {missing} are not completed (completed: {available or 'none'}): run them first "
@@ -144,8 +145,12 @@ class StaleRoundsError(RuntimeError):
 def distill_settings(distill: DistillConfig, *, max_steps: int | None = None,
                      learning_rate: float | None = None) -> DistillConfig:
     """The profile's `distill` block with a run's SFT overrides (None: the profile's value)."""
-    changes = {k: v for k, v in (("max_steps", max_steps), ("learning_rate", learning_rate)) if v is not None}
-    return distill.model_copy(update={"sft": dataclasses.replace(distill.sft, **changes)})
+    sft = distill.sft
+    if max_steps is not None:
+        sft = dataclasses.replace(sft, max_steps=max_steps)
+    if learning_rate is not None:
+        sft = dataclasses.replace(sft, learning_rate=learning_rate)
+    return distill.model_copy(update={"sft": sft})
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from prismatic_assets.infra.config import EvaluationConfig
-from prismatic_assets.core.evaluation import (EvalReport, assert_disjoint, combine_reports, evaluate, gsm_symbolic_set,
-                                              load_eval_file)
+from prismatic_assets.core.evaluation import (
+    EvalReport,
+    assert_disjoint,
+    combine_reports,
+    evaluate,
+    gsm_symbolic_set,
+    load_eval_file,
+)
 from prismatic_assets.core.generation import Generator, SamplingConfig
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.core.tracking import Tracker
+from prismatic_assets.infra.config import EvaluationConfig
 from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.pipeline.round_services import generate_cached
+from prismatic_assets.reporting import plots
 from prismatic_assets.store.evaluation_tables import replace_eval_results
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.reporting import plots
 
 
 def held_out_sets(store: MetadataStore, seed_source: str, holdout_ids: Sequence[str],

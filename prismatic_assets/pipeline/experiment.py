@@ -175,7 +175,9 @@ def run_experiment(store: MetadataStore, config: Config, seed_source: str | None
     seed_pool = load_pool(store, 1, seed_source)
     hist = arm_history(store)
     hist = hist.filter(hist["round"] == last)
-    students, gvendi, sizes = {"base": distill.student}, {}, {}
+    students = {"base": distill.student}
+    gvendi: dict[str, float] = {}
+    sizes: dict[str, int] = {}
     for arm in arms:
         pool = arm_pool(store, arm, last + 1, seed_pool)
         assert_disjoint([i.sample for items in tasks.values() for i in items], pool)

@@ -22,20 +22,39 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
+from prismatic_assets.core.ids import digest
 from prismatic_assets.core.tracking import Tracker
 from prismatic_assets.infra.config import Config
-from prismatic_assets.core.ids import digest
 from prismatic_assets.infra.engines import EngineSet
-from prismatic_assets.pipeline.round_services import StageProgress
-from prismatic_assets.pipeline.round_stages import (Embedded, PoolState, RoundLedger, RoundScores, check_round_order,
-                                                    decontaminate, embed_candidates, filter_candidates,
-                                                    generate_problems, parse_outputs, plan_requests, prepare_pool,
-                                                    score_round, solve_problems, vote)
 from prismatic_assets.pipeline.baselines import record_baselines
 from prismatic_assets.pipeline.embedder import Embedder
+from prismatic_assets.pipeline.round_services import StageProgress
+from prismatic_assets.pipeline.round_stages import (
+    Embedded,
+    PoolState,
+    RoundLedger,
+    RoundScores,
+    check_round_order,
+    decontaminate,
+    embed_candidates,
+    filter_candidates,
+    generate_problems,
+    parse_outputs,
+    plan_requests,
+    prepare_pool,
+    score_round,
+    solve_problems,
+    vote,
+)
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import (RoundRecord, RoundRow, pool_digest, round_history, round_scope,
-                                                     write_round)
+from prismatic_assets.store.synthesis_tables import (
+    RoundRecord,
+    RoundRow,
+    pool_digest,
+    round_history,
+    round_scope,
+    write_round,
+)
 
 #: The store lock a running round holds (one round at a time per store).
 ROUND_LOCK = "synthesis-round"
@@ -181,7 +200,12 @@ def build_report(ledger: RoundLedger, pool: PoolState, plans, outputs_cached: in
     """The round's counts, rates and scores, from what the stages recorded."""
     clustering = pool.clustering
     sparse_ids = {int(c) for c, s in enumerate(clustering.sparse) if s}
-    filled = sorted({int(embedded.candidates[r].cluster) for r in accepted})
+    clusters = set()
+    for r in accepted:
+        cluster = embedded.candidates[r].cluster
+        assert cluster is not None  # filter_candidates gives every accepted candidate its cluster
+        clusters.add(int(cluster))
+    filled = sorted(clusters)
     reasons = ledger.reasons()
     vote_failures: dict[str, int] = {}
     for c in clean:

@@ -22,8 +22,14 @@ from prismatic_assets.core.clustering import assign_to_centroids
 from prismatic_assets.core.generation import GenerationError, Generator, PartialGenerationError, SamplingConfig
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import (SYNTHESIS_SOURCE, GenerationRow, generation_key, get_generations,
-                                                     pool_samples, put_generations)
+from prismatic_assets.store.synthesis_tables import (
+    SYNTHESIS_SOURCE,
+    GenerationRow,
+    generation_key,
+    get_generations,
+    pool_samples,
+    put_generations,
+)
 
 #: progress(stage, done, total)
 StageProgress = Callable[[str, int, int], None]

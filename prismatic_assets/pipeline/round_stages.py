@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from prismatic_assets.infra.config import ClusteringConfig, SynthesisConfig
 from prismatic_assets.core.answers import majority_vote
 from prismatic_assets.core.clustering import Clustering
 from prismatic_assets.core.decontamination import NGramIndex, find_duplicates
@@ -31,16 +30,29 @@ from prismatic_assets.core.gvendi import GVendiResult
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.prompts import build_problem_request, build_solution_request, draw_few_shot, parse_problems
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.infra.config import ClusteringConfig, SynthesisConfig
 from prismatic_assets.pipeline.clusters import cluster_pool
 from prismatic_assets.pipeline.embedder import Embedder
 from prismatic_assets.pipeline.embeddings import PoolVectors, embed_samples, pool_vectors
-from prismatic_assets.pipeline.round_services import (CallStats, StageProgress, generate_cached, judge_candidates,
-                                                      load_pool)
+from prismatic_assets.pipeline.round_services import (
+    CallStats,
+    StageProgress,
+    generate_cached,
+    judge_candidates,
+    load_pool,
+)
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import (SYNTHESIS_SOURCE, CandidateRow, DecisionRow, RequestRow, ScoreRow,
-                                                     completed_rounds, refresh_staleness, round_scope)
-
+from prismatic_assets.store.synthesis_tables import (
+    SYNTHESIS_SOURCE,
+    CandidateRow,
+    DecisionRow,
+    RequestRow,
+    ScoreRow,
+    completed_rounds,
+    refresh_staleness,
+    round_scope,
+)
 
 
 # -- determinism -------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from prismatic_assets.core.gvendi import GVendiResult, g_vendi
 from prismatic_assets.core.ids import digest
 from prismatic_assets.pipeline.embeddings import PoolVectors
@@ -27,7 +29,7 @@ def score_pool(store: MetadataStore | None, pool: PoolVectors, q: float, embeddi
 #: The precision of every G-Vendi the pipeline stores or reports: float32 batches, summed in
 #: float64 (`core.gvendi`); one setting, so a set scored by `score`, `compare`, `select` or a
 #: round gets the same number.
-SCORE_DTYPE = "float32"
+SCORE_DTYPE: Final = "float32"
 
 
 def score_vectors(vectors, q: float = 1.0) -> GVendiResult:

@@ -15,8 +15,14 @@ from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.procedural import TaskItem
 from prismatic_assets.core.records import FieldMap, LoadResult
 from prismatic_assets.core.samples import Sample, normalize_text
-from prismatic_assets.core.world import (WORLD_SOURCE, WorldError, check_world, held_out_items, seed_counts,
-                                         seed_pool_items)
+from prismatic_assets.core.world import (
+    WORLD_SOURCE,
+    WorldError,
+    check_world,
+    held_out_items,
+    seed_counts,
+    seed_pool_items,
+)
 from prismatic_assets.infra.config import SeedConfig, WorldConfig
 from prismatic_assets.store.store import MetadataStore
 
@@ -61,7 +67,7 @@ def load_seed(settings: SeedConfig, world: WorldConfig | None = None) -> SeedDat
         pool, holdout = split_holdout(result.samples, settings.holdout_fraction, seed=settings.holdout_seed)
     else:
         pool, holdout = list(result.samples), []
-    if settings.source == WORLD_SOURCE:
+    if settings.source == WORLD_SOURCE and world is not None:  # world is set: checked above
         left = Counter(s.category for s in pool)
         empty = [f for f in world.families if not left[f]]
         if empty:

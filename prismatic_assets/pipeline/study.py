@@ -51,8 +51,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from prismatic_assets.core.evaluation import combine_reports, evaluate, score_response
+from prismatic_assets.core.evaluation import EvalReport, combine_reports, evaluate, score_response
 from prismatic_assets.core.generation import SamplingConfig
+from prismatic_assets.core.gradients import Embedding
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.procedural import TaskItem, score_item, task_items, verify_item
 from prismatic_assets.core.ranking import bootstrap_spearman, entropy
@@ -66,10 +67,23 @@ from prismatic_assets.pipeline.experiment import SPLITS, accuracy_rows, train_st
 from prismatic_assets.pipeline.round import ProxyOpener
 from prismatic_assets.pipeline.scores import score_vectors
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.study_tables import (AccuracyRecord, MeasureRow, RankingRow, SetRecord, StudentRecord,
-                                                 finished_students, load_measures, load_rankings, load_sets,
-                                                 load_students, replace_measures, replace_rankings, study_exists,
-                                                 write_student, write_study)
+from prismatic_assets.store.study_tables import (
+    AccuracyRecord,
+    MeasureRow,
+    RankingRow,
+    SetRecord,
+    StudentRecord,
+    finished_students,
+    load_measures,
+    load_rankings,
+    load_sets,
+    load_students,
+    replace_measures,
+    replace_rankings,
+    study_exists,
+    write_student,
+    write_study,
+)
 
 #: Every diversity measure of a set, in report order.
 GVENDI_ORDERS = {"g_vendi_q1": 1.0, "g_vendi_q2": 2.0, "g_vendi_qinf": math.inf}
@@ -81,7 +95,7 @@ PROCEDURAL = "procedural"
 #: The store lock a running study holds.
 STUDY_LOCK = "study"
 Log = Callable[[str], None]
-Launch = Callable[[list[str]], None]
+Launch = Callable[[list[str]], object]  # the result, if any, is not used
 EvalItem = TaskItem | Sample
 
 
@@ -147,7 +161,7 @@ class Pool:
 @dataclass
 class Prepared:
     pool: Pool
-    tasks: dict[str, list[EvalItem]]  # split -> held-out items
+    tasks: dict[str, Sequence[EvalItem]]  # split -> held-out items
 
 
 def _family(sample: Sample) -> str | None:
@@ -301,7 +315,7 @@ class StudentJob:
     samples: list[Sample]  # empty for BASE: nothing to train
     distill: DistillConfig
     models_dir: str
-    tasks: dict[str, list[EvalItem]]
+    tasks: dict[str, Sequence[EvalItem]]
     engine: EngineConfig
     max_tokens: int
     keep_model: bool
@@ -312,7 +326,7 @@ class StudentOutcome:
     name: str
     status: str  # 'finished' | 'failed'
     reason: str | None = None
-    report: object = None  # EvalReport
+    report: EvalReport | None = None
     sft: dict | None = None
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -433,9 +447,9 @@ def rankings(measures: Sequence[MeasureRow], students: Sequence[StudentRecord], 
     rows = []
     for measure in MEASURES:
         for split in SPLITS:
-            pairs = [(value.get((s.set_name, measure)), next(a.accuracy for a in s.accuracy if a.split == split))
-                     for s in finished]
-            pairs = [(x, y) for x, y in pairs if x is not None]
+            measured = [(value.get((s.set_name, measure)), next(a.accuracy for a in s.accuracy if a.split == split))
+                        for s in finished]
+            pairs = [(x, y) for x, y in measured if x is not None]
             result = bootstrap_spearman([x for x, _ in pairs], [y for _, y in pairs], study.bootstrap,
                                         study.bootstrap_seed)
             reason = None
@@ -539,10 +553,12 @@ def scatter_pngs(report: StudyReport) -> dict[str, bytes]:
                  and report.accuracy(s.name, SPLITS[0]) is not None]
         if not names:
             continue
-        x = [report.value(n, measure) for n in names]
+        x = [v for n in names if (v := report.value(n, measure)) is not None]  # every name has a value
         series = {}
         for split, label in ((SPLITS[1], "OOD"), (SPLITS[0], "ID")):
-            acc = [report.accuracy(n, split) for n in names]
+            # A finished student has a record for every split, so nothing is dropped here.
+            acc = [a for n in names if (a := report.accuracy(n, split)) is not None]
+            assert len(acc) == len(names)
             r = report.ranking(measure, split)
             series[f"{label} (rho {_fmt(r.rho, 2)} [{_fmt(r.low, 2)}, {_fmt(r.high, 2)}])"] = (
                 [a.accuracy for a in acc], [a.low for a in acc], [a.high for a in acc])
@@ -622,9 +638,11 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
             needed = prepared.pool.samples
         else:
             needed = [prepared.pool.samples[int(r)] for d in drawn for r in d.members]
-        report = embed_samples(needed, embedder, store, run_id=run_id,
-                               progress=lambda i, n, s, o: (i == n or i % max(1, n // 10) == 0) and
-                               log(f"gradients {i}/{n}"))
+        def progress(i: int, n: int, sample: Sample, outcome: Embedding) -> None:
+            if i == n or i % max(1, n // 10) == 0:
+                log(f"gradients {i}/{n}")
+
+        report = embed_samples(needed, embedder, store, run_id=run_id, progress=progress)
         gradient_key, dim = embedder.key, embedder.dim
         seconds["gradients"] = time.perf_counter() - began
         log(f"gradients: {report.n_computed} computed, {report.n_cached} cached ({seconds['gradients']:.0f} s)")
@@ -673,6 +691,7 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
     def handle(outcome: StudentOutcome, parent: str | None) -> None:
         accuracy = []
         if outcome.status == "finished":
+            assert outcome.report is not None  # a finished student has been evaluated
             accuracy = [AccuracyRecord(r.split, r.n, r.correct, r.accuracy, r.low, r.high)
                         for r in accuracy_rows({outcome.name: outcome.report})]
         mlflow_run = _track_student(tracker, parent, sid, outcome, accuracy, set_by_name.get(outcome.name),
@@ -696,7 +715,7 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
     with (tracker.run(f"study-{sid[:8]}", tags={"stage": "study", "study_id": sid, "run_key": key,
                                                 "dagster_run_id": run_id or ""})
           if tracker else contextlib.nullcontext(None)) as parent:
-        if tracker:
+        if tracker is not None and parent is not None:  # parent: the run opened just above
             tracker.log_params(parent, {"study_id": sid, "run_key": key, **set_settings(config),
                                         "students": student_settings(config)})
         if config.compute.backend == "ray":
@@ -713,7 +732,7 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
         replace_rankings(store, sid, key, ranked)
         result = StudyReport(sid, key, sets, load_measures(store, sid), students, ranked, seconds, trained,
                              len(prepared.pool.samples), prepared.pool.rejected)
-        if tracker:
+        if tracker is not None and parent is not None:
             _track_study(tracker, parent, config, result)
     return result
 
@@ -724,7 +743,7 @@ def _track_study(tracker: Tracker, run: str, config: Config, report: StudyReport
     for r in report.rankings:
         if r.rho is not None:
             metrics[f"rho/{r.split}/{r.measure}"] = r.rho
-        if r.low is not None:
+        if r.low is not None and r.high is not None:  # an interval has both ends or none
             metrics[f"rho_low/{r.split}/{r.measure}"] = r.low
             metrics[f"rho_high/{r.split}/{r.measure}"] = r.high
     metrics.update({f"seconds/{k}": v for k, v in report.seconds.items()})

@@ -11,8 +11,8 @@ import html
 import math
 from typing import Sequence
 
-from prismatic_assets.reporting.plots import _png, plt  # Agg backend, shared figure-to-PNG helper
 from prismatic_assets.pipeline.compare import ComparisonReport
+from prismatic_assets.reporting.plots import _png, plt  # Agg backend, shared figure-to-PNG helper
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -73,8 +73,8 @@ def render_text(report: ComparisonReport, width: int = 30) -> str:
         for e in report.examples:
             shares = ", ".join(f"{n} {v:.0%}" for n, v in e.shares.items())
             lines.append(f"  cluster {e.cluster} (mostly {e.set_name}; share of each set: {shares})")
-            for s in e.samples:
-                lines.append(f"    [{s['source_ref']}] {s['prompt'][:150]}")
+            for sample in e.samples:
+                lines.append(f"    [{sample['source_ref']}] {sample['prompt'][:150]}")
     for s in report.sets:
         for r in s.rejections[:5]:
             lines.append(f"  rejected {r['ref']}: {r['reason']}")
@@ -135,7 +135,7 @@ def metrics_png(report: ComparisonReport) -> bytes:
         if base is None or math.isnan(base.value) or base.value == 0:
             continue
         labels.append(metric.replace("_", "-").replace("embedding-vendi", "embedding Vendi"))
-        values.append([(s.metric(metric).value if s.metric(metric) else float("nan")) / base.value
+        values.append([(m.value if (m := s.metric(metric)) else float("nan")) / base.value
                        for s in report.sets])
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     width = 0.8 / len(report.sets)
@@ -155,7 +155,7 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str | int]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

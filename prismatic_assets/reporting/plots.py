@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -28,14 +28,14 @@ def markdown_image(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def cluster_sizes_png(sizes: Sequence[int], sparse: Sequence[bool], title: str = "Cluster sizes") -> bytes:
+def cluster_sizes_png(sizes: Sequence[int], sparse: Sequence[bool] | np.ndarray, title: str = "Cluster sizes") -> bytes:
     """Bar chart of cluster sizes, largest first, sparse clusters highlighted."""
-    sizes = np.asarray(sizes)
-    sparse = np.asarray(sparse, dtype=bool)
-    order = np.argsort(-sizes, kind="stable")
+    counts = np.asarray(sizes)  # (K,)
+    is_sparse = np.asarray(sparse, dtype=bool)  # (K,)
+    order = np.argsort(-counts, kind="stable")
     fig, ax = plt.subplots(figsize=(6, 3))
-    colors = ["tab:orange" if sparse[i] else "tab:blue" for i in order]
-    ax.bar(range(len(order)), sizes[order], color=colors)
+    colors = ["tab:orange" if is_sparse[i] else "tab:blue" for i in order]
+    ax.bar(range(len(order)), counts[order], color=colors)
     ax.set_xlabel("cluster (sorted by size)")
     ax.set_ylabel("samples")
     ax.set_title(f"{title} (orange = sparse)")
@@ -81,14 +81,14 @@ def bars_png(labels: Sequence[str], values: Sequence[float], ylabel: str, title:
     return _png(fig)
 
 
-def interval_scatter_png(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float],
+def interval_scatter_png(x: Sequence[float], series: Mapping[str, tuple[Sequence[float], Sequence[float],
                                                                        Sequence[float]]],
                          labels: Sequence[str], xlabel: str, ylabel: str, title: str) -> bytes:
     """Labelled points with vertical interval bars, one colour per series: {name: (y, low, high)}
     (a diversity measure against each split's accuracy and its 95% interval, one point per set)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (y, low, high) in series.items():
-        y, low, high = np.asarray(y, float), np.asarray(low, float), np.asarray(high, float)
+    for name, (ys, lows, highs) in series.items():
+        y, low, high = np.asarray(ys, float), np.asarray(lows, float), np.asarray(highs, float)
         ax.errorbar(list(x), y, yerr=[y - low, high - y], fmt="o", capsize=3, label=name)
         for xi, yi, label in zip(x, y, labels):
             ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)

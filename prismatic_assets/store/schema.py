@@ -336,7 +336,8 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             request         INTEGER NOT NULL,
             slot            INTEGER NOT NULL,
             position        INTEGER NOT NULL,     -- generation order within the arm's round
-            mode            VARCHAR NOT NULL,     -- 'same_cell' | 'neighbour_level' | 'new_family' | 'same_cell_fallback'
+            -- 'same_cell' | 'neighbour_level' | 'new_family' | 'same_cell_fallback'
+            mode            VARCHAR NOT NULL,
             exemplar_id     VARCHAR NOT NULL,     -- the exemplar it was written from
             family          VARCHAR NOT NULL,
             level           INTEGER NOT NULL,
@@ -348,7 +349,8 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             content_hash    VARCHAR,              -- keys the embedding cache (shared by identical texts)
             problem_key     VARCHAR,              -- normalized prompt
             status          VARCHAR NOT NULL,     -- 'verified' | 'rejected'
-            reason          VARCHAR,              -- why rejected: no_fresh_problem, duplicate_held_out, contaminated, ...
+            -- why rejected: no_fresh_problem, duplicate_held_out, contaminated, ...
+            reason          VARCHAR,
             cluster         INTEGER,              -- nearest centroid of the arm's pool clustering (verified only)
             similarity      DOUBLE,
             cluster_size    INTEGER,
@@ -412,7 +414,8 @@ MIGRATIONS_LIST: tuple[Migration, ...] = (
             study_id        VARCHAR NOT NULL,
             set_name        VARCHAR NOT NULL,     -- the design as written: 'span:2:1', 'random:0', ...
             position        INTEGER NOT NULL,     -- order of the designs
-            kind            VARCHAR NOT NULL,     -- 'span' | 'random' | 'cluster-balanced' | 'greedy' | 'single-cluster'
+            -- 'span' | 'random' | 'cluster-balanced' | 'greedy' | 'single-cluster'
+            kind            VARCHAR NOT NULL,
             size            INTEGER NOT NULL,
             details         JSON NOT NULL,        -- families and levels spanned, clusters, ...
             PRIMARY KEY (study_id, set_name)

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, cast
 
 import duckdb
 import numpy as np
@@ -57,7 +57,8 @@ _FULL_MARKERS = ("no space left on device", "file too large", "disk quota exceed
 
 #: Never fetch or load DuckDB extensions behind the user's back: a foreign file (SQLite)
 #: would otherwise make DuckDB download an extension to read it.
-_CONNECT_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+_CONNECT_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoinstall_known_extensions": False,
+                                                                     "autoload_known_extensions": False}
 
 
 #: DuckDB's memory limit for bulk vector work: loading gradient shards and reading every
@@ -84,9 +85,9 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
     """DuckDB's memory_limit set to `limit` for a block, then back to what it was (exactly, when
     that was DuckDB's default; the setting reads back rounded otherwise)."""
     setting = "SELECT current_setting('memory_limit')"
-    before = con.execute(setting).fetchone()[0]
+    before = con.execute(setting).fetchall()[0][0]
     con.execute("RESET memory_limit")
-    was_default = con.execute(setting).fetchone()[0] == before
+    was_default = con.execute(setting).fetchall()[0][0] == before
     con.execute(f"SET memory_limit = '{limit}'")
     try:
         yield
@@ -203,8 +204,8 @@ class EmbeddingRow:
     vector: np.ndarray | None
     grad_norm: float
     loss: float
-    n_response_tokens: int
-    truncated: bool
+    n_response_tokens: int | None  # None for hidden-state rows (no gradient, no response count)
+    truncated: bool | None
     seconds: float
     error: str | None
     run_id: str | None
@@ -279,7 +280,8 @@ class MetadataStore:
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other["since"])) if "since" in other else "?"
                 extra = ", ".join(f"{k} {v}" for k, v in other.items() if k not in ("what", "pid", "since"))
                 raise StoreBusy(
-                    f"{what} was refused: {other.get('what', 'other work')} holds {path.name} (pid {other.get('pid', '?')}"
+                    f"{what} was refused: {other.get('what', 'other work')} holds {path.name} "
+                    f"(pid {other.get('pid', '?')}"
                     f"{', ' + extra if extra else ''}, since {since}). Wait for it to finish, or stop it; running "
                     f"both would write the same rows twice.") from None
             handle.seek(0)
@@ -304,7 +306,8 @@ class MetadataStore:
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
         """Run one read query; the result as a polars DataFrame."""
         with self.connect() as con:
-            return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
+            # A pyarrow Table always converts to a DataFrame (a Series only comes from an Array).
+            return cast(pl.DataFrame, pl.from_arrow(con.sql(sql, params=params).to_arrow_table()))
 
     # -- schema --------------------------------------------------------------------------
     def migrate(self) -> list[int]:
@@ -480,7 +483,7 @@ class MetadataStore:
         n = 0
         with self.connect() as con, _memory_limit(con, BULK_MEMORY_LIMIT), _transaction(con):
             for file in files:
-                n += con.execute("SELECT count(*) FROM read_parquet(?)", [file]).fetchone()[0]
+                n += con.execute("SELECT count(*) FROM read_parquet(?)", [file]).fetchall()[0][0]
                 con.execute(f"INSERT OR REPLACE INTO {S.EMBEDDINGS} (content_hash, embedding_key, model_fingerprint, "
                             f"projection_key, gradient_spec, dim, vector, grad_norm, loss, n_response_tokens, "
                             f"truncated, seconds, error, run_id) SELECT content_hash, embedding_key, "

@@ -237,4 +237,4 @@ def row_counts(store: MetadataStore) -> dict[str, int]:
     tables = (S.STUDIES, S.STUDY_SETS, S.STUDY_MEMBERS, S.STUDY_MEASURES, S.STUDY_STUDENTS, S.STUDY_ACCURACY,
               S.STUDY_RANKINGS, S.EVAL_RESULTS)
     with store.connect() as con:
-        return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
+        return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]) for t in tables}

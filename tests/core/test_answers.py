@@ -8,11 +8,11 @@ import pytest
 
 from prismatic_assets.core import answers
 from prismatic_assets.core.answers import (
-    extract_answer,
-    extract_stated,
     Vote,
     answers_equivalent,
+    extract_answer,
     extract_boxed,
+    extract_stated,
     group_answers,
     is_correct,
     majority_vote,

@@ -17,8 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from prismatic_assets.core import answers
-from prismatic_assets.core.answers import (MAX_EXTRACTED_CHARS, VERIFY_TIME_LIMIT_S, compare_answers,
-                                           extract_boxed, is_correct, majority_vote)
+from prismatic_assets.core.answers import (
+    MAX_EXTRACTED_CHARS,
+    VERIFY_TIME_LIMIT_S,
+    compare_answers,
+    extract_boxed,
+    is_correct,
+    majority_vote,
+)
 
 # A comparison ends within the limit plus the kill grace; slack for a loaded 2-core machine.
 PER_COMPARISON_S = VERIFY_TIME_LIMIT_S + answers._KILL_GRACE_S

@@ -57,7 +57,8 @@ def test_num_clusters_default_minimum_is_2():
 
 @pytest.mark.parametrize(
     "n, ratio, minimum",
-    [(0, 0.1, 2), (-5, 0.1, 2), (10.0, 0.1, 2), (10, 0.0, 2), (10, 1.5, 2), (10, -0.1, 2), (10, 0.1, 0), (True, 0.1, 2)],
+    [(0, 0.1, 2), (-5, 0.1, 2), (10.0, 0.1, 2), (10, 0.0, 2), (10, 1.5, 2), (10, -0.1, 2), (10, 0.1, 0),
+     (True, 0.1, 2)],
 )
 def test_num_clusters_rejects_bad_arguments(n, ratio, minimum):
     with pytest.raises(ValueError):

@@ -95,7 +95,8 @@ def test_gsm_symbolic_rejects_bad_n():
 
 
 def test_load_eval_file_formats_and_fields(tmp_path):
-    rows = [{"problem": "What is 1+1?", "answer": 2, "id": "a"}, {"problem": "Halve 1.", "answer": "\\frac12", "id": "b"}]
+    rows = [{"problem": "What is 1+1?", "answer": 2, "id": "a"},
+            {"problem": "Halve 1.", "answer": "\\frac12", "id": "b"}]
     jsonl = tmp_path / "set.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     array = tmp_path / "set.json"

@@ -27,8 +27,15 @@ from typing import Any
 import pytest
 
 from prismatic_assets.core import generation_vllm
-from prismatic_assets.core.generation import (PROBLEM_SAMPLING, SOLUTION_SAMPLING, GenerationError, Generator,
-                                              SamplingConfig, Usage, check_conversations)
+from prismatic_assets.core.generation import (
+    PROBLEM_SAMPLING,
+    SOLUTION_SAMPLING,
+    GenerationError,
+    Generator,
+    SamplingConfig,
+    Usage,
+    check_conversations,
+)
 from prismatic_assets.core.generation_openai import OpenAIGenerator
 from prismatic_assets.core.generation_transformers import TransformersGenerator
 from prismatic_assets.core.generation_vllm import VLLMGenerator
@@ -257,7 +264,8 @@ def test_vllm_n_seed_temperature_max_tokens(vllm_gen):
     assert len(set(out[0])) > 1  # completions are seeded seed + j
     assert vllm_gen.chat(CONVS, SamplingConfig(n=3, max_tokens=12, seed=8))[0] != out[0]
     greedy = vllm_gen.chat(CONVS, SamplingConfig(n=2, temperature=0, max_tokens=12))
-    assert all(o[0] == o[1] for o in greedy) and vllm_gen.chat(CONVS, SamplingConfig(temperature=0, max_tokens=12))[0][0] == greedy[0][0]
+    assert all(o[0] == o[1] for o in greedy)
+    assert vllm_gen.chat(CONVS, SamplingConfig(temperature=0, max_tokens=12))[0][0] == greedy[0][0]
     vllm_gen.chat(STORY, SamplingConfig(n=2, max_tokens=5, seed=1))
     assert vllm_gen.last_usage.completion_token_counts == ((5, 5),)
     assert vllm_gen.last_usage.finish_reasons == (("length", "length"),)

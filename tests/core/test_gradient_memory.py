@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from prismatic_assets.core.gradient_memory import (HEADROOM, KeptBytes, MemoryBudget, MemoryBudgetError, Polynomial,
-                                                   StepCost, fit_polynomial, plan_batches, resident_bytes)
+from prismatic_assets.core.gradient_memory import (
+    HEADROOM,
+    KeptBytes,
+    MemoryBudget,
+    MemoryBudgetError,
+    Polynomial,
+    StepCost,
+    fit_polynomial,
+    plan_batches,
+    resident_bytes,
+)
 from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
 from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
@@ -88,7 +98,7 @@ def test_long_and_short_samples_within_a_small_budget(tokenizer, one_thread):
     # Measured, per step: what torch allocated stays under the budget.
     for p in plan:
         pairs = [PAIRS[i] for i in p.indices]
-        peak = _allocated_peak(lambda: embedder.embed_many(pairs, batch_size=8))
+        peak = _allocated_peak(functools.partial(embedder.embed_many, pairs, batch_size=8))
         assert peak <= budget, (p, peak)
         assert peak >= 0.4 * p.predicted_bytes  # the model is not absurdly loose either
 

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from prismatic_assets.core.gradients import (IGNORE_INDEX, GradientEmbedder, GradientSpec, embedding_key,
-                                             encode_chat_sample, response_loss, select_parameters)
+from prismatic_assets.core.gradients import (
+    IGNORE_INDEX,
+    GradientEmbedder,
+    GradientSpec,
+    embedding_key,
+    encode_chat_sample,
+    response_loss,
+    select_parameters,
+)
 from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
 from tests.conftest import make_tiny_llama
@@ -131,7 +138,8 @@ def test_truncation_is_recorded(packaged_tokenizer, tiny_llama):
 ])
 def test_bad_samples_become_recorded_errors_not_crashes(packaged_tokenizer, tiny_llama, prompt, response,
                                                         max_length, expected):
-    out = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=max_length)).embed(prompt, response)
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=max_length))
+    out = embedder.embed(prompt, response)
     if expected is None:
         assert out.error is None
     else:

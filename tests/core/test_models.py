@@ -21,8 +21,14 @@ from prismatic_assets.core.generation import SamplingConfig
 from prismatic_assets.core.generation_openai import OpenAIGenerator
 from prismatic_assets.core.generation_transformers import TransformersGenerator
 from prismatic_assets.core.generation_vllm import VLLMGenerator
-from prismatic_assets.core.models import (RemoteCodeRequired, folder_fingerprint, load_causal_lm,
-                                          model_fingerprint, model_source_fingerprint, needs_remote_code)
+from prismatic_assets.core.models import (
+    RemoteCodeRequired,
+    folder_fingerprint,
+    load_causal_lm,
+    model_fingerprint,
+    model_source_fingerprint,
+    needs_remote_code,
+)
 from tests.conftest import make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,8 +226,9 @@ def test_cli_says_when_a_model_needs_remote_code(remote_code_model, tmp_path):
     data.write_text(json.dumps({"prompt": "1+1?", "response": "\\boxed{2}"}) + "\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_MODULES_CACHE": str(tmp_path / "modules"),
            "PRISMATIC_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "score", str(data), "--model", str(folder),
-                           "--no-cache", "--dim", "8"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "score", str(data),
+                           "--model", str(folder), "--no-cache", "--dim", "8"],
+                          capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
     assert "ships its own Python code" in done.stderr and "--trust-remote-code" in done.stderr
     assert "Traceback" not in done.stderr and not marker.exists()

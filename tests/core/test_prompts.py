@@ -45,7 +45,7 @@ def test_problem_request_shows_examples_and_format() -> None:
     messages = build_problem_request(SHOTS, n_new=2)
     assert [m["role"] for m in messages] == ["system", "user"]
     user = _user(messages)
-    for i, shot in enumerate(SHOTS, 1):
+    for shot in SHOTS:
         assert f"{OPEN_TAG}\n{shot}\n{CLOSE_TAG}" in user  # shown in the answer's own format
     assert [user.index(shot) for shot in SHOTS] == sorted(user.index(shot) for shot in SHOTS)  # rng=None: in order
     assert "Write 2 new math problems that are similar to the examples or harder." in user

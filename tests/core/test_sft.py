@@ -344,3 +344,24 @@ def test_bad_samples_are_refused_before_loading(tmp_path):
         train_sft("does-not-matter", [], tmp_path, SFTSettings())
     with pytest.raises(ValueError, match=r"sample 'x:1'.*empty"):
         train_sft("does-not-matter", [Sample(sample_id="x:1", prompt="p", response="  ")], tmp_path, SFTSettings())
+
+
+def test_callbacks_are_normalised_to_trainer_callback_instances():
+    from prismatic_assets.core.sft import _as_callbacks, _ProgressCallback
+
+    class Marker(TrainerCallback):
+        pass
+
+    seen = []
+    instance = Marker()
+    out = _as_callbacks([instance, Marker, lambda step, loss: seen.append((step, loss))])
+    assert out[0] is instance
+    assert type(out[1]) is Marker  # a class is instantiated, as the Trainer would
+    assert isinstance(out[2], _ProgressCallback)
+    out[2].on_log(None, type("State", (), {"global_step": 3})(), None, logs={"loss": 0.5})
+    assert seen == [(3, 0.5)]
+    single = _as_callbacks(instance)
+    assert single == [instance]
+    assert _as_callbacks(None) == []
+    with pytest.raises(TypeError, match="TrainerCallback or a callable"):
+        _as_callbacks([42])

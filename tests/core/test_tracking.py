@@ -243,7 +243,7 @@ def test_two_processes_log_to_one_fresh_store_at_once(tmp_path, tiny_model_dir):
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     results = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     run_ids = [out.split()[0] for out, _ in results]
     versions = sorted(out.split()[1] for out, _ in results)

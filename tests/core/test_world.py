@@ -11,9 +11,21 @@ import pytest
 
 from prismatic_assets.core.procedural import TaskItem, score_item, verify_item
 from prismatic_assets.core.samples import normalize_text
-from prismatic_assets.core.world import (Exemplar, GeneratorMix, WorldError, cell_coverage, check_world, draw_entry,
-                                         held_out_items, seed_counts, seed_pool_items, world_item, world_seed,
-                                         write_problems, write_solution)
+from prismatic_assets.core.world import (
+    Exemplar,
+    GeneratorMix,
+    WorldError,
+    cell_coverage,
+    check_world,
+    draw_entry,
+    held_out_items,
+    seed_counts,
+    seed_pool_items,
+    world_item,
+    world_seed,
+    write_problems,
+    write_solution,
+)
 from prismatic_assets.infra.config import WorldConfig
 
 FAMILIES = WorldConfig().families  # the default world: every family has a derivation

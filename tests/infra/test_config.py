@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from prismatic_assets.infra.config import (Config, ConfigError, available_profiles, build_config, defaults,
-                                     defaults_markdown, describe, load_config)
+from prismatic_assets.infra.config import (
+    Config,
+    ConfigError,
+    available_profiles,
+    build_config,
+    defaults,
+    defaults_markdown,
+    describe,
+    load_config,
+)
 from tests.conftest import write_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,13 +87,12 @@ def test_extends_loops_are_refused(tmp_path):
 
 
 def test_config_show_cli_prints_values_and_origins(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "config", "show", "--profile", "paper"],
-                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("synthesis.generator.model"))
+    show = [sys.executable, "-m", "prismatic_assets.interfaces.cli", "config", "show", "--profile"]
+    out = subprocess.run(show + ["paper"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("synthesis.generator.model"))
     assert "Qwen/Qwen2.5-72B-Instruct" in line and line.rstrip().endswith("paper.yaml")
-    assert any(l.startswith("synthesis.n_solutions") and l.rstrip().endswith("default") for l in out.splitlines())
-    bad = subprocess.run([sys.executable, "-m", "prismatic_assets.interfaces.cli", "config", "show", "--profile", "nope"],
-                         cwd=tmp_path, capture_output=True, text=True)
+    assert any(x.startswith("synthesis.n_solutions") and x.rstrip().endswith("default") for x in out.splitlines())
+    bad = subprocess.run(show + ["nope"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "ConfigError: profile 'nope'" in bad.stderr
 
 

@@ -18,8 +18,14 @@ from prismatic_assets.core.gradients import GradientSpec, encode_chat_sample
 from prismatic_assets.core.models import load_causal_lm
 from prismatic_assets.core.projection import ProjectionSpec
 from prismatic_assets.core.selection import cluster_in_batches
-from prismatic_assets.infra.config import (ClusteringConfig, CompareConfig, ComputeConfig, ProjectionConfig,
-                                           ProxyConfig, ScoreConfig)
+from prismatic_assets.infra.config import (
+    ClusteringConfig,
+    CompareConfig,
+    ComputeConfig,
+    ProjectionConfig,
+    ProxyConfig,
+    ScoreConfig,
+)
 from prismatic_assets.interfaces import api
 from prismatic_assets.interfaces.cli import build_parser
 

@@ -50,8 +50,8 @@ def test_compare_prints_a_table_writes_html_and_json(sets, tiny_model_dir, tmp_p
 
 def test_select_writes_the_subset_and_compares_with_random(sets, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "subset.jsonl"
-    code = main(["select", str(sets[0]), "--k", "4", "--method", "cluster-balanced", "--selection-seed", "2", "--out", str(out),
-                 "--model", tiny_model_dir, "--dim", "64"])
+    code = main(["select", str(sets[0]), "--k", "4", "--method", "cluster-balanced", "--selection-seed", "2",
+                 "--out", str(out), "--model", tiny_model_dir, "--dim", "64"])
     text = capsys.readouterr().out
     assert code == 0
     assert "4 of 12 samples, method cluster-balanced, seed 2" in text

@@ -51,4 +51,5 @@ def test_without_local_compute_logs_the_chart_is_embedded():
     with dg.instance_for_test(overrides={"compute_logs": {
             "module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}}) as instance:
         result = dg.materialize([charted], instance=instance)
-    assert result.asset_materializations_for_node("charted")[0].metadata["c"].value == plots.markdown_image(png, "chart")
+    metadata = result.asset_materializations_for_node("charted")[0].metadata
+    assert metadata["c"].value == plots.markdown_image(png, "chart")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from prismatic_assets.orchestration.assets.backbone import gradient_embeddings
-from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_transient_only
-from prismatic_assets.orchestration.assets.rounds import synthesis_round
 from prismatic_assets.core.generation import GenerationError, PartialGenerationError
+from prismatic_assets.orchestration.assets.backbone import gradient_embeddings
+from prismatic_assets.orchestration.assets.rounds import synthesis_round
+from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_transient_only
 from prismatic_assets.pipeline.round_stages import RoundOrderError
 from prismatic_assets.store.store import StoreBusy, StoreDiskFull, StoreLockTimeout
 

@@ -52,7 +52,8 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
 def test_project_instance_monitors_runs_with_the_local_launcher():
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert config["run_monitoring"]["enabled"] is True
-    assert config["run_launcher"] == {"module": "prismatic_assets.orchestration.run_launcher", "class": "LocalRunLauncher"}
+    assert config["run_launcher"] == {"module": "prismatic_assets.orchestration.run_launcher",
+                                      "class": "LocalRunLauncher"}
 
 
 def test_worker_status_sees_live_dead_and_recycled_processes():

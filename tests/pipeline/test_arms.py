@@ -22,8 +22,15 @@ import pytest
 from prismatic_assets.core.samples import Sample, normalize_text
 from prismatic_assets.core.world import WorldError, draw_entry, world_item
 from prismatic_assets.infra.config import build_config
-from prismatic_assets.pipeline.arms import (ArmRoundOrderError, accepted_samples, arm_pool, choose, prismatic_order,
-                                            run_arm_round, summary_lines)
+from prismatic_assets.pipeline.arms import (
+    ArmRoundOrderError,
+    accepted_samples,
+    arm_pool,
+    choose,
+    prismatic_order,
+    run_arm_round,
+    summary_lines,
+)
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
 from prismatic_assets.pipeline.seed import load_seed, store_seed
 from prismatic_assets.store import schema as S

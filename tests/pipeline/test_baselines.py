@@ -41,8 +41,9 @@ def test_record_baselines_stores_each_metric_with_independent_values(embedder, t
     assert values["distinct_1"] == pytest.approx(8 / 12)
     assert values["distinct_2"] == pytest.approx(7 / 9)
     assert values["distinct_3"] == pytest.approx(1.0)
-    hidden = mean_pooled_hidden_states(embedder.gradients.model, embedder.gradients.tokenizer, [s.prompt for s in SAMPLES],
-                                       [s.response for s in SAMPLES], batch_size=1, max_length=64)
+    hidden = mean_pooled_hidden_states(embedder.gradients.model, embedder.gradients.tokenizer,
+                                       [s.prompt for s in SAMPLES], [s.response for s in SAMPLES],
+                                       batch_size=1, max_length=64)
     assert values["embedding_vendi"] == pytest.approx(vendi.score_X(hidden.astype(np.float64)), rel=1e-4)
     rows = store.query("SELECT metric, q, value, entropy, n, dim, embedding_key, run_id FROM scores "
                        "WHERE scope = 'seed' ORDER BY metric")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from vendi_score import vendi
 
-from prismatic_assets.interfaces.api import compare_datasets, score_dataset
 from prismatic_assets.core.diversity import compression_ratio, distinct_n, mean_pooled_hidden_states
 from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.records import LoadError
+from prismatic_assets.interfaces.api import compare_datasets, score_dataset
 from prismatic_assets.store.store import MetadataStore
 
 INF = float("inf")

@@ -10,13 +10,22 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from prismatic_assets.infra.config import build_config
 from prismatic_assets.core.models import PACKAGED_MODEL, resolve_model
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.core.tracking import Tracker
-from prismatic_assets.pipeline.distill import (StaleRoundsError, check_lengths, distill_settings, plan_training,
-                                               read_result, read_training_set, run_command, sft_command,
-                                               train_student, write_training_set)
+from prismatic_assets.infra.config import build_config
+from prismatic_assets.pipeline.distill import (
+    StaleRoundsError,
+    check_lengths,
+    distill_settings,
+    plan_training,
+    read_result,
+    read_training_set,
+    run_command,
+    sft_command,
+    train_student,
+    write_training_set,
+)
 from prismatic_assets.store.store import MetadataStore
 
 

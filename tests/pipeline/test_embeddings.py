@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.core.samples import Sample
+from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.pipeline.embedder import build_embedder
 from prismatic_assets.pipeline.embeddings import embed_samples, shard_folder
 from prismatic_assets.store.store import MetadataStore

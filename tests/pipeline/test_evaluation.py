@@ -10,8 +10,13 @@ from prismatic_assets.core.generation import BaseGenerator
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import build_config
 from prismatic_assets.infra.engines import EngineSet
-from prismatic_assets.pipeline.evaluation import (decontamination_texts, evaluate_students, evaluation_sets,
-                                                  held_out_sets, student_sampling)
+from prismatic_assets.pipeline.evaluation import (
+    decontamination_texts,
+    evaluate_students,
+    evaluation_sets,
+    held_out_sets,
+    student_sampling,
+)
 from prismatic_assets.store.store import MetadataStore
 
 

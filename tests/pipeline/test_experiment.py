@@ -14,8 +14,14 @@ from prismatic_assets.infra.config import EngineConfig, build_config
 from prismatic_assets.infra.engines import EngineSet
 from prismatic_assets.pipeline.arms import run_arm_round
 from prismatic_assets.pipeline.embeddings import embed_samples
-from prismatic_assets.pipeline.experiment import (ExperimentNotReady, held_out_tasks, run_experiment, student_distill,
-                                                  track_experiment, wilson)
+from prismatic_assets.pipeline.experiment import (
+    ExperimentNotReady,
+    held_out_tasks,
+    run_experiment,
+    student_distill,
+    track_experiment,
+    wilson,
+)
 from prismatic_assets.pipeline.seed import load_seed, store_seed
 from prismatic_assets.store.store import MetadataStore
 

@@ -22,15 +22,15 @@ from prismatic_assets.core.generation import SamplingConfig
 from prismatic_assets.core.samples import Sample, content_hash
 from prismatic_assets.infra.config import EngineConfig, SynthesisConfig, build_config
 from prismatic_assets.infra.engines import EngineSet
+from prismatic_assets.pipeline.baselines import BASELINE_METRICS
+from prismatic_assets.pipeline.embeddings import embed_samples
+from prismatic_assets.pipeline.round import STAGES, lend, run_round
+from prismatic_assets.pipeline.round_services import judge_candidates
+from prismatic_assets.pipeline.round_stages import RoundOrderError, plan_requests, request_seed
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.lineage import lineage
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.synthesis_tables import completed_rounds, round_summary
-from prismatic_assets.pipeline.baselines import BASELINE_METRICS
-from prismatic_assets.pipeline.round import STAGES, lend, run_round
-from prismatic_assets.pipeline.round_services import judge_candidates
-from prismatic_assets.pipeline.round_stages import RoundOrderError, plan_requests, request_seed
-from prismatic_assets.pipeline.embeddings import embed_samples
 
 # -- (a) the sparse-cluster filter on constructed gradients ------------------------------
 
@@ -526,8 +526,10 @@ def test_rerun_is_idempotent_and_uses_the_cache(tmp_path, seeded, embedder, roun
     assert generator.calls == [] and teacher.calls == []
     assert again.llm_requests == {"generator": 0, "teacher": 0}
     assert again.outputs_cached == 8 and again.solutions_cached == 9
-    strip = lambda r: {k: v for k, v in r.as_dict().items() if k not in ("seconds", "llm_requests", "outputs_cached",
-                                                                          "solutions_cached", "run_id")}
+
+    def strip(r):
+        return {k: v for k, v in r.as_dict().items()
+                if k not in ("seconds", "llm_requests", "outputs_cached", "solutions_cached", "run_id")}
     assert strip(again) == strip(first)
 
     # Round 2 builds on round 1's accepted samples; re-running round 1 afterwards keeps round 2's rows.

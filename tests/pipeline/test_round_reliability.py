@@ -17,8 +17,7 @@ from prismatic_assets.pipeline.round_stages import RoundOrderError
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import StoreBusy
 from prismatic_assets.store.synthesis_tables import completed_rounds, refresh_staleness, stale_rounds
-from tests.pipeline.test_round import (SETTINGS, ScriptedLLM, _run, _with, embedder, make_generator,  # noqa: F401
-                                       make_teacher, seeded)
+from tests.pipeline.test_round import SETTINGS, ScriptedLLM, _run, _with, embedder, make_generator, make_teacher, seeded  # noqa: F401
 
 
 def _accepted(store, round: int) -> set[str]:

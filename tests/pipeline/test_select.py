@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from prismatic_assets.interfaces.api import score_dataset, select_subset
 from prismatic_assets.core.loaders import load_samples
 from prismatic_assets.core.records import LoadError
-from prismatic_assets.interfaces.api import proxy_embedder
+from prismatic_assets.interfaces.api import proxy_embedder, score_dataset, select_subset
 from prismatic_assets.pipeline.datasets import load_set
 from prismatic_assets.pipeline.select import RANDOM_BASELINE_SEEDS, baseline_seeds, select_from_set, write_subset
 from prismatic_assets.store.store import MetadataStore

@@ -22,8 +22,20 @@ import pytest
 import yaml
 
 from prismatic_assets.infra.config import build_config, load_config
-from prismatic_assets.pipeline.study import (BASE, StudentJob, _launch_logged, load_report, prepare, ranking_table,
-                                             run_key, run_student, run_study, sets_table, study_distill, study_id)
+from prismatic_assets.pipeline.study import (
+    BASE,
+    StudentJob,
+    _launch_logged,
+    load_report,
+    prepare,
+    ranking_table,
+    run_key,
+    run_student,
+    run_study,
+    sets_table,
+    study_distill,
+    study_id,
+)
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.store import MetadataStore
 from prismatic_assets.store.study_tables import row_counts

@@ -5,9 +5,19 @@ from __future__ import annotations
 import duckdb
 
 from prismatic_assets.store import schema as S
-from prismatic_assets.store.arms_tables import (ArmCandidateRow, ArmRequestRow, ArmRoundRecord, ArmRoundRow,
-                                                accepted_candidates, accepted_cells, arm_history, clear_arm_rounds,
-                                                completed_arm_rounds, earlier_problem_keys, write_arm_round)
+from prismatic_assets.store.arms_tables import (
+    ArmCandidateRow,
+    ArmRequestRow,
+    ArmRoundRecord,
+    ArmRoundRow,
+    accepted_candidates,
+    accepted_cells,
+    arm_history,
+    clear_arm_rounds,
+    completed_arm_rounds,
+    earlier_problem_keys,
+    write_arm_round,
+)
 from prismatic_assets.store.store import MetadataStore
 
 

@@ -13,8 +13,8 @@ from prismatic_assets.store.store import EmbeddingRow, MetadataStore
 
 
 def _samples(n: int, source: str = "unit") -> list[Sample]:
-    return [Sample(sample_id=f"{source}:{i}", prompt=f"{source} problem {i}", response=f"{source} solution {i}", answer=str(i),
-                   source=source, source_ref=f"{source}.jsonl:{i + 1}") for i in range(n)]
+    return [Sample(sample_id=f"{source}:{i}", prompt=f"{source} problem {i}", response=f"{source} solution {i}",
+                   answer=str(i), source=source, source_ref=f"{source}.jsonl:{i + 1}") for i in range(n)]
 
 
 def _row(sample: Sample, key: str, vector, error=None) -> EmbeddingRow:

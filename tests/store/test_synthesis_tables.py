@@ -10,10 +10,22 @@ import pytest
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.store import schema
 from prismatic_assets.store.store import MetadataStore
-from prismatic_assets.store.synthesis_tables import (CandidateRow, DecisionRow, GenerationRow, RequestRow,
-                                                     RoundRecord, RoundRow, ScoreRow, completed_rounds,
-                                                     generation_key, get_generations, put_generations,
-                                                     round_scope, round_summary, write_round)
+from prismatic_assets.store.synthesis_tables import (
+    CandidateRow,
+    DecisionRow,
+    GenerationRow,
+    RequestRow,
+    RoundRecord,
+    RoundRow,
+    ScoreRow,
+    completed_rounds,
+    generation_key,
+    get_generations,
+    put_generations,
+    round_scope,
+    round_summary,
+    write_round,
+)
 
 SYNTH_TABLES = (schema.GENERATIONS, schema.SYNTHESIS_REQUESTS, schema.SYNTHESIS_CANDIDATES,
                 schema.SYNTHESIS_DECISIONS, schema.SYNTHESIS_ROUNDS)

@@ -15,20 +15,26 @@ distribution (`prismatic_assets.pipeline.experiment.run_experiment`).
 import dagster as dg
 
 from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
+from prismatic_assets.orchestration.assets.rounds import CONCURRENCY_TAG  # one synthesis or arm round at a time
 from prismatic_assets.orchestration.metadata import chart, figure
 from prismatic_assets.orchestration.progress import StepProgress
-from prismatic_assets.orchestration.round_keys import partition_round
-from prismatic_assets.orchestration.assets.rounds import CONCURRENCY_TAG  # one synthesis or arm round at a time
-from prismatic_assets.orchestration.resources import EngineResource, ProfileResource, ProxyResource, StoreResource, \
-    TrackerResource
+from prismatic_assets.orchestration.resources import (
+    EngineResource,
+    ProfileResource,
+    ProxyResource,
+    StoreResource,
+    TrackerResource,
+)
 from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
+from prismatic_assets.orchestration.round_keys import partition_round
 from prismatic_assets.pipeline.arms import run_arm_round, summary_lines
 from prismatic_assets.pipeline.arms_report import arm_table, log_arm_round, log_lines, round_numbers
-from prismatic_assets.pipeline.experiment import (ExperimentNotReady, arm_round_guards, run_experiment,
-                                                  track_experiment)
+from prismatic_assets.pipeline.experiment import ExperimentNotReady, arm_round_guards, run_experiment, track_experiment
 
 GROUP = "arms"
-ARM_ROUNDS = dg.DynamicPartitionsDefinition(name="arm_rounds")
+#: The name of the arm round partitions (see rounds.ROUND_PARTITIONS).
+ARM_ROUND_PARTITIONS = "arm_rounds"
+ARM_ROUNDS = dg.DynamicPartitionsDefinition(name=ARM_ROUND_PARTITIONS)
 
 
 @dg.asset(group_name=GROUP, partitions_def=ARM_ROUNDS, kinds={"pytorch", "duckdb", "mlflow"},

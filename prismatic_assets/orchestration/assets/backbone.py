@@ -16,19 +16,19 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from prismatic_assets.reporting import plots
-from prismatic_assets.pipeline.clusters import cluster_pool
-from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
-from prismatic_assets.pipeline.baselines import record_baselines
-from prismatic_assets.pipeline.scores import score_pool
-from prismatic_assets.pipeline.seed import store_seed
 from prismatic_assets.core.gvendi import renyi_entropy
 from prismatic_assets.infra.config import ClusteringConfig
 from prismatic_assets.orchestration.metadata import chart, constant, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
-from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource
-from prismatic_assets.pipeline.seed import load_seed
+from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
+from prismatic_assets.pipeline.baselines import record_baselines
+from prismatic_assets.pipeline.clusters import cluster_pool
+from prismatic_assets.pipeline.embedder import Embedder
+from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
+from prismatic_assets.pipeline.scores import score_pool
+from prismatic_assets.pipeline.seed import load_seed, store_seed
+from prismatic_assets.reporting import plots
 
 GROUP = "backbone"
 SEED_SCOPE = "seed"
@@ -134,8 +134,8 @@ def gradient_embeddings(context: dg.AssetExecutionContext, seed_samples: SeedSna
                            shard_rows=compute.shard_rows, shard_seconds=compute.shard_seconds)
 
 
-def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_samples: SeedSnapshot,
-                about: dict, **shards: float) -> dg.Output[EmbeddingSnapshot]:
+def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder: Embedder, seed_samples: SeedSnapshot,
+                about: dict, *, shard_rows: int, shard_seconds: float) -> dg.Output[EmbeddingSnapshot]:
     retried = retry_note(context)
     step = StepProgress(context.log.info)
 
@@ -144,7 +144,8 @@ def _embed_pool(context: dg.AssetExecutionContext, db, samples, embedder, seed_s
             context.log.info(f"gradient of {sample.sample_id} failed: {outcome.error} (excluded from the score)")
         step("gradients", i, n)
 
-    report = embed_samples(samples, embedder, db, context.run_id, progress=progress, **shards)
+    report = embed_samples(samples, embedder, db, context.run_id, progress=progress, shard_rows=shard_rows,
+                           shard_seconds=shard_seconds)
     vectors = pool_vectors(db, samples, report.embedding_key, report.dim)
     snapshot = EmbeddingSnapshot(report.embedding_key, report.dim, seed_samples.pool_ids,
                                  len(vectors.sample_ids), vectors.excluded)

@@ -20,7 +20,7 @@ from prismatic_assets.infra.config import with_overrides
 from prismatic_assets.orchestration.metadata import chart, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource
-from prismatic_assets.pipeline.dataset_comparison import comparison_sets, compare_with_seed
+from prismatic_assets.pipeline.dataset_comparison import compare_with_seed, comparison_sets
 from prismatic_assets.reporting.compare_report import map_png, share_bars_png
 
 GROUP = "analysis"
@@ -47,7 +47,7 @@ def dataset_comparison(context: dg.AssetExecutionContext, config: CompareRunConf
     profile_config = profile.config()
     settings = with_overrides(profile_config.compare, config.model_dump())
     try:
-        # before the proxy loads: a typo costs nothing
+        # Before the proxy loads: a typo costs nothing.
         chosen = comparison_sets(settings, profile_config.seed, profile_config.world)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc

@@ -18,12 +18,23 @@ import dagster as dg
 from pydantic import Field
 
 from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
-from prismatic_assets.orchestration.resources import (EngineResource, ProfileResource, ProxyResource, StoreResource,
-                                                      TrackerResource)
-from prismatic_assets.pipeline.distill import (StaleRoundsError, distill_settings, plan_training, train_student,
-                                               training_g_vendi, training_samples)
-from prismatic_assets.pipeline.evaluation import evaluate_students, evaluation_sets, track_evaluation
 from prismatic_assets.orchestration.metadata import chart, figure, rounded
+from prismatic_assets.orchestration.resources import (
+    EngineResource,
+    ProfileResource,
+    ProxyResource,
+    StoreResource,
+    TrackerResource,
+)
+from prismatic_assets.pipeline.distill import (
+    StaleRoundsError,
+    distill_settings,
+    plan_training,
+    train_student,
+    training_g_vendi,
+    training_samples,
+)
+from prismatic_assets.pipeline.evaluation import evaluate_students, evaluation_sets, track_evaluation
 
 GROUP = "distillation"
 

@@ -9,20 +9,27 @@ from the command line. The round itself is `prismatic_assets.pipeline.round.run_
 
 import dagster as dg
 
-from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
 from prismatic_assets.infra.config import Config
-from prismatic_assets.orchestration.resources import EngineResource, ProfileResource, ProxyResource, StoreResource, \
-    TrackerResource
-from prismatic_assets.pipeline.evaluation import decontamination_texts
-from prismatic_assets.pipeline.round import RoundReport, run_round, track_round
+from prismatic_assets.orchestration.assets.backbone import EmbeddingSnapshot, SeedSnapshot
 from prismatic_assets.orchestration.metadata import chart, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
+from prismatic_assets.orchestration.resources import (
+    EngineResource,
+    ProfileResource,
+    ProxyResource,
+    StoreResource,
+    TrackerResource,
+)
 from prismatic_assets.orchestration.retry import TRANSIENT_RETRY, retry_note, retry_transient_only
 from prismatic_assets.orchestration.round_keys import partition_round
+from prismatic_assets.pipeline.evaluation import decontamination_texts
+from prismatic_assets.pipeline.round import RoundReport, run_round, track_round
 from prismatic_assets.store.synthesis_tables import completed_rounds, stale_rounds
 
 GROUP = "synthesis"
-ROUNDS = dg.DynamicPartitionsDefinition(name="synthesis_rounds")
+#: The name of the round partitions, for the instance calls that take a name (`ROUNDS.name` is optional).
+ROUND_PARTITIONS = "synthesis_rounds"
+ROUNDS = dg.DynamicPartitionsDefinition(name=ROUND_PARTITIONS)
 #: Runs carrying this tag are limited to one at a time by dagster.yaml's run coordinator.
 CONCURRENCY_TAG = {"prismatic/synthesis": "round"}
 
@@ -128,8 +135,8 @@ def synthesis_round_every_6_hours(context: dg.ScheduleEvaluationContext, store: 
     if ROUNDS.has_partition_key(upcoming, dynamic_partitions_store=context.instance) and \
             _round_in_flight(context.instance, upcoming):
         return dg.SkipReason(f"round {upcoming} is already running")
-    if not context.instance.has_dynamic_partition(ROUNDS.name, upcoming):
-        context.instance.add_dynamic_partitions(ROUNDS.name, [upcoming])
+    if not context.instance.has_dynamic_partition(ROUND_PARTITIONS, upcoming):
+        context.instance.add_dynamic_partitions(ROUND_PARTITIONS, [upcoming])
     return dg.RunRequest(partition_key=upcoming, tags=CONCURRENCY_TAG)
 
 

@@ -9,8 +9,8 @@ per stage, and the MLflow parent run.
 
 import dagster as dg
 
-from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource, TrackerResource
 from prismatic_assets.orchestration.metadata import chart
+from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource, TrackerResource
 from prismatic_assets.pipeline.study import BASE, ranking_numbers, ranking_table, run_study, scatter_pngs, sets_table
 
 GROUP = "study"

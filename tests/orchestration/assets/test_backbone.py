@@ -6,7 +6,6 @@ through the `dagster` CLI with a tiny random-init model (same code path, seconds
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from prismatic_assets.orchestration.definitions import build_definitions
 from prismatic_assets.infra.config import load_config
+from prismatic_assets.orchestration.definitions import build_definitions
 from prismatic_assets.store.store import MetadataStore
 from tests.conftest import write_profile
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from mlflow import MlflowClient
 
-from prismatic_assets.orchestration.definitions import build_definitions
 from prismatic_assets.infra.config import load_config
+from prismatic_assets.orchestration.definitions import build_definitions
 from prismatic_assets.store.store import MetadataStore
 from tests.conftest import write_profile
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from prismatic_assets.orchestration.assets.rounds import ROUNDS, next_round
 from prismatic_assets.infra.config import load_config
+from prismatic_assets.orchestration.assets.rounds import ROUNDS, next_round
 from prismatic_assets.orchestration.definitions import build_definitions
 from prismatic_assets.store.store import MetadataStore
 from tests.conftest import write_profile
@@ -46,7 +46,8 @@ def test_round_partition_with_real_vllm_on_cpu(tmp_path, tiny_model_dir):
         assert event.partition == "1"
         meta = event.event_specific_data.materialization.metadata
         assert meta["requests"].value == 2 and meta["outputs"].value == 2
-        assert meta["generator"].value.endswith("packaged:smollm2-135m-instruct") or "smollm2" in meta["generator"].value.lower()
+        generator = meta["generator"].value
+        assert generator.endswith("packaged:smollm2-135m-instruct") or "smollm2" in generator.lower()
         for key in ("g_vendi_before", "g_vendi_after", "g_vendi_random_control", "acceptance_rate",
                     "g_vendi_per_round", "seconds_by_stage"):
             assert key in meta
