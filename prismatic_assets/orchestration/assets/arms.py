@@ -56,8 +56,7 @@ def arm_round(context: dg.AssetExecutionContext, seed_samples: SeedSnapshot, gra
                                    eval_texts=eval_texts, held_out=held_out, run_id=context.run_id,
                                    progress=StepProgress(context.log.info))
         charts = log_arm_round(mlflow, run, db, report, config)
-    for line in log_lines(report):
-        context.log.info(line)
+    context.log.info("\n".join(log_lines(report)))
     return dg.MaterializeResult(metadata={
         # one numeric series per figure and arm for the asset's Plots view (x: round)
         **{name: figure(value) for name, value in round_numbers(report).items()},

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from prismatic_assets.core.gvendi import renyi_entropy
-from prismatic_assets.infra.config import ClusteringConfig
+from prismatic_assets.infra.config import ClusteringConfig, with_overrides
 from prismatic_assets.orchestration.metadata import chart, constant, figure, rounded
 from prismatic_assets.orchestration.progress import StepProgress
 from prismatic_assets.orchestration.resources import ProfileResource, ProxyResource, StoreResource
@@ -83,7 +83,7 @@ class ClusterRunConfig(dg.Config):
                                           "int(K * sparse_ratio) of the sorted sizes are sparse")
 
     def resolve(self, profile: ClusteringConfig) -> ClusteringConfig:
-        return ClusteringConfig(**{**profile.model_dump(), **self.model_dump(exclude_none=True)})
+        return with_overrides(profile, self.model_dump())
 
 
 class ScoreRunConfig(dg.Config):
