@@ -85,7 +85,8 @@ def test_paper_profile_runs_with_ray_workers_and_two_training_processes(tmp_path
             code = None
     text = log.read_text()
     assert code == 0, f"exit {code}; log {log}:\n" + text[-8000:]
-    assert "[pipeline] wall time: backbone" in text and "distill+evaluation" in text
+    done = next(line for line in text.splitlines() if line.startswith("[pipeline] done in"))
+    assert "backbone" in done and "rounds" in done and "distill+evaluation" in done, done
 
     embeddings = _latest_metadata(home, "gradient_embeddings")
     assert embeddings["compute"] == "ray: 2 workers x (0 GPU, 0.5 CPU)"
