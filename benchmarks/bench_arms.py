@@ -8,7 +8,7 @@ each round it then redraws the acceptance step `--draws` times on the same candi
 pool, same vectors, other acceptance seeds): the spread of one round's result from the draw
 alone. The run itself continues from its own (draw 0) acceptances.
 
-    python -m benchmarks.bench_arms [--profile local] [--seeds 5] [--draws 20] [--ratios 0.05,0.1,0.2]
+    python -m benchmarks.bench_arms [--profile local] [--seeds 5] [--first-seed 0] [--draws 20] [--ratios 0.05,0.1,0.2]
     python -m benchmarks.bench_arms --tiny          # a tiny random-init proxy and a tiny world: seconds
 
 Per ratio (the clustering K = ratio x pool), round and arm: mean +- sd over seeds of the G-Vendi
@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=None, help="profile the world and arms come from (default: local)")
     parser.add_argument("--seeds", type=int, default=5, help="whole runs, world.seed = 0 .. seeds-1 (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="world.seed of the first run (default 0): "
+                                                                 "more seeds later, in another --work or --out")
     parser.add_argument("--draws", type=int, default=20, help="acceptance redraws per round (default 20)")
     parser.add_argument("--ratios", default=None, help="clustering ratios to compare, e.g. 0.05,0.1,0.2 (default: "
                                                        "the profile's clustering.ratio)")
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     proxy = _tiny_proxy() if args.tiny else open_embedder(base.proxy, base.projection, base.compute)
     try:
         with proxy as embedder:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 store = MetadataStore(work / f"seed-{seed}" / "prismatic.duckdb")
                 for j, ratio in enumerate(ratios):
                     if j:
@@ -218,10 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     seconds = {f"{r:g}": [run["seconds"] for run in per] for r, per in runs.items()}
     proxy_name = "tiny proxy" if args.tiny else base.proxy.model
     per_run = "; ".join(f"ratio {r}: " + ", ".join(f"{s:.0f}" for s in v) + " s" for r, v in seconds.items())
-    head = [f"# Arms over {args.seeds} seeds x {args.draws} redraws ({proxy_name}, budget {base.arms.budget}, "
+    head = [f"# Arms over {args.seeds} seeds (world.seed {args.first_seed}..{args.first_seed + args.seeds - 1}) x "
+            f"{args.draws} redraws ({proxy_name}, budget {base.arms.budget}, "
             f"{base.arms.rounds} rounds, {base.arms.requests_per_round} requests per arm per round)", "",
             f"Wall time {total:.0f} s in all; per whole run (seed pool, rounds, redraws): {per_run}."]
-    write_results("arms", {"seeds": args.seeds, "draws": args.draws, "ratios": ratios, "tiny": args.tiny,
+    write_results("arms", {"seeds": args.seeds, "first_seed": args.first_seed, "draws": args.draws, "ratios": ratios,
+                           "tiny": args.tiny,
                            "seconds": seconds, "total_seconds": total, "summary": table,
                            "runs": {f"{r:g}": per for r, per in runs.items()}},
                   "\n".join(head + lines) + "\n", directory=args.out)
