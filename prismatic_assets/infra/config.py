@@ -114,7 +114,7 @@ class ComputeConfig(_Block):
     cpus_per_worker: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1, description="most samples per gradient batch")
     memory_gb: Optional[float] = Field(
-        2.5, gt=0, description="GiB the gradient step may use in all (model, projection table, batches): resident "
+        3.0, gt=0, description="GiB the gradient step may use in all (model, projection table, batches): resident "
                                "memory on CPU, allocated device memory on a GPU; batches, logit chunks and "
                                "recomputed layers are planned to fit. None: batch_size samples per step, unbounded")
     shard_rows: int = Field(4096, ge=1, description="vectors per Parquet shard; a killed run keeps finished shards")
