@@ -620,7 +620,7 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
     study = config.study
     proxy = proxy or (lambda: open_embedder(config.proxy, config.projection, config.compute))
     seconds: dict[str, float] = {}
-    sid, key = study_id(config), run_key(config)
+    sid = study_id(config)
     began = time.perf_counter()
     prepared = prepare(study)
     existing = study_exists(store, sid)
@@ -638,42 +638,79 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
             needed = prepared.pool.samples
         else:
             needed = [prepared.pool.samples[int(r)] for d in drawn for r in d.members]
-        def progress(i: int, n: int, sample: Sample, outcome: Embedding) -> None:
-            if i == n or i % max(1, n // 10) == 0:
-                log(f"gradients {i}/{n}")
-
-        report = embed_samples(needed, embedder, store, run_id=run_id, progress=progress)
-        gradient_key, dim = embedder.key, embedder.dim
+        report = _embed_study_samples(store, embedder, needed, run_id, log)
         seconds["gradients"] = time.perf_counter() - began
         log(f"gradients: {report.n_computed} computed, {report.n_cached} cached ({seconds['gradients']:.0f} s)")
         if not existing:
             began = time.perf_counter()
-            vectors = pool_vectors(store, prepared.pool.samples, gradient_key, dim)
-            row_of = {sid_: i for i, sid_ in enumerate(vectors.sample_ids)}
-            ids = [s.sample_id for s in prepared.pool.samples]
-
-            def vectors_of(rows: np.ndarray):
-                kept = np.array([r for r in rows if ids[r] in row_of], dtype=np.int64)
-                return kept, vectors.vectors[[row_of[ids[r]] for r in kept]]
-            drawn = draw_vector_sets(designs, drawn, len(ids), vectors_of, study.set_size, disjoint=study.disjoint,
-                                     seed=study.seed, n_clusters=study.clusters)
-            write_study(store, study_id=sid, settings=set_settings(config), pool_source=prepared.pool.source,
-                        n_pool=len(ids), rejections=prepared.pool.rejected, set_size=study.set_size,
-                        disjoint=study.disjoint, sets=_set_records(drawn, prepared.pool), run_id=run_id)
+            _draw_vector_sets(store, config, prepared, designs, drawn, embedder.key, embedder.dim, run_id)
             seconds["sets"] += time.perf_counter() - began
         sets = load_sets(store, sid)
         began = time.perf_counter()
-        hidden_model = embedder if hasattr(embedder, "model") else None
-        with (contextlib.nullcontext(hidden_model) if hidden_model is not None
-              else open_embedder(config.proxy, config.projection)) as local:
-            rows = []
-            for s in sets:
-                pv = pool_vectors(store, s.members, gradient_key, dim)
-                hidden = hidden_vectors(s.members, local, store, run_id=run_id)
-                rows += set_measures(s.name, s.members, pv.vectors, pv.excluded, gradient_key, hidden)
+        rows = _measure_sets(store, config, embedder, sets, run_id)
         replace_measures(store, sid, rows)
         seconds["measures"] = time.perf_counter() - began
+    return _train_and_rank(store, config, prepared, sets, rows, launch=launch, tracker=tracker, run_id=run_id,
+                           log=log, seconds=seconds)
 
+
+def _embed_study_samples(store: MetadataStore, embedder, needed: Sequence[Sample], run_id: str | None, log: Log):
+    """The gradients of `needed` (cached ones are read back), with a progress line per tenth."""
+    def progress(i: int, n: int, sample: Sample, outcome: Embedding) -> None:
+        if i == n or i % max(1, n // 10) == 0:
+            log(f"gradients {i}/{n}")
+
+    return embed_samples(needed, embedder, store, run_id=run_id, progress=progress)
+
+
+def _draw_vector_sets(store: MetadataStore, config: Config, prepared, designs, drawn, gradient_key: str, dim: int,
+                      run_id: str | None) -> None:
+    """Draw the designs that need gradients (beside those drawn by label) and store every set."""
+    study, sid = config.study, study_id(config)
+    vectors = pool_vectors(store, prepared.pool.samples, gradient_key, dim)
+    row_of = {sid_: i for i, sid_ in enumerate(vectors.sample_ids)}
+    ids = [s.sample_id for s in prepared.pool.samples]
+
+    def vectors_of(rows: np.ndarray):
+        kept = np.array([r for r in rows if ids[r] in row_of], dtype=np.int64)
+        return kept, vectors.vectors[[row_of[ids[r]] for r in kept]]
+    drawn = draw_vector_sets(designs, drawn, len(ids), vectors_of, study.set_size, disjoint=study.disjoint,
+                             seed=study.seed, n_clusters=study.clusters)
+    write_study(store, study_id=sid, settings=set_settings(config), pool_source=prepared.pool.source,
+                n_pool=len(ids), rejections=prepared.pool.rejected, set_size=study.set_size,
+                disjoint=study.disjoint, sets=_set_records(drawn, prepared.pool), run_id=run_id)
+
+
+def _measure_sets(store: MetadataStore, config: Config, embedder, sets, run_id: str | None) -> list:
+    """Every diversity measure of every set; hidden states from the proxy's own model when it is in
+    this process, else from a local copy."""
+    hidden_model = embedder if hasattr(embedder, "model") else None
+    with (contextlib.nullcontext(hidden_model) if hidden_model is not None
+          else open_embedder(config.proxy, config.projection)) as local:
+        rows = []
+        for s in sets:
+            pv = pool_vectors(store, s.members, embedder.key, embedder.dim)
+            hidden = hidden_vectors(s.members, local, store, run_id=run_id)
+            rows += set_measures(s.name, s.members, pv.vectors, pv.excluded, embedder.key, hidden)
+    return rows
+
+
+def _student_record(outcome: StudentOutcome, key: str, settings: dict, mlflow_run: str | None,
+                    accuracy: list[AccuracyRecord]) -> StudentRecord:
+    loss = outcome.sft["loss_history"][-1][1] if outcome.sft and outcome.sft.get("loss_history") else None
+    return StudentRecord(
+        set_name=outcome.name, run_key=key, status=outcome.status, settings=settings, reason=outcome.reason,
+        model=outcome.model, steps=outcome.sft["steps"] if outcome.sft else 0, final_loss=loss,
+        train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, mlflow_run_id=mlflow_run,
+        accuracy=accuracy, answers=outcome.report.rows() if outcome.report is not None else [])
+
+
+def _train_and_rank(store: MetadataStore, config: Config, prepared, sets, rows, *, launch: Launch | None,
+                    tracker: Tracker | None, run_id: str | None, log: Log, seconds: dict[str, float]
+                    ) -> StudyReport:
+    """Train and evaluate every student without a result (a killed study resumes here), then rank."""
+    study = config.study
+    sid, key = study_id(config), run_key(config)
     done = finished_students(store, sid, key)
     distill = study_distill(config)
     models_dir = str(config.data_path / "study" / sid / "models")
@@ -696,13 +733,8 @@ def _run_study(store: MetadataStore, config: Config, *, proxy: ProxyOpener | Non
                         for r in accuracy_rows({outcome.name: outcome.report})]
         mlflow_run = _track_student(tracker, parent, sid, outcome, accuracy, set_by_name.get(outcome.name),
                                     measures_by_set.get(outcome.name, {}), settings) if tracker and parent else None
-        loss = outcome.sft["loss_history"][-1][1] if outcome.sft and outcome.sft.get("loss_history") else None
-        record = StudentRecord(
-            set_name=outcome.name, run_key=key, status=outcome.status, settings=settings, reason=outcome.reason,
-            model=outcome.model, steps=outcome.sft["steps"] if outcome.sft else 0, final_loss=loss,
-            train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, mlflow_run_id=mlflow_run,
-            accuracy=accuracy, answers=outcome.report.rows() if outcome.report is not None else [])
-        write_student(store, sid, record, evaluation_id=_evaluation_id(sid, outcome.name, key), run_id=run_id)
+        write_student(store, sid, _student_record(outcome, key, settings, mlflow_run, accuracy),
+                      evaluation_id=_evaluation_id(sid, outcome.name, key), run_id=run_id)
         totals["training"] += outcome.train_seconds
         totals["evaluation"] += outcome.eval_seconds
         trained.append(outcome.name)
