@@ -10,12 +10,16 @@ alone. The run itself continues from its own (draw 0) acceptances.
 
     python -m benchmarks.bench_arms [--profile local] [--seeds 5] [--first-seed 0] [--draws 20] [--ratios 0.05,0.1,0.2]
     python -m benchmarks.bench_arms --tiny          # a tiny random-init proxy and a tiny world: seconds
+    python -m benchmarks.bench_arms --combine a/arms.json b/arms.json   # one summary of runs made apart
 
 Per ratio (the clustering K = ratio x pool), round and arm: mean +- sd over seeds of the G-Vendi
 gain and of the cell entropy after the round, the same over every redraw, and in how many
 seeds (and redraws) each prismatic arm's gain was >= the random arm's. With several ratios
 each seed's runs share one store's gradient cache (the arm tables are cleared between
 ratios), so a ratio after the first computes only the candidates the others did not offer.
+`--combine` reads the arms.json files of earlier runs (other seeds, made at other times or in
+other folders) and writes one summary over all their runs, without running anything: the
+files must agree on the redraws and ratios, and no world seed may appear twice.
 Writes benchmarks/results/arms.{json,md} (or --out).
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import tempfile
 import time
@@ -193,10 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default=None, help="folder for the runs' stores (default: a temporary folder, "
                                                      "removed at the end)")
     parser.add_argument("--out", help="folder for arms.json / arms.md (default benchmarks/results)")
+    parser.add_argument("--combine", nargs="+", metavar="ARMS_JSON",
+                        help="summarize the runs of these arms.json files together (runs nothing)")
     args = parser.parse_args(argv)
     base = load_config(args.profile)
     if args.tiny:
         base = build_config(_merge(base.model_dump(mode="json"), TINY))
+    if args.combine:
+        combine(args.combine, base, args.out)
+        return
     ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else [base.clustering.ratio]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-arms-"))
     runs: dict[float, list[dict]] = {ratio: [] for ratio in ratios}
@@ -215,21 +225,77 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    total = time.perf_counter() - began
-    table, lines = summarize(runs, base.arms.arms, args.draws)
-    seconds = {f"{r:g}": [run["seconds"] for run in per] for r, per in runs.items()}
-    proxy_name = "tiny proxy" if args.tiny else base.proxy.model
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    write_summary({f"{r:g}": per for r, per in runs.items()}, {f"{r:g}": seeds for r in ratios}, base,
+                  args.draws, args.tiny, time.perf_counter() - began, args.out)
+
+
+def write_summary(runs: dict[str, list[dict]], seeds: dict[str, list[int]], base: Config, draws: int, tiny: bool,
+                  total: float, out: str | None, sources: list[str] | None = None) -> None:
+    """arms.{json,md}: the summary over `runs` ({ratio: [run of each seed]}) and every run's figures."""
+    ratios = [float(r) for r in runs]
+    table, lines = summarize({float(r): per for r, per in runs.items()}, base.arms.arms, draws)
+    seconds = {r: [run["seconds"] for run in per] for r, per in runs.items()}
+    proxy_name = "tiny proxy" if tiny else base.proxy.model
     per_run = "; ".join(f"ratio {r}: " + ", ".join(f"{s:.0f}" for s in v) + " s" for r, v in seconds.items())
-    head = [f"# Arms over {args.seeds} seeds (world.seed {args.first_seed}..{args.first_seed + args.seeds - 1}) x "
-            f"{args.draws} redraws ({proxy_name}, budget {base.arms.budget}, "
+    all_seeds = sorted({s for per in seeds.values() for s in per})
+    head = [f"# Arms over {len(all_seeds)} seeds (world.seed {_ranges(all_seeds)}) x "
+            f"{draws} redraws ({proxy_name}, budget {base.arms.budget}, "
             f"{base.arms.rounds} rounds, {base.arms.requests_per_round} requests per arm per round)", "",
             f"Wall time {total:.0f} s in all; per whole run (seed pool, rounds, redraws): {per_run}."]
-    write_results("arms", {"seeds": args.seeds, "first_seed": args.first_seed, "draws": args.draws, "ratios": ratios,
-                           "tiny": args.tiny,
-                           "seconds": seconds, "total_seconds": total, "summary": table,
-                           "runs": {f"{r:g}": per for r, per in runs.items()}},
-                  "\n".join(head + lines) + "\n", directory=args.out)
+    if sources:
+        head += ["", "Combined from " + ", ".join(sources) + " (runs made apart; their machines and loads are "
+                 "in those files' notes)."]
+    write_results("arms", {"seeds": len(all_seeds), "first_seed": all_seeds[0], "world_seeds": seeds,
+                           "draws": draws, "ratios": ratios, "tiny": tiny, "seconds": seconds,
+                           "total_seconds": total, "summary": table, "runs": runs,
+                           **({"combined_from": sources} if sources else {})},
+                  "\n".join(head + lines) + "\n", directory=out)
 
+
+def _ranges(seeds: list[int]) -> str:
+    """[0, 1, 2, 4] -> '0..2, 4'."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
+
+
+def combine(paths: list[str], base: Config, out: str | None) -> None:
+    """One summary over the runs of several arms.json files (see the module docstring)."""
+    runs: dict[str, list[dict]] = {}
+    seeds: dict[str, list[int]] = {}
+    draws: int | None = None
+    tiny: bool | None = None
+    total = 0.0
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--combine: cannot read {path}: {exc}") from None
+        if draws is not None and (data["draws"] != draws or data["tiny"] != tiny):
+            raise SystemExit(f"--combine: {path} has {data['draws']} redraws (tiny={data['tiny']}), the files "
+                             f"before it {draws} (tiny={tiny}): combine runs made alike")
+        draws, tiny = data["draws"], data["tiny"]
+        file_seeds = data.get("world_seeds") or {
+            r: list(range(data.get("first_seed", 0), data.get("first_seed", 0) + len(per)))
+            for r, per in data["runs"].items()}
+        for ratio, per in data["runs"].items():
+            taken = set(seeds.get(ratio, [])) & set(file_seeds[ratio])
+            if taken:
+                raise SystemExit(f"--combine: {path} repeats world seed(s) {sorted(taken)} at ratio {ratio}: "
+                                 "each seed once")
+            runs.setdefault(ratio, []).extend(per)
+            seeds.setdefault(ratio, []).extend(file_seeds[ratio])
+        total += data["total_seconds"]
+    if len({len(v) for v in runs.values()}) > 1:
+        counts = {r: len(v) for r, v in runs.items()}
+        raise SystemExit(f"--combine: the files give different seeds per ratio ({counts}): combine files with the "
+                         "same ratios")
+    write_summary(runs, seeds, base, int(draws or 0), bool(tiny), total, out, sources=[str(p) for p in paths])
 
 if __name__ == "__main__":
     main()
