@@ -250,7 +250,7 @@ def write_summary(runs: dict[str, list[dict]], seeds: dict[str, list[int]], base
                            "draws": draws, "ratios": ratios, "tiny": tiny, "seconds": seconds,
                            "total_seconds": total, "summary": table, "runs": runs,
                            **({"combined_from": sources} if sources else {})},
-                  "\n".join(head + lines) + "\n", directory=out)
+                  "\n".join(head + lines) + "\n", directory=Path(out) if out else None)
 
 
 def _ranges(seeds: list[int]) -> str:
