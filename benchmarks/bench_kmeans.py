@@ -8,9 +8,12 @@ list of methods:
   seed + 1, the run-to-run noise floor of the comparison);
 - `sampledM`: flat, trained on a seeded sample of K x M points (`max_points_per_centroid`);
 - `two_level` (`two_levelC`: C coarse groups; default round(sqrt(K))): coarse groups,
-  then k-means inside each with K split by size.
+  then k-means inside each with K split by size; `-rR` R refine steps (default 3), `-pP`
+  P groups probed per point (default 16), `-probe` the final assignment by that probe
+  search instead of the exact one (`assign="probe"`), e.g. `two_level-r1-p4-probe`.
 
-Every method then assigns every point to its exact nearest final centroid. Reported per
+Every method then assigns every point to its exact nearest final centroid (`-probe`: to the
+nearest under its probed groups). Reported per
 method: fit time (training + that assignment), peak RSS, the objective (mean cosine of a
 point to its assigned centroid), and, against the case's first method (the reference):
 the relative loss in objective, the sparse-flag agreement on the pool (the share of points
@@ -44,19 +47,27 @@ import numpy as np
 from benchmarks.bench_gvendi import current_rss_mb, load_line, markdown_table, peak_rss_mb, run_worker
 from benchmarks.common import machine, write_results
 
-METHOD = re.compile(r"^(flat(~(\d+))?|sampled(\d+)|two_level(\d+)?)$")
+METHOD = re.compile(r"^(flat(~(\d+))?|sampled(\d+)|two_level(\d+)?(?:-r(\d+))?(?:-p(\d+))?(-probe)?)$")
 
 
 def parse_method(spec: str) -> dict[str, Any]:
     """The spherical_kmeans arguments of a method spec (see the module docstring)."""
     match = METHOD.match(spec)
     if not match:
-        raise SystemExit(f"method {spec!r}: use flat, flat~S (seed + S), sampledM or two_level[C]")
+        raise SystemExit(f"method {spec!r}: use flat, flat~S (seed + S), sampledM or two_level[C][-rR][-pP][-probe]")
     if spec.startswith("flat"):
         return {"method": "flat", "seed_offset": int(match.group(3) or 0)}
     if spec.startswith("sampled"):
         return {"method": "flat", "max_points_per_centroid": int(match.group(4)), "seed_offset": 0}
-    return {"method": "two_level", "coarse": int(match.group(5)) if match.group(5) else None, "seed_offset": 0}
+    out: dict[str, Any] = {"method": "two_level", "coarse": int(match.group(5)) if match.group(5) else None,
+                           "seed_offset": 0}
+    if match.group(6):
+        out["refine"] = int(match.group(6))
+    if match.group(7):
+        out["probe"] = int(match.group(7))
+    if match.group(8):
+        out["assign"] = "probe"
+    return out
 
 
 def parse_cases(text: str) -> list[tuple[int, int, list[str]]]:
@@ -187,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     md = (f"# Spherical k-means (faiss)\n\n{load}\n\n"
           f"Synthetic unit vectors, d = {args.dim}, {args.niter} iterations. Methods: flat = every point in every "
           "iteration (the paper), flat~1 = the same with another seed (the noise floor), sampledM = trained on K x M "
-          "points, two_level = sqrt(K) coarse groups then k-means inside each. 'fit' includes assigning every point "
-          "to its exact nearest final centroid. Objective = mean cosine to the assigned centroid; loss, sparse-flag "
-          "agreement (pool points whose cluster is sparse in both or neither) and decision agreement ("
+          "points, two_level = sqrt(K) coarse groups then k-means inside each (-rR: R refine steps, -pP: P groups "
+          "probed, -probe: the final assignment by that probe search). 'fit' includes assigning every point to its "
+          "nearest final centroid (exact unless -probe). Objective = mean cosine to the assigned centroid; loss, "
+          "sparse-flag agreement (pool points whose cluster is sparse in both or neither) and decision agreement ("
           f"{args.candidates} held-out candidates accepted in both or rejected in both) are against the first "
           "method of each case.\n\n")
     md += markdown_table(["N", "K", "method", "fit s", "speedup", "peak RSS MB", "objective", "objective loss",

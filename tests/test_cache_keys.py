@@ -416,7 +416,7 @@ CLUSTERING_CHANGES = {"ratio": 0.5, "niter": 3, "seed": 1, "sparse_ratio": 0.25,
                       "method": "two_level"}
 #: Settings of the two-level method only: each changes the id of a two-level clustering (they are
 #: ignored by, and left out of the id of, a flat one).
-TWO_LEVEL_CHANGES = {"coarse": 2, "refine": 1, "probe": 1}
+TWO_LEVEL_CHANGES = {"coarse": 2, "refine": 1, "probe": 1, "assign": "probe"}
 
 
 def test_every_clustering_setting_changes_the_clustering_id(tmp_path):

@@ -14,14 +14,20 @@ against every centroid (2 N K d flops each: 2e13 at N = 1M, K = 10k, d = 1024):
   given), then within each group a k-means with K split by group size (largest
   remainders), on that group's points only: each iteration costs about 2 N (K / C) d.
   A point near a group's edge trains the wrong group's centroids, so `refine` Lloyd
-  iterations over every point follow, in which each point is compared only with the
-  centroids of its `probe` nearest groups (an inverted-file search: 2 N (probe K / C) d).
+  iterations over every point follow, in which the points of a group are compared only
+  with the centroids listed under the `probe` groups nearest to it (each centroid listed
+  under its nearest coarse centroid): one dense matrix product per group, 2 N (probe K / C) d.
 Whatever the training, every point is then assigned to its exact nearest final centroid
 (one flat search over all K centroids, in batches of `ASSIGN_BATCH` rows, so memory
 beyond the (N, d) float32 input stays bounded): only the centroids are approximate, not
-the assignment, the sizes or the sparse flags computed from them. With CUDA and a GPU
-build of faiss (the `faiss-gpu-cu12` package of the `gpu` extra) training and assignment
-run on the GPU(s); otherwise on CPU.
+the assignment, the sizes or the sparse flags computed from them. That search is one more
+2 N K d pass; `assign="probe"` (two-level only) replaces it with the refine steps'
+search, 2 N (probe K / C) d: a point whose nearest centroid is listed under a group its own
+group does not probe gets the best one it sees, so assignments, sizes and flags become
+approximate too (benchmarks/bench_kmeans.py measures how far). With CUDA and a GPU
+build of faiss (the `faiss-gpu-cu12` package of the `gpu` extra) the k-means trainings and
+the exact assignment run on the GPU(s); the refine steps' grouped search runs on the CPU
+(numpy's BLAS).
 
 It does not decide acceptance (the synthesis loop does, storing the cluster and similarity
 next to the decision) and does not store clusterings.
@@ -38,6 +44,7 @@ import numpy as np
 #: Rows per nearest-centroid search: bounds the (rows, K) similarity block faiss holds.
 ASSIGN_BATCH = 65_536
 METHODS = ("flat", "two_level")
+ASSIGNMENTS = ("exact", "probe")
 #: Points per centroid faiss samples for the coarse level of a two-level k-means (its default):
 #: the coarse groups only divide the work, the fine level trains on every point of a group.
 COARSE_POINTS_PER_CENTROID = 256
@@ -185,7 +192,7 @@ def assign_to_centroids(x, centroids, batch_size: int = ASSIGN_BATCH, gpu: bool 
 def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: float = 0.5,
                      max_points_per_centroid: int | None = None, gpu: bool | None = None,
                      init_centroids=None, method: str = "flat", coarse: int | None = None,
-                     refine: int = 3, probe: int = 16) -> Clustering:
+                     refine: int = 3, probe: int = 16, assign: str = "exact") -> Clustering:
     """Cluster the rows of x (normalized here) into k cosine clusters; deterministic for a seed.
 
     method "flat" (default): one k-means over the pool. max_points_per_centroid: None trains
@@ -193,11 +200,15 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
     seeded sample of k * m points when the pool is larger (faiss's own subsampling; 256 is
     faiss's default), which divides the cost of each iteration by N / (k * m).
     method "two_level": `coarse` groups (None: round(sqrt(k))), then k split among them by
-    size and a k-means inside each, then `refine` Lloyd iterations over all points, each
-    point compared with the centroids of its `probe` nearest groups (see the module
-    docstring); max_points_per_centroid caps each group's training sample. Either way every
-    point is then assigned to its exact nearest final centroid (in batches), so assignments and sizes are exactly what
-    `assign_to_centroids` gives for the pool. gpu: None uses faiss's GPUs when it sees any.
+    size and a k-means inside each, then `refine` Lloyd iterations over all points, the
+    points of each group compared with the centroids of the `probe` groups nearest to it
+    (see the module docstring); max_points_per_centroid caps each group's training sample.
+    assign "exact" (default): every point is then assigned to its exact nearest final
+    centroid (in batches), so assignments and sizes are exactly what `assign_to_centroids`
+    gives for the pool; "probe" (two_level only): to the nearest centroid of those its
+    group probes, the refine steps' search instead of a pass over all k centroids
+    (approximate).
+    gpu: None uses faiss's GPUs when it sees any.
     init_centroids: (k, d) starting centroids (e.g. k-means++, flat only); None lets faiss
     draw k rows.
     """
@@ -224,18 +235,26 @@ def spherical_kmeans(x, k: int, niter: int = 20, seed: int = 0, sparse_ratio: fl
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be a {'non-negative' if name == 'refine' else 'positive'} integer, "
                              f"got {value!r}")
+    if assign not in ASSIGNMENTS:
+        raise ValueError(f"assign={assign!r}: choose one of {ASSIGNMENTS}")
+    if assign == "probe" and method != "two_level":
+        raise ValueError("assign='probe' needs method='two_level': the probe searches the coarse groups' lists")
     if method == "two_level" and init_centroids is not None:
         raise ValueError("init_centroids applies to method='flat' only: a two-level k-means draws its own starts")
     use_gpu = _use_gpu(gpu)
     init = None if init_centroids is None else _unit_rows(init_centroids, "init_centroids")
     if init is not None and init.shape != (int(k), d):
         raise ValueError(f"init_centroids must have shape (k, d) = ({k}, {d}), got {init.shape}")
+    coarse_centroids = point_groups = None
     if method == "two_level":
-        centroids = _two_level_centroids(v, int(k), int(niter), int(seed), coarse, max_points_per_centroid, use_gpu,
-                                         int(refine), int(probe))
+        centroids, coarse_centroids, point_groups = _two_level_centroids(
+            v, int(k), int(niter), int(seed), coarse, max_points_per_centroid, use_gpu, int(refine), int(probe))
     else:
         centroids = _train(v, int(k), int(niter), int(seed), max_points_per_centroid, use_gpu, init)
-    assignments, similarities = assign_to_centroids(v, centroids, gpu=use_gpu)
+    if assign == "probe" and coarse_centroids is not None:
+        assignments, similarities = _probe_search(v, centroids, coarse_centroids, int(probe), point_groups)
+    else:
+        assignments, similarities = assign_to_centroids(v, centroids, gpu=use_gpu)
     sizes = np.bincount(assignments, minlength=int(k)).astype(np.int64)
     return Clustering(
         centroids=centroids, assignments=assignments, similarities=similarities, sizes=sizes,
@@ -277,13 +296,16 @@ def split_clusters(sizes, k: int) -> np.ndarray:
 
 
 def _two_level_centroids(v: np.ndarray, k: int, niter: int, seed: int, coarse: int | None,
-                         max_points_per_centroid: int | None, use_gpu: bool, refine: int, probe: int) -> np.ndarray:
-    """(k, d) unit centroids: coarse groups, a k-means inside each with k split by size, then
-    `refine` Lloyd iterations restricted to each point's `probe` nearest groups."""
+                         max_points_per_centroid: int | None, use_gpu: bool, refine: int, probe: int
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """((k, d) unit centroids, (C, d) coarse centroids, (N,) coarse group of each point), the last
+    two None for one group: coarse groups, a k-means inside each with k split by size, then
+    `refine` Lloyd iterations, each point against the centroids of the `probe` groups nearest
+    to its own."""
     n, d = v.shape
     groups = min(k, coarse if coarse is not None else max(1, int(round(math.sqrt(k)))))
     if groups == 1:
-        return _train(v, k, niter, seed, max_points_per_centroid, use_gpu)
+        return _train(v, k, niter, seed, max_points_per_centroid, use_gpu), None, None
     coarse_centroids = _train(v, groups, niter, seed, COARSE_POINTS_PER_CENTROID, use_gpu)
     labels, _ = assign_to_centroids(v, coarse_centroids, gpu=use_gpu)
     order = np.argsort(labels, kind="stable")  # (N,) point indices grouped by coarse label
@@ -302,39 +324,69 @@ def _two_level_centroids(v: np.ndarray, k: int, niter: int, seed: int, coarse: i
                             use_gpu))
     centroids = np.concatenate(parts)  # (k, d)
     for _ in range(refine):
-        centroids = _lloyd_step(v, centroids, coarse_centroids, probe, use_gpu)
-    return centroids
+        centroids = _lloyd_step(v, centroids, coarse_centroids, probe, labels)
+    return centroids, coarse_centroids, labels
+
+
+#: Similarities a probe search holds at once (rows x candidate centroids, float32: 64 MiB).
+PROBE_BLOCK = 1 << 24
+
+
+def _probe_search(v: np.ndarray, centroids: np.ndarray, coarse_centroids: np.ndarray, probe: int,
+                  point_groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(assignments (N,) int64, similarities (N,) float32): each row's nearest centroid among
+    those listed under the `probe` coarse groups nearest to its own group's coarse centroid.
+
+    Each centroid is listed under its nearest coarse centroid; a row's group is its nearest
+    coarse centroid (`point_groups`, computed when None). All rows of a group share one list
+    of candidate centroids, so the search is one dense matrix product per group (BLAS), not
+    a per-row scan: 2 N (probe K / C) d flops at matrix-product speed. A group whose probed
+    lists are all empty is searched against every centroid. Ties go to the lower index.
+    """
+    groups = len(coarse_centroids)
+    if point_groups is None:
+        point_groups, _ = assign_to_centroids(v, coarse_centroids, gpu=False)
+    centroid_groups, _ = assign_to_centroids(centroids, coarse_centroids, gpu=False)  # (K,)
+    near = coarse_centroids @ coarse_centroids.T  # (C, C)
+    np.fill_diagonal(near, np.inf)  # a group always probes its own list first
+    probed = np.argsort(-near, axis=1, kind="stable")[:, :min(probe, groups)]  # (C, probe)
+    ids = np.empty(len(v), dtype=np.int64)
+    sims = np.empty(len(v), dtype=np.float32)
+    order = np.argsort(point_groups, kind="stable")
+    bounds = np.searchsorted(point_groups[order], np.arange(groups + 1))
+    for g in range(groups):
+        rows = order[bounds[g]:bounds[g + 1]]
+        if not len(rows):
+            continue
+        candidates = np.flatnonzero(np.isin(centroid_groups, probed[g]))  # ascending: ties to the lower index
+        if not len(candidates):
+            candidates = np.arange(len(centroids))
+        block = centroids[candidates].T  # (d, m)
+        step = max(1, PROBE_BLOCK // len(candidates))
+        for s in range(0, len(rows), step):
+            part = rows[s:s + step]
+            scores = v[part] @ block  # (b, m)
+            best = scores.argmax(axis=1)
+            ids[part] = candidates[best]
+            sims[part] = scores[np.arange(len(part)), best]
+    return ids, sims
 
 
 def _lloyd_step(v: np.ndarray, centroids: np.ndarray, coarse_centroids: np.ndarray, probe: int,
-                use_gpu: bool) -> np.ndarray:
-    """One spherical Lloyd iteration: each point to the nearest centroid listed under its `probe`
-    nearest coarse centroids, then each centroid to the normalized mean of its points (a
-    centroid that gets none stays where it was)."""
+                point_groups: np.ndarray) -> np.ndarray:
+    """One spherical Lloyd iteration: each point to the nearest centroid listed under the `probe`
+    coarse groups nearest to its own (`_probe_search`), then each centroid to the normalized
+    mean of its points (a centroid that gets none stays where it was)."""
     from scipy.sparse import csr_matrix
 
     k, d = centroids.shape
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(coarse_centroids)
-    ivf = faiss.IndexIVFFlat(quantizer, d, len(coarse_centroids), faiss.METRIC_INNER_PRODUCT)
-    ivf.is_trained = True  # the coarse centroids are the lists; nothing to train
-    ivf.add(centroids)  # each centroid listed under its nearest coarse centroid
-    ivf.nprobe = min(probe, len(coarse_centroids))
-    index = faiss.index_cpu_to_all_gpus(ivf) if use_gpu else ivf
-    exact = None
+    ids, _ = _probe_search(v, centroids, coarse_centroids, probe, point_groups)
     sums = np.zeros((k, d), dtype=np.float64)
     for start in range(0, len(v), ASSIGN_BATCH):
-        rows = v[start:start + ASSIGN_BATCH]  # (b, d)
-        _, ids = index.search(rows, 1)
-        ids = ids[:, 0]  # (b,)
-        missing = ids < 0  # every probed list was empty: search all centroids for those rows
-        if missing.any():
-            if exact is None:
-                exact = _flat_index(d, use_gpu)
-                exact.add(centroids)
-            ids[missing] = exact.search(rows[missing], 1)[1][:, 0]
-        members = csr_matrix((np.ones(len(ids), dtype=np.float32), (ids, np.arange(len(ids)))), shape=(k, len(ids)))
-        sums += members @ rows  # (k, d): the sum of each centroid's points
+        batch = ids[start:start + ASSIGN_BATCH]
+        members = csr_matrix((np.ones(len(batch), dtype=np.float32), (batch, np.arange(len(batch)))),
+                             shape=(k, len(batch)))
+        sums += members @ v[start:start + ASSIGN_BATCH]  # (k, d): the sum of each centroid's points
     norms = np.linalg.norm(sums, axis=1)
     moved = norms > 0
     out = centroids.copy()

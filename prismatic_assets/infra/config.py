@@ -96,8 +96,21 @@ class ClusteringConfig(_Block):
                             "every point goes to its exact nearest final centroid")
     coarse: Optional[int] = Field(None, ge=1, description="two_level: coarse groups (None: round(sqrt(K)))")
     refine: int = Field(3, ge=0, description="two_level: Lloyd iterations over every point after the groups' "
-                                             "k-means, each point against the centroids of its `probe` nearest groups")
-    probe: int = Field(16, ge=1, description="two_level: coarse groups searched per point while refining")
+                                             "k-means, each group's points against the centroids of the `probe` "
+                                             "groups nearest to it")
+    probe: int = Field(16, ge=1, description="two_level: coarse groups (its own first) whose centroids a group's "
+                                             "points are compared with while refining")
+    assign: Literal["exact", "probe"] = Field(
+        "exact", description="exact: every point to its nearest of all K final centroids (one more 2 N K d pass); "
+                             "probe (two_level only): to the nearest of those its group probes, approximate "
+                             "and ~C / probe times cheaper (docs/BENCHMARKS.md: how far it moves the sparse flags)")
+
+    @model_validator(mode="after")
+    def _probe_needs_two_level(self) -> "ClusteringConfig":
+        if self.assign == "probe" and self.method != "two_level":
+            raise ValueError("clustering.assign: probe searches the coarse groups of method: two_level; "
+                             "set clustering.method: two_level or clustering.assign: exact")
+        return self
 
 
 class ScoreConfig(_Block):

@@ -25,7 +25,7 @@ def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringCo
                                   sparse_ratio=settings.sparse_ratio,
                                   max_points_per_centroid=settings.max_points_per_centroid,
                                   method=settings.method, coarse=settings.coarse, refine=settings.refine,
-                                  probe=settings.probe)
+                                  probe=settings.probe, assign=settings.assign)
     config: dict[str, Any] = {"ratio": settings.ratio, "niter": settings.niter, "seed": settings.seed,
               "sparse_ratio": settings.sparse_ratio}
     # Settings at their defaults are left out, so the ids of earlier clusterings stay valid.
@@ -33,6 +33,8 @@ def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringCo
         config["max_points_per_centroid"] = settings.max_points_per_centroid
     if settings.method != "flat":
         config.update(method=settings.method, coarse=settings.coarse, refine=settings.refine, probe=settings.probe)
+    if settings.assign != "exact":
+        config["assign"] = settings.assign
     clustering_id = digest({"scope": scope, "members": pool.sample_ids, "key": embedding_key, "config": config})
     sorted_sizes = np.sort(clustering.sizes)
     threshold = int(sorted_sizes[int(k * settings.sparse_ratio)]) if k else 0

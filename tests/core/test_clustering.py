@@ -422,3 +422,69 @@ def test_two_level_objective_is_close_to_flat_and_refining_helps():
 def test_two_level_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         spherical_kmeans(np.eye(4)[[0, 1, 2, 3, 0, 1]], 2, **kwargs)
+
+
+def _brute_force_best(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(N, K) float64 cosines of the rows of x to the (unit) centroids."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return xn.astype(np.float64) @ centroids.astype(np.float64).T
+
+
+def test_probe_assignment_probing_every_group_is_the_exact_assignment():
+    x = _groups(3000, d=16, seed=7)
+    exact = spherical_kmeans(x, 48, niter=6, seed=1, method="two_level", coarse=6)
+    probed = spherical_kmeans(x, 48, niter=6, seed=1, method="two_level", coarse=6, probe=6, assign="probe")
+    sims = _brute_force_best(x, probed.centroids)
+    np.testing.assert_allclose(probed.similarities, sims.max(1), atol=1e-5)
+    assert np.array_equal(probed.sizes, np.bincount(sims.argmax(1), minlength=48))
+    assert np.array_equal(exact.centroids, probed.centroids)  # the assignment does not change the training
+
+
+def test_probe_assignment_is_approximate_but_consistent():
+    x = _random(3000, d=12, seed=3)  # no cluster structure: many points sit near a group's edge
+    exact = spherical_kmeans(x, 60, niter=6, seed=1, method="two_level", coarse=8, probe=1)
+    probed = spherical_kmeans(x, 60, niter=6, seed=1, method="two_level", coarse=8, probe=1, assign="probe")
+    assert np.array_equal(exact.centroids, probed.centroids)
+    sims = _brute_force_best(x, probed.centroids)
+    own = sims[np.arange(len(x)), probed.assignments]
+    np.testing.assert_allclose(probed.similarities, own, atol=1e-5)  # the figure is the assigned centroid's
+    assert (own <= sims.max(1) + 1e-6).all()
+    missed = own < sims.max(1) - 1e-6  # points whose nearest centroid is listed under a group they did not probe
+    assert 0 < missed.sum() < 0.5 * len(x)
+    assert np.array_equal(missed, probed.assignments != exact.assignments)
+    assert np.array_equal(probed.sizes, np.bincount(probed.assignments, minlength=60))
+    assert np.array_equal(probed.sparse, sparse_cluster_mask(probed.sizes))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"assign": "ivf"}, "assign="),
+                                           ({"assign": "probe"}, "needs method='two_level'")])
+def test_probe_assignment_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        spherical_kmeans(np.eye(4)[[0, 1, 2, 3, 0, 1]], 2, **kwargs)
+
+
+@pytest.mark.parametrize("probe", [1, 2, 5])
+def test_probe_search_takes_the_best_centroid_listed_under_the_groups_probed(probe):
+    from prismatic_assets.core.clustering import _probe_search
+
+    rng = np.random.default_rng(0)
+
+    def unit(n, d=8):
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    v, centroids, coarse = unit(400), unit(30), unit(5)
+    ids, sims = _probe_search(v, centroids, coarse, probe)
+    # Brute force, row by row: the row's group, the groups nearest to it (itself first), and
+    # the best centroid among those whose nearest coarse centroid is one of them.
+    for i, row in enumerate(v.astype(np.float64)):
+        group = int(np.argmax(coarse @ row))
+        nearness = coarse.astype(np.float64) @ coarse[group]
+        nearness[group] = np.inf
+        probed = set(np.argsort(-nearness, kind="stable")[:probe].tolist())
+        listed = [j for j in range(30) if int(np.argmax(coarse @ centroids[j])) in probed]
+        best = max(listed, key=lambda j: (float(centroids[j] @ row), -j))
+        assert ids[i] == best, i
+        assert sims[i] == pytest.approx(float(centroids[best] @ row), abs=1e-5)
+    if probe == 5:  # every group probed: the exact nearest centroid
+        assert np.array_equal(ids, np.argmax(v @ centroids.T, axis=1))

@@ -100,3 +100,13 @@ def test_build_config_merges_overrides_key_by_key():
     config = build_config({"synthesis": {"solution_sampling": {"max_tokens": 99}}})
     assert config.synthesis.solution_sampling.max_tokens == 99
     assert config.synthesis.solution_sampling.temperature == 0.75
+
+
+def test_probe_assignment_needs_the_two_level_method():
+    from pydantic import ValidationError
+
+    from prismatic_assets.infra.config import ClusteringConfig
+
+    with pytest.raises(ValidationError, match="set clustering.method: two_level or clustering.assign: exact"):
+        ClusteringConfig(assign="probe")
+    assert ClusteringConfig(method="two_level", assign="probe").assign == "probe"
