@@ -12,11 +12,17 @@ per student the seconds per SFT step and per evaluated problem.
     python -m benchmarks.bench_study --tiny             # a tiny random-init model, 3 sets: proves it runs
     python -m benchmarks.bench_study --probe            # a few minutes: per-unit costs and the projected total
     python -m benchmarks.bench_study --probe --tiny     # the same on the tiny model: proves it runs
+    python -m benchmarks.bench_study --from-run data --wall 2712   # the split of a finished `make study`
 
 `--probe` measures the units the study is made of on the profile's proxy and student (8
 pool gradients, 8 hidden states, SFT of 1 and 4 steps at the study's batch, 16 held-out
 problems answered to `study.max_tokens`) and multiplies them out for the profile's study
 settings: the arithmetic behind the defaults, redone on the machine at hand.
+
+`--from-run DATA_DIR` runs nothing: it reads the split of a study already run through `make
+study` (the stage times its parent MLflow run logged as seconds/*, each student's train and
+evaluation seconds from the store), with `--wall` the command's own wall time as measured
+by the caller (the Dagster run's start and model loads included).
 
 Writes benchmarks/results/study.{json,md} (study_tiny.* with --tiny, study_probe*.* with
 --probe). Run it on an otherwise idle machine: the figures are wall-clock times, and the load average is recorded.
@@ -175,6 +181,53 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _result(config, report, seconds: dict, total: float, load_start, load_end, profile: str) -> dict:
+    from prismatic_assets.pipeline.study import BASE
+
+    s = config.study
+    problems = s.eval_per_family * ((len(s.families) if s.pool == "procedural" else 0) + len(s.ood_families))
+    return {
+        "profile": profile, "backend": config.compute.backend,
+        "sets": len(report.sets), "set_size": s.set_size, "n_pool": report.n_pool,
+        "students": sum(1 for st in report.students if st.set_name != BASE), "max_steps": s.max_steps,
+        "batch_size": s.batch_size, "eval_problems": problems, "seconds": seconds,
+        "total_seconds": total, "load_start": load_start, "load_end": load_end,
+        "failed": report.failed, "study_id": report.study_id,
+        "per_student": [{"set": st.set_name, "steps": st.steps or 0, "train_seconds": st.train_seconds or 0.0,
+                         "eval_seconds": st.eval_seconds or 0.0} for st in report.students],
+    }
+
+
+def from_run(config, wall: float, load: str = "-") -> dict:
+    """The stage split of the study a `make study` ran in config.data_dir (see the module docstring)."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from prismatic_assets.core.tracking import default_tracking_uri
+    from prismatic_assets.pipeline.study import load_report, prepare
+    from prismatic_assets.store.store import MetadataStore
+
+    report = load_report(MetadataStore(config.store_path), config)
+    if report is None:
+        raise SystemExit(f"{config.store_path} holds no study for the profile's settings: run `make study` first")
+    client = MlflowClient(tracking_uri=config.tracking.tracking_uri or default_tracking_uri(config.data_path))
+    runs = [r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id], f"tags.study_id = '{report.study_id}' and "
+                                                           "tags.stage = 'study'")
+            if "mlflow.parentRunId" not in r.data.tags and r.info.status == "FINISHED"]
+    if not runs:
+        raise SystemExit(f"no finished MLflow study run for study {report.study_id} under {config.data_path}: "
+                         "the stage times are logged when the study finishes")
+    parent = max(runs, key=lambda r: r.info.start_time)
+    seconds = {k.split("/", 1)[1]: v for k, v in parent.data.metrics.items() if k.startswith("seconds/")}
+    report = dataclasses.replace(report, n_pool=len(prepare(config.study).pool.samples))
+    start, _, end = load.partition(",")
+    return {**_result(config, report, seconds, wall, start.strip() or "-", end.strip() or "-", config.profile),
+            "from_run": str(config.data_path),
+            "mlflow_run_id": parent.info.run_id}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=None, help="profile name or YAML path (default: local)")
@@ -182,11 +235,25 @@ def main() -> int:
     parser.add_argument("--probe", action="store_true", help="per-unit costs and the projected total (minutes)")
     parser.add_argument("--data-dir", help="where the run's store and models go (default: a temporary folder, "
                                            "removed afterwards)")
+    parser.add_argument("--from-run", metavar="DATA_DIR", help="report the stages of the study `make study` ran "
+                                                                "with this data directory (runs nothing)")
+    parser.add_argument("--wall", type=float, help="with --from-run: the command's wall time in seconds")
+    parser.add_argument("--load", default="-", help="with --from-run: the load average at the start and the end, "
+                                                    "as you noted them (e.g. '0.3, 2.1')")
+    parser.add_argument("--out", help="folder for the result files (default benchmarks/results)")
     args = parser.parse_args()
 
     from prismatic_assets.infra.config import load_config
-    from prismatic_assets.pipeline.study import BASE, run_study
+    from prismatic_assets.pipeline.study import run_study
     from prismatic_assets.store.store import MetadataStore
+
+    if args.from_run:
+        if args.wall is None:
+            parser.error("--from-run needs --wall: the seconds `make study` took, as you measured them")
+        result = from_run(load_config(args.profile).replace(data_dir=str(Path(args.from_run).resolve())), args.wall,
+                          args.load)
+        write_results("study", result, markdown(result), directory=Path(args.out) if args.out else None)
+        return 1 if result["failed"] else 0
 
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         root = Path(args.data_dir or tmp)
@@ -201,18 +268,8 @@ def main() -> int:
         began = time.perf_counter()
         report = run_study(MetadataStore(config.store_path), config, log=lambda line: print(line, flush=True))
         total = time.perf_counter() - began
-        s = config.study
-        problems = s.eval_per_family * ((len(s.families) if s.pool == "procedural" else 0) + len(s.ood_families))
-        result = {
-            "profile": "tiny" if args.tiny else config.profile, "backend": config.compute.backend,
-            "sets": len(report.sets), "set_size": s.set_size, "n_pool": report.n_pool,
-            "students": sum(1 for st in report.students if st.set_name != BASE), "max_steps": s.max_steps,
-            "batch_size": s.batch_size, "eval_problems": problems, "seconds": report.seconds,
-            "total_seconds": total, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
-            "failed": report.failed, "study_id": report.study_id,
-            "per_student": [{"set": st.set_name, "steps": st.steps or 0, "train_seconds": st.train_seconds or 0.0,
-                             "eval_seconds": st.eval_seconds or 0.0} for st in report.students],
-        }
+        result = _result(config, report, report.seconds, total, load_start, [round(x, 2) for x in os.getloadavg()],
+                         "tiny" if args.tiny else config.profile)
     write_results("study_tiny" if args.tiny else "study", result, markdown(result))
     return 1 if report.failed else 0
 

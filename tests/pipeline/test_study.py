@@ -226,6 +226,33 @@ def test_the_stored_study_is_complete_and_consistent(killed_and_resumed):
     assert {"sets", "gradients", "measures", "training", "evaluation"} <= set(metadata["seconds_by_stage"].value)
 
 
+def test_bench_study_reads_the_stage_split_of_a_finished_run(killed_and_resumed, tmp_path):
+    """`bench_study --from-run`: the stage times the finished run logged, each student's seconds from the store."""
+    import json
+
+    from mlflow import MlflowClient
+
+    cli, _, _ = killed_and_resumed
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_study", "--profile", cli.profile, "--from-run",
+                           str(cli.config.data_path), "--wall", "123.5", "--load", "0.5, 1.5", "--out", str(tmp_path)],
+                          cwd=REPO, env=cli.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "study.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{cli.config.data_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("prismatic").experiment_id])
+    finished = [r for r in runs if r.data.tags.get("mlflow.parentRunId") is None and r.info.status == "FINISHED"]
+    assert result["seconds"] == {k.split("/", 1)[1]: v for k, v in finished[0].data.metrics.items()
+                                 if k.startswith("seconds/")}
+    assert {"sets", "gradients", "measures", "training", "evaluation"} <= set(result["seconds"])
+    stored = {r[0]: (r[1], r[2]) for r in _sql(cli.store, f"SELECT set_name, train_seconds, eval_seconds "
+                                                          f"FROM {S.STUDY_STUDENTS}")}
+    assert {row["set"]: (row["train_seconds"], row["eval_seconds"]) for row in result["per_student"]} == {
+        name: (t or 0.0, e or 0.0) for name, (t, e) in stored.items()}
+    assert result["total_seconds"] == 123.5 and result["sets"] == len(DESIGNS)
+    table = (tmp_path / "study.md").read_text()
+    assert "| total | 123.5 | |" in table and "load average 0.5 at the start, 1.5 at the end" in table
+
+
 def test_a_rerun_of_a_finished_study_adds_no_rows(killed_and_resumed):
     cli, _, _ = killed_and_resumed
     store = MetadataStore(cli.store)
