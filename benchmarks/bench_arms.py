@@ -244,8 +244,7 @@ def write_summary(runs: dict[str, list[dict]], seeds: dict[str, list[int]], base
             f"{base.arms.rounds} rounds, {base.arms.requests_per_round} requests per arm per round)", "",
             f"Wall time {total:.0f} s in all; per whole run (seed pool, rounds, redraws): {per_run}."]
     if sources:
-        head += ["", "Combined from " + ", ".join(sources) + " (runs made apart; their machines and loads are "
-                 "in those files' notes)."]
+        head += ["", "Combined from " + ", ".join(sources) + " (runs made apart, each file naming its machine)."]
     write_results("arms", {"seeds": len(all_seeds), "first_seed": all_seeds[0], "world_seeds": seeds,
                            "draws": draws, "ratios": ratios, "tiny": tiny, "seconds": seconds,
                            "total_seconds": total, "summary": table, "runs": runs,
