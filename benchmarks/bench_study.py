@@ -200,12 +200,10 @@ def _result(config, report, seconds: dict, total: float, load_start, load_end, p
 
 def from_run(config, wall: float, load: str = "-") -> dict:
     """The stage split of the study a `make study` ran in config.data_dir (see the module docstring)."""
-    import dataclasses
-
     from mlflow.tracking import MlflowClient
 
     from prismatic_assets.core.tracking import default_tracking_uri
-    from prismatic_assets.pipeline.study import load_report, prepare
+    from prismatic_assets.pipeline.study import load_report
     from prismatic_assets.store.store import MetadataStore
 
     report = load_report(MetadataStore(config.store_path), config)
@@ -221,7 +219,6 @@ def from_run(config, wall: float, load: str = "-") -> dict:
                          "the stage times are logged when the study finishes")
     parent = max(runs, key=lambda r: r.info.start_time)
     seconds = {k.split("/", 1)[1]: v for k, v in parent.data.metrics.items() if k.startswith("seconds/")}
-    report = dataclasses.replace(report, n_pool=len(prepare(config.study).pool.samples))
     start, _, end = load.partition(",")
     return {**_result(config, report, seconds, wall, start.strip() or "-", end.strip() or "-", config.profile),
             "from_run": str(config.data_path),

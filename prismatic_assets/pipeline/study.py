@@ -81,6 +81,7 @@ from prismatic_assets.store.study_tables import (
     replace_measures,
     replace_rankings,
     study_exists,
+    study_pool_size,
     write_student,
     write_study,
 )
@@ -573,7 +574,7 @@ def load_report(store: MetadataStore, config: Config) -> StudyReport | None:
     if not study_exists(store, sid):
         return None
     return StudyReport(sid, key, load_sets(store, sid), load_measures(store, sid), load_students(store, sid, key),
-                       load_rankings(store, sid, key))
+                       load_rankings(store, sid, key), n_pool=study_pool_size(store, sid))
 
 
 # -- the study -------------------------------------------------------------------------------

@@ -88,6 +88,12 @@ def study_exists(store: MetadataStore, study_id: str) -> bool:
     return store.query(f"SELECT count(*) AS n FROM {S.STUDIES} WHERE study_id = ?", [study_id])["n"][0] > 0
 
 
+def study_pool_size(store: MetadataStore, study_id: str) -> int | None:
+    """The verified pool size the study's sets were drawn from (None for an unknown study)."""
+    rows = store.query(f"SELECT n_pool FROM {S.STUDIES} WHERE study_id = ?", [study_id])
+    return int(rows["n_pool"][0]) if rows.height else None
+
+
 def write_study(store: MetadataStore, *, study_id: str, settings: dict, pool_source: str, n_pool: int,
                 rejections: dict[str, int], set_size: int, disjoint: bool, sets: Sequence[SetRecord],
                 run_id: str | None) -> None:

@@ -249,6 +249,7 @@ def test_bench_study_reads_the_stage_split_of_a_finished_run(killed_and_resumed,
     assert {row["set"]: (row["train_seconds"], row["eval_seconds"]) for row in result["per_student"]} == {
         name: (t or 0.0, e or 0.0) for name, (t, e) in stored.items()}
     assert result["total_seconds"] == 123.5 and result["sets"] == len(DESIGNS)
+    assert result["n_pool"] == len(prepare(cli.config.study).pool.samples)  # from the store, as drawn
     table = (tmp_path / "study.md").read_text()
     assert "| total | 123.5 | |" in table and "load average 0.5 at the start, 1.5 at the end" in table
 
