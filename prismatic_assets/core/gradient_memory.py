@@ -270,6 +270,11 @@ def _too_big(index: int, tokens: int, cost: StepCost, budget_bytes: float, resid
 
 
 # -- measuring ---------------------------------------------------------------------------
+def _not_kept(_: None) -> torch.Tensor:
+    raise RuntimeError("a graph recorded by KeptBytes.recording cannot run backward: its saved tensors were "
+                       "counted, not kept")
+
+
 class KeptBytes:
     """Adds up the distinct storages autograd saves for backward during a forward (and the
     module inputs the per-sample hooks keep, passed to `add`), by region: the index of the
@@ -295,9 +300,14 @@ class KeptBytes:
 
     @contextmanager
     def recording(self, blocks: Sequence[torch.nn.Module]) -> Iterator["KeptBytes"]:
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        """Count what forwards run inside save for backward. A graph recorded here cannot run
+        backward: the saved tensors are counted, not kept. (Keeping them from the pack hook
+        would tie each output to its own graph in a cycle that Python's collector cannot
+        see, and every module a hook refers to, the whole model included, would stay in
+        memory for the life of the process.)"""
+        def pack(t: torch.Tensor) -> None:
             self.add(t)
-            return t
+            return None
 
         def enter(index: int):
             def hook(module, args, kwargs):
@@ -311,7 +321,7 @@ class KeptBytes:
             self.region = -1
 
         with ExitStack() as stack:
-            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, _not_kept))
             for i, block in enumerate(blocks):
                 stack.callback(block.register_forward_pre_hook(enter(i), with_kwargs=True).remove)
                 stack.callback(block.register_forward_hook(leave).remove)

@@ -226,3 +226,28 @@ def test_kept_bytes_counts_what_autograd_saves_once():
         z = y * y  # mul saves y twice: one storage, counted once
     assert kept.bytes[-1] == 4 * 16 * 4
     del z
+
+
+def test_a_budgeted_embedder_leaves_nothing_behind_once_dropped(tokenizer, one_thread):
+    """Measuring the step cost must not tie the model to autograd graphs that outlive it: a
+    long-lived process (a notebook, an in-process run, a Ray actor) that loads proxies one after
+    another would otherwise keep every model it ever loaded."""
+    import gc
+    import weakref
+
+    embedder = _embedder(tokenizer, 200 * MB)
+    out = embedder.embed_many(PAIRS)
+    assert all(o.error is None for o in out) and embedder._cost is not None  # the probe forwards ran
+    model = weakref.ref(embedder.model)
+    del embedder, out
+    gc.collect()
+    assert model() is None
+
+
+def test_a_graph_recorded_for_counting_refuses_backward():
+    layer = torch.nn.Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    with KeptBytes([]).recording([]):
+        y = torch.tanh(layer(x)).sum()
+    with pytest.raises(RuntimeError, match="cannot run backward"):
+        y.backward()
