@@ -4,6 +4,7 @@ server, daemon) inspected, then SIGINT sent to its process group as a terminal's
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -35,6 +36,21 @@ def ui_recipe() -> str:
         if "dg dev" in line:
             return line.strip()
     raise AssertionError("the Makefile's ui target runs no `dg dev`")
+
+
+LOCATIONS_QUERY = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"}'
+
+
+def _locations_loaded(port: int) -> bool:
+    """Whether every code location of the UI has finished loading (GraphQL, as the UI asks)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=LOCATIONS_QUERY,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            entries = json.loads(reply.read())["data"]["workspaceOrError"].get("locationEntries") or []
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
 def _free_port() -> int:
@@ -91,7 +107,13 @@ def test_ui_listens_on_loopback_only(tmp_path):
         log = (tmp_path / "ui.log").read_text()
         assert "superseded" not in log.lower() and "deprecat" not in log.lower(), log[-3000:]
 
-        # Ctrl-C: every process of the UI is gone within seconds.
+        # Ctrl-C once the UI is up (the code location loaded, as a user sees it): every process
+        # of the UI is gone within seconds. (Interrupted as soon as /server_info answered, while
+        # its code servers were still starting, every process was once still alive 30 s later.)
+        while not _locations_loaded(port):
+            assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the code location did not load within 240 s"
+            time.sleep(1)
         processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert len(processes) >= 3  # dg, webserver, daemon, code server
         os.killpg(proc.pid, signal.SIGINT)
