@@ -86,9 +86,19 @@ def test_run_experiment_trains_and_scores_one_student_per_arm(tmp_path, tiny_emb
         subprocess.run(command, check=True, capture_output=True, timeout=600)
 
     engines = EngineSet({"student": EngineConfig(backend="transformers", model=tiny_model_dir)})
-    result = run_experiment(store, config, "world", launch=launch, run_id="exp",
-                            open_student=lambda model: engines.open("student", model=model))
-    engines.close()
+    asked: list[int] = []
+    weights: set[str] = set()
+
+    @contextlib.contextmanager
+    def counted(model, fail_on_call=None):
+        """The student engine, counting the problems that reach it; raising on one call if told to."""
+        with engines.open("student", model=model) as engine:
+            weights.add(engine.fingerprint)
+            yield _Counting(engine, asked, fail_on_call)
+
+    result = run_experiment(store, config, "world", launch=launch, run_id="exp", open_student=counted)
+    # Each distinct model (students of equal weights share answers) answers 6 + 2 problems once.
+    assert sum(asked) == 8 * len(weights) and len(weights) >= 2
     assert len(commands) == 2 and all('"max_steps": 1' in " ".join(c) for c in commands)
     assert result.pool_sizes == {"random": 12 + 2, "naive": 12 + 2} and result.rounds == 1
     assert [(r.model, r.split, r.n) for r in result.rows] == [
@@ -97,9 +107,24 @@ def test_run_experiment_trains_and_scores_one_student_per_arm(tmp_path, tiny_emb
     assert stored == [("arm:base", 8), ("arm:naive", 8), ("arm:random", 8)]
     assert "| random |" in result.table and result.png.startswith(b"\x89PNG")
     # the models already trained are reused: a second run launches nothing
-    again = run_experiment(store, config, "world", launch=launch, run_id="exp2",
-                           open_student=lambda model: engines.open("student", model=model))
+    asked.clear()
+    again = run_experiment(store, config, "world", launch=launch, run_id="exp2", open_student=counted)
     assert len(commands) == 2 and [r.correct for r in again.rows] == [r.correct for r in result.rows]
+    assert asked == []  # every answer comes from the generation cache
+
+    # An evaluation stopped part-way keeps its finished chunks: the rerun asks only for the rest.
+    longer = config.model_copy(update={
+        "arms": config.arms.model_copy(update={"experiment": config.arms.experiment.model_copy(
+            update={"max_tokens": 5})}),  # other answers: nothing cached yet
+        "evaluation": config.evaluation.model_copy(update={"chunk_size": 2})})
+    with pytest.raises(RuntimeError, match="engine stopped"):
+        run_experiment(store, longer, "world", launch=launch, run_id="exp3",
+                       open_student=lambda model: counted(model, fail_on_call=2))
+    assert asked == [2]  # the base model's first chunk of 2, stored; its second call stopped the run
+    asked.clear()
+    run_experiment(store, longer, "world", launch=launch, run_id="exp4", open_student=counted)
+    assert sum(asked) == 8 * len(weights) - 2 and max(asked) <= 2
+    engines.close()
 
     from prismatic_assets.core.tracking import Tracker
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -107,3 +132,18 @@ def test_run_experiment_trains_and_scores_one_student_per_arm(tmp_path, tiny_emb
     info = tracker.client.get_run(run)
     assert info.info.status == "FINISHED" and info.data.metrics["random/in_distribution/accuracy"] == \
         result.rows[2].accuracy
+
+
+class _Counting:
+    """A generator that passes calls to `inner` and appends each call's problem count to `asked`."""
+
+    def __init__(self, inner, asked: list[int], fail_on_call: int | None) -> None:
+        self.inner, self.asked, self.fail_on_call, self.calls = inner, asked, fail_on_call, 0
+        self.model_name, self.fingerprint = inner.model_name, inner.fingerprint
+
+    def chat(self, conversations, sampling):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("engine stopped")
+        self.asked.append(len(conversations))
+        return self.inner.chat(conversations, sampling)
