@@ -63,9 +63,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
-
-from transformers import TrainerCallback
+from typing import TYPE_CHECKING, Any
 
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.core.sft_checkpoints import (
@@ -83,6 +81,9 @@ from prismatic_assets.core.sft_checkpoints import (
     save_final_atomic,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:  # transformers loads in seconds: only the training run imports it
+    from prismatic_assets.core.sft_callbacks import CallbackLike
 
 __all__ = [
     "SFT_ALGORITHM_VERSION",
@@ -374,42 +375,6 @@ def _finished_run(checkpoint: Path, output_dir: Path, info: dict[str, Any],
     )
 
 
-# ---------------------------------------------------------------------------- callbacks
-
-
-class _ProgressCallback(TrainerCallback):
-    """Adapts a plain `fn(step, loss)` to the Trainer's callback interface."""
-
-    def __init__(self, fn: ProgressFn) -> None:
-        self.fn = fn
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.fn(int(state.global_step), float(logs["loss"]))
-
-
-CallbackLike = Union[TrainerCallback, ProgressFn]
-
-
-def _as_callbacks(callbacks: CallbackLike | Sequence[CallbackLike] | None) -> list[TrainerCallback]:
-    if callbacks is None:
-        return []
-    # Any: each item is checked below, and anything else is refused with the fix.
-    items: Sequence[Any] = [callbacks] if isinstance(callbacks, TrainerCallback) or callable(callbacks) \
-        else callbacks
-    out: list[TrainerCallback] = []
-    for cb in items:
-        if isinstance(cb, TrainerCallback):
-            out.append(cb)
-        elif isinstance(cb, type) and issubclass(cb, TrainerCallback):
-            out.append(cb())  # what the Trainer does with a callback class
-        elif callable(cb):
-            out.append(_ProgressCallback(cb))
-        else:
-            raise TypeError(f"callback {cb!r}: pass a transformers TrainerCallback or a callable(step, loss)")
-    return out
-
-
 # ---------------------------------------------------------------------------- training
 
 
@@ -449,13 +414,15 @@ def build_trainer(model, tokenizer, dataset, output_dir: Path, settings: SFTSett
     label-masked examples: useful to inspect what the loss sees)."""
     from trl import SFTTrainer
 
+    from prismatic_assets.core.sft_callbacks import as_callbacks
+
     return SFTTrainer(
         model=model,
         args=build_sft_config(settings, output_dir),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_peft_config(settings),
-        callbacks=_as_callbacks(callbacks),
+        callbacks=as_callbacks(callbacks),
     )
 
 

@@ -347,7 +347,8 @@ def test_bad_samples_are_refused_before_loading(tmp_path):
 
 
 def test_callbacks_are_normalised_to_trainer_callback_instances():
-    from prismatic_assets.core.sft import _as_callbacks, _ProgressCallback
+    from prismatic_assets.core.sft_callbacks import ProgressCallback as _ProgressCallback
+    from prismatic_assets.core.sft_callbacks import as_callbacks as _as_callbacks
 
     class Marker(TrainerCallback):
         pass
