@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from prismatic_assets.core import diversity, gradients, projection
+from prismatic_assets.core import diversity, gradient_spec, projection_spec
 from prismatic_assets.core.diversity import hidden_state_key
 from prismatic_assets.core.generation import SamplingConfig
 from prismatic_assets.core.gradients import GradientSpec, embedding_key
@@ -87,7 +87,7 @@ def test_every_gradient_spec_field_changes_the_embedding_key():
 
 def test_the_gradient_algorithm_version_changes_the_embedding_key(monkeypatch):
     key = embedding_key("weights", "projection", GradientSpec())
-    monkeypatch.setattr(gradients, "GRADIENT_ALGORITHM_VERSION", gradients.GRADIENT_ALGORITHM_VERSION + 1)
+    monkeypatch.setattr(gradient_spec, "GRADIENT_ALGORITHM_VERSION", gradient_spec.GRADIENT_ALGORITHM_VERSION + 1)
     assert embedding_key("weights", "projection", GradientSpec()) != key
 
 
@@ -122,7 +122,7 @@ def test_every_projection_spec_field_and_argument_changes_the_projection_key():
 
 def test_the_projection_algorithm_version_changes_the_key(monkeypatch):
     key = projection_key(ProjectionSpec(), 300)
-    monkeypatch.setattr(projection, "ALGORITHM_VERSION", projection.ALGORITHM_VERSION + 1)
+    monkeypatch.setattr(projection_spec, "ALGORITHM_VERSION", projection_spec.ALGORITHM_VERSION + 1)
     assert projection_key(ProjectionSpec(), 300) != key
 
 

@@ -25,15 +25,20 @@ projected vectors: it only maps a gradient, given as per-parameter chunks, to a 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Sequence, TypeVar
+from typing import Sequence, TypeVar
 
 import numpy as np
 import torch
 
-#: Bumped whenever the vectors produced for a given spec would change; part of every key.
-ALGORITHM_VERSION = 1
-KINDS = ("countsketch", "rademacher")
+from prismatic_assets.core.projection_spec import (  # noqa: F401  (re-exported: the spec is part of this API)
+    ALGORITHM_VERSION,
+    KINDS,
+    MAX_DIM,
+    ProjectionSpec,
+    check_input_dim,
+    projection_key,
+)
+
 #: Default memory allowed for a projector's cached hash table (bucket indices or int8 signs).
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 #: Dense projections larger than this (input_dim * dim) are refused on CPU unless
@@ -41,8 +46,6 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 #: so 2**32 entries is ~40 s per sample and the full SmolLM2 gradient (1.4e11) ~20 minutes.
 CPU_DENSE_MAX_ENTRIES = 1 << 32
 _CPU_DENSE_NS_PER_ENTRY = 10.0
-#: Bucket ids of both signs (2 * dim) must fit in int32, the index dtype kept in memory.
-MAX_DIM = 1 << 24
 
 # SplitMix64 (Steele, Lea & Flood 2014): state_k = base + (k + 1) * GOLDEN, out = mix(state_k).
 _MASK64 = (1 << 64) - 1
@@ -114,45 +117,6 @@ def _hash_at(numbers: torch.Tensor, base: int) -> torch.Tensor:
     return _mix(out, torch.empty_like(out), base)
 
 
-@dataclass(frozen=True)
-class ProjectionSpec:
-    """Which projection: kind, output dimension and seed. Stored with every projected vector.
-
-    The defaults are the profile defaults of `projection.*` (tests/infra/test_defaults.py
-    keeps them equal: core reads no config)."""
-
-    kind: Literal["countsketch", "rademacher"] = "countsketch"
-    dim: int = 1024
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"projection kind {self.kind!r} is unknown: use one of {KINDS}")
-        if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or not 1 <= self.dim <= MAX_DIM:
-            raise ValueError(f"projection dim must be an integer in [1, {MAX_DIM}], got {self.dim!r} "
-                             "(the paper uses 1024)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"projection seed must be an integer in [0, 2**63), got {self.seed!r}")
-        # numpy integers become Python ints, so keys and the 64-bit hash arithmetic are exact.
-        object.__setattr__(self, "dim", int(self.dim))
-        object.__setattr__(self, "seed", int(self.seed))
-
-    def key(self, input_dim: int, device_type: str = "cpu") -> str:
-        """A stable string that changes whenever the projected vectors would change.
-
-        `device_type` is accepted and ignored: the signs and buckets are integer hashes,
-        identical on CPU and CUDA, so vectors from either device may share a cache.
-        """
-        _check_input_dim(input_dim)
-        return f"{self.kind}-v{ALGORITHM_VERSION}-dim{self.dim}-seed{self.seed}-in{int(input_dim)}"
-
-
-def _check_input_dim(input_dim: int) -> None:
-    if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-        raise ValueError("input_dim must be a positive integer (the number of gradient coordinates), "
-                         f"got {input_dim!r}")
-
-
 class Projector:
     """Maps gradients, given as flattened per-parameter chunks, to (dim,) float32 vectors.
 
@@ -166,7 +130,7 @@ class Projector:
 
     def __init__(self, spec: ProjectionSpec, input_dim: int, device: str | torch.device = "cpu",
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        _check_input_dim(input_dim)
+        check_input_dim(input_dim)
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, (int, np.integer)) or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
         self.spec = spec
@@ -558,18 +522,6 @@ class _Rademacher(Projector):
 
     def _accumulate_at(self, acc: torch.Tensor, parts: list[torch.Tensor], coords: torch.Tensor) -> None:
         self._apply(acc, parts, self._signs_at(coords))
-
-
-def projection_key(spec: ProjectionSpec, input_dim: int, device: str | torch.device = "cpu",
-                   compute_dtype: str | None = None) -> str:
-    """The key of `make_projector(spec, input_dim, device, compute_dtype=...)`, without building it
-    (a dense projector on a GPU defaults to bf16, which its key records)."""
-    key = spec.key(input_dim)
-    if spec.kind == "rademacher":
-        dtype = compute_dtype or ("float32" if torch.device(device).type == "cpu" else "bfloat16")
-        if dtype == "bfloat16":
-            key += "-bf16"
-    return key
 
 
 def make_projector(spec: ProjectionSpec, input_dim: int, device: str | torch.device = "cpu", *,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from prismatic_assets.core.gradients import Embedding
+from prismatic_assets.core.gradient_spec import Embedding
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import CompareConfig, SeedConfig, WorldConfig
 from prismatic_assets.pipeline.compare import ComparisonReport, compare_sets, store_comparison

@@ -18,17 +18,19 @@ backend and every Ray actor load it the same way. Which backend a stage gets is 
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from prismatic_assets.core.diversity import mean_pooled_hidden_states
-from prismatic_assets.core.gradient_memory import MemoryBudget
-from prismatic_assets.core.gradients import Embedding, GradientEmbedder, GradientSpec
+from prismatic_assets.core.gradient_spec import Embedding, GradientSpec
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
-from prismatic_assets.core.projection import ProjectionSpec
+from prismatic_assets.core.projection_spec import ProjectionSpec
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
+
+if TYPE_CHECKING:  # torch loads in seconds: only a process that embeds imports it (every step imports this module)
+    from prismatic_assets.core.gradients import GradientEmbedder
 
 #: Samples and their gradient results, in the same order.
 GradientChunk = tuple[list[Sample], list[Embedding]]
@@ -92,6 +94,9 @@ def load_gradient_embedder(proxy: ProxyConfig, projection: ProjectionConfig,
                            memory_gb: float | None = ComputeConfig().memory_gb) -> GradientEmbedder:
     """Load the proxy model and freeze everything its vectors depend on; batches are planned
     within `memory_gb` GiB (None: no budget; see core/gradient_memory.py)."""
+    from prismatic_assets.core.gradient_memory import MemoryBudget
+    from prismatic_assets.core.gradients import GradientEmbedder
+
     model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device=proxy.device,
                                       trust_remote_code=proxy.trust_remote_code)
     spec = ProjectionSpec(kind=projection.kind, dim=projection.dim, seed=projection.seed)

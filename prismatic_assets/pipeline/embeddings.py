@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from prismatic_assets.core.gradients import Embedding
+from prismatic_assets.core.gradient_spec import Embedding
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.pipeline.embedder import Embedder, build_embedder

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 
 from prismatic_assets.core.diversity import mean_pooled_hidden_states
-from prismatic_assets.core.gradients import Embedding, GradientSpec, embedding_key, select_parameters
+from prismatic_assets.core.gradient_spec import Embedding, GradientSpec, embedding_key
 from prismatic_assets.core.models import load_causal_lm, model_fingerprint
-from prismatic_assets.core.projection import ProjectionSpec, projection_key
+from prismatic_assets.core.projection_spec import ProjectionSpec, projection_key
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.infra.config import ComputeConfig, ProjectionConfig, ProxyConfig
 from prismatic_assets.pipeline.embedder import BATCHES_PER_CHUNK, GradientChunk, HiddenChunk, load_gradient_embedder
@@ -144,6 +144,8 @@ class RayEmbeddingBackend:
         model, tokenizer = load_causal_lm(proxy.model, dtype=proxy.dtype, device="cpu",
                                           trust_remote_code=proxy.trust_remote_code)
         self.model_fingerprint = model_fingerprint(model, tokenizer)
+        from prismatic_assets.core.gradients import select_parameters  # torch: only where a model is
+
         self.input_dim = sum(p.numel() for _, p in select_parameters(model, proxy.params))
         self.hidden_dim = int(model.config.hidden_size)
         del model, tokenizer

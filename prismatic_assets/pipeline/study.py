@@ -53,7 +53,7 @@ import numpy as np
 
 from prismatic_assets.core.evaluation import EvalReport, combine_reports, evaluate, score_response
 from prismatic_assets.core.generation import SamplingConfig
-from prismatic_assets.core.gradients import Embedding
+from prismatic_assets.core.gradient_spec import Embedding
 from prismatic_assets.core.ids import digest
 from prismatic_assets.core.procedural import TaskItem, score_item, task_items, verify_item
 from prismatic_assets.core.ranking import bootstrap_spearman, entropy

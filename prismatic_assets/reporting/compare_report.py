@@ -12,7 +12,7 @@ import math
 from typing import Sequence
 
 from prismatic_assets.pipeline.compare import ComparisonReport
-from prismatic_assets.reporting.plots import _png, plt  # Agg backend, shared figure-to-PNG helper
+from prismatic_assets.reporting.plots import _png, pyplot  # Agg backend (imported on first use), figure-to-PNG
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -96,7 +96,7 @@ def share_bars_png(report: ComparisonReport, max_clusters: int = 30) -> bytes:
     order = [c for c in sorted(range(cov.k), key=lambda c: (-cov.contrast[c], -cov.sizes[c], c))
              if cov.sizes[c] > 0][:max_clusters]
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order) * max(1, len(names)) / 2 + 2), 3.4))
+    fig, ax = pyplot().subplots(figsize=(max(6.0, 0.35 * len(order) * max(1, len(names)) / 2 + 2), 3.4))
     for i, name in enumerate(names):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(order))]
         ax.bar(xs, [cov.shares[i, c] for c in order], width=width, label=name, color=_COLORS[i % len(_COLORS)])
@@ -111,7 +111,7 @@ def share_bars_png(report: ComparisonReport, max_clusters: int = 30) -> bytes:
 
 def map_png(report: ComparisonReport) -> bytes:
     """Scatter of the gradient vectors on their two leading principal axes, one colour per set."""
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig, ax = pyplot().subplots(figsize=(5.2, 4.2))
     for i, s in enumerate(report.sets):
         pts = report.map_xy[report.map_set == i]
         ax.scatter(pts[:, 0], pts[:, 1], s=14, alpha=0.7, label=f"{s.name} ({len(pts)})",
@@ -137,7 +137,7 @@ def metrics_png(report: ComparisonReport) -> bytes:
         labels.append(metric.replace("_", "-").replace("embedding-vendi", "embedding Vendi"))
         values.append([(m.value if (m := s.metric(metric)) else float("nan")) / base.value
                        for s in report.sets])
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.2))
     width = 0.8 / len(report.sets)
     for i, s in enumerate(report.sets):
         xs = [j + (i - (len(report.sets) - 1) / 2) * width for j in range(len(labels))]

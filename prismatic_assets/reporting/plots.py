@@ -7,20 +7,30 @@ plot shows in the asset's page without a separate file server.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+from types import ModuleType
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+@functools.cache
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the headless backend, imported by the first figure (not by every
+    Dagster step process that loads the code location: pyplot takes ~0.4 s to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -33,7 +43,7 @@ def cluster_sizes_png(sizes: Sequence[int], sparse: Sequence[bool] | np.ndarray,
     counts = np.asarray(sizes)  # (K,)
     is_sparse = np.asarray(sparse, dtype=bool)  # (K,)
     order = np.argsort(-counts, kind="stable")
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = pyplot().subplots(figsize=(6, 3))
     colors = ["tab:orange" if is_sparse[i] else "tab:blue" for i in order]
     ax.bar(range(len(order)), counts[order], color=colors)
     ax.set_xlabel("cluster (sorted by size)")
@@ -44,7 +54,7 @@ def cluster_sizes_png(sizes: Sequence[int], sparse: Sequence[bool] | np.ndarray,
 
 def series_png(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str) -> bytes:
     """Line plot of one or more series against x (G-Vendi per round, loss per step)."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = pyplot().subplots(figsize=(6, 3))
     for label, y in ys.items():
         ax.plot(list(x), list(y), marker="o", markersize=3, label=label)
     if all(float(v).is_integer() for v in x):
@@ -62,7 +72,7 @@ def series_png(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, 
 def scatter_png(x: Sequence[float], y: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str,
                 title: str) -> bytes:
     """Labelled points (G-Vendi against accuracy, one point per arm)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     ax.scatter(list(x), list(y))
     for xi, yi, label in zip(x, y, labels):
         ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4))
@@ -73,7 +83,7 @@ def scatter_png(x: Sequence[float], y: Sequence[float], labels: Sequence[str], x
 
 
 def bars_png(labels: Sequence[str], values: Sequence[float], ylabel: str, title: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = pyplot().subplots(figsize=(6, 3))
     ax.bar(list(labels), list(values))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -86,7 +96,7 @@ def interval_scatter_png(x: Sequence[float], series: Mapping[str, tuple[Sequence
                          labels: Sequence[str], xlabel: str, ylabel: str, title: str) -> bytes:
     """Labelled points with vertical interval bars, one colour per series: {name: (y, low, high)}
     (a diversity measure against each split's accuracy and its 95% interval, one point per set)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for name, (ys, lows, highs) in series.items():
         y, low, high = np.asarray(ys, float), np.asarray(lows, float), np.asarray(highs, float)
         ax.errorbar(list(x), y, yerr=[y - low, high - y], fmt="o", capsize=3, label=name)
