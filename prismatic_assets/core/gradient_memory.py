@@ -284,6 +284,9 @@ class KeptBytes:
     def __init__(self, exclude: Iterable[torch.Tensor]) -> None:
         self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
         self._seen: set[int] = set()
+        # The counted storages, held until the recording ends: a storage freed mid-forward would
+        # hand its address to a later one, which would then look already counted.
+        self._held: list[torch.UntypedStorage] = []
         self.region = -1
         self.bytes: dict[int, float] = defaultdict(float)
         self.inputs: dict[int, float] = {}  # region -> bytes of the block's input
@@ -296,6 +299,7 @@ class KeptBytes:
         if ptr == 0 or ptr in self._exclude or ptr in self._seen:
             return
         self._seen.add(ptr)
+        self._held.append(storage)
         self.bytes[self.region] += storage.nbytes()
 
     @contextmanager
@@ -304,7 +308,8 @@ class KeptBytes:
         backward: the saved tensors are counted, not kept. (Keeping them from the pack hook
         would tie each output to its own graph in a cycle that Python's collector cannot
         see, and every module a hook refers to, the whole model included, would stay in
-        memory for the life of the process.)"""
+        memory for the life of the process.) The storages themselves, which refer to no graph,
+        are held until the recording ends, so that no two are ever at the same address."""
         def pack(t: torch.Tensor) -> None:
             self.add(t)
             return None
@@ -322,6 +327,7 @@ class KeptBytes:
 
         with ExitStack() as stack:
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, _not_kept))
+            stack.callback(self._held.clear)
             for i, block in enumerate(blocks):
                 stack.callback(block.register_forward_pre_hook(enter(i), with_kwargs=True).remove)
                 stack.callback(block.register_forward_hook(leave).remove)

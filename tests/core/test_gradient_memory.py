@@ -228,6 +228,22 @@ def test_kept_bytes_counts_what_autograd_saves_once():
     del z
 
 
+def test_the_step_cost_is_the_same_each_time_it_is_measured(tokenizer, one_thread):
+    """Saved tensors are counted, not kept by autograd: a storage freed during a probe forward
+    must not hide a later one that the allocator puts at its address (that made the measured
+    cost, and so the plans, change from one measurement to the next)."""
+    model = make_tiny_llama(tokenizer, layers=4)
+
+    def measured() -> StepCost:
+        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=256), "fp",
+                                memory=MemoryBudget(250 * MB, resident=lambda: 0)).step_cost()
+
+    first = measured()
+    assert [measured() for _ in range(3)] == [first] * 3
+    # Four blocks of one shape: each after the first saves the same per token (the first also keeps its input).
+    assert len({b.token for b in first.blocks[1:]}) == 1 and first.blocks[0].token >= first.blocks[1].token
+
+
 def test_a_budgeted_embedder_leaves_nothing_behind_once_dropped(tokenizer, one_thread):
     """Measuring the step cost must not tie the model to autograd graphs that outlive it: a
     long-lived process (a notebook, an in-process run, a Ray actor) that loads proxies one after
