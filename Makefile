@@ -17,11 +17,13 @@ experiment: setup
 study: setup
 	$(PY) -m prismatic_assets.interfaces.cli study
 
-# The linter and the type checker first: they take seconds to minutes and fail fast.
+# The linter and the type checker first: they take seconds to minutes and fail fast. The suite runs
+# in TEST_WORKERS processes, a test file to a worker (one test: .venv/bin/python -m pytest tests/x.py).
+TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(PY) -m benchmarks.run_all

@@ -5,7 +5,51 @@ Nothing here touches a network or a model hub.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# `make test` runs the suite in two pytest-xdist workers, whole files to a worker (`--dist
+# loadfile`), so a module's fixtures (a vLLM engine, a server) start once. Two workers already
+# fill two cores: each gets one torch/OpenMP thread (its subprocesses inherit it), because
+# two-thread ops of two processes on two cores spend their time in OpenMP barriers.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+#: The slowest files (seconds each on 2 cores, from a full run), started first so that no worker
+#: is left with one of them at the end while the other has nothing to do. Only the order
+#: depends on this list.
+SLOWEST_FIRST = (
+    "test_demo.py",  # 471
+    "core/test_generation.py",  # 279: four vLLM engine starts and a server
+    "pipeline/test_study.py",  # 231
+    "test_paper_profile.py",  # 207
+    "test_ui_browser.py",  # 194
+    "test_kill_and_rerun.py",  # 193
+    "orchestration/assets/test_backbone.py",  # 117
+    "pipeline/test_round.py",  # 112
+    "orchestration/assets/test_synthesis_assets.py",  # 98
+    "test_ui.py",  # 75
+    "pipeline/test_arms.py",  # 63
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of SLOWEST_FIRST first, in that order; every other file after them as collected."""
+    here = os.path.dirname(__file__)
+
+    def rank(item) -> int:
+        path = os.path.relpath(str(item.path), here)
+        return SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items[:] = sorted(items, key=rank)  # stable: a file's tests keep their order
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -157,3 +157,10 @@ def test_readme_is_short_and_its_table_of_contents_reaches_its_headings():
 @pytest.mark.parametrize("doc", [README, *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
 def test_relative_links_resolve(doc):
     assert not broken_links(doc), f"{doc.relative_to(ROOT)}: broken links: {broken_links(doc)}"
+
+
+def test_the_slowest_first_list_names_existing_test_files():
+    from tests.conftest import SLOWEST_FIRST
+
+    tests = Path(__file__).resolve().parent
+    assert [name for name in SLOWEST_FIRST if not (tests / name).is_file()] == []
