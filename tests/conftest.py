@@ -12,9 +12,8 @@ import pytest
 # `make test` runs the suite in two pytest-xdist workers, whole files to a worker (`--dist
 # loadfile`), so a module's fixtures (a vLLM engine, a server) start once. Two workers already
 # fill two cores: each gets one torch/OpenMP thread (its subprocesses inherit it), because
-# two-thread ops of two processes on two cores spend their time in OpenMP barriers.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# two-thread ops of two processes on two cores spend their time in OpenMP barriers
+# (`pytest_configure` below).
 
 #: The slowest files (seconds each on 2 cores, from a full run), started first so that no worker
 #: is left with one of them at the end while the other has nothing to do. Only the order
@@ -47,9 +46,10 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
