@@ -10,12 +10,21 @@ write mutmut's settings there (the module to mutate, the tests that pin it, line
 mutated; all from [tool.prismatic-mutation] in pyproject.toml), run `mutmut run` with one
 worker, and write build/mutation/<module>.json: the count of each outcome, every survivor
 with its diff, and the wall time. A module's copy keeps mutmut's state, so a run stopped
-part-way continues where it stopped. This script changes nothing outside build/mutation/.
+part-way continues where it stopped. Runs change nothing outside build/mutation/.
+
+    python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's score table
+
+A survivor that no test can kill (it changes no behaviour: a default argument spelled out,
+a performance-only flag) is explained in docs/mutation/<module>.toml with a one-line reason,
+and the scores count it as equivalent. Those files hold the module's source hash: after the
+module changes, its reasons count for nothing until they are checked again (mutant numbers
+shift) and the hash is renewed (`--docs` prints the new one).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -28,9 +37,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "mutation"
+REASONS = ROOT / "docs" / "mutation"
+DOC = ROOT / "docs" / "MUTATION.md"
+README = ROOT / "README.md"
+#: The README's score table sits between these two lines (written by --docs).
+README_BEGIN, README_END = "<!-- mutation-score: begin -->", "<!-- mutation-score: end -->"
 #: What mutmut's `results --all true` calls each outcome, and what a score counts it as.
 KILLED = ("killed", "timeout", "segfault", "caught by type check")
-SURVIVED = ("survived",)
+#: What a score counts as not killed (any other outcome means the run did not finish).
+NOT_KILLED = ("survived", "no tests")
 
 
 def settings() -> dict:
@@ -81,6 +96,11 @@ def outcomes(folder: Path) -> dict[str, str]:
     return found
 
 
+def source_hash(module: str) -> str:
+    """The first 16 hex digits of the sha256 of a module's source: which version a run or a reason is for."""
+    return hashlib.sha256((ROOT / module).read_bytes()).hexdigest()[:16]
+
+
 def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool = False) -> dict:
     folder = prepare(module, tests, conf)
     report = OUT / f"{slug(module)}.json"
@@ -100,56 +120,176 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     for outcome in found.values():
         counts[outcome] = counts.get(outcome, 0) + 1
     survivors = {name: _mutmut(folder, "show", name).stdout for name, outcome in found.items()
-                 if outcome in SURVIVED}
-    result = {"module": module, "tests": tests, "seconds": round(seconds, 1), "exit_code": done.returncode,
-              "counts": counts, "survivors": survivors, "finished": time.strftime("%Y-%m-%d %H:%M")}
+                 if outcome in NOT_KILLED}
+    result = {"module": module, "source": source_hash(module), "tests": tests, "seconds": round(seconds, 1),
+              "exit_code": done.returncode, "counts": counts, "survivors": survivors,
+              "outcomes": {name: found[name] for name in survivors},
+              "finished": time.strftime("%Y-%m-%d %H:%M")}
     report.write_text(json.dumps(result, indent=1))
     return result
 
 
 def score(counts: dict[str, int], equivalent: int = 0) -> tuple[int, int, float]:
-    """(killed, non-equivalent mutants that ran, killed share) of one or more modules."""
+    """(killed, non-equivalent mutants, killed share) of one or more modules.
+
+    Every mutant counts except the equivalent ones: a mutant that no selected test reaches
+    ("no tests") is a gap like a survivor."""
     killed = sum(n for outcome, n in counts.items() if outcome in KILLED)
-    survived = sum(n for outcome, n in counts.items() if outcome in SURVIVED) - equivalent
-    total = killed + survived
+    total = sum(counts.values()) - equivalent
     return killed, total, (killed / total if total else float("nan"))
 
 
-def summary(conf: dict) -> list[str]:
-    equivalent = conf.get("equivalent", {})
-    lines = ["| module | mutants | killed | survived | equivalent | no tests | score | minutes |",
-             "|---|---|---|---|---|---|---|---|"]
-    packages: dict[str, dict[str, int]] = {}
+def reasons(module: str) -> tuple[dict[str, str], str | None]:
+    """(mutant name -> why it is equivalent, problem) from docs/mutation/<module>.toml.
+
+    The reasons count only for the module's source they were written for: otherwise (mutant
+    numbers shift when the code changes) they are returned empty with the problem named."""
+    path = REASONS / f"{slug(module)}.toml"
+    if not path.is_file():
+        return {}, None
+    data = tomllib.loads(path.read_text())
+    if data.get("source") != source_hash(module):
+        return {}, (f"{path.relative_to(ROOT)} was written for source {data.get('source')}, the module is now "
+                    f"{source_hash(module)}: check each reason against a new run, then renew `source`")
+    prefix = module.removesuffix(".py").replace("/", ".") + "."
+    found: dict[str, str] = {}
+    for group in data.get("equivalent", []):
+        for name in group["mutants"]:
+            if name in found:
+                raise SystemExit(f"{path}: {name} is explained twice")
+            found[prefix + name] = group["reason"]
+    return found, None
+
+
+def changed_lines(diff: str) -> str:
+    """The mutated line of a `mutmut show` diff, shortened: what the mutant turned the code into."""
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    text = " / ".join(added) or "(line removed)"
+    return text if len(text) <= 140 else text[:137] + "..."
+
+
+def module_rows(conf: dict) -> list[dict]:
+    """One row per configured module with its run's figures (or run=None)."""
+    rows = []
     for module in conf["modules"]:
         path = OUT / f"{slug(module)}.json"
         if not path.is_file():
-            lines.append(f"| {module} | not run | | | | | | |")
+            rows.append({"module": module, "run": None})
             continue
-        data = json.loads(path.read_text())
-        counts = data["counts"]
-        eq = len([name for name in equivalent if name in data["survivors"]])
-        killed, total, share = score(counts, eq)
-        lines.append(f"| {module} | {sum(counts.values())} | {killed} | {total - killed} | {eq} | "
-                     f"{counts.get('no tests', 0)} | {share:.1%} | {data['seconds'] / 60:.0f} |")
-        package = packages.setdefault(module.split("/")[1], {"killed": 0, "total": 0})
-        package["killed"] += killed
-        package["total"] += total
-    for name, p in packages.items():
-        lines.append(f"| **{name}/** (modules run) | | {p['killed']} | {p['total'] - p['killed']} | | | "
-                     f"{p['killed'] / p['total']:.1%} | |")
+        run = json.loads(path.read_text())
+        why, problem = reasons(module)
+        if run.get("source") != source_hash(module):
+            why, problem = {}, problem or "the module changed after this run: run it again"
+        unknown = sorted(set(why) - set(run["survivors"]))
+        if unknown:
+            problem = f"explained but not survivors of this run: {unknown}"
+        equivalent = {name: reason for name, reason in why.items() if name in run["survivors"]}
+        killed, total, share = score(run["counts"], len(equivalent))
+        rows.append({"module": module, "run": run, "equivalent": equivalent, "problem": problem,
+                     "killed": killed, "total": total, "share": share})
+    return rows
+
+
+def summary(conf: dict) -> list[str]:
+    """The score table: per module, then per package over the modules that ran."""
+    lines = ["| module | mutants | killed | not killed | equivalent | score | run | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
+    packages: dict[str, list[int]] = {}
+    for row in module_rows(conf):
+        if row["run"] is None:
+            lines.append(f"| {row['module']} | not run | | | | | | |")
+            continue
+        run, killed, total = row["run"], row["killed"], row["total"]
+        lines.append(f"| {row['module']} | {sum(run['counts'].values())} | {killed} | {total - killed} | "
+                     f"{len(row['equivalent'])} | {row['share']:.1%} | {run['finished'][:10]} | "
+                     f"{run['seconds'] / 60:.0f} |")
+        package = packages.setdefault(row["module"].split("/")[1], [0, 0])
+        package[0] += killed
+        package[1] += total
+    for name, (killed, total) in packages.items():
+        lines.append(f"| **{name}/** (the modules run) | | {killed} | {total - killed} | | {killed / total:.1%} | | |")
     return lines
+
+
+def docs(conf: dict) -> list[str]:
+    """docs/MUTATION.md: the scores, then every survivor: unexplained ones first, then the equivalent."""
+    rows = module_rows(conf)
+    out = ["# Mutation testing", "",
+           "Written by `python scripts/mutation.py --docs` from the last run of each module",
+           "(`make mutation`; not in CI). A mutant is one small change of the code (an operator, a",
+           "constant, an argument dropped); it is killed when one of the module's tests (the",
+           "`[tool.prismatic-mutation.modules]` table of pyproject.toml) fails on it. *Not killed*",
+           "counts survivors and mutants that no selected test reaches. *Equivalent* survivors",
+           "change no behaviour that a test may pin (a default argument spelled out, a",
+           "performance-only flag); each has its reason in `docs/mutation/<module>.toml`, and the",
+           "score leaves them out: score = killed / (mutants - equivalent).", "", *summary(conf), ""]
+    for row in rows:
+        if row["run"] is None:
+            continue
+        run, equivalent = row["run"], row["equivalent"]
+        gaps = sorted((name for name in run["survivors"] if name not in equivalent), key=_mutant_order)
+        out += [f"## {row['module']}", "",
+                f"Run {run['finished']} on source `{run['source']}`, {run['seconds'] / 60:.1f} min; tests: "
+                + ", ".join(f"`{t}`" for t in run["tests"]) + ".", ""]
+        if row["problem"]:
+            out += [f"**The reasons do not count:** {row['problem']}.", ""]
+        if gaps:
+            out += [f"Not killed ({len(gaps)}): a test could tell these from the code and none does.", ""]
+            out += [f"- `{_short(name)}` ({run.get('outcomes', {}).get(name, 'survived')}): "
+                    f"`{changed_lines(run['survivors'][name])}`" for name in gaps]
+            out.append("")
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in equivalent.items():
+            by_reason.setdefault(reason, []).append(name)
+        if by_reason:
+            out += [f"Equivalent ({len(equivalent)}):", ""]
+            for reason, names in by_reason.items():
+                out.append(f"- {reason}")
+                out += [f"  - `{_short(name)}`: `{changed_lines(run['survivors'][name])}`"
+                        for name in sorted(names, key=_mutant_order)]
+            out.append("")
+    return out
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _mutant_order(name: str) -> tuple[str, int]:
+    function, _, number = name.rpartition("_")
+    return function, int(number) if number.isdigit() else 0
+
+
+def write_docs(conf: dict) -> None:
+    DOC.write_text("\n".join(docs(conf)))
+    text = README.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"README.md has no {README_BEGIN} ... {README_END} block for the score table")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    table = [line for line in summary(conf) if "not run" not in line]
+    README.write_text(head + README_BEGIN + "\n" + "\n".join(table) + "\n" + README_END + tail)
+    for row in module_rows(conf):
+        if row["run"] is not None:
+            print(f"{row['module']}: source {source_hash(row['module'])}"
+                  + (f" ({row['problem']})" if row["problem"] else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: every configured one, in order)")
     parser.add_argument("--summary", action="store_true", help="print the scores of earlier runs")
+    parser.add_argument("--docs", action="store_true",
+                        help="write docs/MUTATION.md and the README's score table from the last runs")
     parser.add_argument("--survivors", action="store_true",
                         help="run only the survivors of each module's last run again (after adding tests)")
     args = parser.parse_args()
     conf = settings()
     if args.summary:
         print("\n".join(summary(conf)))
+        return
+    if args.docs:
+        write_docs(conf)
         return
     unknown = [m for m in args.modules if m not in conf["modules"]]
     if unknown:

@@ -413,3 +413,74 @@ def test_renyi_entropy_tolerates_round_off_below_zero_only(negative, raises):
             renyi_entropy(eigenvalues, 1.0)
     else:
         assert renyi_entropy(eigenvalues, 1.0) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_torch_and_numpy_float32_inputs_give_the_same_score_to_the_bit():
+    """A float32 tensor is read as float32, as a numpy array is: on the float32 path a float64
+    detour would change the rounding of the norms (bf16/fp16 tensors, which numpy cannot hold,
+    are widened; see test_accepts_numpy_torch_and_lists)."""
+    x = _vectors(200, 24).astype(np.float32)
+    for compute_dtype in ("float64", "float32"):
+        assert (g_vendi(torch.from_numpy(x), compute_dtype=compute_dtype).score
+                == g_vendi(x, compute_dtype=compute_dtype).score)
+
+
+def _batch_sizes(monkeypatch) -> list[int]:
+    """The row counts of the batches SecondMoment.update receives from now on."""
+    seen: list[int] = []
+    update = SecondMoment.update
+
+    def recording(self, batch):
+        seen.append(len(batch))
+        return update(self, batch)
+
+    monkeypatch.setattr(SecondMoment, "update", recording)
+    return seen
+
+
+def test_batches_of_an_iterable_are_cut_to_batch_size(monkeypatch):
+    # The memory bound (about 2 * batch_size * d) holds whatever batch sizes the caller streams.
+    x = _vectors(60, 4)
+    seen = _batch_sizes(monkeypatch)
+    streamed = g_vendi([x[:25], x[25:28], *x[28:40], x[40:]], batch_size=10)
+    assert seen == [10, 10, 5, 3, 10, 2, 10, 10]
+    assert streamed.score == pytest.approx(g_vendi(x).score, rel=1e-12)
+
+
+def test_default_batch_sizes_are_the_documented_ones(monkeypatch):
+    x = np.random.default_rng(0).standard_normal((40_000, 2))
+    seen = _batch_sizes(monkeypatch)
+    g_vendi(x)
+    assert seen == [8192] * 4 + [40_000 - 4 * 8192]
+    seen.clear()
+    g_vendi(x.astype(np.float32), compute_dtype="float32")
+    assert seen == [32768, 40_000 - 32768]
+
+
+def test_renyi_entropy_computes_in_float64_whatever_the_input():
+    half_quarters = math.log(2) * 1.5  # -(1/2 ln 1/2 + 2 * 1/4 ln 1/4)
+    for q, expected in [(1.0, half_quarters), (2.0, -math.log(0.5**2 + 2 * 0.25**2))]:
+        assert renyi_entropy(np.array([0.5, 0.25, 0.25], dtype=np.float32), q) == renyi_entropy([0.5, 0.25, 0.25], q)
+        assert renyi_entropy(np.array([0.5, 0.25, 0.25], dtype=np.float32), q) == pytest.approx(expected, abs=1e-15)
+
+
+def test_float32_rows_whose_squares_overflow_float32_are_normalized_in_float64():
+    x = _vectors(50, 8)
+    huge = (x * 1e20).astype(np.float32)  # finite values; their squares are above float32's 3.4e38
+    assert np.isinf(np.einsum("ij,ij->i", huge, huge)).all()
+    assert g_vendi(huge, compute_dtype="float32").score == pytest.approx(g_vendi(x).score, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_float32_path_copies_only_rows_blas_cannot_read_as_they_are(normalize):
+    """No copy of float32 C-ordered rows that need no scaling (unit rows, or any rows when not
+    normalizing); a reused buffer for the rest. The copy is what costs memory at N = 1M."""
+    x = _vectors(64, 16).astype(np.float32)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    m = SecondMoment(16, normalize=normalize, compute_dtype="float32").update(unit)
+    assert m._buffer is None
+    for copied in (unit.astype(np.float64), np.asfortranarray(unit)) + ((x * 2,) if normalize else ()):
+        m = SecondMoment(16, normalize=normalize, compute_dtype="float32").update(copied)
+        assert m._buffer is not None and m._buffer.shape == (64, 16)
+    if not normalize:
+        assert SecondMoment(16, normalize=False, compute_dtype="float32").update(x * 2)._buffer is None

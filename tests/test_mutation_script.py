@@ -1,0 +1,92 @@
+"""scripts/mutation.py's bookkeeping: scores, reasons for equivalent mutants and their staleness, the docs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def mutation(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("mutation_script", ROOT / "scripts" / "mutation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, path in [("ROOT", tmp_path), ("OUT", tmp_path / "build"), ("REASONS", tmp_path / "reasons"),
+                       ("DOC", tmp_path / "MUTATION.md"), ("README", tmp_path / "README.md")]:
+        monkeypatch.setattr(module, name, path)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "reasons").mkdir()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("def f(x):\n    return x + 1\n")
+    return module
+
+
+def _run(mutation, counts: dict, survivors: dict[str, str]) -> None:
+    outcomes = {name: ("no tests" if "no_tests" in name else "survived") for name in survivors}
+    run = {"module": "pkg/mod.py", "source": mutation.source_hash("pkg/mod.py"), "tests": ["tests/t.py"],
+           "seconds": 90.0, "counts": counts, "survivors": survivors, "outcomes": outcomes,
+           "finished": "2026-12-05 10:00"}
+    (mutation.OUT / "pkg.mod.json").write_text(json.dumps(run))
+
+
+def _reasons(mutation, mutants: list[str], source: str | None = None) -> None:
+    source = source or mutation.source_hash("pkg/mod.py")
+    names = ", ".join(f'"{m}"' for m in mutants)
+    (mutation.REASONS / "pkg.mod.toml").write_text(
+        f'source = "{source}"\n[[equivalent]]\nreason = "the same value"\nmutants = [{names}]\n')
+
+
+DIFF = "--- a\n+++ b\n-    return x + 1\n+    return x + 2\n"
+CONF = {"modules": {"pkg/mod.py": ["tests/t.py"], "pkg/other.py": ["tests/o.py"]}}
+
+
+def test_the_score_leaves_out_equivalent_mutants_and_counts_unreached_ones(mutation):
+    _run(mutation, {"killed": 7, "timeout": 1, "survived": 2, "no tests": 1},
+         {"pkg.mod.x_f__mutmut_1": DIFF, "pkg.mod.x_f__mutmut_2": DIFF, "pkg.mod.x_f__no_tests_3": DIFF})
+    _reasons(mutation, ["x_f__mutmut_1"])
+    table = mutation.summary(CONF)
+    assert "| pkg/mod.py | 11 | 8 | 2 | 1 | 80.0% | 2026-12-05 | 2 |" in table  # 8 / (11 - 1)
+    assert "| pkg/other.py | not run | | | | | | |" in table
+    doc = "\n".join(mutation.docs(CONF))
+    gaps, equivalent = doc.split("Not killed (2)")[1].split("Equivalent (1)")
+    assert "x_f__mutmut_2" in gaps and "x_f__no_tests_3` (no tests)" in gaps and "mutmut_1" not in gaps
+    assert "- the same value\n  - `x_f__mutmut_1`: `return x + 2`" in equivalent
+
+
+def test_reasons_written_for_another_source_count_for_nothing(mutation):
+    _run(mutation, {"killed": 8, "survived": 2}, {"pkg.mod.x_f__mutmut_1": DIFF, "pkg.mod.x_f__mutmut_2": DIFF})
+    _reasons(mutation, ["x_f__mutmut_1"], source="0123456789abcdef")
+    (row,) = [r for r in mutation.module_rows(CONF) if r["run"]]
+    assert row["equivalent"] == {} and row["share"] == pytest.approx(0.8)
+    assert "written for source 0123456789abcdef" in row["problem"]
+    _reasons(mutation, ["x_f__mutmut_9"])  # not a survivor of this run: named, not counted
+    (row,) = [r for r in mutation.module_rows(CONF) if r["run"]]
+    assert row["equivalent"] == {} and "x_f__mutmut_9" in row["problem"]
+
+
+def test_docs_fill_the_readme_block_and_keep_the_rest(mutation):
+    _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_1": DIFF})
+    mutation.README.write_text(f"intro\n{mutation.README_BEGIN}\nold table\n{mutation.README_END}\noutro\n")
+    mutation.write_docs(CONF)
+    text = mutation.README.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "| pkg/mod.py | 10 | 9 | 1 | 0 | 90.0% |" in text and "not run" not in text
+    assert "## pkg/mod.py" in mutation.DOC.read_text()
+
+
+def test_the_projects_reasons_files_name_configured_modules_once_each():
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["prismatic-mutation"]
+    slugs = {m.removeprefix("prismatic_assets/").removesuffix(".py").replace("/", "."): m for m in conf["modules"]}
+    for path in (ROOT / "docs" / "mutation").glob("*.toml"):
+        assert path.stem in slugs, f"{path}: no such module in [tool.prismatic-mutation.modules]"
+        data = tomllib.loads(path.read_text())
+        names = [name for group in data["equivalent"] for name in group["mutants"]]
+        assert len(names) == len(set(names)), f"{path}: a mutant is explained twice"
+        assert all(group["reason"].strip() for group in data["equivalent"])
+        assert len(data["source"]) == 16
