@@ -64,9 +64,10 @@ def _mutmut(folder: Path, *args: str, timeout: float | None = None) -> subproces
 
 
 def prepare(module: str, tests: list[str], conf: dict) -> Path:
-    """The module's working copy with its [tool.mutmut] settings (kept if it exists: mutmut resumes).
+    """The module's working copy with its [tool.mutmut] settings (mutmut's state is kept: it resumes).
 
-    The tests are copied anew every time, so survivors can be run again against new tests."""
+    The tests and the settings are written anew every time, so survivors can be run again
+    against new tests, and a changed setting reclassifies what it concerns."""
     folder = OUT / slug(module)
     if (folder / "pyproject.toml").is_file():
         shutil.copytree(ROOT / "tests", folder / "tests", dirs_exist_ok=True,
@@ -75,13 +76,16 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("prismatic_assets", "tests", "resources"):
             shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-        mutmut = {"source_paths": ["prismatic_assets"], "only_mutate": [module],
-                  "pytest_add_cli_args_test_selection": tests, "pytest_add_cli_args": conf["pytest_args"],
-                  "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources"],
-                  "use_git_change_detection": False}
-        lines = [f"{key} = {json.dumps(value)}" for key, value in mutmut.items()]
-        text = (ROOT / "pyproject.toml").read_text() + "\n[tool.mutmut]\n" + "\n".join(lines) + "\n"
-        (folder / "pyproject.toml").write_text(text)
+    mutmut = {"source_paths": ["prismatic_assets"], "only_mutate": [module],
+              "pytest_add_cli_args_test_selection": tests, "pytest_add_cli_args": conf["pytest_args"],
+              "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources"],
+              "use_git_change_detection": False, "timeout_constant": conf["timeout_constant"],
+              # each mutant's process forks from a server that ran no test: the tests open DuckDB,
+              # torch and thread pools, and a process forked from one that did can deadlock
+              "process_isolation": "forkserver"}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in mutmut.items()]
+    text = (ROOT / "pyproject.toml").read_text() + "\n[tool.mutmut]\n" + "\n".join(lines) + "\n"
+    (folder / "pyproject.toml").write_text(text)
     return folder
 
 
@@ -200,7 +204,9 @@ def summary(conf: dict) -> list[str]:
             lines.append(f"| {row['module']} | not run | | | | | | |")
             continue
         run, killed, total = row["run"], row["killed"], row["total"]
-        lines.append(f"| {row['module']} | {sum(run['counts'].values())} | {killed} | {total - killed} | "
+        timeouts = run["counts"].get("timeout", 0)
+        shown = f"{killed} ({timeouts} by timeout)" if timeouts else f"{killed}"
+        lines.append(f"| {row['module']} | {sum(run['counts'].values())} | {shown} | {total - killed} | "
                      f"{len(row['equivalent'])} | {row['share']:.1%} | {run['finished'][:10]} | "
                      f"{run['seconds'] / 60:.0f} |")
         package = packages.setdefault(row["module"].split("/")[1], [0, 0])
@@ -222,7 +228,9 @@ def docs(conf: dict) -> list[str]:
            "counts survivors and mutants that no selected test reaches. *Equivalent* survivors",
            "change no behaviour that a test may pin (a default argument spelled out, a",
            "performance-only flag); each has its reason in `docs/mutation/<module>.toml`, and the",
-           "score leaves them out: score = killed / (mutants - equivalent).", "", *summary(conf), ""]
+           "score leaves them out: score = killed / (mutants - equivalent). A mutant *killed by",
+           "timeout* made its tests run past mutmut's limit (for instance a cache key that no longer",
+           "matches, so the tests recompute what they would have read).", "", *summary(conf), ""]
     for row in rows:
         if row["run"] is None:
             continue

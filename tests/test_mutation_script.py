@@ -51,7 +51,7 @@ def test_the_score_leaves_out_equivalent_mutants_and_counts_unreached_ones(mutat
          {"pkg.mod.x_f__mutmut_1": DIFF, "pkg.mod.x_f__mutmut_2": DIFF, "pkg.mod.x_f__no_tests_3": DIFF})
     _reasons(mutation, ["x_f__mutmut_1"])
     table = mutation.summary(CONF)
-    assert "| pkg/mod.py | 11 | 8 | 2 | 1 | 80.0% | 2026-12-05 | 2 |" in table  # 8 / (11 - 1)
+    assert "| pkg/mod.py | 11 | 8 (1 by timeout) | 2 | 1 | 80.0% | 2026-12-05 | 2 |" in table  # 8 / (11 - 1)
     assert "| pkg/other.py | not run | | | | | | |" in table
     doc = "\n".join(mutation.docs(CONF))
     gaps, equivalent = doc.split("Not killed (2)")[1].split("Equivalent (1)")
