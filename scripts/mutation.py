@@ -80,6 +80,7 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
               "pytest_add_cli_args_test_selection": tests, "pytest_add_cli_args": conf["pytest_args"],
               "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources"],
               "use_git_change_detection": False, "timeout_constant": conf["timeout_constant"],
+              "timeout_multiplier": conf["timeout_multiplier"],
               # each mutant's process forks from a server that ran no test: the tests open DuckDB,
               # torch and thread pools, and a process forked from one that did can deadlock
               "process_isolation": "forkserver"}

@@ -488,3 +488,271 @@ def test_probe_search_takes_the_best_centroid_listed_under_the_groups_probed(pro
         assert sims[i] == pytest.approx(float(centroids[best] @ row), abs=1e-5)
     if probe == 5:  # every group probed: the exact nearest centroid
         assert np.array_equal(ids, np.argmax(v @ centroids.T, axis=1))
+
+
+# ---- edges the mutation run found
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class _FakeGpus:
+    """faiss as a GPU build would look with `count` GPUs: the CPU does the work, the calls are recorded."""
+
+    def __init__(self, monkeypatch, count: int):
+        import faiss
+
+        self.moved, self.kmeans_gpu = 0, []
+        real_kmeans = faiss.Kmeans
+
+        def to_gpus(index):
+            self.moved += 1
+            return index
+
+        def kmeans(d, k, **kw):
+            self.kmeans_gpu.append(kw.pop("gpu"))
+            return real_kmeans(d, k, **kw)
+
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: count, raising=False)
+        monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpus, raising=False)
+        monkeypatch.setattr(faiss, "Kmeans", kmeans)
+
+
+def test_gpu_count_is_what_faiss_reports_and_0_without_gpu_support(monkeypatch):
+    import faiss
+
+    from prismatic_assets.core.clustering import gpu_count
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 3, raising=False)
+    assert gpu_count() == 3
+    monkeypatch.delattr(faiss, "get_num_gpus")
+    assert gpu_count() == 0
+
+
+def test_gpus_are_used_by_default_when_faiss_sees_some_and_never_with_gpu_false(monkeypatch):
+    fake = _FakeGpus(monkeypatch, 2)
+    x = _unit(60, 4)
+    spherical_kmeans(x, 3, niter=2, seed=0)  # gpu=None: the GPUs faiss sees
+    assert fake.kmeans_gpu == [True] and fake.moved == 1  # training, then the exact assignment
+    assign_to_centroids(x, x[:3], gpu=True)
+    assert fake.moved == 2
+    spherical_kmeans(x, 3, niter=2, seed=0, gpu=False)
+    assign_to_centroids(x, x[:3], gpu=False)
+    assert fake.kmeans_gpu == [True, False] and fake.moved == 2
+
+
+def test_without_gpus_the_default_runs_on_the_cpu(monkeypatch):
+    fake = _FakeGpus(monkeypatch, 0)
+    spherical_kmeans(_unit(60, 4), 3, niter=2, seed=0)
+    assert fake.kmeans_gpu == [False] and fake.moved == 0
+
+
+@pytest.mark.parametrize("n, ratio, minimum, expected", [
+    (np.int64(1000), np.float32(0.01), np.int64(2), 10), (1000, 1, 2, 1000), (40, 0.0125, 1, 1), (50, 0.01, 1, 1),
+    (7, 0.5, 1, 4),  # 3.5 rounds up
+])
+def test_num_clusters_accepts_numpy_numbers_and_rounds_half_up(n, ratio, minimum, expected):
+    assert num_clusters(n, ratio, minimum) == expected
+    assert type(num_clusters(n, ratio, minimum)) is int
+
+
+@pytest.mark.parametrize("n, ratio, minimum, match", [
+    (10, True, 2, "ratio must be in"), (10, "0.1", 2, "ratio must be in"), (10, 0.1, True, "minimum must be"),
+    (10, 0.1, 1.0, "minimum must be"), (10, 0.1, -1, "minimum must be"), (True, 0.1, 2, "n must be"),
+    (0, 0.1, 2, "n must be"),
+])
+def test_num_clusters_errors_name_the_argument(n, ratio, minimum, match):
+    with pytest.raises(ValueError, match=match):
+        num_clusters(n, ratio, minimum)
+
+
+@pytest.mark.parametrize("sizes, ratio, expected", [
+    ([5, 1, 3, 2], np.float64(0.5), [False, True, False, True]),
+    ([5, 1, 3, 2], 0, [False, False, False, False]),
+    (np.array([3, 1], dtype=np.uint8), 0.5, [False, True]),
+    (np.array([3.0, 1.0], dtype=np.float32), 0.5, [False, True]),
+])
+def test_sparse_cluster_mask_accepts_numpy_counts_and_ratios(sizes, ratio, expected):
+    assert sparse_cluster_mask(sizes, ratio).tolist() == expected
+
+
+@pytest.mark.parametrize("sizes, ratio, match", [
+    ([1, 2], True, "sparse ratio must be in"), ([1, 2], "0.5", "sparse ratio must be in"),
+    ([np.inf, 2.0], 0.5, "integer counts"), (np.array([True, False]), 0.5, "integer counts"),
+    (["1", "2"], 0.5, "integer counts"), ([-1.0, 2.0], 0.5, "non-negative"),
+    ([[1, 2]], 0.5, "non-empty 1-D"), ([], 0.5, "non-empty 1-D"),
+])
+def test_sparse_cluster_mask_errors_name_the_problem(sizes, ratio, match):
+    with pytest.raises(ValueError, match=match):
+        sparse_cluster_mask(sizes, ratio)
+
+
+def test_unit_rows_normalizes_rows_off_by_more_than_1e_6_and_keeps_the_callers_array():
+    from prismatic_assets.core.clustering import _unit_rows
+
+    x = _unit(50, 6).astype(np.float64) * (1 + 1e-5)  # float64: normalized in the float32 copy
+    out = _unit_rows(x, "vectors")
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=2e-7)
+    np.testing.assert_array_equal(x, _unit(50, 6).astype(np.float64) * (1 + 1e-5))
+    y = _unit(50, 6) * np.float32(3.0)  # float32 C-contiguous: scaled into a new array
+    before = y.copy()
+    np.testing.assert_allclose(np.linalg.norm(_unit_rows(y, "vectors"), axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(y, before)
+    fortran = np.asfortranarray(_unit(50, 6) * np.float32(2.0))
+    assert _unit_rows(fortran, "vectors").flags.c_contiguous
+
+
+def test_unit_rows_names_the_first_bad_row_and_the_input():
+    from prismatic_assets.core.clustering import _unit_rows
+
+    x = _unit(6, 3)
+    x[2] = 0.0
+    x[4, 1] = np.nan
+    with pytest.raises(ValueError, match="init_centroids row 14 has a NaN"):  # non-finite is checked first
+        _unit_rows(x, "init_centroids", offset=10)
+    x[4] = 1.0
+    with pytest.raises(ValueError, match="vectors row 2 is all zeros"):
+        _unit_rows(x, "vectors")
+
+
+def test_assign_to_centroids_takes_lists_and_empty_arrays_keep_their_dtypes():
+    ids, sims = assign_to_centroids([[0.0, 2.0], [3.0, 0.1]], [[1.0, 0.0], [0.0, 1.0]])
+    assert ids.tolist() == [1, 0] and ids.dtype == np.int64 and sims.dtype == np.float32
+    ids, sims = assign_to_centroids(np.zeros((0, 2), dtype=np.float32), np.eye(2))
+    assert ids.dtype == np.int64 and sims.dtype == np.float32
+    with pytest.raises(ValueError, match="vectors have width 3 but centroids have 2"):
+        assign_to_centroids([[1.0, 0.0, 0.0]], np.eye(2))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"k": np.int64(2)}, {"k": 6}, {"k": 2, "niter": 1}, {"k": 2, "seed": 2**31 - 1}, {"k": 2, "seed": np.int64(3)},
+    {"k": 2, "max_points_per_centroid": 1}, {"k": 2, "method": "two_level", "coarse": 1},
+    {"k": 4, "method": "two_level", "coarse": 2, "refine": 0, "probe": 1},
+    {"k": 4, "method": "two_level", "refine": np.int64(1), "probe": np.int64(2), "coarse": np.int64(2)},
+])
+def test_spherical_kmeans_accepts_each_settings_least_value_and_numpy_integers(kwargs):
+    x = _unit(6, 3)
+    c = spherical_kmeans(x, **kwargs)
+    assert c.sizes.sum() == 6 and c.centroids.shape == (int(kwargs["k"]), 3)
+    assert (type(c.k), type(c.niter), type(c.seed), type(c.sparse_ratio)) == (int, int, int, float)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"k": True}, "k must"), ({"k": 2.0}, "k must"),
+    ({"k": 2, "niter": True}, "niter"), ({"k": 2, "niter": 2.0}, "niter"),
+    ({"k": 2, "seed": 2**31}, "seed"), ({"k": 2, "seed": True}, "seed"), ({"k": 2, "seed": 1.0}, "seed"),
+    ({"k": 2, "max_points_per_centroid": True}, "max_points_per_centroid"),
+    ({"k": 2, "max_points_per_centroid": 2.0}, "max_points_per_centroid"),
+    ({"k": 2, "coarse": True}, "coarse"), ({"k": 2, "coarse": 2.0}, "coarse"),
+    ({"k": 2, "refine": True}, "refine must be a non-negative integer, got True"),
+    ({"k": 2, "refine": 1.0}, "refine must"), ({"k": 2, "probe": True}, "probe must be a positive integer, got True"),
+    ({"k": 2, "probe": 1.0}, "probe must"), ({"k": 2, "probe": -1}, "probe must"),
+])
+def test_spherical_kmeans_refuses_bools_floats_and_out_of_range_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        spherical_kmeans(_unit(6, 3), **kwargs)
+
+
+def test_spherical_kmeans_prints_nothing(capfd):
+    spherical_kmeans(_unit(300, 4), 3, niter=3, seed=0)
+    spherical_kmeans(_unit(300, 4), 9, niter=3, seed=0, method="two_level")
+    out, err = capfd.readouterr()
+    assert out == "" and "WARNING" not in err
+
+
+def test_training_uses_every_point_by_default_even_above_256_per_centroid():
+    """The paper's k-means: at convergence each centroid is the normalized mean of all its members,
+    also when faiss would subsample (it keeps 256 points per centroid unless told otherwise)."""
+    x, _ = _blobs(k=2, per=700, d=6, noise=0.6, seed=3)
+    c = spherical_kmeans(x, 2, niter=60, seed=0)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for j in range(2):
+        mean = unit[c.assignments == j].mean(axis=0)
+        np.testing.assert_allclose(c.centroids[j], mean / np.linalg.norm(mean), atol=1e-4)
+
+
+def test_two_level_with_one_cluster_per_point_makes_each_point_a_centroid():
+    x = _unit(12, 5, seed=2)
+    c = spherical_kmeans(x, 12, method="two_level", coarse=3, refine=0)
+    assert sorted(c.sizes.tolist()) == [1] * 12
+    np.testing.assert_allclose(c.similarities, 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.sort(c.centroids, axis=0), np.sort(x, axis=0), atol=1e-6)
+
+
+def test_two_level_default_coarse_groups_are_about_sqrt_k(monkeypatch):
+    import prismatic_assets.core.clustering as clustering
+
+    trained = []
+    real = clustering._train
+
+    def record(v, k, *args, **kw):
+        trained.append(k)
+        return real(v, k, *args, **kw)
+
+    monkeypatch.setattr(clustering, "_train", record)
+    x = _groups(2000, seed=1)
+    spherical_kmeans(x, 2, niter=2, method="two_level")  # round(sqrt(2)) = 1 group: one flat k-means
+    assert trained == [2]
+    trained.clear()
+    spherical_kmeans(x, 16, niter=2, method="two_level", refine=0)  # 4 groups, then 16 split among them
+    assert trained[0] == 4 and sum(trained[1:]) == 16
+    trained.clear()
+    spherical_kmeans(x, 3, niter=2, method="two_level", coarse=10, refine=0)  # at most k groups
+    assert trained[0] == 3
+
+
+def _lloyd_reference(v, centroids):
+    """One spherical Lloyd step by brute force in float64: nearest centroid, then the normalized mean."""
+    v64 = v.astype(np.float64)
+    nearest = np.argmax(v64 @ centroids.astype(np.float64).T, axis=1)
+    out = centroids.astype(np.float64).copy()
+    for j in range(len(centroids)):
+        if (nearest == j).any():
+            mean = v64[nearest == j].sum(axis=0)
+            out[j] = mean / np.linalg.norm(mean)
+    return out
+
+
+def test_lloyd_step_moves_each_centroid_to_its_members_normalized_mean_and_keeps_an_empty_one(monkeypatch):
+    import prismatic_assets.core.clustering as clustering
+
+    v = _unit(300, 5, seed=4)
+    centroids = np.concatenate([_unit(6, 5, seed=5), -np.ones((1, 5), dtype=np.float32) / np.sqrt(5)])
+    v = v[(v @ centroids[:6].T).max(axis=1) > v @ centroids[6] + 1e-3]  # no point nearest the last centroid
+    coarse = _unit(3, 5, seed=6)
+    groups, _ = assign_to_centroids(v, coarse)
+    expected = _lloyd_reference(v, centroids)
+    assert np.array_equal(expected[6], centroids[6].astype(np.float64))
+    stepped = clustering._lloyd_step(v, centroids, coarse, 3, groups)  # probing every group: exact
+    np.testing.assert_allclose(stepped, expected, atol=1e-6)
+    monkeypatch.setattr(clustering, "ASSIGN_BATCH", 7)  # the sums in several batches: the same result
+    np.testing.assert_allclose(clustering._lloyd_step(v, centroids, coarse, 3, groups), expected, atol=1e-6)
+
+
+def test_probe_search_in_small_blocks_gives_the_same_answer(monkeypatch):
+    import prismatic_assets.core.clustering as clustering
+
+    v, centroids, coarse = _unit(500, 6, seed=7), _unit(40, 6, seed=8), _unit(4, 6, seed=9)
+    whole = clustering._probe_search(v, centroids, coarse, 2)
+    monkeypatch.setattr(clustering, "PROBE_BLOCK", 50)  # a few rows at a time (50 // candidates)
+    blocked = clustering._probe_search(v, centroids, coarse, 2)
+    assert np.array_equal(whole[0], blocked[0])
+    np.testing.assert_allclose(whole[1], blocked[1], atol=1e-6)  # BLAS may round a block differently
+    monkeypatch.setattr(clustering, "PROBE_BLOCK", 1)  # fewer similarities than candidates: one row at a time
+    one = clustering._probe_search(v, centroids, coarse, 4)
+    assert np.array_equal(one[0], np.argmax(v @ centroids.T, axis=1))
+
+
+def test_probe_search_of_a_group_without_listed_centroids_searches_them_all():
+    from prismatic_assets.core.clustering import _probe_search
+
+    coarse = np.eye(3, dtype=np.float32)
+    centroids = np.array([[1.0, 0.2, 0.0], [1.0, -0.2, 0.0]], dtype=np.float32)  # both listed under group 0
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    v = np.array([[0.0, 1.0, 0.1], [0.1, -0.2, 1.0]], dtype=np.float32)  # groups 1 and 2, probing only themselves
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    ids, sims = _probe_search(v, centroids, coarse, 1)
+    assert ids.tolist() == [0, 1]
+    np.testing.assert_allclose(sims, (v @ centroids.T).max(axis=1), atol=1e-6)
