@@ -316,9 +316,10 @@ def pca_2d(vectors, batch_size: int = 65536) -> np.ndarray:
     cov /= n
     _, vecs = np.linalg.eigh(cov)  # ascending
     axes = vecs[:, ::-1][:, :2]  # (d, 2)
-    # eigh's sign is arbitrary: make the largest-magnitude loading positive, so maps are reproducible.
-    signs = np.sign(axes[np.abs(axes).argmax(axis=0), [0, 1]])
-    axes = axes * np.where(signs == 0, 1.0, signs)
-    if axes.shape[1] < 2:  # d = 1
+    # eigh's sign is arbitrary: make the largest-magnitude loading positive, so maps are reproducible
+    # (eigenvectors are unit vectors: that loading is never 0).
+    cols = np.arange(axes.shape[1])  # 2, or 1 when d = 1
+    axes = axes * np.sign(axes[np.abs(axes).argmax(axis=0), cols])
+    if axes.shape[1] < 2:  # d = 1: the second coordinate is 0
         axes = np.hstack([axes, np.zeros((d, 2 - axes.shape[1]))])
     return ((x.astype(np.float64) - mean) @ axes).astype(np.float32)

@@ -270,3 +270,171 @@ def test_majority_vote_with_stated_answers() -> None:
     assert majority_vote(responses).reason == "disagreement"  # one boxed answer only
     vote = majority_vote(responses, stated_answers=True)
     assert vote.accepted and vote.answers == ("4", "4", "5") and vote.majority == (0, 1)
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "__class__", "import os", "lambda x: x", "eval (1)", "exec(1)", "compile(s)", "open(f)", "getattr(x, y)",
+        "setattr(a)", "globals()", "locals()", "system(c)", "popen(c)", "subprocess(x)", "breakpoint()", "input()",
+        "os.path", "sys.exit", "builtins.x", "shutil.rmtree", "socket.socket", "$(ls)", "`ls`", "< script>",
+        r"\input{f}", r"\include{f}", r"\write18{x}", r"\immediate", r"\openin", r"\openout", r"\read",
+        r"\catcode", r"\csname", r"\def", r"\edef", r"\gdef", r"\let",
+    ],
+)
+def test_an_answer_carrying_code_is_never_equivalent(answer: str) -> None:
+    assert answers.compare_answers(answer, answer) == (False, "answer_has_code")
+    assert answers.compare_answers("3", answer) == (False, "answer_has_code")
+
+
+@pytest.mark.parametrize("answer", [r"\lambda", r"\lambda x: 3", r"\letter", r"\inputs", r"\import x", r"\open(1)",
+                                    "x_{12}", r"\cos(x)"])
+def test_latex_that_looks_like_code_is_not_code(answer: str) -> None:
+    assert answers.compare_answers(answer, answer) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"\boxed  {5}", "5"),  # space before the brace
+        ("\\boxed\n{5}", "5"),
+        (r"\boxed   ", None),  # only spaces after the command: cut off
+        (r"\boxed{3} then $\boxed$", "3"),  # a bare box with no argument is empty: skipped
+        (r"\boxed{x} \fboxes{3}", "x"),  # another command
+    ],
+)
+def test_extract_boxed_edges(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is **$12$**.", "12"),
+        ("The answer is 12!", "12"),
+        ("Answer = 7", "7"),
+        ("the ANSWER IS: 9", "9"),
+        ("The answer is 3.5 apples. Then more.", "3.5 apples"),
+        ("The answer is 4.", "4"),
+        ("The answer is " + "x" * 60, "x" * 60),  # exactly max_chars
+        ("The answer is " + "x" * 61, None),
+    ],
+)
+def test_extract_stated_edges(text: str, expected: str | None) -> None:
+    assert extract_stated(text) == expected
+
+
+def test_extract_stated_max_chars() -> None:
+    assert extract_stated("The answer is 12345", max_chars=5) == "12345"
+    assert extract_stated("The answer is 123456", max_chars=5) is None
+
+
+def test_an_empty_box_prevents_the_stated_fallback() -> None:
+    assert extract_answer(r"\boxed{} The answer is 5.", stated=True) is None
+    assert extract_answer("", stated=True) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (r"1\,000", "1000"),
+        (r"1\!2", "12"),
+        (r"\tfrac{1}{2}", r"\frac{1}{2}"),
+        (r"\text{\textbf{A}}", "a"),  # wrappers inside wrappers
+        (r"\mathrm{kg}\mathbf{B}\textit{c}\mbox{d}", "kgbcd"),
+        ("$5$.", "5"),
+        (" 5. ", "5"),
+    ],
+)
+def test_normalize_answer_edges(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_two_letters_are_a_word_one_letter_is_a_symbol() -> None:
+    # Words compare as strings ("ab" is not "ba"); a single letter is a variable for math-verify.
+    assert not answers_equivalent("ab", "ba")
+    assert not answers_equivalent("don't", "tnod'")
+    assert answers_equivalent("x", "y = x")  # math-verify reads an assignment as its value
+
+
+def test_nesting_depth() -> None:
+    assert answers._nesting("(a[b{c}])") == 3
+    assert answers._nesting("())((") == 2  # a stray closer does not go below zero
+    assert answers._nesting("abc") == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "expensive"),
+    [
+        ("(" * 8 + "1" + ")" * 8, False),
+        ("(" * 9 + "1" + ")" * 9, True),
+        ("1" * 300, False),
+        ("1" * 301, True),
+        ("1000!", True),
+        ("999!", False),
+        ("2^{10000}", True),
+        ("2^{9999}", False),
+        ("2^{-10000}", True),
+        (r"3\uparrow\uparrow 3", True),
+        ("9^{2^3}", True),
+        ("9^9^9", True),
+        ("9^{9}", False),
+    ],
+)
+def test_what_skips_math_verify(answer: str, expensive: bool) -> None:
+    assert answers._too_expensive(answer) is expensive
+
+
+def test_answers_up_to_the_extraction_limit_are_compared() -> None:
+    limit = answers.MAX_EXTRACTED_CHARS
+    assert answers.compare_answers("1" * limit, "1" * limit) == (True, None)
+    assert answers.compare_answers(" " + "1" * (limit + 1), "1" * (limit + 1)) == (True, "answer_too_long")
+    assert answers.compare_answers("1" * (limit + 1), "2") == (False, "answer_too_long")
+    assert answers.compare_answers("3", "1" * (limit + 1)) == (False, "answer_too_long")
+
+
+def test_majority_vote_names_each_rejected_answer() -> None:
+    limit = answers.MAX_EXTRACTED_CHARS
+    vote = majority_vote([_r("__import__"), _r("9" * (limit + 1)), _r("9" * limit), _r("9" * limit)])
+    assert vote.issues == ("response 0: answer_has_code ('__import__')",
+                           f"response 1: answer_too_long ({limit + 1} chars, limit {limit})")
+    assert vote.answers == (None, None, "9" * limit, "9" * limit)
+    assert vote.accepted and vote.reason == "accepted"  # issues do not undo an accepted vote
+    no_answer = majority_vote([_r("__import__")])
+    assert (no_answer.reason, no_answer.agreement, no_answer.groups) == ("unverifiable", 0, ())
+    tie = majority_vote([_r("1"), _r("2"), _r("eval(1)")], min_agree=1)
+    assert tie.reason == "unverifiable" and tie.groups == ((0,), (1,))
+
+
+def test_group_answers_records_undecided_comparisons(monkeypatch) -> None:
+    monkeypatch.setattr(answers, "compare_answers", lambda a, b: (False, "verify_timeout"))
+    issues: list[str] = []
+    assert group_answers(["a", None, "b", "c"], issues) == ((0,), (2,), (3,))
+    assert issues == ["responses 0, 2: verify_timeout", "responses 0, 3: verify_timeout",
+                      "responses 2, 3: verify_timeout"]
+    assert group_answers(["a", "b"]) == ((0,), (1,))  # without a list to fill
+
+
+def test_the_signal_timeout_applies_in_the_main_thread_only() -> None:
+    assert answers._timeout() == answers.MATH_VERIFY_TIMEOUT_S == 5
+    seen: list = []
+    t = threading.Thread(target=lambda: seen.append(answers._timeout()))
+    t.start()
+    t.join(10)
+    assert seen == [None]
+
+
+def test_in_process_verification(monkeypatch) -> None:
+    monkeypatch.setenv("PRISMATIC_VERIFY_IN_PROCESS", "1")
+    answers._math_equal.cache_clear()
+    try:
+        assert answers.compare_answers(r"\frac{1}{2}", "0.5") == (True, None)
+        assert answers.compare_answers("0.5", r"\frac{1}{2}") == (True, None)
+        assert answers.compare_answers(r"\frac{1}{3}", "0.5") == (False, None)
+        assert answers.compare_answers(r"x \in [1, 2]", "[1, 2]") == answers.compare_answers("[1, 2]", r"x \in [1, 2]")
+        assert answers.compare_answers(r"\frac{", "1") == (False, None)  # unparseable
+    finally:
+        answers._math_equal.cache_clear()

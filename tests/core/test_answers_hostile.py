@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,86 @@ def test_a_worker_still_starting_is_not_mistaken_for_an_engine_process(tiny_mode
         ready.set()
         grader.join(120)
     assert result["equal"] == (True, None) and answers.worker_pids() == {worker}  # the same worker lives on
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def _fake_python(tmp_path, body: str):
+    """An executable standing in for the worker's interpreter: a shell script that logs each start."""
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\necho started >> {tmp_path / 'starts'}\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _starts(tmp_path) -> int:
+    path = tmp_path / "starts"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('{"timeout": true}', (False, "verify_timeout")),
+        ('{"error": "boom"}', (False, None)),
+        ('{"equal": 1}', (True, None)),
+        ('{"equal": false, "parsed": false}', (False, None)),
+    ],
+)
+def test_the_worker_reply_decides_the_comparison(tmp_path, monkeypatch, reply, expected):
+    body = f"echo '{{\"ready\": true}}'\nwhile read line; do echo '{reply}'; done"
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, body))
+    worker = answers._VerifyWorker()
+    try:
+        assert worker.compare("1", "2", 5.0) == expected
+        assert worker.compare("1", "3", 5.0) == expected
+        assert _starts(tmp_path) == 1  # the same worker answered both (a timeout inside it is not a hang)
+        assert worker.pids() == {worker._proc.pid}
+    finally:
+        worker.close()
+    assert worker._proc is None and worker.pids() == set()
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, "echo '{\"ready\": true}'\nread line"))
+    worker = answers._VerifyWorker()
+    try:
+        assert worker.compare("1", "2", 5.0) == (False, "verify_timeout")  # it exited without a reply
+        assert worker._proc is None
+        assert worker.compare("1", "2", 5.0) == (False, "verify_timeout")
+        assert _starts(tmp_path) == 2
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("body", ["echo '{\"ready\": false}'", "exit 3"])
+def test_a_worker_that_cannot_start_is_not_tried_again(tmp_path, monkeypatch, body):
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, body))
+    worker = answers._VerifyWorker()
+    assert worker.compare("1", "2", 5.0) == (None, None)  # compare in-process instead
+    assert worker.compare("1", "2", 5.0) == (None, None)
+    assert _starts(tmp_path) == 1 and worker.pids() == set()
+    worker.close()
+
+
+def test_a_missing_interpreter_means_in_process_comparison(tmp_path, monkeypatch):
+    monkeypatch.setattr(answers.sys, "executable", str(tmp_path / "no-such-python"))
+    worker = answers._VerifyWorker()
+    assert worker.compare("1", "2", 5.0) == (None, None)
+    assert worker._broken
+
+
+def test_the_worker_gets_the_package_on_its_path_and_one_thread(tmp_path, monkeypatch):
+    body = ("echo '{\"ready\": true}'\nread line\n"
+            f"echo \"$PYTHONPATH $OMP_NUM_THREADS $@\" > {tmp_path / 'env'}\necho '{{\"equal\": true}}'\nread line")
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, body))
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    worker = answers._VerifyWorker()
+    try:
+        assert worker.compare("1", "1", 5.0) == (True, None)
+    finally:
+        worker.close()
+    root = str(Path(answers.__file__).resolve().parents[2])
+    assert (tmp_path / "env").read_text().split() == [f"{root}:/somewhere/else", "1", "-m",
+                                                      "prismatic_assets.core._verify_worker"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,11 +14,13 @@ from prismatic_assets.core.diversity import (
     cluster_coverage,
     compression_ratio,
     distinct_n,
+    distinct_ns,
     embedding_vendi,
     hidden_state_key,
     mean_pooled_hidden_states,
     ngram_tokens,
     pca_2d,
+    sample_text,
 )
 
 
@@ -151,3 +154,248 @@ def test_mean_pooled_hidden_states_match_one_sample_at_a_time(tiny_llama, packag
 def test_hidden_state_key_depends_on_model_and_length():
     assert hidden_state_key("a", 512) != hidden_state_key("b", 512)
     assert hidden_state_key("a", 512) != hidden_state_key("a", 1024)
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_hidden_state_key_is_pinned():
+    # Pinned: cached hidden states are stored under this string; changing it orphans the cache.
+    assert hidden_state_key("abc", 512) == "hidden-8189a8fa55490939a9c9de1fe5"
+    assert hidden_state_key("abc", np.int64(512)) == hidden_state_key("abc", 512)
+
+
+def test_sample_text_is_prompt_newline_response():
+    assert sample_text("What is 2+2?", "4") == "What is 2+2?\n4"
+
+
+class _FakeTokenizer:
+    """Renders a conversation as "role:content|role:content"; one token per character (its code point)."""
+
+    def __init__(self, pad_token_id=None, batch_encoding=False):
+        self.pad_token_id = pad_token_id
+        self.batch_encoding = batch_encoding
+        self.conversations = []
+
+    def apply_chat_template(self, conversation, tokenize=False):
+        self.conversations.append(conversation)
+        text = "|".join(f"{m['role']}:{m['content']}" for m in conversation)
+        if not tokenize:
+            return text
+        ids = [ord(c) for c in text]
+        return {"input_ids": ids} if self.batch_encoding else ids
+
+
+class _FakeDecoder:
+    """Hidden state of token t is [t, 1]: the mean over the real tokens is [mean code point, 1].
+
+    Records each call's input ids, mask and keyword arguments. As a whole model (no separate
+    decoder) it answers only with `hidden_states` (the last one is the real one)."""
+
+    def __init__(self, whole=False):
+        import torch
+
+        self.whole = whole
+        self.calls = []
+        self.base_model = self if whole else None
+        self._weight = torch.zeros(1)
+
+    def parameters(self):
+        yield self._weight
+
+    def __call__(self, input_ids, attention_mask, **kwargs):
+        import torch
+
+        self.calls.append((input_ids.clone(), attention_mask.clone(), kwargs))
+        hidden = torch.stack([input_ids.float(), torch.ones(input_ids.shape)], dim=-1)  # (b, T, 2)
+        if self.whole:
+            assert kwargs.get("output_hidden_states") is True
+            return SimpleNamespace(hidden_states=(hidden * 0 - 5, hidden * 0 + 7, hidden))
+        return SimpleNamespace(last_hidden_state=hidden)
+
+
+def _fake_model(whole=False):
+    if whole:
+        return _FakeDecoder(whole=True)
+    decoder = _FakeDecoder()
+    return SimpleNamespace(base_model=decoder, parameters=decoder.parameters), decoder
+
+
+def _codes_mean(prompt, response, max_length=None):
+    text = f"user:{prompt}|assistant:{response}"[:max_length]
+    return [sum(map(ord, text)) / len(text), 1.0]
+
+
+@pytest.mark.parametrize("batch_encoding", [False, True])
+def test_mean_pooled_hidden_states_average_the_real_tokens_in_input_order(batch_encoding):
+    prompts, responses = ["a much longer prompt here", "hi", "mid size"], ["x", "yes", "ok then"]
+    model, decoder = _fake_model()
+    tok = _FakeTokenizer(batch_encoding=batch_encoding)
+    seen = []
+    out = mean_pooled_hidden_states(model, tok, prompts, responses, batch_size=2,
+                                    progress=lambda done, total: seen.append((done, total)))
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    np.testing.assert_allclose(out, [_codes_mean(p, r) for p, r in zip(prompts, responses)], rtol=1e-6)
+    assert tok.conversations[0] == [{"role": "user", "content": prompts[0]},
+                                    {"role": "assistant", "content": responses[0]}]
+    assert seen == [(2, 3), (3, 3)]
+    # Shortest samples first; the padded positions hold token 0 (no pad token) and are masked.
+    ids, mask, kwargs = decoder.calls[0]
+    lengths = [len(f"user:{prompts[i]}|assistant:{responses[i]}") for i in (1, 2)]
+    assert ids.shape == (2, max(lengths)) and mask.sum(dim=1).tolist() == lengths
+    assert ids[0, lengths[0]:].tolist() == [0] * (lengths[1] - lengths[0])
+    assert kwargs == {"use_cache": False}
+
+
+def test_mean_pooled_hidden_states_pad_with_the_pad_token_and_cut_at_max_length():
+    model, decoder = _fake_model()
+    out = mean_pooled_hidden_states(model, _FakeTokenizer(pad_token_id=7), ["p", "a longer prompt"], ["r", "s"],
+                                    max_length=20)
+    np.testing.assert_allclose(out, [_codes_mean("p", "r", 20), _codes_mean("a longer prompt", "s", 20)], rtol=1e-6)
+    ids, mask, _ = decoder.calls[0]
+    n = len("user:p|assistant:r")  # 18 tokens; the other sample is cut to 20
+    assert ids.shape == (2, 20) and ids[0, n:].tolist() == [7, 7] and mask.sum(dim=1).tolist() == [n, 20]
+
+
+def test_mean_pooled_hidden_states_of_a_model_without_a_separate_decoder():
+    model = _FakeDecoder(whole=True)
+    out = mean_pooled_hidden_states(model, _FakeTokenizer(), ["q"], ["a"], batch_size=1)
+    np.testing.assert_allclose(out, [_codes_mean("q", "a")], rtol=1e-6)
+
+
+def test_mean_pooled_hidden_states_of_no_sample_is_empty():
+    model, _ = _fake_model()
+    out = mean_pooled_hidden_states(model, _FakeTokenizer(), [], [])
+    assert out.shape == (0, 0) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": True}, "batch_size"), ({"batch_size": 2.0}, "batch_size"),
+    ({"max_length": 0}, "max_length"), ({"max_length": True}, "max_length"), ({"max_length": 8.0}, "max_length"),
+])
+def test_mean_pooled_hidden_states_reject_bad_sizes(kwargs, match):
+    model, _ = _fake_model()
+    with pytest.raises(ValueError, match=match):
+        mean_pooled_hidden_states(model, _FakeTokenizer(), ["q"], ["a"], **kwargs)
+
+
+def test_mean_pooled_hidden_states_accept_the_smallest_sizes_and_need_one_response_per_prompt():
+    model, _ = _fake_model()
+    out = mean_pooled_hidden_states(model, _FakeTokenizer(), ["q", "qq"], ["a", "a"], batch_size=1, max_length=1)
+    np.testing.assert_allclose(out, [[ord("u"), 1.0], [ord("u"), 1.0]])  # the first character, "u" of "user:"
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        mean_pooled_hidden_states(model, _FakeTokenizer(), ["q", "qq"], ["a"])
+
+
+def test_distinct_ns_gives_every_n_and_counts_texts_without_ngrams():
+    got = distinct_ns(["a", "", "b c a"], ns=[1, 2])
+    assert set(got) == {1, 2}
+    assert (got[1].unique, got[1].total, got[1].n_texts) == (3, 4, 3)
+    assert (got[2].n, got[2].unique, got[2].total, got[2].value) == (2, 2, 2, 1.0)
+    nothing = distinct_n([], 1)
+    assert (nothing.unique, nothing.total, nothing.n_texts) == (0, 0, 0) and math.isnan(nothing.value)
+
+
+def test_distinct_n_of_many_texts_is_exact():
+    # Past 4096 texts the per-text n-grams are folded together: no n-gram is lost or counted twice.
+    texts = [f"w{i} common" for i in range(5000)]
+    uni, bi = distinct_ns(texts, (1, 2)).values()
+    assert (uni.unique, uni.total) == (5001, 10000)
+    assert (bi.unique, bi.total) == (5000, 5000)
+
+
+@pytest.mark.parametrize("n", [0, -1, True, 1.0])
+def test_distinct_ns_rejects_a_bad_n(n):
+    with pytest.raises(ValueError, match="positive integer"):
+        distinct_ns(["a b"], (1, n))
+
+
+def test_compression_ratio_of_nothing_is_nan():
+    for texts, n_texts, raw in [([], 0, 0), ([""], 1, 0), (["", ""], 2, 1)]:
+        result = compression_ratio(texts)
+        assert (result.raw_bytes, result.n_texts) == (raw, n_texts)
+        assert math.isnan(result.value) == (raw == 0)
+    assert compression_ratio([]).compressed_bytes == 0
+    assert compression_ratio(iter(["é"])).raw_bytes == 2  # UTF-8 bytes, from any iterable
+
+
+def _tie_coverage():
+    # A (3 samples): clusters 0, 1, 4; B (6 samples): 1, 1, 2, 2, 4, 4; cluster 3 is empty.
+    # shares A = [1/3, 1/3, 0, 0, 1/3], B = [0, 1/3, 1/3, 0, 1/3]: contrast [1/3, 0, 1/3, 0, 0].
+    return cluster_coverage([0, 1, 4, 1, 1, 2, 2, 4, 4], [0, 0, 0, 1, 1, 1, 1, 1, 1], ["A", "B"], k=5)
+
+
+def test_distinguishing_breaks_ties_by_cluster_size_then_index_and_skips_empty_clusters():
+    cov = _tie_coverage()
+    assert cov.sizes.tolist() == [1, 3, 2, 0, 3]
+    assert cov.distinguishing() == [2, 0, 1]  # 2 and 0 tie on contrast: the larger cluster 2 first
+    assert cov.distinguishing(10) == [2, 0, 1, 4]  # cluster 3 is empty
+    assert cov.exclusive == {"A": [0], "B": [2]}
+    assert np.isnan(cov.composition[:, 3]).all()
+    np.testing.assert_allclose(cov.composition[:, 1], [1 / 3, 2 / 3])
+    assert cov.effective_clusters("A") == pytest.approx(3.0) and cov.effective_clusters("B") == pytest.approx(3.0)
+
+
+def test_coverage_as_dict():
+    d = _tie_coverage().as_dict()
+    third = 0.333333
+    assert d["sets"] == ["A", "B"] and d["k"] == 5 and d["sizes"] == [1, 3, 2, 0, 3]
+    assert d["counts"] == {"A": [1, 1, 0, 0, 1], "B": [0, 2, 2, 0, 2]}
+    assert d["shares"]["A"] == pytest.approx([third, third, 0, 0, third], abs=1e-12)
+    assert d["shares"]["B"] == pytest.approx([0, third, third, 0, third], abs=1e-12)
+    assert d["contrast"] == pytest.approx([third, 0, third, 0, 0], abs=1e-12)
+    assert d["exclusive"] == {"A": [0], "B": [2]}
+    assert d["entropy"] == pytest.approx({"A": math.log(3), "B": math.log(3)})
+    assert d["effective_clusters"] == pytest.approx({"A": 3.0, "B": 3.0})
+    assert set(d) == {"sets", "k", "sizes", "counts", "shares", "contrast", "exclusive", "entropy",
+                      "effective_clusters"}
+
+
+def test_one_set_has_no_exclusive_clusters():
+    cov = cluster_coverage([0, 1, 1], [0, 0, 0], ["A"], k=np.int64(2))
+    assert cov.exclusive == {"A": []} and cov.k == 2
+    np.testing.assert_allclose(cov.shares, [[1 / 3, 2 / 3]])
+    np.testing.assert_allclose(cov.contrast, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("assignments, set_index, k, match", [
+    ([[0, 1]], [[0, 0]], 2, "1-D"),
+    ([0, 1], [0], 2, "same length"),
+    ([0, 1], [0, 0], 0, "k must"),
+    ([0, 1], [0, 0], True, "k must"),
+    ([0, 1], [0, 0], 2.0, "k must"),
+    ([0, 2], [0, 0], 2, "assignments must lie"),
+    ([-1, 1], [0, 0], 2, "assignments must lie"),
+    ([0, 1], [0, 1], 2, "set_index must lie"),
+    ([0, 1], [-1, 0], 2, "set_index must lie"),
+    ([], [], 2, "no sample"),
+])
+def test_coverage_rejects_bad_input(assignments, set_index, k, match):
+    with pytest.raises(ValueError, match=match):
+        cluster_coverage(np.array(assignments, dtype=np.int64), np.array(set_index, dtype=np.int64), ["A"], k)
+
+
+def test_coverage_accepts_the_largest_cluster_and_set():
+    cov = cluster_coverage([1, 0], [1, 0], ["A", "B"], k=2)
+    assert cov.counts.tolist() == [[1, 0], [0, 1]] and cov.exclusive == {"A": [0], "B": [1]}
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_pca_2d_coordinates_follow_the_positive_axes(sign):
+    # Axes e1 (variance 4.5) and e2 (0.5); eigh may return -e1 or -e2: the map must not flip.
+    x = sign * np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) + [10.0, -2.0]
+    xy = pca_2d(x)
+    assert xy.dtype == np.float32
+    np.testing.assert_allclose(xy, sign * np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]]), atol=1e-6)
+    np.testing.assert_allclose(pca_2d(x, batch_size=1), xy, atol=1e-6)
+
+
+def test_pca_2d_rejects_bad_shapes():
+    for bad in (np.zeros(3), np.zeros((0, 2))):
+        with pytest.raises(ValueError, match="non-empty"):
+            pca_2d(bad)
+
+
+def test_pca_2d_of_one_dimensional_vectors_is_the_centred_value_and_zero():
+    coords = pca_2d(np.array([[1.0], [2.0], [6.0]]))  # mean 3
+    np.testing.assert_array_equal(coords, np.array([[-2.0, 0.0], [-1.0, 0.0], [3.0, 0.0]], dtype=np.float32))

@@ -511,3 +511,255 @@ def test_l2_normalize_keeps_float_dtype_and_floats_integers():
     assert l2_normalize(torch.ones(2, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
     assert l2_normalize(np.array([[3, 4]])).tolist() == [[0.6, 0.8]]
     assert l2_normalize(torch.tensor([3, 4])).dtype == torch.float32  # one (d,) vector
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_int64_view_of_64_bit_patterns():
+    # Two's complement: 2**63 is the most negative int64, 2**63 - 1 the largest, 2**64 wraps to 0.
+    assert projection._to_i64((1 << 63) - 1) == (1 << 63) - 1
+    assert projection._to_i64(1 << 63) == -(1 << 63)
+    assert projection._to_i64((1 << 64) - 1) == -1
+    assert projection._to_i64(1 << 64) == 0
+    assert projection._to_i64(-1) == -1
+
+
+# Memory a call allocates, from the documented layout: on CPU, CountSketch works in blocks of
+# 32767 coordinates (two int64 hash buffers and int32 ids when not cached, a float32 copy);
+# the dense kind in blocks of 32767 // (64 * words) rows.
+_CPU_BLOCK = 32767
+
+
+def test_countsketch_working_bytes():
+    spec = ProjectionSpec(dim=16)
+    assert make_projector(spec, 100).working_bytes(3) == 4 * _CPU_BLOCK
+    assert make_projector(spec, 100, cache_bytes=0).working_bytes(3) == (16 + 4 + 4) * _CPU_BLOCK
+    # Any other device (here torch's shape-only "meta" device) works in blocks of 2**20.
+    assert make_projector(spec, 100, device="meta").working_bytes(3) == 4 * 2**20
+
+
+def test_dense_working_bytes_on_cpu():
+    spec = ProjectionSpec("rademacher", 64)
+    rows = _CPU_BLOCK // 64  # 511 rows of one 64-sign word
+    signs = rows * 64 * 4  # float32
+    assert make_projector(spec, 100).working_bytes(3) == signs + signs + 3 * rows * 4  # a cached block is copied
+    assert make_projector(spec, 100, cache_bytes=0).working_bytes(3) == signs + rows * 80 + 3 * rows * 4
+    bf16 = make_projector(spec, 100, cache_bytes=0, compute_dtype="bfloat16")
+    # bf16 signs and values, with float32 copies of both for the product on CPU.
+    assert bf16.working_bytes(3) == rows * 64 * 2 + rows * 80 + 3 * rows * (2 + 4) + rows * 64 * 4
+    assert make_projector(ProjectionSpec("rademacher", 100), 100, cache_bytes=0)._block_rows == _CPU_BLOCK // 128
+
+
+def test_dense_defaults_off_the_cpu_are_bf16_in_256_mib_blocks():
+    p = make_projector(ProjectionSpec("rademacher", 64), 100, device="meta", cache_bytes=0)
+    assert p.compute_dtype == "bfloat16" and p.key.endswith("-bf16")
+    rows = 256 * 2**20 // (64 * 2)  # bf16 signs of one word per row
+    assert p._block_rows == rows
+    assert p.working_bytes(2) == rows * 64 * 2 + rows * 80 + 2 * rows * (2 + 4) + rows * 64 * 4
+    assert make_projector(ProjectionSpec("rademacher", 64), 100, device="meta", cache_bytes=0,
+                          block_bytes=1)._block_rows == 1  # at least one row
+
+
+@pytest.mark.parametrize("kind, per_entry", [("countsketch", 4), ("rademacher", 64)])
+def test_the_table_is_cached_exactly_when_it_fits_cache_bytes(kind, per_entry):
+    spec = ProjectionSpec(kind, 64, 1)
+    fits = make_projector(spec, 50, cache_bytes=50 * per_entry)
+    short = make_projector(spec, 50, cache_bytes=50 * per_entry - 1)
+    assert fits.cached and not short.cached
+    g = _grad(50)
+    torch.testing.assert_close(fits.project([g]), short.project([g]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_cache_is_two_gib():
+    # 2**31 + 1024 int8 signs do not fit in 2 GiB: regenerated (and nothing allocated up front).
+    assert not make_projector(ProjectionSpec("rademacher", 1024), 2**21 + 1).cached
+    assert projection.DEFAULT_CACHE_BYTES == 2 * 1024**3
+
+
+@pytest.mark.parametrize("cache_bytes", [-1, True, 1.5, "1"])
+def test_cache_bytes_must_be_a_non_negative_integer(cache_bytes):
+    with pytest.raises(ValueError, match="cache_bytes"):
+        make_projector(ProjectionSpec(dim=8), 10, cache_bytes=cache_bytes)
+
+
+@pytest.mark.parametrize("block_bytes", [-1, True, 1.5])
+def test_block_bytes_must_be_a_non_negative_integer(block_bytes):
+    with pytest.raises(ValueError, match="block_bytes"):
+        make_projector(ProjectionSpec("rademacher", 8), 10, block_bytes=block_bytes)
+
+
+def test_the_cpu_guard_takes_exactly_its_limit_and_names_the_cost(monkeypatch):
+    monkeypatch.setattr(projection, "CPU_DENSE_MAX_ENTRIES", 64 * 100)
+    assert make_projector(ProjectionSpec("rademacher", 64, 0), 100).input_dim == 100  # 6400 entries: allowed
+    with pytest.raises(ValueError, match=r"6\.46e\+03 sign draws, roughly 0 s per sample"):
+        make_projector(ProjectionSpec("rademacher", 64, 0), 101)
+    monkeypatch.undo()
+    # 134.5M x 1024 entries at 10 ns each: 1377 s.
+    with pytest.raises(ValueError, match="roughly 23 minutes per sample"):
+        make_projector(ProjectionSpec("rademacher", 1024, 0), 134_515_008)
+    with pytest.raises(ValueError, match="roughly 86 s per sample"):
+        make_projector(ProjectionSpec("rademacher", 1024, 0), 8_400_000)
+
+
+def test_countsketch_project_many_takes_samples_split_differently():
+    a, b = _grad(300, 1), _grad(300, 2)
+    p = make_projector(ProjectionSpec("countsketch", 32, 0), 300)
+    many = p.project_many([[a], [b[:100], b[100:]], [a[:7], a[7:]]])
+    torch.testing.assert_close(many, torch.stack([p.project([a]), p.project([b]), p.project([a])]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_slices_and_rows_reach_the_last_coordinate_and_no_further(kind):
+    n = 100
+    p = make_projector(ProjectionSpec(kind, 16, 0), n)
+    g = _grad(n).unsqueeze(0)  # (1, n)
+    whole = p.project_many([[g[0]]])
+    torch.testing.assert_close(p.project_slice(g[:, :60], 0) + p.project_slice(g[:, 60:], np.int64(60)), whole)
+    torch.testing.assert_close(p.project_slice(g[:, 99:], 99), p.project_many([[torch.eye(n)[99] * g[0, 99]]]))
+    for offset in (100, True, 1.0):
+        with pytest.raises(ValueError, match="offset"):
+            p.project_slice(g[:, :1], offset)
+    # A (10, 9) table at offset 10: rows 0..9 end exactly at coordinate 100.
+    values = g[:, 10:].reshape(1, 10, 9)
+    torch.testing.assert_close(p.project_rows(values, torch.arange(10), 10) + p.project_slice(g[:, :10], 0), whole)
+    with pytest.raises(ValueError, match="outside input_dim"):
+        p.project_rows(values[:, :2], torch.tensor([-1, 0]), 10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_project_rows_checks_its_rows_and_skips_empty_input(kind):
+    p = make_projector(ProjectionSpec(kind, 16, 0), 100)
+    values = torch.ones(2, 3, 4)
+    with pytest.raises(ValueError, match="integer row indices"):
+        p.project_rows(values, torch.tensor([0.0, 1.0, 2.0]), 0)
+    with pytest.raises(ValueError, match="integer row indices"):
+        p.project_rows(values, torch.tensor([0, 1]), 0)
+    with pytest.raises(TypeError, match="3-D"):
+        p.project_rows(torch.ones(3, 4), torch.tensor([0, 1, 2]), 0)
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        p.project_rows(values.long(), torch.tensor([0, 1, 2]), 0)
+    assert torch.equal(p.project_rows(torch.ones(2, 0, 4), torch.zeros(0, dtype=torch.long), 0), torch.zeros(2, 16))
+    assert torch.equal(p.project_rows(torch.ones(2, 3, 0), [0, 1, 2], 0), torch.zeros(2, 16))
+    assert p.project_rows(values, [0, 1, 2], 0).shape == (2, 16)  # a list of row indices
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_project_slice_rejects_non_tensors_and_integer_values(kind):
+    p = make_projector(ProjectionSpec(kind, 16, 0), 100)
+    with pytest.raises(TypeError, match="2-D tensor, got ndarray"):
+        p.project_slice(np.zeros((1, 10)), 0)
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        p.project_slice(torch.zeros(1, 10, dtype=torch.int32), 0)
+
+
+def test_a_wrong_shape_names_the_call_it_expects():
+    p = make_projector(ProjectionSpec("countsketch", 16, 0), 100)
+    with pytest.raises(TypeError, match=r"^project_slice\(values \(B, n\), offset\): values must be a 2-D tensor"):
+        p.project_slice(torch.zeros(3), 0)
+    with pytest.raises(TypeError, match=r"^project_rows\(values \(B, R, width\), rows \(R,\), offset\): values must"):
+        p.project_rows(torch.zeros(2, 3), torch.tensor([0, 1]), 0)
+
+
+@pytest.mark.parametrize("kind, cache_bytes", _PATHS)
+def test_project_rows_of_several_sign_words_and_int32_rows(kind, cache_bytes):
+    # dim 100 takes two 64-bit words of signs per row of the dense matrix; rows may come as int32.
+    n, width = 400, 6
+    kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    p = make_projector(ProjectionSpec(kind, 100, 4), n, **kwargs)
+    rows = torch.tensor([60, 2, 31], dtype=torch.int32)
+    values = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(3))
+    dense = torch.zeros(2, n)
+    for r, row in enumerate(rows.tolist()):
+        dense[:, 10 + row * width: 10 + (row + 1) * width] = values[:, r]
+    expected = p.project_many([[d] for d in dense])
+    torch.testing.assert_close(p.project_rows(values, rows, 10), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_working_bytes_of_two_sign_words_per_row():
+    rows = _CPU_BLOCK // 128  # 255 rows of two 64-sign words
+    p = make_projector(ProjectionSpec("rademacher", 100), 100, cache_bytes=0)
+    assert p.working_bytes(3) == rows * 2 * 64 * 4 + rows * 2 * 80 + 3 * rows * 4
+
+
+def test_l2_normalize_one_numpy_vector_and_many_zero_rows():
+    np.testing.assert_allclose(l2_normalize(np.array([3.0, 4.0])), [0.6, 0.8])
+    x = np.ones((1000, 8))
+    x[::2] = 0.0
+    scratch = np.full((1000, 8), 5.0)  # freed memory the result may land in: zero rows must be written
+    del scratch
+    out = l2_normalize(x)
+    assert np.all(out[::2] == 0.0) and np.allclose(out[1::2], 1 / math.sqrt(8))
+
+
+@pytest.mark.parametrize("kind, cache_bytes", _PATHS)
+def test_vectors_are_float32_whatever_torch_default_dtype(kind, cache_bytes):
+    n = 3000
+    kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    p = make_projector(ProjectionSpec(kind, 32, 1), n, **kwargs)
+    g = _grad(n)
+    want = p.project_many([[g], [g.bfloat16()]])
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert p.project_many([]).dtype == torch.float32
+        got = p.project_many([[g], [g.bfloat16()]])
+        sliced = p.project_slice(g.unsqueeze(0), 0)
+    finally:
+        torch.set_default_dtype(before)
+    assert got.dtype == sliced.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(sliced, want[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input_messages_name_the_sample_and_the_shape():
+    p = make_projector(ProjectionSpec("rademacher", 16, 0), 100)
+    with pytest.raises(ValueError, match="sample 1 splits its gradient"):
+        p.project_many([[torch.zeros(100)], [torch.zeros(50), torch.zeros(50)]])
+    with pytest.raises(ValueError, match="sample 2 splits its gradient"):
+        p.project_many([[torch.zeros(100)], [torch.zeros(100)], [torch.zeros(50), torch.zeros(50)]])
+    with pytest.raises(TypeError, match=r"values must be a 2-D tensor, got \(3,\)"):
+        p.project_slice(torch.zeros(3), 0)
+
+
+def test_cached_countsketch_of_long_bf16_chunks_spans_several_blocks():
+    # bf16 input is converted block by block (32767 coordinates): each block must read its own ids.
+    n = 70_000
+    p = make_projector(ProjectionSpec("countsketch", 64, 2), n)
+    assert p.cached
+    g = _grad(n).bfloat16()
+    got = p.project([g[:5], g[5:]])
+    want = p.project([g[:5].float(), g[5:].float()])  # float32 input goes in whole
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_input_on_another_device_is_moved_to_the_projectors(kind):
+    # torch's "meta" device stands in for an accelerator: shapes and devices only, no values.
+    p = make_projector(ProjectionSpec(kind, 16), 100, device="meta", cache_bytes=0)
+    out = p.project_slice(torch.ones(2, 100), 0)
+    assert out.device.type == "meta" and out.shape == (2, 16) and out.dtype == torch.float32
+    flats = p._check_chunks([torch.ones(10, 10)])
+    assert flats[0].device.type == "meta" and flats[0].shape == (100,)
+
+
+@pytest.mark.parametrize("input_dim, cost", [(11_718_750, "2 minutes"), (585_937_500, "100 minutes")])
+def test_the_cpu_guard_states_long_costs_in_minutes(input_dim, cost):
+    # x 1024 entries at 10 ns: 120 s (from two minutes on, minutes are named) and 6000 s.
+    with pytest.raises(ValueError, match=f"roughly {cost} per sample"):
+        make_projector(ProjectionSpec("rademacher", 1024, 0), input_dim)
+
+
+def test_dense_rows_of_65_columns_take_two_sign_words():
+    p = make_projector(ProjectionSpec("rademacher", 65, 0), 40, cache_bytes=0)
+    rows = p.project_many([[row] for row in torch.eye(40)])  # (40, 65) = P
+    assert torch.allclose(rows.abs(), torch.full_like(rows, 1 / math.sqrt(65)))
+    cached = make_projector(ProjectionSpec("rademacher", 65, 0), 40)
+    assert torch.equal(cached.project_many([[row] for row in torch.eye(40)]), rows)
+    assert p.working_bytes(1) == (_CPU_BLOCK // 128) * (2 * 64 * 4 + 2 * 80 + 4)
+
+
+def test_very_wide_dense_rows_go_one_row_per_block():
+    p = make_projector(ProjectionSpec("rademacher", 20_000, 0), 10, cache_bytes=0)
+    words = -(-20_000 // 64)  # 313 words: one row is already past the 32767-sign CPU block
+    assert p.working_bytes(1) == words * 64 * 4 + words * 80 + 4
