@@ -74,11 +74,11 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__"))
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("prismatic_assets", "tests", "resources"):
+        for name in ("prismatic_assets", "tests", "resources", "benchmarks"):  # tests import benchmarks
             shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     mutmut = {"source_paths": ["prismatic_assets"], "only_mutate": [module],
               "pytest_add_cli_args_test_selection": tests, "pytest_add_cli_args": conf["pytest_args"],
-              "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources"],
+              "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources", "benchmarks"],
               "use_git_change_detection": False, "timeout_constant": conf["timeout_constant"],
               "timeout_multiplier": conf["timeout_multiplier"],
               # each mutant's process forks from a server that ran no test: the tests open DuckDB,
@@ -188,6 +188,12 @@ def module_rows(conf: dict) -> list[dict]:
         unknown = sorted(set(why) - set(run["survivors"]))
         if unknown:
             problem = f"explained but not survivors of this run: {unknown}"
+        unfinished = sum(n for outcome, n in run["counts"].items() if outcome not in KILLED + NOT_KILLED)
+        if unfinished:
+            log = f"build/mutation/{slug(module)}/run.log"
+            rows.append({"module": module, "run": None, "unfinished":
+                         f"{unfinished} of {sum(run['counts'].values())} mutants not checked (see {log})"})
+            continue
         equivalent = {name: reason for name, reason in why.items() if name in run["survivors"]}
         killed, total, share = score(run["counts"], len(equivalent))
         rows.append({"module": module, "run": run, "equivalent": equivalent, "problem": problem,
@@ -202,7 +208,8 @@ def summary(conf: dict) -> list[str]:
     packages: dict[str, list[int]] = {}
     for row in module_rows(conf):
         if row["run"] is None:
-            lines.append(f"| {row['module']} | not run | | | | | | |")
+            lines.append(f"| {row['module']} | not run{': ' + row['unfinished'] if 'unfinished' in row else ''} "
+                         "| | | | | | |")
             continue
         run, killed, total = row["run"], row["killed"], row["total"]
         timeouts = run["counts"].get("timeout", 0)

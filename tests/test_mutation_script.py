@@ -90,3 +90,10 @@ def test_the_projects_reasons_files_name_configured_modules_once_each():
         assert len(names) == len(set(names)), f"{path}: a mutant is explained twice"
         assert all(group["reason"].strip() for group in data["equivalent"])
         assert len(data["source"]) == 16
+
+
+def test_a_run_that_did_not_finish_scores_nothing(mutation):
+    _run(mutation, {"killed": 3, "not checked": 7}, {})
+    (row,) = [line for line in mutation.summary(CONF) if line.startswith("| pkg/mod.py")]
+    assert row.startswith("| pkg/mod.py | not run: 7 of 10 mutants not checked")
+    assert not any(line.startswith("| **pkg/**") for line in mutation.summary(CONF))

@@ -118,3 +118,80 @@ def test_entropy_of_labels():
     assert entropy(["a", "a", "b"]) == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))
     with pytest.raises(ValueError, match="empty"):
         entropy([])
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_missing_values_are_dropped_pairs():
+    # None (a set whose measure could not be computed) reads as NaN: its pair is left out.
+    assert spearman([1, None, 3, 4], [1, 2, 3, 5]) == 1.0
+    assert spearman([1, 2, 3, 4], [4, 3, None, 1]) == -1.0
+    result = bootstrap_spearman([1.0, 2.0, None, 4.0, 5.0], [None, 2, math.nan, 4, 5], resamples=20)
+    assert (result.rho, result.n) == (1.0, 3)
+
+
+@pytest.mark.parametrize("x, y", [([1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]), ([[1.0, 2.0]] * 3, [[1.0, 2.0]] * 3)])
+def test_spearman_needs_two_one_dimensional_sequences_of_equal_length(x, y):
+    with pytest.raises(ValueError, match="two 1-D sequences of equal length"):
+        spearman(x, y)
+
+
+def test_defaults_are_2000_resamples_and_seed_0_and_the_record_says_so():
+    result = bootstrap_spearman([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
+    assert (result.resamples, result.seed, result.n) == (2000, 0, 5)
+    assert result.as_dict() == {"rho": result.rho, "low": result.low, "high": result.high, "n": 5,
+                                "resamples": 2000, "degenerate": result.degenerate, "seed": 0}
+    assert result.valid_resamples == 2000 - result.degenerate
+
+
+@pytest.mark.parametrize("resamples", [0, -3, True, 2.5, 1.0, "10"])
+def test_resamples_must_be_a_positive_integer(resamples):
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
+        bootstrap_spearman([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], resamples=resamples)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5, -0.1])
+def test_confidence_must_lie_strictly_between_0_and_1(confidence):
+    with pytest.raises(ValueError, match="must be in"):
+        bootstrap_spearman([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], confidence=confidence)
+
+
+def test_no_rho_means_no_bootstrap_and_the_record_keeps_n_and_seed():
+    result = bootstrap_spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0], resamples=50, seed=7)
+    assert result.as_dict() == {"rho": None, "low": None, "high": None, "n": 4, "resamples": 0, "degenerate": 0,
+                                "seed": 7}
+
+
+def _draw(seed: int, resamples: int, n: int) -> np.ndarray:
+    """The resamples bootstrap_spearman documents: numpy's default_rng(seed) set indices."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def test_one_resample_valid_or_degenerate():
+    """With resamples=1 the interval is that one resample's rho, or none when it is degenerate."""
+    x, y = [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]
+    constant = next(s for s in range(1000) if len(set(_draw(s, 1, 3)[0])) == 1)
+    varied = next(s for s in range(1000) if len(set(_draw(s, 1, 3)[0])) == 3)
+    none = bootstrap_spearman(x, y, resamples=1, seed=constant)
+    assert none.as_dict() == {"rho": 0.5, "low": None, "high": None, "n": 3, "resamples": 1, "degenerate": 1,
+                              "seed": constant}
+    one = bootstrap_spearman(x, y, resamples=1, seed=varied)
+    row = _draw(varied, 1, 3)[0]
+    expected = spearmanr(np.array(x)[row], np.array(y)[row]).statistic
+    assert (one.low, one.high, one.degenerate, one.seed) == (pytest.approx(expected), pytest.approx(expected), 0,
+                                                              varied)
+
+
+def test_the_interval_ends_are_resample_values_not_interpolations():
+    """Percentiles by the inverted CDF: with 10 valid resamples the 2.5% and 97.5% points are the
+    smallest and the largest rho (linear interpolation would land between two of them)."""
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 7.0]
+    rhos = sorted(spearmanr(np.array(x)[row], np.array(y)[row]).statistic for row in _draw(3, 10, 8))
+    result = bootstrap_spearman(x, y, resamples=10, seed=3)
+    assert result.degenerate == 0 and rhos[0] < rhos[1] and rhos[-2] < rhos[-1]
+    assert (result.low, result.high) == (pytest.approx(rhos[0]), pytest.approx(rhos[-1]))
+
+
+def test_the_entropy_of_one_label_is_positive_zero():
+    assert math.copysign(1.0, entropy(["a", "a", "a"])) == 1.0
