@@ -174,3 +174,48 @@ def test_find_duplicates_rejects_misaligned_ids() -> None:
 
 def test_find_duplicates_with_empty_pool() -> None:
     assert find_duplicates(["a", "a"], []) == [None, DuplicateMatch("exact", "batch", 0)]
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_default_n_is_the_papers_10_and_n_1_is_allowed():
+    assert NGramIndex().n == 10
+    unigrams = NGramIndex(n=1)
+    unigrams.add(["alpha beta"], label="b")
+    assert unigrams.is_contaminated("gamma beta") == Match("b", "beta", 0)
+
+
+def test_a_text_shorter_than_n_is_one_gram_of_its_own_even_of_one_word():
+    index = NGramIndex(n=5)
+    index.add(["Two words", "hello"], label="b")
+    assert index.is_contaminated("two WORDS") == Match("b", "two words", 0)
+    assert index.is_contaminated("Hello!") == Match("b", "hello", 1)
+    assert index.is_contaminated("two words more") is None  # three tokens: another whole-text gram
+
+
+def test_empty_texts_index_nothing_and_match_nothing():
+    index = NGramIndex(n=3)
+    index.add(["", "a b c"], label="b")
+    assert len(index) == 1 and index.n_texts == 2
+    assert index.overlaps("") == [] and index.is_contaminated("xxxx") is None
+    index.add(["xxxx"], label="b")
+    assert index.overlaps("") == []
+
+
+def test_the_first_evaluation_text_holding_a_gram_is_the_one_named():
+    """Equal hashes keep the order the texts were added in (a stable sort), so the match
+    names the first evaluation text with the n-gram, however many share it."""
+    index = NGramIndex(n=3)
+    index.add([f"w{i} x y z" for i in range(40)] + ["a b c"] * 60, label="b")
+    assert index.is_contaminated("so a b c") == Match("b", "a b c", 40)
+
+
+def test_the_index_keeps_compact_dtypes():
+    """64-bit hashes (float64 would merge distinct ones) and 32-bit text and label ids: memory at 1M grams."""
+    index = NGramIndex(n=2)
+    index.add(["a b c", "d e"], label="one")
+    index.add(["f g"], label="two")
+    assert len(index) == 4
+    assert (index._hashes.dtype, index._sources.dtype, index._label_ids.dtype) == (np.uint64, np.uint32, np.uint32)
+    assert NGramIndex()._hashes.dtype == np.uint64 and NGramIndex()._sources.dtype == np.uint32
