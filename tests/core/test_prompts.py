@@ -386,3 +386,71 @@ def test_draw_few_shot_by_name() -> None:
         draw_few_shot("sparse_cluster", POOL, 5, random.Random(0))
     with pytest.raises(ValueError, match="use one of"):
         draw_few_shot("nearest", POOL, 5, random.Random(0))
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_one_example_and_the_whole_pool_are_valid_few_shot_counts():
+    assert sample_few_shot(["a"], 1, random.Random(0)) == ["a"]
+    assert sorted(sample_few_shot(["a", "b"], 2, random.Random(0))) == ["a", "b"]
+    with pytest.raises(ValueError, match="k=0"):
+        sample_few_shot(["a"], 0, random.Random(0))
+    with pytest.raises(ValueError, match="the pool has 1 problems but k=2"):
+        sample_few_shot(["a"], 2, random.Random(0))
+
+
+def test_a_topped_up_cluster_draw_still_names_its_strategy_and_cluster():
+    draw = sample_few_shot_from_cluster(["a", "b", "c", "d"], [1, 0, 0, 0], 1, 3, random.Random(0))
+    assert (draw.ids[0], draw.strategy, draw.cluster, draw.topped_up) == ("a", "sparse_cluster", 1, 2)
+    assert set(draw.ids[1:]) <= {"b", "c", "d"} and len(set(draw.ids)) == 3
+
+
+@pytest.mark.parametrize("assignments, cluster", [([0, 1], None), (None, 1)])
+def test_sparse_cluster_draws_need_both_assignments_and_a_cluster(assignments, cluster):
+    with pytest.raises(ValueError, match="needs assignments"):
+        draw_few_shot("sparse_cluster", ["a", "b"], 1, random.Random(0), assignments=assignments, cluster=cluster)
+
+
+def test_the_request_shows_examples_and_the_expected_blocks_exactly():
+    messages = build_problem_request(["First example problem.", "Second example problem."])
+    user = messages[-1]["content"]
+    assert "2 new math problems" in user  # two by default
+    assert "<problem>\nFirst example problem.\n</problem>\n\n<problem>\nSecond example problem.\n</problem>" in user
+    assert "<problem>\n...\n</problem>\n<problem>\n...\n</problem>" in user
+    assert "<problem>\n...\n</problem>\n<problem>\n...\n</problem>\n<problem>" not in user
+
+
+def test_two_problems_are_expected_by_default():
+    text = "".join(f"<problem>Find the value of x when x + {i} = 10.</problem>" for i in range(3))
+    parsed = parse_problems(text)
+    assert len(parsed.problems) == 2 and parsed.n_found == 3
+    assert parsed.issues == ["expected 2 problems, got 3: kept the first 2"]
+
+
+@pytest.mark.parametrize("wrapped", ["**Find the value of x in 2x = 6.**", "__Find the value of x in 2x = 6.__",
+                                     '"Find the value of x in 2x = 6."', "```\nFind the value of x in 2x = 6.\n```"])
+def test_emphasis_quotes_and_fences_around_a_problem_are_removed(wrapped):
+    assert parse_problems(f"<problem>{wrapped}</problem>", 1).problems == ["Find the value of x in 2x = 6."]
+
+
+def test_emphasis_on_one_side_only_is_kept():
+    problem = "**Find** the value of x in 2x = 6."
+    assert parse_problems(f"<problem>{problem}</problem>", 1).problems == [problem]
+
+
+@pytest.mark.parametrize("block", ["****", "***"])
+def test_a_block_of_bare_markers_is_too_short_not_empty(block):
+    assert parse_problems(f"<problem>{block}</problem>", 1).issues[0] == "problem 1: too short (1 words < 5)"
+
+
+def test_answer_choices_named_in_words_are_multiple_choice():
+    parsed = parse_problems("<problem>Answer the question below. Options: red, green or blue?</problem>", 1)
+    assert parsed.issues[0] == "problem 1: multiple-choice options detected"
+
+
+def test_no_delimiters_and_a_parser_error_find_zero_blocks():
+    assert parse_problems("just some words", 1) == ParsedProblems([], ["no delimiters found"], 0)
+    broken = parse_problems(123, 1)  # type: ignore[arg-type]  # a bad generation must not raise
+    assert (broken.problems, broken.n_found) == ([], 0)
+    assert broken.issues == ["parser error: TypeError: expected string or bytes-like object, got 'int'"]
