@@ -757,3 +757,15 @@ def test_all_rejected_with_right_keys_suggests_no_remapping(tmp_path: Path) -> N
         load_records_file(path)
     assert "Keys present in the rows: prompt, response" in str(err.value)
     assert "If this is a mapping mistake" not in str(err.value)
+
+
+def test_a_hub_spec_passes_its_name_split_fields_and_limit_on(monkeypatch):
+    from prismatic_assets.core import loaders
+    from prismatic_assets.core.records import FieldMap
+
+    calls = []
+    monkeypatch.setattr(loaders, "load_hf_dataset", lambda *args, **kw: calls.append((args, kw)) or "loaded")
+    assert loaders.load_samples("hf:owner/name:test", limit=3, shuffle=True) == "loaded"
+    assert loaders.load_samples("hf:owner/name") == "loaded"
+    assert calls == [(("owner/name", "test", FieldMap()), {"limit": 3, "shuffle": True}),
+                     (("owner/name", "train", FieldMap()), {"limit": None})]
