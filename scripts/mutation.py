@@ -12,7 +12,7 @@ worker, and write build/mutation/<module>.json: the count of each outcome, every
 with its diff, and the wall time. A module's copy keeps mutmut's state, so a run stopped
 part-way continues where it stopped. Runs change nothing outside build/mutation/.
 
-    python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's score table
+    python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's per-package score table
 
 A survivor that no test can kill (it changes no behaviour: a default argument spelled out,
 a performance-only flag) is explained in docs/mutation/<module>.toml with a one-line reason,
@@ -217,11 +217,34 @@ def summary(conf: dict) -> list[str]:
         lines.append(f"| {row['module']} | {sum(run['counts'].values())} | {shown} | {total - killed} | "
                      f"{len(row['equivalent'])} | {row['share']:.1%} | {run['finished'][:10]} | "
                      f"{run['seconds'] / 60:.0f} |")
-        package = packages.setdefault(row["module"].split("/")[1], [0, 0])
+        package = packages.setdefault(_package(row["module"]), [0, 0])
         package[0] += killed
         package[1] += total
     for name, (killed, total) in packages.items():
         lines.append(f"| **{name}/** (the modules run) | | {killed} | {total - killed} | | {killed / total:.1%} | | |")
+    return lines
+
+
+def package_summary(conf: dict) -> list[str]:
+    """The README's short table: per package, the modules run, their total and the weakest module."""
+    lines = ["| package | modules run | mutants | killed | not killed | equivalent | score | lowest |",
+             "|---|---|---|---|---|---|---|---|"]
+    packages: dict[str, list[dict]] = {}
+    configured: dict[str, int] = {}
+    for row in module_rows(conf):
+        name = _package(row["module"])
+        configured[name] = configured.get(name, 0) + 1
+        if row["run"] is not None:
+            packages.setdefault(name, []).append(row)
+    for name, rows in packages.items():
+        killed = sum(r["killed"] for r in rows)
+        total = sum(r["total"] for r in rows)
+        mutants = sum(sum(r["run"]["counts"].values()) for r in rows)
+        equivalent = sum(len(r["equivalent"]) for r in rows)
+        low = min(rows, key=lambda r: r["share"])
+        lines.append(f"| {name}/ | {len(rows)} of {configured[name]} | {mutants} | {killed} | {total - killed} | "
+                     f"{equivalent} | {killed / total:.1%} | {low['module'].rsplit('/', 1)[-1]} "
+                     f"{low['share']:.1%} |")
     return lines
 
 
@@ -237,8 +260,8 @@ def docs(conf: dict) -> list[str]:
            "change no behaviour that a test may pin (a default argument spelled out, a",
            "performance-only flag); each has its reason in `docs/mutation/<module>.toml`, and the",
            "score leaves them out: score = killed / (mutants - equivalent). A mutant *killed by",
-           "timeout* made its tests run past mutmut's limit (for instance a cache key that no longer",
-           "matches, so the tests recompute what they would have read).", "", *summary(conf), ""]
+           "timeout* made its tests run past mutmut's limit (5x their measured time + 30 s: a loop",
+           "that no longer ends). Modules marked *not run* have no finished run.", "", *summary(conf), ""]
     for row in rows:
         if row["run"] is None:
             continue
@@ -267,6 +290,11 @@ def docs(conf: dict) -> list[str]:
     return out
 
 
+def _package(module: str) -> str:
+    """The folder a module sits in: prismatic_assets/core/ids.py -> core."""
+    return module.rsplit("/", 2)[-2]
+
+
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
@@ -283,7 +311,7 @@ def write_docs(conf: dict) -> None:
         raise SystemExit(f"README.md has no {README_BEGIN} ... {README_END} block for the score table")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
-    table = [line for line in summary(conf) if "not run" not in line]
+    table = package_summary(conf)
     README.write_text(head + README_BEGIN + "\n" + "\n".join(table) + "\n" + README_END + tail)
     for row in module_rows(conf):
         if row["run"] is not None:
@@ -296,7 +324,7 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: every configured one, in order)")
     parser.add_argument("--summary", action="store_true", help="print the scores of earlier runs")
     parser.add_argument("--docs", action="store_true",
-                        help="write docs/MUTATION.md and the README's score table from the last runs")
+                        help="write docs/MUTATION.md and the README's per-package score table from the last runs")
     parser.add_argument("--survivors", action="store_true",
                         help="run only the survivors of each module's last run again (after adding tests)")
     args = parser.parse_args()

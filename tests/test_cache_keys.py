@@ -468,3 +468,39 @@ def test_every_score_setting_changes_the_score_id(tmp_path):
     for q, key, scope, vectors in variants:
         score_pool(store, vectors, q, key, scope)
     assert len(ids()) == 1 + len(variants)
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_stored_ids_are_the_sha256_of_sorted_json_with_str_for_other_objects():
+    import hashlib
+
+    from prismatic_assets.core.ids import digest
+
+    def expected(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    assert digest({"b": 1, "a": [1, 2]}) == expected('{"a": [1, 2], "b": 1}') == digest({"a": [1, 2], "b": 1})
+    assert digest({"path": Path("x/y")}) == expected('{"path": "x/y"}')
+
+
+def test_a_pool_score_is_shannon_by_default_at_float32_and_stored_with_its_settings(tmp_path):
+    """Rows e1, e1, e2, e3: eigenvalues 1/2, 1/4, 1/4, so G-Vendi is 2^1.5 at q = 1 and 8/3 at q = 2."""
+    from prismatic_assets.core.gvendi import g_vendi
+    from prismatic_assets.pipeline.embeddings import PoolVectors
+    from prismatic_assets.pipeline.scores import score_pool, score_vectors
+    from prismatic_assets.store.store import MetadataStore
+
+    rows = np.eye(3, dtype=np.float32)[[0, 0, 1, 2]]
+    assert score_vectors(rows).score == pytest.approx(2**1.5, rel=1e-6)
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    assert score_vectors(x, 2.0).score == g_vendi(x, q=2.0, compute_dtype="float32").score  # one precision
+    store = MetadataStore(tmp_path / "m.duckdb")
+    pool = PoolVectors(["a", "b", "c", "d"], rows, {"e": "no vector"})
+    result = score_pool(store, pool, q=2.0, embedding_key="ek", scope="pool/1", run_id="run-1")
+    assert result.score == pytest.approx(8 / 3, rel=1e-6)
+    with store.connect() as con:
+        row = con.execute("SELECT scope, metric, q, value, n, dim, n_excluded, embedding_key, config, run_id "
+                          "FROM scores").fetchall()
+    assert row == [("pool/1", "g_vendi", 2.0, pytest.approx(8 / 3, rel=1e-6), 4, 3, 1, "ek", '{"q": 2.0}', "run-1")]

@@ -255,3 +255,28 @@ def test_embed_many_reports_zero_gradients_per_sample(packaged_tokenizer, tiny_l
     embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(params=r"layers\.0\.self_attn"))
     out = embedder.embed_many(PAIRS[:2], batch_size=2)
     assert [o.error for o in out] == ["zero gradient", "zero gradient"]
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_the_embedding_key_format_is_pinned():
+    """Stored vectors are found by this key: a change of its format silently recomputes every
+    cache. The expected key is the sha256 of the JSON written out here by hand."""
+    import hashlib
+
+    from prismatic_assets.core.gradient_spec import GradientSpec, embedding_key
+
+    spec = GradientSpec(params=r"layers\.1\.", autocast="bf16", max_length=256)
+    assert spec.as_dict() == {"params": r"layers\.1\.", "autocast": "bf16", "max_length": 256, "version": 1}
+    payload = ('{"gradient": {"autocast": "bf16", "max_length": 256, "params": "layers\\\\.1\\\\.", "version": 1}, '
+               '"model": "fp-model", "projection": "proj-key"}')
+    assert embedding_key("fp-model", "proj-key", spec) == hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def test_max_length_of_8_tokens_is_the_smallest_allowed():
+    from prismatic_assets.core.gradient_spec import GradientSpec
+
+    assert GradientSpec(max_length=8).max_length == 8
+    with pytest.raises(ValueError, match="max_length=7: must be at least 8 tokens"):
+        GradientSpec(max_length=7)

@@ -763,3 +763,22 @@ def test_very_wide_dense_rows_go_one_row_per_block():
     p = make_projector(ProjectionSpec("rademacher", 20_000, 0), 10, cache_bytes=0)
     words = -(-20_000 // 64)  # 313 words: one row is already past the 32767-sign CPU block
     assert p.working_bytes(1) == words * 64 * 4 + words * 80 + 4
+
+
+def test_spec_bounds_and_the_key_format():
+    from types import SimpleNamespace
+
+    from prismatic_assets.core.projection_spec import MAX_DIM, ProjectionSpec, check_input_dim, projection_key
+
+    assert ProjectionSpec().key(10) == "countsketch-v1-dim1024-seed0-in10"
+    assert ProjectionSpec(dim=1).key(1, "cuda") == "countsketch-v1-dim1-seed0-in1"  # the device is not in the key
+    assert ProjectionSpec(dim=MAX_DIM, seed=2**63 - 1).seed == 2**63 - 1
+    numpy_spec = ProjectionSpec(dim=np.int64(8), seed=np.int64(3))
+    assert type(numpy_spec.dim) is int and type(numpy_spec.seed) is int
+    check_input_dim(1)
+    dense = ProjectionSpec(kind="rademacher", dim=4)
+    # The device's type decides the dense default dtype: a `.type` attribute first, else the name before ":".
+    for cpu in ("cpu", "cpu:0", SimpleNamespace(type="cpu")):
+        assert projection_key(dense, 10, cpu) == "rademacher-v1-dim4-seed0-in10"
+    for gpu in ("cuda", "cuda:1", SimpleNamespace(type="cuda")):
+        assert projection_key(dense, 10, gpu) == "rademacher-v1-dim4-seed0-in10-bf16"
