@@ -67,11 +67,17 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
     """The module's working copy with its [tool.mutmut] settings (mutmut's state is kept: it resumes).
 
     The tests and the settings are written anew every time, so survivors can be run again
-    against new tests, and a changed setting reclassifies what it concerns."""
+    against new tests, and a changed setting reclassifies what it concerns. The package is
+    copied anew too; after a change of the mutated module itself the copy starts from scratch
+    (its mutants and their results were made from the old code)."""
     folder = OUT / slug(module)
+    copied = folder / module
+    if copied.is_file() and copied.read_bytes() != (ROOT / module).read_bytes():
+        shutil.rmtree(folder)  # mutmut's mutants and results are of the old code: start again
     if (folder / "pyproject.toml").is_file():
-        shutil.copytree(ROOT / "tests", folder / "tests", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("prismatic_assets", "tests"):  # mutmut copies the modules it does not mutate on each run
+            shutil.copytree(ROOT / name, folder / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
     else:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("prismatic_assets", "tests", "resources", "benchmarks"):  # tests import benchmarks

@@ -111,3 +111,25 @@ def test_a_run_that_did_not_finish_scores_nothing(mutation):
     (row,) = [line for line in mutation.summary(CONF) if line.startswith("| pkg/mod.py")]
     assert row.startswith("| pkg/mod.py | not run: 7 of 10 mutants not checked")
     assert not any(line.startswith("| **pkg/**") for line in mutation.summary(CONF))
+
+
+def test_a_working_copy_keeps_its_state_for_new_tests_and_starts_again_after_a_code_change(mutation):
+    root = mutation.ROOT
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    for name in ("prismatic_assets", "tests", "resources", "benchmarks"):
+        (root / name).mkdir(exist_ok=True)
+    (root / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x + 1\n")
+    (root / "tests" / "test_mod.py").write_text("def test_f():\n    pass\n")
+    conf = {"pytest_args": [], "skip_lines": [], "timeout_constant": 30, "timeout_multiplier": 5}
+    folder = mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
+    (folder / "mutants").mkdir()
+    (folder / "mutants" / "state").write_text("results of the first run")
+    (root / "tests" / "test_new.py").write_text("def test_g():\n    pass\n")
+    (root / "prismatic_assets" / "other.py").write_text("Y = 2\n")  # a module it does not mutate
+    mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
+    assert (folder / "mutants" / "state").is_file() and (folder / "tests" / "test_new.py").is_file()
+    assert (folder / "prismatic_assets" / "other.py").read_text() == "Y = 2\n"
+    (root / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x + 2\n")
+    mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
+    assert not (folder / "mutants").exists()
+    assert (folder / "prismatic_assets" / "mod.py").read_text().endswith("x + 2\n")

@@ -37,7 +37,7 @@ def cluster_pool(store: MetadataStore, pool: PoolVectors, settings: ClusteringCo
         config["assign"] = settings.assign
     clustering_id = digest({"scope": scope, "members": pool.sample_ids, "key": embedding_key, "config": config})
     sorted_sizes = np.sort(clustering.sizes)
-    threshold = int(sorted_sizes[int(k * settings.sparse_ratio)]) if k else 0
+    threshold = int(sorted_sizes[int(k * settings.sparse_ratio)])  # K >= 2: num_clusters' minimum
     store.replace_clustering(
         clustering_id=clustering_id, scope=scope, embedding_key=embedding_key, k=k, n=n,
         niter=settings.niter, seed=settings.seed, sparse_ratio=settings.sparse_ratio, threshold_size=threshold,
