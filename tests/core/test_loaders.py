@@ -3,6 +3,7 @@ dedup, CHAMP, splits."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -636,6 +637,24 @@ def test_split_largest_remainder_and_none_stratum() -> None:
     counts = Counter(s.category for s in held)
     assert sum(counts.values()) == 5  # round(4.5) halves up
     assert sorted(counts.values()) == [1, 2, 2]
+
+
+def test_the_leftover_place_goes_to_the_largest_remainder_not_the_largest_quota() -> None:
+    # fraction 0.3: total round(3.9) = 4; quotas A 3.0 (remainder 0), B 0.9 (remainder 0.9); floors 3 + 0.
+    samples = [Sample(f"a:{i}", "p", "r", category="A") for i in range(10)] + \
+              [Sample(f"b:{i}", "p", "r", category="B") for i in range(3)]
+    _, held = split_holdout(samples, 0.3)
+    assert Counter(s.category for s in held) == {"A": 3, "B": 1}
+
+
+def test_the_default_seed_is_zero_and_ranks_by_the_seeded_sha256_of_the_id() -> None:
+    samples = [Sample(f"s:{i}", "p", "r") for i in range(20)]
+    _, held = split_holdout(samples, 0.25, stratify_by=None)
+    assert held == split_holdout(samples, 0.25, seed=0, stratify_by=None)[1]
+    for seed in (0, 7):
+        ranked = sorted(samples, key=lambda x: hashlib.sha256(f"{seed}\x00{x.sample_id}".encode()).hexdigest())
+        expected = {x.sample_id for x in ranked[:5]}
+        assert {x.sample_id for x in split_holdout(samples, 0.25, seed=seed, stratify_by=None)[1]} == expected
 
 
 @pytest.mark.parametrize("samples, kwargs, message", [
