@@ -116,10 +116,16 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     folder = prepare(module, tests, conf)
     report = OUT / f"{slug(module)}.json"
     names: list[str] = []
+    previous: dict = {}
     if survivors_only:
         if not report.is_file():
             raise SystemExit(f"{module} has not run yet: run it whole first")
-        names = sorted(json.loads(report.read_text())["survivors"])
+        previous = json.loads(report.read_text())
+        if not set(previous["tests"]) <= set(tests):
+            raise SystemExit(f"{module}: tests were taken out of its selection since its last run "
+                             f"({sorted(set(previous['tests']) - set(tests))}), so its kills may not hold: "
+                             "run it whole")
+        names = sorted(previous["survivors"])
     began = time.perf_counter()
     done = _mutmut(folder, "run", "--max-children", "1", *names)
     seconds = time.perf_counter() - began
@@ -127,6 +133,13 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
         seconds = json.loads(report.read_text())["seconds"]
     (folder / "run.log").write_text(done.stdout[-20000:] + "\n" + done.stderr[-20000:])
     found = outcomes(folder)
+    if survivors_only:
+        # mutmut forgets its results when the test selection changes; a mutant an earlier run
+        # killed is still killed by a selection that holds every earlier test.
+        earlier = previous.get("all_outcomes", {})
+        for name, outcome in found.items():
+            if name not in names and outcome not in KILLED + NOT_KILLED:
+                found[name] = earlier.get(name, "killed")
     counts: dict[str, int] = {}
     for outcome in found.values():
         counts[outcome] = counts.get(outcome, 0) + 1
@@ -134,7 +147,7 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
                  if outcome in NOT_KILLED}
     result = {"module": module, "source": source_hash(module), "tests": tests, "seconds": round(seconds, 1),
               "exit_code": done.returncode, "counts": counts, "survivors": survivors,
-              "outcomes": {name: found[name] for name in survivors},
+              "outcomes": {name: found[name] for name in survivors}, "all_outcomes": found,
               "finished": time.strftime("%Y-%m-%d %H:%M")}
     report.write_text(json.dumps(result, indent=1))
     return result

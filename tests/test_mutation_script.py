@@ -133,3 +133,32 @@ def test_a_working_copy_keeps_its_state_for_new_tests_and_starts_again_after_a_c
     mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
     assert not (folder / "mutants").exists()
     assert (folder / "prismatic_assets" / "mod.py").read_text().endswith("x + 2\n")
+
+
+def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_still_selected(mutation, monkeypatch):
+    module = "pkg/mod.py"
+    name = "pkg.mod.x_f__mutmut_{}".format
+    earlier = {name(0): "timeout", name(1): "survived", name(2): "survived", name(3): "killed"}
+    (mutation.OUT / "pkg.mod.json").write_text(json.dumps({
+        "module": module, "tests": ["tests/t.py"], "seconds": 60.0, "survivors": {name(1): DIFF, name(2): DIFF},
+        "all_outcomes": earlier}))
+    asked = []
+
+    class Done:
+        stdout, stderr, returncode = DIFF, "", 0
+
+    def fake_mutmut(folder, *args):
+        asked.append(args)
+        return Done()
+
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", fake_mutmut)
+    # mutmut after a change of the test selection: only the rerun mutants have a result
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(0): "not checked", name(1): "killed",
+                                                              name(2): "survived", name(3): "not checked"})
+    result = mutation.run_module(module, ["tests/t.py", "tests/u.py"], {}, survivors_only=True)
+    assert asked[0] == ("run", "--max-children", "1", name(1), name(2))
+    assert result["counts"] == {"timeout": 1, "killed": 2, "survived": 1}
+    assert list(result["survivors"]) == [name(2)] and result["seconds"] == 60.0
+    with pytest.raises(SystemExit, match=r"tests were taken out .*tests/t.py.* run it whole"):
+        mutation.run_module(module, ["tests/u.py"], {}, survivors_only=True)

@@ -348,11 +348,11 @@ def _evaluate_steps(expression: str) -> tuple[int, list[str]]:
             return node.value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             inner = value(node.operand)
-            if isinstance(node.operand, ast.Constant):  # a signed literal such as -8: no step
-                return -inner if isinstance(node.op, ast.USub) else inner
-            result = -inner if isinstance(node.op, ast.USub) else inner
-            steps.append(f"-({inner}) = {result}")
-            return result
+            if isinstance(node.op, ast.UAdd):  # +(x) is x: no step
+                return inner
+            if not isinstance(node.operand, ast.Constant):  # a signed literal such as -8: no step
+                steps.append(f"-({inner}) = {-inner}")
+            return -inner
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             a, b = value(node.left), value(node.right)
             op = _OPS[type(node.op)]
@@ -455,7 +455,7 @@ def _count_bits(entry: Mapping[str, Any]) -> str:
     n = int(entry["metadata"]["number"])
     powers = [2 ** i for i in range(n.bit_length() - 1, -1, -1) if n >> i & 1]
     binary = format(n, "b")
-    lines = [f"Write {n} as a sum of powers of two: {n} = {' + '.join(str(p) for p in powers)}.",
+    lines = [f"Write {n} as a sum of powers of two: {n} = {' + '.join(str(p) for p in powers) or '0'}.",
              f"So {n} in binary is {binary}; each power of two is one 1 bit.",
              f"Count of 1 bits: {len(powers)}"]
     return "\n".join(lines + [_boxed(len(powers))])
