@@ -246,8 +246,8 @@ def summary(conf: dict) -> list[str]:
 
 def package_summary(conf: dict) -> list[str]:
     """The README's short table: per package, the modules run, their total and the weakest module."""
-    lines = ["| package | modules run | mutants | killed | not killed | equivalent | score | lowest |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| package | modules run | mutants | killed | not killed | equivalent | score | lowest | run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     packages: dict[str, list[dict]] = {}
     configured: dict[str, int] = {}
     for row in module_rows(conf):
@@ -263,8 +263,14 @@ def package_summary(conf: dict) -> list[str]:
         low = min(rows, key=lambda r: r["share"])
         lines.append(f"| {name}/ | {len(rows)} of {configured[name]} | {mutants} | {killed} | {total - killed} | "
                      f"{equivalent} | {killed / total:.1%} | {low['module'].rsplit('/', 1)[-1]} "
-                     f"{low['share']:.1%} |")
+                     f"{low['share']:.1%} | {_dates(rows)} |")
     return lines
+
+
+def _dates(rows: list[dict]) -> str:
+    """The day of the runs, or the first and last day."""
+    days = sorted(r["run"]["finished"][:10] for r in rows)
+    return days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}"
 
 
 def docs(conf: dict) -> list[str]:

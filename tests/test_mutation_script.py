@@ -76,7 +76,7 @@ def test_docs_fill_the_readme_block_and_keep_the_rest(mutation):
     mutation.write_docs(CONF)
     text = mutation.README.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
-    assert "| pkg/ | 1 of 2 | 10 | 9 | 1 | 0 | 90.0% | mod.py 90.0% |" in text and "pkg/mod.py" not in text
+    assert "| pkg/ | 1 of 2 | 10 | 9 | 1 | 0 | 90.0% | mod.py 90.0% | 2026-12-05 |" in text and "pkg/mod.py" not in text
     assert "## pkg/mod.py" in mutation.DOC.read_text()
     assert "| pkg/mod.py | 10 | 9 | 1 | 0 | 90.0% |" in mutation.DOC.read_text()
 
@@ -85,13 +85,13 @@ def test_the_readme_table_adds_up_the_modules_of_a_package_and_names_the_weakest
     (mutation.ROOT / "pkg" / "two.py").write_text("def g(x):\n    return x * 2\n")
     _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_1": DIFF})
     run = json.loads((mutation.OUT / "pkg.mod.json").read_text())
-    run.update(module="pkg/two.py", source=mutation.source_hash("pkg/two.py"),
+    run.update(module="pkg/two.py", source=mutation.source_hash("pkg/two.py"), finished="2026-12-07 09:00",
                counts={"killed": 3, "survived": 2}, survivors={"pkg.two.x_g__mutmut_1": DIFF,
                                                               "pkg.two.x_g__mutmut_2": DIFF})
     (mutation.OUT / "pkg.two.json").write_text(json.dumps(run))
     conf = {"modules": {"pkg/mod.py": ["tests/t.py"], "pkg/two.py": ["tests/t.py"], "pkg/other.py": []}}
     (header, _, row) = mutation.package_summary(conf)
-    assert row == "| pkg/ | 2 of 3 | 15 | 12 | 3 | 0 | 80.0% | two.py 60.0% |"  # 12 / 15; two.py 3 / 5
+    assert row == "| pkg/ | 2 of 3 | 15 | 12 | 3 | 0 | 80.0% | two.py 60.0% | 2026-12-05 to 2026-12-07 |"  # 12 / 15
 
 
 def test_the_projects_reasons_files_name_configured_modules_once_each():
