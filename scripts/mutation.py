@@ -130,7 +130,7 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     done = _mutmut(folder, "run", "--max-children", "1", *names)
     seconds = time.perf_counter() - began
     if survivors_only:  # the module's time is that of its whole run
-        seconds = json.loads(report.read_text())["seconds"]
+        seconds = previous["seconds"]
     (folder / "run.log").write_text(done.stdout[-20000:] + "\n" + done.stderr[-20000:])
     found = outcomes(folder)
     if survivors_only:
