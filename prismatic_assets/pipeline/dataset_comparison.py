@@ -10,7 +10,6 @@ report next to the store (`<data_dir>/reports/dataset_comparison.html`). No Dags
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -73,8 +72,7 @@ class DatasetComparison:
 
     def g_vendi(self) -> dict[str, dict[str, float]]:
         """Each set's G-Vendi per Renyi order ("1", "2", "inf", ...)."""
-        return {s.name: {("inf" if math.isinf(q) else f"{q:g}"): v for q, v in s.g_vendi.items()}
-                for s in self.report.sets}
+        return {s.name: {f"{q:g}": v for q, v in s.g_vendi.items()} for s in self.report.sets}  # inf: "inf"
 
     def exclusive_counts(self) -> dict[str, int]:
         """How many clusters of the union only each set fills."""
