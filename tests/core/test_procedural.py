@@ -6,6 +6,7 @@ Real reasoning-gym generators and scorers; answers are checked against values co
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -82,10 +83,15 @@ def test_levels_are_reasoning_gyms_curriculum_levels_clamped_to_the_top_one():
     assert difficulty("products", 99) == {"num_terms": (2, 11), "num_digits": (1, 10)}
 
 
-def test_a_family_without_a_curriculum_ignores_the_level():
-    items = task_items(["acre"], [0, 5], 2, seed=3, id_prefix="t")
-    assert [(i.level, i.sample.sample_id) for i in items] == [(0, "t:acre:0:0"), (5, "t:acre:5:0")]
+def test_a_family_without_a_curriculum_ignores_the_level_and_is_still_seeded():
+    items = task_items(["acre"], [0, 5], 4, seed=3, id_prefix="t")
+    assert [(i.level, i.sample.sample_id) for i in items] == [(0, "t:acre:0:0"), (0, "t:acre:0:1"),
+                                                              (5, "t:acre:5:0"), (5, "t:acre:5:1")]
     assert all(i.sample.prompt and i.sample.answer for i in items)
+    # pinned, like the gcd problems below: the same request draws the same problems in every run
+    prompts = "\n".join(i.sample.prompt for i in items)
+    assert [i.sample.answer for i in items] == ["undetermined", "on", "on", "off"]
+    assert hashlib.sha256(prompts.encode()).hexdigest()[:16] == "5a735c6efcac9c73"
 
 
 def test_items_are_deterministic_in_the_seed_and_the_prefix_and_differ_otherwise():

@@ -69,7 +69,9 @@ def test_comparison_stores_rows_and_writes_the_report(tmp_path, seed, tiny_embed
     assert [(s, q) for s, _, q in rows] == [("compare:arith", 2.0), ("compare:arith", math.inf),
                                             ("compare:seed", 2.0), ("compare:seed", math.inf)]
     assert done.n_score_rows == store.query("SELECT count(*) AS n FROM scores")["n"][0]
-    assert any(line.startswith("gradients ") for line in logged)
+    # 12 samples: a line per gradient (every max(1, 12 // 20) = 1), per set
+    assert [line for line in logged if re.fullmatch(r"gradients \d+/\d+", line)] \
+        == [f"gradients {i}/8" for i in range(1, 9)] + [f"gradients {i}/4" for i in range(1, 5)]
 
 
 class _FailingOne:
@@ -115,7 +117,7 @@ def test_without_a_progress_callback_the_log_gets_every_20th_of_the_gradients_an
 
 def test_a_progress_callback_sees_every_gradient_and_the_log_gets_the_stages(tmp_path, seed, tiny_embedder):
     arith, _ = write_sets(tmp_path)
-    settings = CompareConfig(datasets=[str(arith)], limit=4, qs=(1.0,), clusters=2, examples=1)
+    settings = CompareConfig(datasets=[str(arith)], limit=4, qs=(1.0,), clusters=2, examples=1, cluster_seed=7)
     seen: list[tuple[str, int, int]] = []
     logged: list[str] = []
     store = MetadataStore(tmp_path / "m.duckdb")
@@ -126,6 +128,7 @@ def test_a_progress_callback_sees_every_gradient_and_the_log_gets_the_stages(tmp
     assert "gradients of seed (8 samples)" in logged and "coverage clustering" in logged
     report = done.report
     assert (report.model, report.coverage.k) == ("proxy-x", 2)  # the settings' K, not ~sqrt(12) = 3
+    assert report.cluster_seed == 7
     assert report.examples and all(len(e.samples) == 1 for e in report.examples)  # settings.examples
     assert set(store.query("SELECT run_id FROM scores").rows()) == {("r9",)}
     assert set(store.query("SELECT run_id FROM embeddings").rows()) == {("r9",)}
