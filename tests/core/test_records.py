@@ -192,6 +192,7 @@ def test_the_keys_hint_scans_the_first_1000_object_rows():
      "--fields prompt=<key>,response=<key>,answer=<key or empty>"),
     (["prompt", "response", "answer"], FieldMap(), ""),
     (["prompt", "response"], FieldMap(answer=None), ""),
+    (["question", "answer"], FieldMap(prompt="question", response="answer", answer=None), ""),  # already in use
 ])
 def test_the_mapping_hint_shows_the_keys_the_mapping_in_use_and_a_mapping_to_try(keys, fields, tail):
     text = mapping_hint(keys, fields)
