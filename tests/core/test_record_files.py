@@ -161,6 +161,11 @@ def test_a_hub_split_is_validated_like_a_file_with_rows_numbered(hf_file):
         (2, "duplicate", "hf:json:train:1"), (3, "too_long", None)]
 
 
+def test_a_hub_split_takes_the_source_name_it_is_given(hf_file):
+    result = load_hf_dataset("json", fields=HF_FIELDS, source="mine", **hf_file)
+    assert [s.sample_id for s in result.samples] == ["mine:1", "mine:4"] and result.source == "mine"
+
+
 def test_a_hub_split_stops_at_the_limit_and_says_so(hf_file):
     result = load_hf_dataset("json", fields=HF_FIELDS, limit=1, **hf_file)
     assert (result.n_loaded, result.truncated) == (1, True)
