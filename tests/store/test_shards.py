@@ -163,6 +163,21 @@ def test_a_full_disk_without_a_message_is_named_by_its_type(tmp_path, monkeypatc
         ShardFolder(tmp_path).write(_table(1))
 
 
+def test_a_full_disk_before_the_temporary_file_exists_is_still_told_as_full(tmp_path, monkeypatch):
+    def write_table(table, where):
+        raise OSError(errno.ENOSPC, "No space left on device")  # nothing created yet
+
+    monkeypatch.setattr(shards_module.pq, "write_table", write_table)
+    with pytest.raises(ShardDiskFull, match="while writing a shard of 2 vectors"):
+        ShardFolder(tmp_path).write(_table(2))
+
+
+def test_a_stale_temporary_removed_by_another_process_meanwhile_is_no_error(tmp_path, monkeypatch):
+    folder = ShardFolder(tmp_path)
+    monkeypatch.setattr(type(tmp_path), "glob", lambda self, pattern: iter([self / "gone.parquet.tmp"]))
+    folder.remove([tmp_path / "also-gone.parquet"])
+
+
 @pytest.mark.parametrize("exc", [OSError(errno.EACCES, "Permission denied"), ValueError("no space left on device"),
                                  KeyboardInterrupt()])
 def test_other_write_errors_pass_through_and_leave_no_partial_file(tmp_path, monkeypatch, exc):
