@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import duckdb
 
 from prismatic_assets.store import schema as S
@@ -16,6 +20,7 @@ from prismatic_assets.store.arms_tables import (
     clear_arm_rounds,
     completed_arm_rounds,
     earlier_problem_keys,
+    round_candidates,
     write_arm_round,
 )
 from prismatic_assets.store.store import MetadataStore
@@ -78,3 +83,31 @@ def test_rounds_replace_their_rows_and_a_changed_round_removes_the_later_ones(tm
     assert accepted_cells(store).rows() == [(1, "naive", "gcd", 0, 2), (1, "random", "gcd", 0, 2)]
     clear_arm_rounds(store)
     assert completed_arm_rounds(store, ["random", "naive"]) == []
+
+
+def test_every_row_of_a_round_carries_its_run_and_the_summary_its_canonical_json(tmp_path):
+    store = MetadataStore(tmp_path / "m.duckdb")
+    record = _record(1, {"random": [1], "prismatic": [0, 2]})
+    record.rounds[0] = dataclasses.replace(record.rounds[0], settings={"b": 1, "a": {"z": 2, "y": Path("out/x")}},
+                                           rejected={"wrong": 2, "dense": 1})
+    write_arm_round(store, record)
+    for table in (S.ARM_REQUESTS, S.ARM_CANDIDATES, S.ARM_ROUNDS):  # acceptances belong to their round's row
+        assert store.query(f"SELECT DISTINCT run_id FROM {table}").rows() == [("x",)], table
+    settings, rejected = store.query(f"SELECT settings::VARCHAR AS s, rejected::VARCHAR AS r FROM {S.ARM_ROUNDS} "
+                                     "WHERE arm = 'random'").rows()[0]
+    assert settings == '{"a": {"y": "out/x", "z": 2}, "b": 1}'  # sorted keys; a path as its text
+    assert rejected == '{"dense": 1, "wrong": 2}'
+    assert json.loads(store.query(f"SELECT modes::VARCHAR AS m FROM {S.ARM_ROUNDS} WHERE arm = 'prismatic'")
+                      ["m"][0]) == {"same_cell": 3}
+
+
+def test_round_candidates_are_one_arms_offers_of_one_round_in_generation_order(tmp_path):
+    store = MetadataStore(tmp_path / "m.duckdb")
+    record = _record(2, {"random": [0], "naive": [1]})
+    record.candidates.reverse()  # written in any order, read by position
+    write_arm_round(store, _record(1, {"random": [2], "naive": [0]}))
+    write_arm_round(store, record)
+    got = round_candidates(store, 2, "random")
+    assert got["sample_id"].to_list() == ["random:r2:0", "random:r2:1", "random:r2:2"]
+    assert got["position"].to_list() == [0, 1, 2] and set(got["round"].to_list()) == {2}
+    assert round_candidates(store, 3, "random").height == 0
