@@ -36,13 +36,16 @@ SLEEP = 0.02  # seconds the fake model spends on each chunk
 
 
 def _vector(i: int) -> np.ndarray:
-    """Sample i's hidden state: every 5th is non-finite, every 7th zero, sample 1 already unit length."""
+    """Sample i's hidden state: every 5th is non-finite, every 7th zero, sample 1 already unit length,
+    sample 2 too large for float32 squares."""
     if i % 5 == 4:
         return np.array([1.0, np.nan, 0.0, 0.0], np.float32)
     if i % 7 == 6:
         return np.zeros(H, np.float32)
     if i == 1:
         return np.array([0.0, 1.0, 0.0, 0.0], np.float32)
+    if i == 2:  # its squares overflow float32: the norm is taken in float64
+        return np.full(H, 1e20, np.float32)
     return np.array([1.0 + i, 0.3 * i, -0.7, 0.1 * i * i], np.float32)
 
 
@@ -220,6 +223,7 @@ def test_record_baselines_stores_each_metric_under_its_stable_id_with_its_member
     assert json.loads(rows["distinct_1"]["config"])["ngram"] == 1
     assert {r["run_id"] for r in rows.values()} == {"r7"}
     x = np.stack([_vector(int(i.split(":")[1])) for i in with_vector]).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     assert values["embedding_vendi"] == pytest.approx(vendi.score_X(x), rel=1e-5)
 
 
