@@ -81,12 +81,21 @@ class _RecordingEngines(EngineSet):
         return super().open(role, model)
 
 
+class _InWords(_Answers):
+    """Like _Answers, but the first problem's answer is stated in words, without a box."""
+
+    def chat(self, conversations, sampling):
+        out = super().chat(conversations, sampling)
+        first = next(iter(self.right))
+        return [["The answer is 2."] if first in c[-1]["content"] else o for c, o in zip(conversations, out)]
+
+
 def test_each_student_is_opened_by_its_model_scored_and_stored_under_its_run(tmp_path):
     store, held = _evaluation_store(tmp_path)
     ev = build_config({"evaluation": {"gsm_symbolic": 0, "holdout": True, "max_tokens": 8,
                                       "stated_answers": True}}).evaluation
     sets = {"unit_holdout": held}
-    student = _Answers({held[0].prompt: "2", held[1].prompt: "4"})
+    student = _InWords({held[0].prompt: "2", held[1].prompt: "4"})
     engines = _RecordingEngines(student=student)
     logged: list[str] = []
     scores = evaluate_students(store, engines, {"base": "m0", "distilled": "m1"}, sets, ev, mlflow_run_id="ml",
@@ -104,7 +113,7 @@ def test_each_student_is_opened_by_its_model_scored_and_stored_under_its_run(tmp
     assert rows == [(scores["base"].evaluation_id, "base", "m0", "ml", "r1"),
                     (scores["distilled"].evaluation_id, "distilled", "m1", "ml", "r1")]
     assert store.query("SELECT DISTINCT run_id FROM generation_cache").rows() == [("r1",)]
-    # stated answers: "The answer is \boxed{...}" states its answer, so the two right ones count
+    # with stated_answers the answer said in words ("The answer is 2.") counts too: 2 of 4, not 1
     assert scores["base"].report.accuracy == {"unit_holdout": 0.5}
 
 
