@@ -77,6 +77,16 @@ def test_input_errors_name_the_argument_and_the_row():
         spherical_kmeans(np.zeros((4, 0), np.float32), 2)
 
 
+def test_rows_too_large_for_float32_squares_are_still_unit_rows():
+    got = C._unit_rows(np.full((2, 4), 1e20, np.float32), "vectors")
+    assert np.allclose(got, 0.5)
+
+
+def test_a_width_mismatch_is_named_before_any_row_is_read():
+    with pytest.raises(ValueError, match=r"^vectors have width 5 but centroids have 4: project both"):
+        assign_to_centroids(np.zeros((3, 5), np.float32), np.eye(4, dtype=np.float32)[:2])
+
+
 def test_one_dimensional_vectors_are_valid():
     got = spherical_kmeans(np.array([[1.0], [2.0], [-1.0], [-3.0]], np.float32), 2, seed=0)
     assert sorted(got.sizes.tolist()) == [2, 2]
