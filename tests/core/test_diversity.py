@@ -399,3 +399,34 @@ def test_pca_2d_rejects_bad_shapes():
 def test_pca_2d_of_one_dimensional_vectors_is_the_centred_value_and_zero():
     coords = pca_2d(np.array([[1.0], [2.0], [6.0]]))  # mean 3
     np.testing.assert_array_equal(coords, np.array([[-2.0, 0.0], [-1.0, 0.0], [3.0, 0.0]], dtype=np.float32))
+
+
+def test_coverage_of_one_cluster_singletons_and_empty_clusters():
+    from prismatic_assets.core.diversity import cluster_coverage
+
+    one = cluster_coverage([0, 0, 0], [0, 1, 1], ["a", "b"], 1)  # K = 1 is a clustering too
+    assert one.shares.tolist() == [[1.0], [1.0]] and one.composition.tolist() == [[1 / 3], [2 / 3]]
+    cov = cluster_coverage([0, 2, 2, 2], [0, 1, 1, 0], ["a", "b"], 4)  # cluster 0 has one member; 1 and 3 none
+    assert cov.counts.dtype == np.int64 and cov.counts.tolist() == [[1, 0, 1, 0], [0, 0, 2, 0]]
+    assert cov.composition[:, 0].tolist() == [1.0, 0.0]  # a singleton: all of it from set a
+    assert np.isnan(cov.composition[:, [1, 3]]).all()
+    assert cov.exclusive == {"a": [0], "b": []}
+    assert cov.as_dict()["counts"] == {"a": [1, 0, 1, 0], "b": [0, 0, 2, 0]}
+
+
+@pytest.mark.parametrize("n, d, batch", [(50, 6, 65536), (50, 6, 7), (9, 2, 4), (5, 1, 2)])
+def test_the_2d_map_is_the_projection_on_the_two_leading_principal_axes(n, d, batch):
+    from prismatic_assets.core.diversity import pca_2d
+
+    rng = np.random.default_rng(n + d)
+    x = (rng.normal(size=(n, d)) * np.arange(d, 0, -1)).astype(np.float32)  # distinct variances
+    got = pca_2d(x, batch_size=batch) if batch != 65536 else pca_2d(x)
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2].T  # (d, <=2)
+    axes = axes * np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
+    want = centred @ axes
+    if d == 1:
+        want = np.hstack([want, np.zeros((n, 1))])
+    assert got.shape == (n, 2) and got.dtype == np.float32
+    assert np.allclose(got, want, atol=1e-4)
