@@ -140,6 +140,13 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
         for name, outcome in found.items():
             if name not in names and outcome not in KILLED + NOT_KILLED:
                 found[name] = earlier.get(name, "killed")
+    unfinished = sorted(name for name, outcome in found.items() if outcome not in KILLED + NOT_KILLED)
+    if unfinished and report.is_file():
+        # mutmut stops before any mutant when the tests fail on the unmutated code ("failed to
+        # collect stats"): keep the last finished report instead of one that scores nothing.
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+        raise SystemExit(f"{module}: {len(unfinished)} of {len(found)} mutants not checked, the last report is "
+                         f"kept. mutmut said:\n{tail}\nRun the module's tests in {folder} to see which one fails.")
     counts: dict[str, int] = {}
     for outcome in found.values():
         counts[outcome] = counts.get(outcome, 0) + 1

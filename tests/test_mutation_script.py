@@ -162,3 +162,21 @@ def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_
     assert list(result["survivors"]) == [name(2)] and result["seconds"] == 60.0
     with pytest.raises(SystemExit, match=r"tests were taken out .*tests/t.py.* run it whole"):
         mutation.run_module(module, ["tests/u.py"], {}, survivors_only=True)
+
+
+def test_a_run_that_stops_before_its_mutants_keeps_the_last_report(mutation, monkeypatch):
+    module = "pkg/mod.py"
+    report = mutation.OUT / "pkg.mod.json"
+    report.write_text(json.dumps({"module": module, "tests": ["tests/t.py"], "counts": {"killed": 2}}))
+
+    class Failed:
+        stdout, stderr, returncode = "Running stats\n", "failed to collect stats. runner returned 1\n", 1
+
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Failed())
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {"pkg.mod.x_f__mutmut_1": "not checked",
+                                                              "pkg.mod.x_f__mutmut_2": "not checked"})
+    with pytest.raises(SystemExit, match=r"(?s)2 of 2 mutants not checked, the last report is kept.*"
+                                         r"failed to collect stats"):
+        mutation.run_module(module, ["tests/t.py"], {})
+    assert json.loads(report.read_text())["counts"] == {"killed": 2}
