@@ -225,6 +225,21 @@ def test_a_gradient_design_may_take_exactly_the_candidates_left_and_overlap_with
     assert str(err.value) == "design 'single-cluster' needs 4 samples with a gradient vector but only 0 are left"
 
 
+def test_single_cluster_breaks_ties_by_row_among_many():
+    labels = np.random.default_rng(0).permutation([0] * 60 + [1] * 40)  # 60 copies of one vector, 40 of another
+    x = np.where(labels[:, None] == 0, np.array([1.0, 0, 0, 0]), np.array([0.6, 0.8, 0, 0])).astype(np.float32)
+    (s,) = draw_vector_sets(parse_designs(["single-cluster"]), [], 100, _vectors_of(x), 7, disjoint=False, seed=0,
+                            n_clusters=2)
+    assert s.members.tolist() == np.flatnonzero(labels == 0)[:7].tolist()
+
+
+def test_a_spans_ties_between_families_are_broken_by_the_study_seed():
+    families, levels = ["a"] * 4 + ["b"] * 4 + ["c"] * 4, [0] * 12  # three families of equal size
+    picks = [draw_label_sets(parse_designs(["span:1:1"]), families, levels, 2, disjoint=False, seed=s)[0]
+             .details["families"][0] for s in range(8)]
+    assert picks == ["a", "b", "c", "c", "c", "a", "b", "b"]  # pinned: the same seed, the same family
+
+
 def test_single_cluster_breaks_ties_by_row():
     x = np.repeat(_vectors(3)[:1], 40, axis=0)  # 40 identical vectors: every similarity ties
     (s,) = draw_vector_sets(parse_designs(["single-cluster"]), [], 40, _vectors_of(x), 5, disjoint=False, seed=0,
