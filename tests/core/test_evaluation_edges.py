@@ -9,6 +9,7 @@ import dataclasses
 import json
 
 import pytest
+import reasoning_gym
 
 from prismatic_assets.core.evaluation import (
     EvalRecord,
@@ -108,8 +109,11 @@ def test_gsm_problems_default_to_50_of_seed_1234_with_their_fields():
     assert set(s.meta) == {"seed", "index", "reasoning_gym_version"} and s.meta["seed"] == 3
     assert s.meta["reasoning_gym_version"] not in ("", "unknown")
     assert s.response.endswith(f"\nThe final answer is \\boxed{{{s.answer}}}.") and "####" not in s.response
-    assert s.response.split("\nThe final answer")[0].strip()  # the worked solution is kept
-    assert not s.prompt.endswith(" ") and s.prompt
+    entry = reasoning_gym.create_dataset("gsm_symbolic", size=index + 1, seed=3)[index]  # the reference
+    cot = entry["metadata"]["answer_cot"]
+    assert s.response == cot[:cot.rindex("\n####")].strip() + f"\nThe final answer is \\boxed{{{s.answer}}}."
+    suffix = " Give the result as your final answer. Do not include units."
+    assert entry["question"].endswith(suffix) and s.prompt == entry["question"][:-len(suffix)].strip()
     assert len(gsm_symbolic_set(100, seed=3)) == 100  # asks reasoning-gym for enough problems
 
 
