@@ -128,6 +128,8 @@ def test_the_cache_wrapper_keeps_the_engines_identity_and_counts_across_calls(tm
     assert wrapped.chat(one, greedy) == [["The answer is \\boxed{0}."]]
     assert wrapped.chat(one + two, [greedy, greedy, greedy]) == [["The answer is \\boxed{0}."]] * 3
     assert (wrapped.called, wrapped.cached, inner.asked) == (3, 1, 3)
+    wrapped.chat(two, greedy)
+    assert (wrapped.called, wrapped.cached, inner.asked) == (3, 3, 3)  # counts add up over calls
     assert store.query("SELECT DISTINCT run_id FROM generation_cache").rows() == [("r5",)]
     wrapped.close()
     assert wrapped.chat(one, greedy) == [["The answer is \\boxed{0}."]]  # the inner engine is not closed
@@ -179,6 +181,8 @@ class _RecordingTracker:
 def test_tracking_logs_every_students_metrics_tags_the_registered_one_and_plots_each_benchmark(tmp_path, monkeypatch):
     scores = {"base": _score("base", {"unit_holdout": 0.25}, tmp_path),
               "distilled": _score("distilled", {"unit_holdout": 0.75}, tmp_path)}
+    distilled = scores["distilled"]  # an overall of 1/3: its tag is rounded to 4 digits
+    scores["distilled"] = dataclasses.replace(distilled, report=dataclasses.replace(distilled.report, overall=1 / 3))
     drawn: list[tuple] = []
     real = E.plots.bars_png
     monkeypatch.setattr(E.plots, "bars_png", lambda *a: drawn.append(a) or real(*a))
@@ -194,5 +198,6 @@ def test_tracking_logs_every_students_metrics_tags_the_registered_one_and_plots_
         ("tags", "student", "3", {f"eval/{k}": round(v, 4) for k, v in metrics["distilled"].items()}),
         ("artifact", "run-9", b"\x89PNG\r\n\x1a\n", "plots")]
     assert tracker.calls[2][3]["eval/accuracy/unit_holdout"] == 0.75
+    assert tracker.calls[2][3]["eval/accuracy/overall"] == 0.3333
     assert drawn == [(["unit_holdout (base)", "unit_holdout (distilled)"], [0.25, 0.75], "accuracy",
                       "Accuracy by benchmark")]
