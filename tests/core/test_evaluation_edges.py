@@ -34,6 +34,7 @@ class Scripted:
             self.model_name = name
 
     def chat(self, conversations, sampling):
+        self.calls = getattr(self, "calls", 0) + 1
         return [next(v for k, v in self.answers.items() if k in c[-1]["content"]) for c in conversations]
 
 
@@ -74,7 +75,9 @@ def test_a_report_names_its_sampling_whatever_its_type_and_the_model_when_known(
     assert evaluate(gen, SAMPLES, Plain(), "u").sampling == {"temperature": 0.5}
     assert evaluate(gen, SAMPLES, object(), "u").sampling == {}
     assert evaluate(gen, SAMPLES, GREEDY, "u").model == ""
+    asked = gen.calls
     empty = evaluate(gen, [], GREEDY, "u")
+    assert gen.calls == asked  # nothing to ask: the engine is not called
     assert (empty.records, empty.overall, empty.macro, empty.model) == ((), 0.0, 0.0, "")
 
 
@@ -156,7 +159,7 @@ def test_eval_file_errors_name_the_file_and_row(tmp_path, kwargs, rows, match):
     assert kwargs.get("limit") == 0 or str(err.value).startswith(f"evaluation file {path} row 1: ")
 
 
-@pytest.mark.parametrize("n, tail", [(10, ""), (12, " and 2 more")])
+@pytest.mark.parametrize("n, tail", [(10, ""), (11, " and 1 more"), (12, " and 2 more")])
 def test_the_overlap_error_lists_ten_pairs_and_counts_the_rest(n, tail):
     pairs = [(f"e:{i}", f"t:{i}") for i in range(n)]
     shown = ", ".join(f"e:{i} = t:{i}" for i in range(10))
