@@ -26,6 +26,7 @@ from prismatic_assets.core.clustering import assign_to_centroids, spherical_kmea
     ([1, 2, 7], 7, [1, 1, 5]),  # shares .7, 1.4, 4.9: the full first group takes no more
     ([2, 2, 6], 9, [2, 2, 5]),
     ([3, 1, 1], 5, [3, 1, 1]),  # one cluster per point
+    ([4, 3, 9, 10, 1], 6, [1, 1, 1, 2, 1]),  # one too many: taken from the group of 2 most over its share
 ])
 def test_k_is_split_by_largest_remainders_within_each_groups_size(sizes, k, want):
     assert split_clusters(sizes, k).tolist() == want
@@ -123,6 +124,16 @@ def test_the_defaults_are_the_documented_ones():
     two = spherical_kmeans(x, 9, method="two_level", coarse=3)
     spelled = spherical_kmeans(x, 9, method="two_level", coarse=3, refine=3, probe=16, niter=20, seed=0)
     assert np.array_equal(two.centroids, spelled.centroids)
+
+
+def test_two_level_takes_the_largest_seed_and_one_group_is_the_flat_k_means():
+    x = _blobs(120, d=6, seed=5)
+    top = spherical_kmeans(x, 8, method="two_level", coarse=2, seed=2**31 - 1)  # group seeds wrap to 0, 1
+    assert top.sizes.sum() == 120
+    one = spherical_kmeans(x, 4, method="two_level", coarse=1, seed=3, max_points_per_centroid=5)
+    flat = spherical_kmeans(x, 4, seed=3, max_points_per_centroid=5)
+    assert np.array_equal(one.centroids, flat.centroids)
+    assert not np.array_equal(flat.centroids, spherical_kmeans(x, 4, seed=3).centroids)  # the cap matters here
 
 
 def test_one_gpu_is_enough_to_use_it(monkeypatch):
