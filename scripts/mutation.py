@@ -141,10 +141,13 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
             if name not in names and outcome not in KILLED + NOT_KILLED:
                 found[name] = earlier.get(name, "killed")
     unfinished = sorted(name for name, outcome in found.items() if outcome not in KILLED + NOT_KILLED)
+    said = done.stdout + done.stderr
+    if any(line in said for line in ("Failed to run clean test", "failed to collect stats")):
+        unfinished = unfinished or sorted(names or found)  # mutmut stopped first: nothing it shows is new
     if unfinished and report.is_file():
         # mutmut stops before any mutant when the tests fail on the unmutated code ("failed to
         # collect stats"): keep the last finished report instead of one that scores nothing.
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+        tail = "\n".join(said.strip().splitlines()[-3:])
         raise SystemExit(f"{module}: {len(unfinished)} of {len(found)} mutants not checked, the last report is "
                          f"kept. mutmut said:\n{tail}\nRun the module's tests in {folder} to see which one fails.")
     counts: dict[str, int] = {}

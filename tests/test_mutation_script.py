@@ -180,3 +180,21 @@ def test_a_run_that_stops_before_its_mutants_keeps_the_last_report(mutation, mon
                                          r"failed to collect stats"):
         mutation.run_module(module, ["tests/t.py"], {})
     assert json.loads(report.read_text())["counts"] == {"killed": 2}
+
+
+def test_a_survivors_rerun_whose_clean_tests_fail_keeps_the_last_report(mutation, monkeypatch):
+    module = "pkg/mod.py"
+    report = mutation.OUT / "pkg.mod.json"
+    name = "pkg.mod.x_f__mutmut_1"
+    report.write_text(json.dumps({"module": module, "tests": ["tests/t.py"], "seconds": 5.0, "counts": {"survived": 1},
+                                  "survivors": {name: DIFF}, "all_outcomes": {name: "survived"}}))
+
+    class Failed:
+        stdout, stderr, returncode = "Running clean tests\n", "Failed to run clean test\n", 1
+
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Failed())
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name: "survived"})  # mutmut's old result
+    with pytest.raises(SystemExit, match=r"1 of 1 mutants not checked, the last report is kept"):
+        mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    assert json.loads(report.read_text())["seconds"] == 5.0

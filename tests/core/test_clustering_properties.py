@@ -97,7 +97,13 @@ def test_spherical_kmeans_is_spherical_and_assigns_to_the_nearest_centroid(case)
     longer = spherical_kmeans(x, k, niter=101, seed=seed)
     if not np.allclose(longer.centroids, result.centroids, atol=1e-6):
         return
+    # A point (nearly) as close to two centroids may sit in either cluster (faiss's float32 search
+    # and the exact assignment can break the tie differently): clusters with such a point are left out.
+    top2 = np.sort(cos, axis=1)[:, -2:] if k > 1 else np.zeros((len(x), 2))
+    ambiguous = set(result.assignments[(top2[:, 1] - top2[:, 0]) < 1e-4].tolist()) if k > 1 else set()
     for c in np.flatnonzero(result.sizes):
+        if c in ambiguous:
+            continue
         mean = unit[result.assignments == c].mean(axis=0)
         np.testing.assert_allclose(centroids[c], mean / np.linalg.norm(mean), atol=2e-4,
                                    err_msg=f"centroid {c} is not the normalized mean of its members")
