@@ -7,7 +7,6 @@ import math
 import os
 import re
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from prismatic_assets.pipeline.dataset_comparison import SEED_SET, _write_atomic
 from prismatic_assets.pipeline.seed import load_seed
 from prismatic_assets.store.store import MetadataStore
 from tests.pipeline.test_compare import write_sets
+from tests.pipeline.test_round import FailingOn
 
 
 @pytest.fixture
@@ -74,21 +74,6 @@ def test_comparison_stores_rows_and_writes_the_report(tmp_path, seed, tiny_embed
         == [f"gradients {i}/8" for i in range(1, 9)] + [f"gradients {i}/4" for i in range(1, 5)]
 
 
-class _FailingOne:
-    """The tiny embedder, except that one sample's gradient comes back as an error row."""
-
-    def __init__(self, inner, failing_id: str) -> None:
-        self.inner, self.failing_id = inner, failing_id
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def embed_chunks(self, samples):
-        for chunk, outcomes in self.inner.embed_chunks(samples):
-            yield chunk, [replace(o, vector=None, error="boom") if s.sample_id == self.failing_id else o
-                          for s, o in zip(chunk, outcomes)]
-
-
 def _seed_of(tmp_path, n: int) -> SeedConfig:
     path = tmp_path / f"seed{n}.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Add {i} and {2 * i}.", "response": f"{3 * i}"}) + "\n"
@@ -102,13 +87,13 @@ def test_without_a_progress_callback_the_log_gets_every_20th_of_the_gradients_an
     seed = _seed_of(tmp_path, 41)
     settings = CompareConfig(qs=(1.0,), clusters=2)
     chosen = comparison_sets(settings, seed)
-    failing = chosen.sets[0].samples[6].sample_id
+    failing = chosen.sets[0].samples[6].sample_id  # its prompt: "Add 6 and 12."
     logged: list[str] = []
-    done = compare_with_seed(MetadataStore(tmp_path / "m.duckdb"), _FailingOne(tiny_embedder, failing), chosen,
+    done = compare_with_seed(MetadataStore(tmp_path / "m.duckdb"), FailingOn(tiny_embedder, "Add 6 and 12."), chosen,
                              settings, model="tiny", log=logged.append)
     assert [line for line in logged if re.fullmatch(r"gradients \d+/\d+", line)] \
         == [f"gradients {i}/41" for i in range(2, 41, 2)] + ["gradients 41/41"]
-    assert f"gradient of {failing} failed: boom" in logged
+    assert f"gradient of {failing} failed: non-finite loss (nan)" in logged
     assert done.report.sets[0].n_vectors == 40 and failing in done.report.sets[0].excluded
     assert all(isinstance(line, str) for line in logged)
     assert "no data sets listed under compare.datasets: the seed pool is reported alone; add files there to " \
