@@ -173,26 +173,30 @@ def score(counts: dict[str, int], equivalent: int = 0) -> tuple[int, int, float]
     return killed, total, (killed / total if total else float("nan"))
 
 
-def reasons(module: str) -> tuple[dict[str, str], str | None]:
-    """(mutant name -> why it is equivalent, problem) from docs/mutation/<module>.toml.
+def reasons(module: str) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """(equivalent: mutant name -> why, kept: mutant name -> why, problem) from docs/mutation/<module>.toml.
 
-    The reasons count only for the module's source they were written for: otherwise (mutant
-    numbers shift when the code changes) they are returned empty with the problem named."""
+    `[[equivalent]]` groups change no behaviour and leave the score; `[[kept]]` groups are real
+    survivors that no test on this machine can kill (a CUDA-only path): they stay "not killed"
+    and only get their reason shown. Reasons count only for the module's source they were
+    written for: otherwise (mutant numbers shift when the code changes) they are returned empty
+    with the problem named."""
     path = REASONS / f"{slug(module)}.toml"
     if not path.is_file():
-        return {}, None
+        return {}, {}, None
     data = tomllib.loads(path.read_text())
     if data.get("source") != source_hash(module):
-        return {}, (f"{path.relative_to(ROOT)} was written for source {data.get('source')}, the module is now "
-                    f"{source_hash(module)}: check each reason against a new run, then renew `source`")
+        return {}, {}, (f"{path.relative_to(ROOT)} was written for source {data.get('source')}, the module is now "
+                        f"{source_hash(module)}: check each reason against a new run, then renew `source`")
     prefix = module.removesuffix(".py").replace("/", ".") + "."
-    found: dict[str, str] = {}
-    for group in data.get("equivalent", []):
-        for name in group["mutants"]:
-            if name in found:
-                raise SystemExit(f"{path}: {name} is explained twice")
-            found[prefix + name] = group["reason"]
-    return found, None
+    found: dict[str, dict[str, str]] = {"equivalent": {}, "kept": {}}
+    for kind, named in found.items():
+        for group in data.get(kind, []):
+            for name in group["mutants"]:
+                if prefix + name in found["equivalent"] or prefix + name in found["kept"]:
+                    raise SystemExit(f"{path}: {name} is explained twice")
+                named[prefix + name] = group["reason"]
+    return found["equivalent"], found["kept"], None
 
 
 def changed_lines(diff: str) -> str:
@@ -211,10 +215,10 @@ def module_rows(conf: dict) -> list[dict]:
             rows.append({"module": module, "run": None})
             continue
         run = json.loads(path.read_text())
-        why, problem = reasons(module)
+        why, kept, problem = reasons(module)
         if run.get("source") != source_hash(module):
-            why, problem = {}, problem or "the module changed after this run: run it again"
-        unknown = sorted(set(why) - set(run["survivors"]))
+            why, kept, problem = {}, {}, problem or "the module changed after this run: run it again"
+        unknown = sorted((set(why) | set(kept)) - set(run["survivors"]))
         if unknown:
             problem = f"explained but not survivors of this run: {unknown}"
         unfinished = sum(n for outcome, n in run["counts"].items() if outcome not in KILLED + NOT_KILLED)
@@ -225,7 +229,8 @@ def module_rows(conf: dict) -> list[dict]:
             continue
         equivalent = {name: reason for name, reason in why.items() if name in run["survivors"]}
         killed, total, share = score(run["counts"], len(equivalent))
-        rows.append({"module": module, "run": run, "equivalent": equivalent, "problem": problem,
+        kept = {name: reason for name, reason in kept.items() if name in run["survivors"]}
+        rows.append({"module": module, "run": run, "equivalent": equivalent, "kept": kept, "problem": problem,
                      "killed": killed, "total": total, "share": share})
     return rows
 
@@ -294,14 +299,17 @@ def docs(conf: dict) -> list[str]:
            "counts survivors and mutants that no selected test reaches. *Equivalent* survivors",
            "change no behaviour that a test may pin (a default argument spelled out, a",
            "performance-only flag); each has its reason in `docs/mutation/<module>.toml`, and the",
-           "score leaves them out: score = killed / (mutants - equivalent). A mutant *killed by",
+           "score leaves them out: score = killed / (mutants - equivalent). *Kept* survivors are",
+           "real ones that no test on this machine can kill (a path taken on CUDA only); they",
+           "have their reason in the same file and still count as not killed. A mutant *killed by",
            "timeout* made its tests run past mutmut's limit (5x their measured time + 30 s: a loop",
            "that no longer ends). Modules marked *not run* have no finished run.", "", *summary(conf), ""]
     for row in rows:
         if row["run"] is None:
             continue
-        run, equivalent = row["run"], row["equivalent"]
-        gaps = sorted((name for name in run["survivors"] if name not in equivalent), key=_mutant_order)
+        run, equivalent, kept = row["run"], row["equivalent"], row["kept"]
+        gaps = sorted((name for name in run["survivors"] if name not in equivalent and name not in kept),
+                      key=_mutant_order)
         out += [f"## {row['module']}", "",
                 f"Run {run['finished']} on source `{run['source']}`, {run['seconds'] / 60:.1f} min; tests: "
                 + ", ".join(f"`{t}`" for t in run["tests"]) + ".", ""]
@@ -312,17 +320,25 @@ def docs(conf: dict) -> list[str]:
             out += [f"- `{_short(name)}` ({run.get('outcomes', {}).get(name, 'survived')}): "
                     f"`{changed_lines(run['survivors'][name])}`" for name in gaps]
             out.append("")
-        by_reason: dict[str, list[str]] = {}
-        for name, reason in equivalent.items():
-            by_reason.setdefault(reason, []).append(name)
-        if by_reason:
-            out += [f"Equivalent ({len(equivalent)}):", ""]
-            for reason, names in by_reason.items():
-                out.append(f"- {reason}")
-                out += [f"  - `{_short(name)}`: `{changed_lines(run['survivors'][name])}`"
-                        for name in sorted(names, key=_mutant_order)]
-            out.append("")
+        out += _grouped(f"Not killed, kept ({len(kept)}): no test on this machine can kill these; they count "
+                        "against the score.", kept, run)
+        out += _grouped(f"Equivalent ({len(equivalent)}):", equivalent, run)
     return out
+
+
+def _grouped(title: str, why: dict[str, str], run: dict) -> list[str]:
+    """Survivors listed under their reasons."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in why.items():
+        by_reason.setdefault(reason, []).append(name)
+    if not by_reason:
+        return []
+    out = [title, ""]
+    for reason, names in by_reason.items():
+        out.append(f"- {reason}")
+        out += [f"  - `{_short(name)}`: `{changed_lines(run['survivors'][name])}`"
+                for name in sorted(names, key=_mutant_order)]
+    return out + [""]
 
 
 def _package(module: str) -> str:

@@ -59,6 +59,27 @@ def test_the_score_leaves_out_equivalent_mutants_and_counts_unreached_ones(mutat
     assert "- the same value\n  - `x_f__mutmut_1`: `return x + 2`" in equivalent
 
 
+def test_kept_survivors_show_their_reason_and_still_count_as_not_killed(mutation):
+    _run(mutation, {"killed": 7, "survived": 3},
+         {f"pkg.mod.x_f__mutmut_{i}": DIFF for i in (1, 2, 3)})
+    source = mutation.source_hash("pkg/mod.py")
+    (mutation.REASONS / "pkg.mod.toml").write_text(
+        f'source = "{source}"\n[[equivalent]]\nreason = "the same value"\nmutants = ["x_f__mutmut_1"]\n'
+        f'[[kept]]\nreason = "CUDA only"\nmutants = ["x_f__mutmut_2"]\n')
+    assert "| pkg/mod.py | 10 | 7 | 2 | 1 | 77.8% |" in "\n".join(mutation.summary(CONF))  # 7 / (10 - 1)
+    doc = "\n".join(mutation.docs(CONF))
+    gaps, rest = doc.split("Not killed (1)")[1].split("Not killed, kept (1)")
+    kept, equivalent = rest.split("Equivalent (1)")
+    assert "x_f__mutmut_3" in gaps and "mutmut_2" not in gaps and "mutmut_1" not in gaps
+    assert "- CUDA only\n  - `x_f__mutmut_2`: `return x + 2`" in kept and "mutmut_1" not in kept
+    assert "- the same value\n  - `x_f__mutmut_1`" in equivalent
+    (mutation.REASONS / "pkg.mod.toml").write_text(
+        f'source = "{source}"\n[[equivalent]]\nreason = "a"\nmutants = ["x_f__mutmut_1"]\n'
+        f'[[kept]]\nreason = "b"\nmutants = ["x_f__mutmut_1"]\n')
+    with pytest.raises(SystemExit, match="explained twice"):
+        mutation.module_rows(CONF)
+
+
 def test_reasons_written_for_another_source_count_for_nothing(mutation):
     _run(mutation, {"killed": 8, "survived": 2}, {"pkg.mod.x_f__mutmut_1": DIFF, "pkg.mod.x_f__mutmut_2": DIFF})
     _reasons(mutation, ["x_f__mutmut_1"], source="0123456789abcdef")
@@ -100,9 +121,11 @@ def test_the_projects_reasons_files_name_configured_modules_once_each():
     for path in (ROOT / "docs" / "mutation").glob("*.toml"):
         assert path.stem in slugs, f"{path}: no such module in [tool.prismatic-mutation.modules]"
         data = tomllib.loads(path.read_text())
-        names = [name for group in data["equivalent"] for name in group["mutants"]]
+        groups = data.get("equivalent", []) + data.get("kept", [])
+        assert set(data) <= {"source", "equivalent", "kept"}, f"{path}: unknown sections {sorted(data)}"
+        names = [name for group in groups for name in group["mutants"]]
         assert len(names) == len(set(names)), f"{path}: a mutant is explained twice"
-        assert all(group["reason"].strip() for group in data["equivalent"])
+        assert groups and all(group["reason"].strip() for group in groups)
         assert len(data["source"]) == 16
 
 

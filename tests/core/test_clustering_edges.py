@@ -27,6 +27,7 @@ from prismatic_assets.core.clustering import assign_to_centroids, spherical_kmea
     ([2, 2, 6], 9, [2, 2, 5]),
     ([3, 1, 1], 5, [3, 1, 1]),  # one cluster per point
     ([4, 3, 9, 10, 1], 6, [1, 1, 1, 2, 1]),  # one too many: taken from the group of 2 most over its share
+    ([1, 1, 1, 13, 13], 7, [1, 1, 1, 2, 2]),  # shares .24 x3, 3.14 x2: 3 + 3 is 2 too many, one from each
 ])
 def test_k_is_split_by_largest_remainders_within_each_groups_size(sizes, k, want):
     assert split_clusters(sizes, k).tolist() == want
@@ -158,6 +159,31 @@ def test_a_probe_search_gives_float32_similarities_like_the_exact_one():
     got = spherical_kmeans(x, 16, method="two_level", coarse=4, assign="probe")
     exact = spherical_kmeans(x, 16, method="two_level", coarse=4)
     assert got.similarities.dtype == exact.similarities.dtype == np.float32
+
+
+def test_an_empty_coarse_group_between_others_still_gives_k_centroids():
+    # Three distinct directions, four coarse groups: with seed 1 the coarse k-means leaves its
+    # group 1 empty, and the groups after it must still get their clusters.
+    rng = np.random.default_rng(1)
+    x = np.repeat(np.eye(8, dtype=np.float32)[:3], 30, axis=0)[rng.permutation(90)]
+    _, _, groups = C._two_level_centroids(x, 12, 20, 1, 4, None, False, 0, 1)
+    assert np.bincount(groups, minlength=4).tolist() == [30, 0, 30, 30]
+    got = spherical_kmeans(x, 12, method="two_level", coarse=4, seed=1, refine=0)
+    assert got.centroids.shape == (12, 8) and got.sizes.sum() == 90
+    assert {int(a) for a in got.assignments} <= set(range(12))
+
+
+def test_probed_groups_that_tie_go_to_the_lower_index():
+    # 20 orthogonal coarse centroids: every other group is equally near group 5, so its three
+    # probed groups are 5 itself, then 0 and 1 (not any other pair of the tied ones). One
+    # centroid is listed under each group but 5, each leaning towards e5 a little more than
+    # the one before, so the row e5 lands on the best centroid of groups 0 and 1: group 1's.
+    coarse = np.eye(20, dtype=np.float32)
+    others = [j for j in range(20) if j != 5]
+    centroids = np.stack([0.8 * coarse[j] + (0.1 + 0.02 * j) * coarse[5] for j in others])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    ids, _ = C._probe_search(coarse[5:6], centroids, coarse, probe=3)
+    assert others[int(ids[0])] == 1
 
 
 def test_a_pinned_two_level_clustering_stays_the_same_for_the_same_seed():

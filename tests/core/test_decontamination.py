@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
+from prismatic_assets.core import decontamination as d
 from prismatic_assets.core.decontamination import (
     DuplicateMatch,
     Match,
@@ -219,3 +222,23 @@ def test_the_index_keeps_compact_dtypes():
     assert len(index) == 4
     assert (index._hashes.dtype, index._sources.dtype, index._label_ids.dtype) == (np.uint64, np.uint32, np.uint32)
     assert NGramIndex()._hashes.dtype == np.uint64 and NGramIndex()._sources.dtype == np.uint32
+
+
+def test_gram_hashes_are_the_documented_polynomial_hash_and_short_texts_are_salted():
+    # Reference in Python integers: sum_k h(t_k) * P^(n-1-k) mod 2^64 over BLAKE2b-64 token
+    # hashes; a text shorter than n is one gram of all its tokens, XOR the salt.
+    def h(token: str) -> int:
+        return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+
+    def poly(tokens: list[str]) -> int:
+        acc = 0
+        for t in tokens:
+            acc = (acc * int(d._P) + h(t)) % 2**64
+        return acc
+
+    salt = int(d._SHORT_SALT)
+    docs = [["a", "b", "c", "d"], ["x", "y"], [], ["é", "b", "c"]]
+    hashes, owners = d._GramHasher()(docs, 3)
+    assert owners.tolist() == [0, 0, 3, 1]
+    assert [int(x) for x in hashes] == [poly(["a", "b", "c"]), poly(["b", "c", "d"]), poly(["é", "b", "c"]),
+                                        poly(["x", "y"]) ^ salt]

@@ -257,6 +257,14 @@ def test_mean_pooled_hidden_states_pad_with_the_pad_token_and_cut_at_max_length(
     assert ids.shape == (2, 20) and ids[0, n:].tolist() == [7, 7] and mask.sum(dim=1).tolist() == [n, 20]
 
 
+def test_mean_pooled_hidden_states_cut_at_1024_tokens_by_default():
+    model, decoder = _fake_model()
+    long = "x" * 2000  # one token per character with the fake tokenizer
+    out = mean_pooled_hidden_states(model, _FakeTokenizer(), [long, "p"], ["r", "s"])
+    np.testing.assert_allclose(out, [_codes_mean(long, "r", 1024), _codes_mean("p", "s")], rtol=1e-6)
+    assert decoder.calls[0][1].sum(dim=1).tolist() == [len("user:p|assistant:s"), 1024]
+
+
 def test_mean_pooled_hidden_states_of_a_model_without_a_separate_decoder():
     model = _FakeDecoder(whole=True)
     out = mean_pooled_hidden_states(model, _FakeTokenizer(), ["q"], ["a"], batch_size=1)

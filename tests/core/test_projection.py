@@ -153,6 +153,35 @@ def test_rademacher_signs_are_pinned():
     ]
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 2**20])  # signs regenerated per block, or one cached int8 table
+@pytest.mark.parametrize("how", ["rows", "gather"])
+def test_rademacher_signs_are_the_bits_of_the_python_reference_hash(cache_bytes, how):
+    # Entry (i, c) of P * sqrt(dim) is 1 - 2 * bit (c % 64) of SplitMix64 output number
+    # i * words + c // 64 of the stream, least significant bit first: every byte of a word counts.
+    dim, input_dim = 100, 3
+    words = -(-dim // 64)
+    base = projection._stream_base("rademacher", 7)
+
+    def word(number: int) -> int:
+        return projection._splitmix64(base + (number + 1) * projection._GOLDEN)
+
+    expected = [[1 - 2 * ((word(i * words + c // 64) >> (c % 64)) & 1) for c in range(dim)]
+                for i in range(input_dim)]
+    p = make_projector(ProjectionSpec("rademacher", dim, 7), input_dim, cache_bytes=cache_bytes)
+    assert p.cached == (cache_bytes > 0)
+    if how == "rows":
+        got = p.project_many([[row] for row in torch.eye(input_dim)])
+    else:  # the rows of P at arbitrary coordinates, as used for sparse gradients
+        got = p.project_rows(torch.eye(input_dim).unsqueeze(-1), torch.arange(input_dim), 0)  # width-1 rows
+    assert (got * math.sqrt(dim)).round().int().tolist() == expected
+
+
+def test_projectors_built_without_a_device_are_on_the_cpu():
+    assert Projector(ProjectionSpec("countsketch", 16, 0), 4).device == torch.device("cpu")
+    for cls, kind in ((projection._CountSketch, "countsketch"), (projection._Rademacher, "rademacher")):
+        assert cls(ProjectionSpec(kind, 16, 0), 4).device == torch.device("cpu")
+
+
 def test_countsketch_maps_each_coordinate_to_one_signed_bucket():
     dim = 16
     p = make_projector(ProjectionSpec("countsketch", dim, 0), 40)

@@ -75,3 +75,43 @@ def test_pinned_balanced_draws():
 PINNED_BATCHES = ([36, 54, 43, 51, 57, 59], "30f51d199e609b5f")
 PINNED_QUOTAS = [1, 2, 2, 1]
 PINNED_BALANCED = ([118, 4, 44, 198, 19, 102, 46, 10, 5, 0, 123, 186], [2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1])
+
+
+def test_the_k_means_runs_20_iterations_unless_told_otherwise():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    default = cluster_in_batches(x, 12, seed=1)
+    np.testing.assert_array_equal(default.centroids, cluster_in_batches(x, 12, seed=1, niter=20).centroids)
+    assert not np.array_equal(default.centroids, cluster_in_batches(x, 12, seed=1, niter=21).centroids)
+
+
+def test_cluster_sizes_list_every_cluster_even_the_empty_last_one():
+    # Two distinct rows, three clusters: one cluster gets nobody.
+    x = np.repeat(np.eye(8, dtype=np.float32)[:2], 10, axis=0)
+    got = cluster_in_batches(x, 3, seed=0)
+    assert got.sizes.tolist() == np.bincount(got.assignments, minlength=3).tolist()
+    assert len(got.sizes) == 3 and sorted(got.sizes.tolist()) == [0, 10, 10]
+
+
+def test_a_balanced_draw_takes_the_seeded_quotas_of_its_own_seed():
+    # Four clusters of five: k = 6 is one each plus two extra, and which two get them is the
+    # seed's draw (seed 2 and seed 0 pick different clusters).
+    rng = np.random.default_rng(3)
+    x = (np.repeat(np.eye(8)[:4], 5, axis=0) + 0.01 * rng.standard_normal((20, 8))).astype(np.float32)
+    assert not np.array_equal(balanced_quotas([5] * 4, 6, 2), balanced_quotas([5] * 4, 6, 0))
+    for seed in (0, 2):
+        got = select_cluster_balanced(x, 6, seed=seed, n_clusters=4)
+        clustering = cluster_in_batches(x, 4, seed=seed)
+        assert clustering.sizes.tolist() == [5] * 4
+        picked = np.bincount(clustering.assignments[got.indices], minlength=4)
+        assert picked.tolist() == balanced_quotas(clustering.sizes, 6, seed).tolist()
+
+
+def test_plain_and_lazy_greedy_pick_the_same_rows_when_rows_are_not_unit_length():
+    x = _x(120, 8, seed=4) * np.random.default_rng(5).uniform(0.1, 10.0, size=(120, 1)).astype(np.float32)
+    lazy = select_greedy(x, 15, seed=3, lazy=True, refresh=4)
+    plain = select_greedy(x, 15, seed=3, lazy=False)
+    assert lazy.indices.tolist() == plain.indices.tolist()
+    np.testing.assert_allclose(lazy.gains, plain.gains, rtol=1e-9)
+    # The same picks as on the unit rows: the objective is over directions only.
+    assert select_greedy(_x(120, 8, seed=4), 15, seed=3, lazy=False).indices.tolist() == plain.indices.tolist()
