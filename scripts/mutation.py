@@ -75,6 +75,13 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
     if copied.is_file() and copied.read_bytes() != (ROOT / module).read_bytes():
         shutil.rmtree(folder)  # mutmut's mutants and results are of the old code: start again
     if (folder / "pyproject.toml").is_file():
+        # mutmut maps each test to the functions it runs once, when it first sees the test: a
+        # test changed since then (a new assertion, a fixture scope) would keep its old map.
+        changed = [t for t in tests if (ROOT / t).is_file()
+                   and (not (folder / t).is_file() or (folder / t).read_bytes() != (ROOT / t).read_bytes())]
+        stats = folder / "mutants" / "mutmut-stats.json"
+        if changed and stats.is_file():
+            stats.unlink()
         for name in ("prismatic_assets", "tests"):  # mutmut copies the modules it does not mutate on each run
             shutil.copytree(ROOT / name, folder / name, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__"))

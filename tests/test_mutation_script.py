@@ -152,6 +152,13 @@ def test_a_working_copy_keeps_its_state_for_new_tests_and_starts_again_after_a_c
     mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
     assert (folder / "mutants" / "state").is_file() and (folder / "tests" / "test_new.py").is_file()
     assert (folder / "prismatic_assets" / "other.py").read_text() == "Y = 2\n"
+    # mutmut's map of tests to functions is redone when a selected test changed, and only then.
+    (folder / "mutants" / "mutmut-stats.json").write_text("{}")
+    mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
+    assert (folder / "mutants" / "mutmut-stats.json").is_file()
+    (root / "tests" / "test_mod.py").write_text("def test_f():\n    assert True\n")
+    mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
+    assert not (folder / "mutants" / "mutmut-stats.json").exists() and (folder / "mutants" / "state").is_file()
     (root / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x + 2\n")
     mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
     assert not (folder / "mutants").exists()

@@ -596,6 +596,8 @@ def test_the_table_is_cached_exactly_when_it_fits_cache_bytes(kind, per_entry):
     fits = make_projector(spec, 50, cache_bytes=50 * per_entry)
     short = make_projector(spec, 50, cache_bytes=50 * per_entry - 1)
     assert fits.cached and not short.cached
+    table = fits._cache if kind == "rademacher" else fits._index  # int8 signs, int32 buckets
+    assert table.element_size() * table.nelement() <= 50 * per_entry  # the table fits what it was allowed
     g = _grad(50)
     torch.testing.assert_close(fits.project([g]), short.project([g]), rtol=1e-5, atol=1e-6)
 
