@@ -253,6 +253,10 @@ def summary(conf: dict) -> list[str]:
                          "| | | | | | |")
             continue
         run, killed, total = row["run"], row["killed"], row["total"]
+        if not run["counts"]:
+            lines.append(f"| {row['module']} | 0 | | | | no mutants | {run['finished'][:10]} | "
+                         f"{run['seconds'] / 60:.0f} |")
+            continue
         timeouts = run["counts"].get("timeout", 0)
         shown = f"{killed} ({timeouts} by timeout)" if timeouts else f"{killed}"
         lines.append(f"| {row['module']} | {sum(run['counts'].values())} | {shown} | {total - killed} | "
@@ -282,10 +286,11 @@ def package_summary(conf: dict) -> list[str]:
         total = sum(r["total"] for r in rows)
         mutants = sum(sum(r["run"]["counts"].values()) for r in rows)
         equivalent = sum(len(r["equivalent"]) for r in rows)
-        low = min(rows, key=lambda r: r["share"])
+        low = min((r for r in rows if r["total"]), key=lambda r: r["share"], default=None)
+        lowest = f"{low['module'].rsplit('/', 1)[-1]} {low['share']:.1%}" if low else ""
         lines.append(f"| {name}/ | {len(rows)} of {configured[name]} | {mutants} | {killed} | {total - killed} | "
-                     f"{equivalent} | {killed / total:.1%} | {low['module'].rsplit('/', 1)[-1]} "
-                     f"{low['share']:.1%} | {_dates(rows)} |")
+                     f"{equivalent} | {killed / total if total else float('nan'):.1%} | {lowest} | "
+                     f"{_dates(rows)} |")
     return lines
 
 
@@ -310,7 +315,11 @@ def docs(conf: dict) -> list[str]:
            "real ones that no test on this machine can kill (a path taken on CUDA only); they",
            "have their reason in the same file and still count as not killed. A mutant *killed by",
            "timeout* made its tests run past mutmut's limit (5x their measured time + 30 s: a loop",
-           "that no longer ends). Modules marked *not run* have no finished run.", "", *summary(conf), ""]
+           "that no longer ends). Modules marked *not run* have no finished run. mutmut runs, for",
+           "each mutant, the tests that called its function when it mapped them; a call made by a",
+           "module-scoped fixture counts for the first test that set it up only, so a survivor may",
+           "be one that another test of that module would kill: the scores here are lower bounds.",
+           "", *summary(conf), ""]
     for row in rows:
         if row["run"] is None:
             continue
@@ -322,6 +331,9 @@ def docs(conf: dict) -> list[str]:
                 + ", ".join(f"`{t}`" for t in run["tests"]) + ".", ""]
         if row["problem"]:
             out += [f"**The reasons do not count:** {row['problem']}.", ""]
+        if not run["counts"]:
+            out += ["No mutants: mutmut changes code inside functions, and this module has none that it "
+                    "could change.", ""]
         if gaps:
             out += [f"Not killed ({len(gaps)}): a test could tell these from the code and none does.", ""]
             out += [f"- `{_short(name)}` ({run.get('outcomes', {}).get(name, 'survived')}): "
@@ -377,18 +389,50 @@ def write_docs(conf: dict) -> None:
                   + (f" ({row['problem']})" if row["problem"] else ""))
 
 
+def prune_reasons(conf: dict) -> list[str]:
+    """Drop from docs/mutation/*.toml the mutants a later run killed; say what went."""
+    said = []
+    for module in conf["modules"]:
+        path, report = REASONS / f"{slug(module)}.toml", OUT / f"{slug(module)}.json"
+        if not path.is_file() or not report.is_file():
+            continue
+        data = tomllib.loads(path.read_text())
+        run = json.loads(report.read_text())
+        if data.get("source") != source_hash(module) or run.get("source") != source_hash(module):
+            continue  # reasons or run of other code: nothing to compare
+        prefix = module.removesuffix(".py").replace("/", ".") + "."
+        out = [f"source = {json.dumps(data['source'])}"]
+        gone = []
+        for kind in ("equivalent", "kept"):
+            for group in data.get(kind, []):
+                names = [n for n in group["mutants"] if prefix + n in run["survivors"]]
+                gone += [n for n in group["mutants"] if prefix + n not in run["survivors"]]
+                if names:
+                    out += ["", f"[[{kind}]]", f"reason = {json.dumps(group['reason'], ensure_ascii=False)}",
+                            "mutants = [" + ", ".join(json.dumps(n, ensure_ascii=False) for n in names) + "]"]
+        if gone:
+            path.write_text("\n".join(out) + "\n")
+            said.append(f"{path.relative_to(ROOT)}: {len(gone)} killed since: {', '.join(gone)}")
+    return said
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: every configured one, in order)")
     parser.add_argument("--summary", action="store_true", help="print the scores of earlier runs")
     parser.add_argument("--docs", action="store_true",
                         help="write docs/MUTATION.md and the README's per-package score table from the last runs")
+    parser.add_argument("--prune", action="store_true",
+                        help="drop the reasons of mutants that a later run killed from docs/mutation/*.toml")
     parser.add_argument("--survivors", action="store_true",
                         help="run only the survivors of each module's last run again (after adding tests)")
     args = parser.parse_args()
     conf = settings()
     if args.summary:
         print("\n".join(summary(conf)))
+        return
+    if args.prune:
+        print("\n".join(prune_reasons(conf)) or "every reason names a survivor")
         return
     if args.docs:
         write_docs(conf)

@@ -228,3 +228,31 @@ def test_a_survivors_rerun_whose_clean_tests_fail_keeps_the_last_report(mutation
     with pytest.raises(SystemExit, match=r"1 of 1 mutants not checked, the last report is kept"):
         mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
     assert json.loads(report.read_text())["seconds"] == 5.0
+
+
+def test_a_module_without_mutants_is_run_and_scores_nothing(mutation):
+    _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_1": DIFF})
+    (mutation.ROOT / "pkg" / "consts.py").write_text("SQL = 'SELECT 1'\n")
+    run = json.loads((mutation.OUT / "pkg.mod.json").read_text())
+    run.update(module="pkg/consts.py", source=mutation.source_hash("pkg/consts.py"), counts={}, survivors={},
+               outcomes={})
+    (mutation.OUT / "pkg.consts.json").write_text(json.dumps(run))
+    conf = {"modules": {"pkg/mod.py": ["tests/t.py"], "pkg/consts.py": ["tests/t.py"]}}
+    assert "| pkg/consts.py | 0 | | | | no mutants | 2026-12-05 | 2 |" in mutation.summary(conf)
+    assert mutation.package_summary(conf)[2] == "| pkg/ | 2 of 2 | 10 | 9 | 1 | 0 | 90.0% | mod.py 90.0% | 2026-12-05 |"
+    assert "No mutants: mutmut changes code inside functions" in "\n".join(mutation.docs(conf))
+
+
+def test_prune_drops_reasons_of_mutants_a_later_run_killed(mutation):
+    _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_2": DIFF})
+    source = mutation.source_hash("pkg/mod.py")
+    (mutation.REASONS / "pkg.mod.toml").write_text(
+        f'source = "{source}"\n[[equivalent]]\nreason = "the \\"same\\" value"\nmutants = ["x_f__mutmut_1"]\n'
+        f'[[kept]]\nreason = "CUDA only"\nmutants = ["x_f__mutmut_2", "x_f__mutmut_3"]\n')
+    said = mutation.prune_reasons(CONF)
+    assert said == ["reasons/pkg.mod.toml: 2 killed since: x_f__mutmut_1, x_f__mutmut_3"]
+    data = tomllib.loads((mutation.REASONS / "pkg.mod.toml").read_text())
+    assert data == {"source": source, "kept": [{"reason": "CUDA only", "mutants": ["x_f__mutmut_2"]}]}
+    assert mutation.prune_reasons(CONF) == []  # nothing left to drop
+    row = [r for r in mutation.module_rows(CONF) if r["run"]][0]
+    assert row["problem"] is None and row["kept"] == {"pkg.mod.x_f__mutmut_2": "CUDA only"}
