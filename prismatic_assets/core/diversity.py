@@ -189,9 +189,6 @@ class _CountingSink(io.RawIOBase):
     def __init__(self) -> None:
         self.size = 0
 
-    def writable(self) -> bool:
-        return True
-
     def write(self, data) -> int:
         self.size += len(data)
         return len(data)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prismatic_assets.core.per_sample import PerSampleGradients, UnsupportedModule
+from prismatic_assets.core.per_sample import PerSampleGradients, UnsupportedModule, repeated_blocks
 
 
 class _Rotate(nn.Module):
@@ -233,3 +233,105 @@ def test_recompute_beyond_the_blocks_is_refused():
     with pytest.raises(ValueError, match=r"recompute must be an integer in \[0, 4\]"):
         with hooks.attach(_Collect(1, hooks.input_dim), 1, recompute=5):
             pass
+
+
+def _per_sample_case(model, batch: int = 2, length: int = 5):
+    torch.manual_seed(1)
+    ids = torch.randint(1, 11, (batch, length))
+    targets = torch.randint(0, 11, (batch, length))
+    params = list(model.named_parameters())
+    expected = _reference(model, ids, targets, [length] * batch, params)
+    model.zero_grad(set_to_none=True)
+    return ids, targets, params, expected
+
+
+def test_a_block_called_by_keyword_names_the_last_block_that_ran_plainly():
+    torch.manual_seed(0)
+    model = _Stack(by_keyword=True).double()
+    ids, targets, params, expected = _per_sample_case(model)
+    hooks = PerSampleGradients(model, params)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2, recompute=2):
+        _loss(model(ids), targets, [5, 5]).sum().backward()
+    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    assert hooks.recompute_missed == "block 3 (_Block) does not take its hidden states as its first positional argument"
+
+
+class _GatedBlock(nn.Module):
+    """A block that also takes a keyword tensor (nested in a tuple or a dict) computed from the
+    hidden states, so it needs a gradient while the weights are frozen."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, gates=None) -> torch.Tensor:
+        gate = gates[0] if isinstance(gates, tuple) else gates["g"]
+        return x + gate * torch.tanh(self.up(x))
+
+
+class _GatedStack(nn.Module):
+    def __init__(self, nest: str, vocab: int = 11, width: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.layers = nn.ModuleList(_GatedBlock(width) for _ in range(3))
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.nest = nest
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        for layer in self.layers:
+            gate = torch.sigmoid(h.mean(-1, keepdim=True))
+            h = layer(h, gates=(gate,) if self.nest == "tuple" else {"g": gate})
+        return self.out(h)
+
+
+@pytest.mark.parametrize("nest", ["tuple", "dict"])
+def test_a_keyword_tensor_that_needs_a_gradient_runs_the_block_plainly_and_says_why(nest):
+    torch.manual_seed(0)
+    model = _GatedStack(nest).double()
+    ids, targets, params, expected = _per_sample_case(model)
+    hooks = PerSampleGradients(model, params)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2, recompute=3):
+        _loss(model(ids), targets, [5, 5]).sum().backward()
+    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    assert hooks.recompute_missed == "block 2 (_GatedBlock) gets a keyword tensor that needs a gradient"
+
+
+class _Maybe(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(width)) if width else None
+
+
+class _Lists(nn.Module):
+    def __init__(self, *lists: list[nn.Module]) -> None:
+        super().__init__()
+        for i, blocks in enumerate(lists):
+            self.add_module(f"list{i}", nn.ModuleList(blocks))
+
+
+def test_repeated_blocks_are_the_largest_list_of_two_or_more_of_one_class():
+    two = [_Maybe(3), _Maybe(3)]
+    assert repeated_blocks(_Lists(two)) == two  # two blocks are enough
+    single = [_Maybe(1), _Maybe(0)]  # one parameter in all: still more than none
+    assert repeated_blocks(_Lists(single)) == single
+    mixed, blocks = [_Maybe(50), nn.Linear(9, 9)], [_Maybe(2), _Maybe(2), _Maybe(2)]
+    assert repeated_blocks(_Lists(mixed, blocks)) == blocks  # a list of mixed classes is passed over
+    first, second = [_Maybe(4), _Maybe(4)], [_Maybe(2), _Maybe(6)]
+    assert repeated_blocks(_Lists(first, second)) == first  # equal sizes: the first in module order
+    assert repeated_blocks(_Lists([_Maybe(3)])) == [] and repeated_blocks(nn.Linear(2, 2)) == []
+
+
+def test_the_smallest_block_of_one_byte_still_gives_each_samples_gradient():
+    torch.manual_seed(0)
+    model = _Net().double()
+    ids, targets, params, expected = _per_sample_case(model)
+    hooks = PerSampleGradients(model, params, block_bytes=1)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2):
+        _loss(model(ids), targets, [5, 5]).sum().backward()
+    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="block_bytes must be positive, got 0"):
+        PerSampleGradients(model, params, block_bytes=0)
