@@ -434,3 +434,16 @@ def test_a_norm_with_two_inputs_is_refused_with_the_fix():
     with pytest.raises(UnsupportedModule, match="takes more than one input"):
         with hooks.attach(_Collect(2, 3), 2):
             model(torch.ones(2, 3)).sum().backward()
+
+
+def test_two_batches_under_one_attach_both_get_their_gradients():
+    # The hooks stand aside only while a module is replayed: the next forward is watched again.
+    torch.manual_seed(0)
+    model = _Net().double()
+    ids, targets, params, expected = _per_sample_case(model)
+    hooks = PerSampleGradients(model, params)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2):
+        for _ in range(2):
+            _loss(model(ids), targets, [5, 5]).sum().backward()
+    torch.testing.assert_close(sink.grads, 2 * expected, rtol=1e-10, atol=1e-12)
