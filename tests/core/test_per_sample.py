@@ -126,29 +126,37 @@ def test_hooks_give_each_samples_own_gradient(pattern):
     assert (expected.abs().sum(1) > 0).all()
 
 
-def test_a_module_with_two_inputs_is_refused_with_the_fix():
-    class Gate(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.scale = nn.Parameter(torch.ones(3))
+class _Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
 
-        def forward(self, x, y):
-            return self.scale * x + y
+    def forward(self, x, y):
+        return self.scale * x + y
 
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gate = Gate()
 
-        def forward(self, x):
-            return self.gate(x, x)
+class PairRMSNorm(_Gate):
+    """A norm by name and parameter shape, but with two inputs."""
 
-    model = Model()
+
+class _TwoInputs(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x, x)
+
+
+@pytest.mark.parametrize("inner, kind", [(_Gate, "generic"), (PairRMSNorm, "norm")])
+def test_a_module_with_two_inputs_is_refused_with_the_fix(inner, kind):
+    model = _TwoInputs(inner())
     hooks = PerSampleGradients(model, list(model.named_parameters()))
-    with pytest.raises(UnsupportedModule, match="batch_size=1"):
+    assert hooks.owners[0].kind == kind
+    with pytest.raises(UnsupportedModule, match=r"takes more than one input.*batch_size=1"):
         with hooks.attach(_Collect(2, 3), 2):
             model(torch.ones(2, 3)).sum().backward()
-    assert model.gate.scale.requires_grad  # restored on the way out
+    assert model.inner.scale.requires_grad  # restored on the way out
 
 
 def test_a_parameter_outside_any_module_is_refused():
@@ -240,25 +248,27 @@ def test_recompute_beyond_the_blocks_is_refused():
             pass
 
 
-def _per_sample_case(model, batch: int = 2, length: int = 5):
+def _hooked(model, recompute: int = 0, passes: int = 1, **options):
+    """(hooks, per-sample gradients from the hooks, the one-sample-at-a-time reference) for two
+    samples of five tokens through `model`, with every parameter selected."""
     torch.manual_seed(1)
-    ids = torch.randint(1, 11, (batch, length))
-    targets = torch.randint(0, 11, (batch, length))
+    ids = torch.randint(1, 11, (2, 5))
+    targets = torch.randint(0, 11, (2, 5))
     params = list(model.named_parameters())
-    expected = _reference(model, ids, targets, [length] * batch, params)
+    expected = _reference(model, ids, targets, [5, 5], params)
     model.zero_grad(set_to_none=True)
-    return ids, targets, params, expected
+    hooks = PerSampleGradients(model, params, **options)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2, recompute=recompute):
+        for _ in range(passes):
+            _loss(model(ids), targets, [5, 5]).sum().backward()
+    return hooks, sink.grads, expected
 
 
 def test_a_block_called_by_keyword_names_the_last_block_that_ran_plainly():
     torch.manual_seed(0)
-    model = _Stack(by_keyword=True).double()
-    ids, targets, params, expected = _per_sample_case(model)
-    hooks = PerSampleGradients(model, params)
-    sink = _Collect(2, hooks.input_dim)
-    with hooks.attach(sink, 2, recompute=2):
-        _loss(model(ids), targets, [5, 5]).sum().backward()
-    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    hooks, got, expected = _hooked(_Stack(by_keyword=True).double(), recompute=2)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert hooks.recompute_missed == "block 3 (_Block) does not take its hidden states as its first positional argument"
 
 
@@ -294,13 +304,8 @@ class _GatedStack(nn.Module):
 @pytest.mark.parametrize("nest", ["tuple", "dict"])
 def test_a_keyword_tensor_that_needs_a_gradient_runs_the_block_plainly_and_says_why(nest):
     torch.manual_seed(0)
-    model = _GatedStack(nest).double()
-    ids, targets, params, expected = _per_sample_case(model)
-    hooks = PerSampleGradients(model, params)
-    sink = _Collect(2, hooks.input_dim)
-    with hooks.attach(sink, 2, recompute=3):
-        _loss(model(ids), targets, [5, 5]).sum().backward()
-    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    hooks, got, expected = _hooked(_GatedStack(nest).double(), recompute=3)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert hooks.recompute_missed == "block 2 (_GatedBlock) gets a keyword tensor that needs a gradient"
 
 
@@ -332,14 +337,10 @@ def test_repeated_blocks_are_the_largest_list_of_two_or_more_of_one_class():
 def test_the_smallest_block_of_one_byte_still_gives_each_samples_gradient():
     torch.manual_seed(0)
     model = _Net().double()
-    ids, targets, params, expected = _per_sample_case(model)
-    hooks = PerSampleGradients(model, params, block_bytes=1)
-    sink = _Collect(2, hooks.input_dim)
-    with hooks.attach(sink, 2):
-        _loss(model(ids), targets, [5, 5]).sum().backward()
-    torch.testing.assert_close(sink.grads, expected, rtol=1e-10, atol=1e-12)
+    _, got, expected = _hooked(model, block_bytes=1)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="block_bytes must be positive, got 0"):
-        PerSampleGradients(model, params, block_bytes=0)
+        PerSampleGradients(model, list(model.named_parameters()), block_bytes=0)
 
 
 @pytest.mark.parametrize("options", [{"max_norm": 1.0}, {"scale_grad_by_freq": True}, {"sparse": True}])
@@ -400,7 +401,7 @@ def test_embedding_gradients_arrive_as_rows_and_kept_inputs_are_watched():
     model = _Net().double()
     model.out.weight = nn.Parameter(model.embed.weight.detach().clone())  # untied: only the embedding owns it
     params = [(n, p) for n, p in model.named_parameters() if n.startswith(("embed", "mix"))]
-    ids, targets, _, _ = _per_sample_case(model)
+    ids, targets = torch.randint(1, 11, (2, 5)), torch.randint(0, 11, (2, 5))
     hooks = PerSampleGradients(model, params, block_bytes=1 << 20)
     sink = _Calls(2, hooks.input_dim)
     seen = []
@@ -411,39 +412,8 @@ def test_embedding_gradients_arrive_as_rows_and_kept_inputs_are_watched():
     assert any(x.dtype == torch.long for x in seen)  # the embedding's token ids are kept, not its output
 
 
-def test_a_norm_with_two_inputs_is_refused_with_the_fix():
-    class PairRMSNorm(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(3))
-
-        def forward(self, x, y):
-            return self.weight * (x + y)
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm = PairRMSNorm()
-
-        def forward(self, x):
-            return self.norm(x, x)
-
-    model = Model()
-    hooks = PerSampleGradients(model, list(model.named_parameters()))
-    assert hooks.owners[0].kind == "norm"
-    with pytest.raises(UnsupportedModule, match="takes more than one input"):
-        with hooks.attach(_Collect(2, 3), 2):
-            model(torch.ones(2, 3)).sum().backward()
-
-
 def test_two_batches_under_one_attach_both_get_their_gradients():
     # The hooks stand aside only while a module is replayed: the next forward is watched again.
     torch.manual_seed(0)
-    model = _Net().double()
-    ids, targets, params, expected = _per_sample_case(model)
-    hooks = PerSampleGradients(model, params)
-    sink = _Collect(2, hooks.input_dim)
-    with hooks.attach(sink, 2):
-        for _ in range(2):
-            _loss(model(ids), targets, [5, 5]).sum().backward()
-    torch.testing.assert_close(sink.grads, 2 * expected, rtol=1e-10, atol=1e-12)
+    _, got, expected = _hooked(_Net().double(), passes=2)
+    torch.testing.assert_close(got, 2 * expected, rtol=1e-10, atol=1e-12)
