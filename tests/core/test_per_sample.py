@@ -197,7 +197,8 @@ class _Stack(nn.Module):
         return self.out(h)
 
 
-@pytest.mark.parametrize("pattern, recompute", [(None, 4), (None, 2), ("layers.3", 1), ("layers.1.up", 3)])
+@pytest.mark.parametrize("pattern, recompute", [(None, 4), (None, 2), ("layers.3", 1), ("layers.3", 4),
+                                                 ("layers.1.up", 3)])
 def test_recomputed_blocks_give_the_same_per_sample_gradients(pattern, recompute):
     torch.manual_seed(0)
     model = _Stack().double()
@@ -417,3 +418,15 @@ def test_two_batches_under_one_attach_both_get_their_gradients():
     torch.manual_seed(0)
     _, got, expected = _hooked(_Net().double(), passes=2)
     torch.testing.assert_close(got, 2 * expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_forward_without_gradients_runs_the_recomputed_blocks_plainly():
+    torch.manual_seed(0)
+    model = _Stack().double()
+    ids = torch.randint(1, 11, (2, 5))
+    with torch.no_grad():
+        plain = model(ids)
+    hooks = PerSampleGradients(model, list(model.named_parameters()))
+    with hooks.attach(_Collect(2, hooks.input_dim), 2, recompute=4), torch.no_grad():
+        torch.testing.assert_close(model(ids), plain, rtol=0, atol=0)
+    assert hooks.recompute_missed is None
