@@ -180,6 +180,11 @@ def score(counts: dict[str, int], equivalent: int = 0) -> tuple[int, int, float]
     return killed, total, (killed / total if total else float("nan"))
 
 
+def mutant_prefix(module: str) -> str:
+    """How mutmut names a module's mutants: prismatic_assets/core/ids.py -> prismatic_assets.core.ids.<name>."""
+    return module.removesuffix(".py").replace("/", ".") + "."
+
+
 def reasons(module: str) -> tuple[dict[str, str], dict[str, str], str | None]:
     """(equivalent: mutant name -> why, kept: mutant name -> why, problem) from docs/mutation/<module>.toml.
 
@@ -195,7 +200,7 @@ def reasons(module: str) -> tuple[dict[str, str], dict[str, str], str | None]:
     if data.get("source") != source_hash(module):
         return {}, {}, (f"{path.relative_to(ROOT)} was written for source {data.get('source')}, the module is now "
                         f"{source_hash(module)}: check each reason against a new run, then renew `source`")
-    prefix = module.removesuffix(".py").replace("/", ".") + "."
+    prefix = mutant_prefix(module)
     found: dict[str, dict[str, str]] = {"equivalent": {}, "kept": {}}
     for kind, named in found.items():
         for group in data.get(kind, []):
@@ -400,7 +405,7 @@ def prune_reasons(conf: dict) -> list[str]:
         run = json.loads(report.read_text())
         if data.get("source") != source_hash(module) or run.get("source") != source_hash(module):
             continue  # reasons or run of other code: nothing to compare
-        prefix = module.removesuffix(".py").replace("/", ".") + "."
+        prefix = mutant_prefix(module)
         out = [f"source = {json.dumps(data['source'])}"]
         gone = []
         for kind in ("equivalent", "kept"):
