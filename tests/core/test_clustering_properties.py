@@ -99,8 +99,10 @@ def test_spherical_kmeans_is_spherical_and_assigns_to_the_nearest_centroid(case)
         return
     # A point (nearly) as close to two centroids may sit in either cluster (faiss's float32 search
     # and the exact assignment can break the tie differently): clusters with such a point are left out.
-    top2 = np.sort(cos, axis=1)[:, -2:] if k > 1 else np.zeros((len(x), 2))
-    ambiguous = set(result.assignments[(top2[:, 1] - top2[:, 0]) < 1e-4].tolist()) if k > 1 else set()
+    ambiguous: set[int] = set()
+    if k > 1:
+        top2 = np.sort(cos, axis=1)[:, -2:]
+        ambiguous = set(result.assignments[top2[:, 1] - top2[:, 0] < 1e-4].tolist())
     for c in np.flatnonzero(result.sizes):
         if c in ambiguous:
             continue

@@ -30,11 +30,12 @@ class Scripted:
 
     def __init__(self, answers: dict[str, list[str]], name: str | None = "scripted") -> None:
         self.answers = answers
+        self.calls = 0
         if name is not None:
             self.model_name = name
 
     def chat(self, conversations, sampling):
-        self.calls = getattr(self, "calls", 0) + 1
+        self.calls += 1
         return [next(v for k, v in self.answers.items() if k in c[-1]["content"]) for c in conversations]
 
 
