@@ -48,10 +48,6 @@ def _rows(store: MetadataStore, table: str, where: str, order: str) -> list[dict
     return store.query(f"SELECT * FROM {table} WHERE {where} ORDER BY {order}").to_dicts()
 
 
-def _as_list(value: Any) -> Any:
-    return None if value is None else list(value)
-
-
 # -- a round with every field set, and one with every optional field empty ------------------
 FULL_REQUEST = RequestRow(round=3, request_id="r3:q0007", output_index=1, request_index=7, strategy="sparse_cluster",
                           target_cluster=4, few_shot_ids=["seed:9", "seed:2"], clustering_id="clu-3",
