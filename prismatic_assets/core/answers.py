@@ -191,8 +191,8 @@ def extract_stated(text: str, max_chars: int = 60) -> str | None:
     if not text:
         return None
     for m in reversed(list(_STATED.finditer(text))):
-        answer = re.split(r"\.\s|\.$", m.group(1).split("\n")[0])[0]
-        answer = answer.strip().strip("*_").strip().strip("$").strip().rstrip(".,;:!").strip()
+        answer = re.split(r"\.\s|\.$", m.group(1))[0]  # `.` in _STATED stops at the line's end
+        answer = answer.strip().rstrip(".,;:!").strip().strip("*_").strip().strip("$").strip().rstrip(".,;:!").strip()
         if answer and len(answer) <= max_chars:
             return answer
     return None
@@ -438,7 +438,7 @@ def compare_answers(a: str, b: str) -> tuple[bool, str | None]:
             return False, None
         return _math_equal(a, b)
     except Exception:  # noqa: BLE001 - grading must not take a pipeline down
-        log.debug("compare_answers(%r, %r) failed", a[:200], b[:200], exc_info=True)
+        log.debug("compare_answers(%.200r, %.200r) failed", a, b, exc_info=True)
         return False, None
 
 

@@ -438,3 +438,132 @@ def test_in_process_verification(monkeypatch) -> None:
         assert answers.compare_answers(r"\frac{", "1") == (False, None)  # unparseable
     finally:
         answers._math_equal.cache_clear()
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def _compare_in_process(a: str, b: str, *, thread: bool) -> tuple[bool, str | None]:
+    """compare_answers with math-verify in this process, in the main thread (its signal timeout
+    on) or in a worker thread (no signal there: the timeout must be off)."""
+    answers._math_equal.cache_clear()
+    answers._parse.cache_clear()
+    try:
+        if not thread:
+            return answers.compare_answers(a, b)
+        seen: list = []
+        t = threading.Thread(target=lambda: seen.append(answers.compare_answers(a, b)))
+        t.start()
+        t.join(60)
+        return seen[0]
+    finally:
+        answers._math_equal.cache_clear()
+        answers._parse.cache_clear()
+
+
+def test_math_verify_is_tried_in_both_directions(monkeypatch) -> None:
+    from math_verify import verify
+
+    # math-verify's verify(gold, target) holds one way only for this pair: an inequality is the
+    # interval, an interval is not the inequality.
+    ineq, interval = r"x\le 3", r"(-\infty,3]"
+    p_ineq, p_interval = answers._parse(ineq, None), answers._parse(interval, None)
+    assert verify(list(p_ineq), list(p_interval)) and not verify(list(p_interval), list(p_ineq))
+    assert answers.compare_answers(ineq, interval) == answers.compare_answers(interval, ineq) == (True, None)  # worker
+    monkeypatch.setenv("PRISMATIC_VERIFY_IN_PROCESS", "1")
+    for thread in (False, True):
+        assert _compare_in_process(ineq, interval, thread=thread) == (True, None), thread
+        assert _compare_in_process(interval, ineq, thread=thread) == (True, None), thread
+        assert _compare_in_process(interval, "(-\\infty,4]", thread=thread) == (False, None), thread
+
+
+def test_a_failing_math_verify_means_not_equal(monkeypatch) -> None:
+    import math_verify
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("math-verify failed")
+
+    monkeypatch.setenv("PRISMATIC_VERIFY_IN_PROCESS", "1")
+    monkeypatch.setattr(math_verify, "verify", broken)
+    assert _compare_in_process(r"\frac{1}{2}", "0.5", thread=False) == (False, None)
+
+
+def test_an_answer_that_normalizes_to_nothing_equals_nothing() -> None:
+    # "." parses as "0." in math-verify, which then equals "0."; a normalized-empty side must stop first.
+    assert normalize_answer(".") == "" and normalize_answer("0.") == "0"
+    assert answers.compare_answers(".", "0.") == (False, None)
+    assert answers.compare_answers("0.", ".") == (False, None)
+    assert answers.compare_answers("$.$", ".") == (False, None)
+
+
+def test_a_side_of_words_or_too_costly_never_reaches_math_verify() -> None:
+    # math-verify reads "ab" as a*b, and a deep nest of parentheses around 1 as 1.
+    deep = "(" * 9 + "1" + ")" * 9
+    for words, math in [("ab", r"a \cdot b"), (r"\text{ab}", "a*b")]:
+        assert answers.compare_answers(words, math) == (False, None)
+        assert answers.compare_answers(math, words) == (False, None)
+    assert answers.compare_answers(deep, "1") == answers.compare_answers("1", deep) == (False, None)
+    assert answers.compare_answers("(" * 8 + "1" + ")" * 8, "1") == (True, None)  # one level less: compared
+
+
+def test_a_comparison_that_raises_is_not_equal() -> None:
+    assert answers.compare_answers(None, "1") == (False, None)  # type: ignore[arg-type]
+    assert answers.compare_answers("1", None) == (False, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        ("$yes$", True),
+        ("$yes.$", True),
+        ("$yes$.", True),
+        (r"\text{yes}.", True),
+        ("IX", True),  # two capitals: a word (Roman numerals compare as strings)
+        (r"\text{a}", False),  # one letter inside a wrapper is still a symbol
+        ("a", False),
+        ("x+y", False),
+    ],
+)
+def test_what_counts_as_words(answer: str, words: bool) -> None:
+    assert answers._is_words(answer) is words
+
+
+def test_gold_answers_in_a_box_or_dollars_are_unwrapped() -> None:
+    assert answers._strip_outer_box(r"\boxed{\text{Monday}}") == r"\text{Monday}"
+    assert answers._strip_outer_box(" $X$ ") == "X"
+    assert answers.compare_answers(r"\boxed{\text{Monday}}", "Monday") == (True, None)
+    assert answers.compare_answers("X", "X") == (True, None)
+    assert is_correct(r"so \boxed{Monday}", r"\boxed{\text{Monday}}")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("IX", "ix"), ("$3.$", "3"), ("$IX.$", "ix"), ("X.", "x")])
+def test_normalize_answer_keeps_letters_at_the_ends(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_nesting_counts_only_brackets() -> None:
+    assert answers._nesting("X(X)") == 1
+    assert answers._nesting("((X(") == 3
+    assert answers._nesting("((x)((y)))") == 3
+
+
+@pytest.mark.parametrize("text", ["The answer is X.", "The final answer is X", "Answer: $X$", "answer = **X**!"])
+def test_a_stated_letter_survives_the_trimming(text: str) -> None:
+    assert extract_stated(text) == "X"
+
+
+def test_code_in_an_answer_of_exactly_the_limit_is_named_at_extraction() -> None:
+    limit = answers.MAX_EXTRACTED_CHARS
+    code = "eval(1)" + "1" * (limit - len("eval(1)"))
+    assert len(code) == limit
+    vote = majority_vote([_r(code), _r("2"), _r("2")])
+    assert vote.issues == ("response 0: answer_has_code ('eval(')",)
+    assert vote.answers == (None, "2", "2") and vote.accepted
+
+
+def test_a_tie_keeps_its_issues() -> None:
+    tie = majority_vote([_r("1"), _r("2")], min_agree=1)
+    assert (tie.reason, tie.issues) == ("tie", ())
+    unverifiable = majority_vote([_r("1"), _r("1"), _r("2"), _r("2"), _r("eval(1)")])
+    assert unverifiable.groups == ((0, 1), (2, 3)) and not unverifiable.accepted
+    assert (unverifiable.reason, unverifiable.issues) == ("unverifiable", ("response 4: answer_has_code ('eval(')",))

@@ -9,6 +9,7 @@ math-verify for minutes when run uncontained (140 nested braces; a binomial of 1
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -277,3 +278,76 @@ def test_the_worker_gets_the_package_on_its_path_and_one_thread(tmp_path, monkey
     root = str(Path(answers.__file__).resolve().parents[2])
     assert (tmp_path / "env").read_text().split() == [f"{root}:/somewhere/else", "1", "-m",
                                                       "prismatic_assets.core._verify_worker"]
+
+
+def test_a_new_worker_names_no_process() -> None:
+    assert answers._VerifyWorker().pids() == set()
+
+
+def test_closing_the_worker_closes_its_pipes(tmp_path, monkeypatch):
+    monkeypatch.setattr(answers.sys, "executable",
+                        _fake_python(tmp_path, "echo '{\"ready\": true}'\nwhile read line; do echo '{\"equal\": true}'; done"))
+    worker = answers._VerifyWorker()
+    assert worker.compare("1", "1", 5.0) == (True, None)
+    proc = worker._proc
+    worker.close()
+    assert proc.returncode is not None and proc.stdin.closed and proc.stdout.closed
+
+
+def test_a_worker_that_answers_garbage_is_replaced(tmp_path, monkeypatch):
+    body = "echo '{\"ready\": true}'\nwhile read line; do echo 'not json'; done"
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, body))
+    worker = answers._VerifyWorker()
+    try:
+        assert worker.compare("1", "2", 5.0) == (False, "verify_timeout")
+        assert worker._proc is None  # killed; the next comparison starts another
+        assert worker.compare("1", "2", 5.0) == (False, "verify_timeout")
+        assert _starts(tmp_path) == 2
+    finally:
+        worker.close()
+
+
+def test_a_worker_that_never_gets_ready_is_given_up_after_the_start_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, "exec sleep 60"))
+    monkeypatch.setattr(answers._VerifyWorker, "START_TIMEOUT_S", 0.5)
+    worker = answers._VerifyWorker()
+    began = time.perf_counter()
+    assert worker.compare("1", "2", 5.0) == (None, None)  # compare in-process instead
+    assert time.perf_counter() - began < 10
+    assert worker._broken == "the answer-verification worker did not start" and worker.pids() == set()
+
+
+def test_the_reason_a_worker_cannot_start_is_kept(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-python"
+    monkeypatch.setattr(answers.sys, "executable", str(missing))
+    worker = answers._VerifyWorker()
+    assert worker.compare("1", "2", 5.0) == (None, None)
+    assert str(missing) in worker._broken
+
+
+def test_readline_is_none_at_the_end_of_the_output():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert answers._VerifyWorker._readline(proc, 30) is None
+    finally:
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_the_worker_gets_its_budget_one_thread_and_no_terminal(tmp_path, monkeypatch, capfd):
+    body = ("echo '{\"ready\": true}'\necho 'worker noise' >&2\nread line\n"
+            f"echo \"$line\" > {tmp_path / 'request'}\necho \"$OMP_NUM_THREADS\" > {tmp_path / 'threads'}\n"
+            "echo '{\"equal\": true}'\nread line")
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, body))
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    worker = answers._VerifyWorker()
+    try:
+        assert worker.compare("1", "2", 0.25) == (True, None)
+    finally:
+        worker.close()
+    assert json.loads((tmp_path / "request").read_text()) == {"a": "1", "b": "2", "budget": 0.25}
+    assert (tmp_path / "threads").read_text().strip() == "1"
+    assert "worker noise" not in capfd.readouterr().err

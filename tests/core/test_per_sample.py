@@ -180,20 +180,25 @@ class _Block(nn.Module):
 
 
 class _Stack(nn.Module):
-    """Embedding, four repeated blocks (called positionally, or by keyword) and a tied head."""
+    """Embedding, four repeated blocks (called positionally, by keyword, or with every argument
+    positional) and a tied head."""
 
-    def __init__(self, vocab: int = 11, width: int = 6, by_keyword: bool = False) -> None:
+    def __init__(self, vocab: int = 11, width: int = 6, by_keyword: bool = False, all_positional: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.layers = nn.ModuleList(_Block(width) for _ in range(4))
         self.out = nn.Linear(width, vocab, bias=False)
         self.out.weight = self.embed.weight
         self.by_keyword = by_keyword
+        self.all_positional = all_positional
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids)
         for layer in self.layers:
-            h = layer(x=h, scale=0.5) if self.by_keyword else layer(h, scale=0.5)
+            if self.all_positional:
+                h = layer(h, 0.5)
+            else:
+                h = layer(x=h, scale=0.5) if self.by_keyword else layer(h, scale=0.5)
         return self.out(h)
 
 
@@ -430,3 +435,94 @@ def test_a_forward_without_gradients_runs_the_recomputed_blocks_plainly():
     with hooks.attach(_Collect(2, hooks.input_dim), 2, recompute=4), torch.no_grad():
         torch.testing.assert_close(model(ids), plain, rtol=0, atol=0)
     assert hooks.recompute_missed is None
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_a_recomputed_block_gets_its_other_positional_arguments():
+    torch.manual_seed(0)
+    hooks, got, expected = _hooked(_Stack(all_positional=True).double(), recompute=4)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert hooks.recompute_missed is None
+
+
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_a_forward_without_gradients_while_attached_gathers_nothing_and_changes_nothing(by_keyword):
+    torch.manual_seed(0)
+    model = _Stack(by_keyword=by_keyword).double()
+    ids = torch.randint(1, 11, (2, 5))
+    with torch.no_grad():
+        plain = model(ids)
+    hooks = PerSampleGradients(model, list(model.named_parameters()))
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2, recompute=4):
+        with torch.no_grad():
+            logits = model(ids)
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+    assert not logits.requires_grad  # no owner's output was made to ask for a gradient
+    assert hooks.recompute_missed is None  # nothing to recompute without gradients: nothing missed
+    assert not sink.grads.any()
+
+
+def test_per_sample_gradients_under_bf16_autocast_match_one_sample_at_a_time():
+    """Under autocast a Linear's output gradient is bf16 while its kept input is float32: the
+    per-sample product runs in bf16, as the module's own backward does."""
+    torch.manual_seed(1)
+    model = _Net()
+    ids = torch.randint(1, 11, (2, 5))
+    targets = torch.randint(0, 11, (2, 5))
+    params = list(model.named_parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _reference(model, ids, targets, [5, 5], params)
+    model.zero_grad(set_to_none=True)
+    hooks = PerSampleGradients(model, params)
+    sink = _Collect(2, hooks.input_dim)
+    with hooks.attach(sink, 2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = _loss(model(ids), targets, [5, 5]).sum()
+        loss.backward()
+    # bf16 keeps 8 bits of mantissa: the two ways round differently, by a few parts in a thousand.
+    assert ((sink.grads - expected).norm() / expected.norm()).item() < 1e-2
+    assert (sink.grads - expected).abs().max().item() < 2e-2 * expected.abs().max().item()
+
+
+class _TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return x * self.scale, x
+
+
+class _ListIn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, xs):
+        return xs[0] * self.scale
+
+
+class _WrapOwner(nn.Module):
+    """Calls its owning child with a list, by keyword only, or takes its tuple output apart."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.inner = _TupleOut() if how == "tuple out" else _ListIn()
+
+    def forward(self, x):
+        if self.how == "tuple out":
+            return self.inner(x)[0]
+        return self.inner([x]) if self.how == "list in" else self.inner(xs=[x])
+
+
+@pytest.mark.parametrize("how", ["tuple out", "list in", "keyword only"])
+def test_a_module_without_one_tensor_in_and_out_is_refused_with_the_fix(how):
+    model = _WrapOwner(how)
+    hooks = PerSampleGradients(model, list(model.named_parameters()))
+    with pytest.raises(UnsupportedModule, match="not called with one tensor input and one tensor output: embed one"):
+        with hooks.attach(_Collect(2, hooks.input_dim), 2):
+            model(torch.ones(2, 3)).sum().backward()
