@@ -285,8 +285,8 @@ def test_a_new_worker_names_no_process() -> None:
 
 
 def test_closing_the_worker_closes_its_pipes(tmp_path, monkeypatch):
-    monkeypatch.setattr(answers.sys, "executable",
-                        _fake_python(tmp_path, "echo '{\"ready\": true}'\nwhile read line; do echo '{\"equal\": true}'; done"))
+    body = "echo '{\"ready\": true}'\nwhile read line; do echo '{\"equal\": true}'; done"
+    monkeypatch.setattr(answers.sys, "executable", _fake_python(tmp_path, body))
     worker = answers._VerifyWorker()
     assert worker.compare("1", "1", 5.0) == (True, None)
     proc = worker._proc
