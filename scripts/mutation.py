@@ -8,8 +8,9 @@
 For each module: copy the package, its tests and profiles into build/mutation/<module>/,
 write mutmut's settings there (the module to mutate, the tests that pin it, lines never
 mutated; all from [tool.prismatic-mutation] in pyproject.toml), run `mutmut run` with one
-worker, and write build/mutation/<module>.json: the count of each outcome, every survivor
-with its diff, and the wall time. A module's copy keeps mutmut's state, so a run stopped
+worker, run each of its survivors once more against the whole selection (`recheck`), and
+write build/mutation/<module>.json: the count of each outcome, every survivor with its diff,
+and the wall time. A module's copy keeps mutmut's state, so a run stopped
 part-way continues where it stopped. Runs change nothing outside build/mutation/.
 
     python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's per-package score table
@@ -43,7 +44,9 @@ README = ROOT / "README.md"
 #: The README's score table sits between these two lines (written by --docs).
 README_BEGIN, README_END = "<!-- mutation-score: begin -->", "<!-- mutation-score: end -->"
 #: What mutmut's `results --all true` calls each outcome, and what a score counts it as.
-KILLED = ("killed", "timeout", "segfault", "caught by type check")
+KILLED = ("killed", "timeout", "segfault", "caught by type check", "killed by the whole selection")
+#: A survivor of mutmut's run that the module's whole test selection kills (see `recheck`).
+WHOLE = KILLED[-1]
 #: What a score counts as not killed (any other outcome means the run did not finish).
 NOT_KILLED = ("survived", "no tests")
 
@@ -119,6 +122,48 @@ def source_hash(module: str) -> str:
     return hashlib.sha256((ROOT / module).read_bytes()).hexdigest()[:16]
 
 
+def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dict[str, str]:
+    """Run each survivor against the module's whole test selection; name -> the test that killed it.
+
+    mutmut runs a mutant against the tests it saw call the mutated function, and it sees a
+    call made while a module-scoped fixture is set up only in the first test that uses the
+    fixture: a mutant that only the later tests of that module catch survives mutmut. Here
+    each survivor runs once against every selected test (stopping at the first failure);
+    it counts as killed when the failing test passes on the unmutated code, run alone
+    right after (so a test that fails by itself, e.g. on time under load, kills nothing).
+    """
+    if not names:
+        return {}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PY_IGNORE_IMPORTMISMATCH"] = "1"
+
+    def pytest(mutant: str, selection: list[str], limit: float | None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *conf.get("pytest_args", []), *selection],
+                              cwd=folder / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
+                              capture_output=True, text=True, timeout=limit)
+
+    began = time.perf_counter()
+    clean = pytest("", tests, None)
+    if clean.returncode != 0:
+        raise SystemExit(f"the selected tests fail on the unmutated code in {folder / 'mutants'}:\n"
+                         + "\n".join(clean.stdout.strip().splitlines()[-5:]))
+    limit = 3 * (time.perf_counter() - began) + 60  # a mutant that makes them loop is stopped, not counted
+    killed = {}
+    for i, name in enumerate(names, 1):
+        try:
+            done = pytest(name, tests, limit)
+        except subprocess.TimeoutExpired:
+            print(f"  recheck {i}/{len(names)} {name}: ran past {limit:.0f} s, not counted", flush=True)
+            continue
+        failed = re.search(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
+        if done.returncode != 0 and failed and pytest("", [failed.group(1)], limit).returncode == 0:
+            killed[name] = failed.group(1)
+        print(f"  recheck {i}/{len(names)} {name}: {'killed by ' + killed[name] if name in killed else 'survived'}",
+              flush=True)
+    return killed
+
+
 def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool = False) -> dict:
     folder = prepare(module, tests, conf)
     report = OUT / f"{slug(module)}.json"
@@ -157,6 +202,13 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
         tail = "\n".join(said.strip().splitlines()[-3:])
         raise SystemExit(f"{module}: {len(unfinished)} of {len(found)} mutants not checked, the last report is "
                          f"kept. mutmut said:\n{tail}\nRun the module's tests in {folder} to see which one fails.")
+    # Kills of the whole selection made before, for this source and a selection that still holds their tests.
+    rechecked = previous.get("rechecked", {}) if previous.get("source") == source_hash(module) else {}
+    rechecked = {name: test for name, test in rechecked.items() if found.get(name) in NOT_KILLED}
+    unkilled = sorted(name for name, outcome in found.items() if outcome in NOT_KILLED and name not in rechecked)
+    rechecked |= recheck(folder, tests, conf, unkilled)
+    for name in rechecked:
+        found[name] = WHOLE
     counts: dict[str, int] = {}
     for outcome in found.values():
         counts[outcome] = counts.get(outcome, 0) + 1
@@ -164,7 +216,7 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
                  if outcome in NOT_KILLED}
     result = {"module": module, "source": source_hash(module), "tests": tests, "seconds": round(seconds, 1),
               "exit_code": done.returncode, "counts": counts, "survivors": survivors,
-              "outcomes": {name: found[name] for name in survivors}, "all_outcomes": found,
+              "outcomes": {name: found[name] for name in survivors}, "all_outcomes": found, "rechecked": rechecked,
               "finished": time.strftime("%Y-%m-%d %H:%M")}
     report.write_text(json.dumps(result, indent=1))
     return result
@@ -322,8 +374,11 @@ def docs(conf: dict) -> list[str]:
            "timeout* made its tests run past mutmut's limit (5x their measured time + 30 s: a loop",
            "that no longer ends). Modules marked *not run* have no finished run. mutmut runs, for",
            "each mutant, the tests that called its function when it mapped them; a call made by a",
-           "module-scoped fixture counts for the first test that set it up only, so a survivor may",
-           "be one that another test of that module would kill: the scores here are lower bounds.",
+           "module-scoped fixture counts for the first test that set it up only. So each of",
+           "mutmut's survivors then runs once against the module's whole selection: *killed by the",
+           "whole selection* when a test fails on it and passes on the unmutated code (the test",
+           "that killed it is in the run's report). Runs made before this second pass (their",
+           "reports have no `rechecked` entry) may understate their module's score.",
            "", *summary(conf), ""]
     for row in rows:
         if row["run"] is None:

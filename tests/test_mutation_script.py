@@ -186,8 +186,11 @@ def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_
     # mutmut after a change of the test selection: only the rerun mutants have a result
     monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(0): "not checked", name(1): "killed",
                                                               name(2): "survived", name(3): "not checked"})
+    rechecked = []
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: rechecked.append(names) or {})
     result = mutation.run_module(module, ["tests/t.py", "tests/u.py"], {}, survivors_only=True)
     assert asked[0] == ("run", "--max-children", "1", name(1), name(2))
+    assert rechecked == [[name(2)]]  # only mutmut's survivors run against the whole selection
     assert result["counts"] == {"timeout": 1, "killed": 2, "survived": 1}
     assert list(result["survivors"]) == [name(2)] and result["seconds"] == 60.0
     with pytest.raises(SystemExit, match=r"tests were taken out .*tests/t.py.* run it whole"):
@@ -256,3 +259,64 @@ def test_prune_drops_reasons_of_mutants_a_later_run_killed(mutation):
     assert mutation.prune_reasons(CONF) == []  # nothing left to drop
     row = [r for r in mutation.module_rows(CONF) if r["run"]][0]
     assert row["problem"] is None and row["kept"] == {"pkg.mod.x_f__mutmut_2": "CUDA only"}
+
+
+def _mutants_folder(tmp_path: Path) -> Path:
+    """A working copy as mutmut leaves it: a module whose function reads MUTANT_UNDER_TEST (as
+    mutmut's trampolines do) and two tests; the second one alone tells mutant 2 apart, the way a
+    test after the first user of a module-scoped fixture would."""
+    folder = tmp_path / "work"
+    (folder / "mutants" / "tests").mkdir(parents=True)
+    (folder / "mutants" / "mod.py").write_text(
+        "import os\n\n\ndef f(x):\n"
+        "    name = os.environ.get('MUTANT_UNDER_TEST', '')\n"
+        "    if name.endswith('_1'):\n        return x + 1\n"  # equivalent on every input below
+        "    if name.endswith('_2'):\n        return x + 1 if x < 10 else x\n"  # only big inputs tell
+        "    return x + 1\n")
+    (folder / "mutants" / "tests" / "test_mod.py").write_text(
+        "from mod import f\n\n\ndef test_small():\n    assert f(1) == 2\n\n\n"
+        "def test_big():\n    assert f(20) == 21\n")
+    return folder
+
+
+def test_recheck_counts_a_survivor_killed_by_a_later_test_of_the_selection(mutation, tmp_path):
+    folder = _mutants_folder(tmp_path)
+    names = ["mod.x_f__mutmut_1", "mod.x_f__mutmut_2"]
+    killed = mutation.recheck(folder, ["tests/test_mod.py"], {"pytest_args": ["-p", "no:cacheprovider"]}, names)
+    assert killed == {"mod.x_f__mutmut_2": "tests/test_mod.py::test_big"}
+    assert mutation.recheck(folder, ["tests/test_mod.py"], {}, []) == {}
+
+
+def test_recheck_refuses_a_selection_that_fails_unmutated(mutation, tmp_path):
+    folder = _mutants_folder(tmp_path)
+    (folder / "mutants" / "tests" / "test_mod.py").write_text("def test_broken():\n    assert False\n")
+    with pytest.raises(SystemExit, match="fail on the unmutated code"):
+        mutation.recheck(folder, ["tests/test_mod.py"], {}, ["mod.x_f__mutmut_1"])
+
+
+def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutation, monkeypatch):
+    module = "pkg/mod.py"
+    name = "pkg.mod.x_f__mutmut_{}".format
+
+    class Done:
+        stdout, stderr, returncode = DIFF, "", 0
+
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Done())
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
+                                                              name(3): "no tests"})
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {name(3): "tests/t.py::test_a"})
+    result = mutation.run_module(module, ["tests/t.py"], {})
+    assert result["counts"] == {"killed": 1, "survived": 1, "killed by the whole selection": 1}
+    assert list(result["survivors"]) == [name(2)] and result["rechecked"] == {name(3): "tests/t.py::test_a"}
+    assert mutation.score(result["counts"])[:2] == (2, 3)
+    # A survivors rerun: mutmut still calls mutant 3 "no tests"; the earlier recheck stands and is not run again.
+    asked = []
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
+    again = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    assert asked == [[name(2)]] and again["all_outcomes"][name(3)] == "killed by the whole selection"
+    # After the module changes, an earlier recheck counts for nothing.
+    (mutation.ROOT / "pkg" / "mod.py").write_text("def f(x):\n    return x + 3\n")
+    asked.clear()
+    mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    assert asked == [[name(2), name(3)]]
