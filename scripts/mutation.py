@@ -122,17 +122,43 @@ def source_hash(module: str) -> str:
     return hashlib.sha256((ROOT / module).read_bytes()).hexdigest()[:16]
 
 
+_SHARED = re.compile(r"""@pytest\.fixture\(\s*scope\s*=\s*["'](?:module|class|package|session)["'][^)]*\)\s*\n"""
+                     r"""(?:\s*@.*\n)*\s*def (\w+)""")
+
+
+def shared_fixture_tests(root: Path, tests: list[str]) -> list[str]:
+    """The selected test files that use a fixture set up once for several tests (scope module,
+    class, package or session, defined in the file or in a conftest.py above it): the only
+    ones whose kills mutmut's map can miss."""
+    chosen = []
+    for test in tests:
+        path = root / test
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if _SHARED.search(text):
+            chosen.append(test)
+            continue
+        shared = [name for conftest in (p / "conftest.py" for p in path.parents if root in p.parents or p == root)
+                  if conftest.is_file() for name in _SHARED.findall(conftest.read_text())]
+        if any(re.search(rf"\b{name}\b", text) for name in shared):
+            chosen.append(test)
+    return chosen
+
+
 def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dict[str, str]:
     """Run each survivor against the module's whole test selection; name -> the test that killed it.
 
     mutmut runs a mutant against the tests it saw call the mutated function, and it sees a
     call made while a module-scoped fixture is set up only in the first test that uses the
     fixture: a mutant that only the later tests of that module catch survives mutmut. Here
-    each survivor runs once against every selected test (stopping at the first failure);
+    each survivor runs once against every selected test file that uses such a fixture
+    (`shared_fixture_tests`; none: nothing to do), stopping at the first failure;
     it counts as killed when the failing test passes on the unmutated code, run alone
     right after (so a test that fails by itself, e.g. on time under load, kills nothing).
     """
-    if not names:
+    tests = shared_fixture_tests(folder / "mutants", tests)
+    if not names or not tests:
         return {}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.setdefault("OMP_NUM_THREADS", "1")

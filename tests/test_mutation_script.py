@@ -274,8 +274,8 @@ def _mutants_folder(tmp_path: Path) -> Path:
         "    if name.endswith('_2'):\n        return x + 1 if x < 10 else x\n"  # only big inputs tell
         "    return x + 1\n")
     (folder / "mutants" / "tests" / "test_mod.py").write_text(
-        "from mod import f\n\n\ndef test_small():\n    assert f(1) == 2\n\n\n"
-        "def test_big():\n    assert f(20) == 21\n")
+        "import pytest\n\nfrom mod import f\n\n\n@pytest.fixture(scope='module')\ndef small():\n    return f(1)\n\n\n"
+        "def test_small(small):\n    assert small == 2\n\n\ndef test_big():\n    assert f(20) == 21\n")
     return folder
 
 
@@ -289,7 +289,9 @@ def test_recheck_counts_a_survivor_killed_by_a_later_test_of_the_selection(mutat
 
 def test_recheck_refuses_a_selection_that_fails_unmutated(mutation, tmp_path):
     folder = _mutants_folder(tmp_path)
-    (folder / "mutants" / "tests" / "test_mod.py").write_text("def test_broken():\n    assert False\n")
+    (folder / "mutants" / "tests" / "test_mod.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(scope='session')\ndef one():\n    return 1\n\n\n"
+        "def test_broken(one):\n    assert one == 2\n")
     with pytest.raises(SystemExit, match="fail on the unmutated code"):
         mutation.recheck(folder, ["tests/test_mod.py"], {}, ["mod.x_f__mutmut_1"])
 
@@ -320,3 +322,23 @@ def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutati
     asked.clear()
     mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
     assert asked == [[name(2), name(3)]]
+
+
+def test_only_test_files_with_a_shared_fixture_are_rechecked(mutation, tmp_path):
+    folder = _mutants_folder(tmp_path)
+    tests = folder / "mutants" / "tests"
+    (tests / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(scope=\"session\")\n@other_decorator\ndef packaged(): ...\n\n\n"
+        "@pytest.fixture\ndef fresh(): ...\n")
+    (tests / "sub").mkdir()
+    (tests / "sub" / "test_uses_conftest.py").write_text("def test_a(packaged):\n    pass\n")
+    (tests / "sub" / "test_fresh.py").write_text(
+        "def test_b(fresh):\n    pass\n\n\ndef test_c(packaged_not):\n    pass\n")
+    (tests / "test_class.py").write_text("@pytest.fixture(\n    scope='class', autouse=True)\ndef c(): ...\n")
+    selection = ["tests/test_mod.py", "tests/sub/test_uses_conftest.py", "tests/sub/test_fresh.py",
+                 "tests/test_class.py", "tests/test_missing.py"]
+    assert mutation.shared_fixture_tests(folder / "mutants", selection) == [
+        "tests/test_mod.py", "tests/sub/test_uses_conftest.py", "tests/test_class.py"]
+    (tests / "test_mod.py").write_text("from mod import f\n\n\ndef test_big():\n    assert f(20) == 21\n")
+    # no shared fixture in the selection: mutmut's map is complete, nothing runs (this test would kill it)
+    assert mutation.recheck(folder, ["tests/test_mod.py"], {}, ["mod.x_f__mutmut_2"]) == {}
