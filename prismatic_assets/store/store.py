@@ -362,7 +362,16 @@ class MetadataStore:
     def replace_samples(self, *, source: str, origin: str, samples: Sequence[Sample],
                         splits: Mapping[str, str], rejections: Sequence[Rejection],
                         run_id: str | None, round: int | None = None) -> None:
-        """Replace every row of (source, origin[, round]) with these samples and rejections."""
+        """Replace every row of (source, origin[, round]) with these samples and rejections.
+
+        Samples and rejections without a source of their own are stored under `source`; one
+        naming another source is refused: the next replace of `source` would not delete it.
+        """
+        foreign = [(kind, item.source) for kind, items in (("sample", samples), ("rejection", rejections))
+                   for item in items if item.source and item.source != source]
+        if foreign:
+            raise ValueError(f"replace_samples(source={source!r}) got a {foreign[0][0]} of source {foreign[0][1]!r} "
+                             f"({len(foreign)} in all): store each source's rows in its own call")
         table = pa.table({
             "sample_id": [s.sample_id for s in samples],
             "content_hash": [s.content_hash for s in samples],
@@ -372,7 +381,7 @@ class MetadataStore:
             "response": [s.response for s in samples],
             "answer": [s.answer for s in samples],
             "category": [s.category for s in samples],
-            "source": [s.source or source for s in samples],
+            "source": [source] * len(samples),
             "source_ref": [s.source_ref for s in samples],
             "origin": [origin] * len(samples),
             "split": [splits.get(s.sample_id, "pool") for s in samples],
@@ -386,7 +395,7 @@ class MetadataStore:
             ("source_ref", pa.string()), ("origin", pa.string()), ("split", pa.string()),
             ("round", pa.int32()), ("meta", pa.string()), ("run_id", pa.string())]))
         rejected = pa.table({
-            "source": [r.source or source for r in rejections],
+            "source": [source] * len(rejections),
             "source_ref": [r.source_ref for r in rejections],
             "line": pa.array([r.line for r in rejections], type=pa.int32()),
             "reason": [r.reason for r in rejections],
@@ -406,8 +415,7 @@ class MetadataStore:
                         f"category, source, source_ref, origin, split, round, meta::JSON, run_id "
                         f"FROM incoming_samples")
             con.register("incoming_rejections", rejected)
-            con.execute(f"INSERT INTO {S.REJECTIONS} (source, source_ref, line, reason, raw, duplicate_of, run_id) "
-                        f"SELECT * FROM incoming_rejections")
+            con.execute(f"INSERT INTO {S.REJECTIONS} BY NAME SELECT * FROM incoming_rejections")
 
     def load_samples(self, sample_ids: Sequence[str] | None = None, *, where: str | None = None,
                      params: Sequence[Any] | None = None) -> list[Sample]:
@@ -563,9 +571,9 @@ class MetadataStore:
                         [clustering_id, scope, embedding_key, k, n, niter, seed, sparse_ratio,
                          int(threshold_size), int(np.sum(sparse)), json.dumps(config, sort_keys=True), run_id])
             con.register("incoming_clusters", clusters)
-            con.execute(f"INSERT INTO {S.CLUSTERS} SELECT * FROM incoming_clusters")
+            con.execute(f"INSERT INTO {S.CLUSTERS} BY NAME SELECT * FROM incoming_clusters")
             con.register("incoming_members", members)
-            con.execute(f"INSERT INTO {S.CLUSTER_MEMBERS} SELECT * FROM incoming_members")
+            con.execute(f"INSERT INTO {S.CLUSTER_MEMBERS} BY NAME SELECT * FROM incoming_members")
 
     def recent_scores(self, limit: int = 5) -> pl.DataFrame:
         """The `limit` most recently written score rows (scope, metric, q, value, n, dim, ...)."""
