@@ -147,18 +147,29 @@ def shared_fixture_tests(root: Path, tests: list[str]) -> list[str]:
 
 
 def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dict[str, str]:
-    """Run each survivor against the module's whole test selection; name -> the test that killed it.
+    """Run each survivor against more of the module's tests; name -> the test that killed it.
 
     mutmut runs a mutant against the tests it saw call the mutated function, and it sees a
     call made while a module-scoped fixture is set up only in the first test that uses the
-    fixture: a mutant that only the later tests of that module catch survives mutmut. Here
-    each survivor runs once against every selected test file that uses such a fixture
-    (`shared_fixture_tests`; none: nothing to do), stopping at the first failure;
-    it counts as killed when the failing test passes on the unmutated code, run alone
-    right after (so a test that fails by itself, e.g. on time under load, kills nothing).
+    fixture: a mutant that only the later tests of that file catch survives mutmut. Here each
+    survivor runs once against every test of the files that use such a fixture
+    (`shared_fixture_tests`) and hold a test mapped to its function, stopping at the first
+    failure; it counts as killed when the failing test passes on the unmutated code, run
+    alone right after (so a test that fails by itself, e.g. on time under load, kills nothing).
     """
-    tests = shared_fixture_tests(folder / "mutants", tests)
-    if not names or not tests:
+    shared = shared_fixture_tests(folder / "mutants", tests)
+    stats_file = folder / "mutants" / "mutmut-stats.json"
+    mapped = json.loads(stats_file.read_text()).get("tests_by_mangled_function_name", {}) if stats_file.is_file() \
+        else None
+    files = {}
+    for name in names:
+        if mapped is None:
+            files[name] = shared
+        else:
+            reached = {test.split("::")[0] for test in mapped.get(name.rsplit("__mutmut_", 1)[0], [])}
+            files[name] = [test for test in shared if test in reached]
+    files = {name: chosen for name, chosen in files.items() if chosen}
+    if not files:
         return {}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -169,23 +180,24 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
                               cwd=folder / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
                               capture_output=True, text=True, timeout=limit)
 
+    used = sorted({test for chosen in files.values() for test in chosen})
     began = time.perf_counter()
-    clean = pytest("", tests, None)
+    clean = pytest("", used, None)
     if clean.returncode != 0:
         raise SystemExit(f"the selected tests fail on the unmutated code in {folder / 'mutants'}:\n"
                          + "\n".join(clean.stdout.strip().splitlines()[-5:]))
     limit = 3 * (time.perf_counter() - began) + 60  # a mutant that makes them loop is stopped, not counted
     killed = {}
-    for i, name in enumerate(names, 1):
+    for i, (name, chosen) in enumerate(files.items(), 1):
         try:
-            done = pytest(name, tests, limit)
+            done = pytest(name, chosen, limit)
         except subprocess.TimeoutExpired:
-            print(f"  recheck {i}/{len(names)} {name}: ran past {limit:.0f} s, not counted", flush=True)
+            print(f"  recheck {i}/{len(files)} {name}: ran past {limit:.0f} s, not counted", flush=True)
             continue
         failed = re.search(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
         if done.returncode != 0 and failed and pytest("", [failed.group(1)], limit).returncode == 0:
             killed[name] = failed.group(1)
-        print(f"  recheck {i}/{len(names)} {name}: {'killed by ' + killed[name] if name in killed else 'survived'}",
+        print(f"  recheck {i}/{len(files)} {name}: {'killed by ' + killed[name] if name in killed else 'survived'}",
               flush=True)
     return killed
 

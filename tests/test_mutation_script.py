@@ -342,3 +342,16 @@ def test_only_test_files_with_a_shared_fixture_are_rechecked(mutation, tmp_path)
     (tests / "test_mod.py").write_text("from mod import f\n\n\ndef test_big():\n    assert f(20) == 21\n")
     # no shared fixture in the selection: mutmut's map is complete, nothing runs (this test would kill it)
     assert mutation.recheck(folder, ["tests/test_mod.py"], {}, ["mod.x_f__mutmut_2"]) == {}
+
+
+def test_recheck_runs_only_files_holding_a_test_mapped_to_the_mutated_function(mutation, tmp_path):
+    folder = _mutants_folder(tmp_path)
+    stats = folder / "mutants" / "mutmut-stats.json"
+    conf = {"pytest_args": ["-p", "no:cacheprovider"]}
+    # mutmut saw only the first user of the module fixture call f: the file is run, its later test kills
+    stats.write_text(json.dumps({"tests_by_mangled_function_name": {"mod.x_f": ["tests/test_mod.py::test_small"]}}))
+    assert mutation.recheck(folder, ["tests/test_mod.py"], conf, ["mod.x_f__mutmut_2"]) == {
+        "mod.x_f__mutmut_2": "tests/test_mod.py::test_big"}
+    # no test of the file reaches f: nothing to gain from running it
+    stats.write_text(json.dumps({"tests_by_mangled_function_name": {"mod.x_g": ["tests/test_mod.py::test_small"]}}))
+    assert mutation.recheck(folder, ["tests/test_mod.py"], conf, ["mod.x_f__mutmut_2"]) == {}
