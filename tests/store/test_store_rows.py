@@ -206,3 +206,33 @@ def test_migrate_returns_the_versions_it_applied(tmp_path):
     store.path, store.lock_timeout = path, 5.0
     assert store.migrate() == [m.version for m in schema.MIGRATIONS_LIST]
     assert store.migrate() == []
+
+
+@pytest.mark.parametrize("blocked, current", [(1, 0), (2, 1)])
+def test_a_migration_that_fails_names_the_version_the_store_was_left_at(tmp_path, blocked, current):
+    """A file with an empty migrations table and, made by hand, a table that migration `blocked`
+    creates: the migrations before it apply, it fails, and the store stays at the last one applied."""
+    path = tmp_path / "m.duckdb"
+    migration = schema.MIGRATIONS_LIST[blocked - 1]
+    table = {1: schema.SAMPLES, 2: schema.GENERATIONS}[blocked]
+    assert f"CREATE TABLE {table} " in migration.sql
+    con = duckdb.connect(str(path))
+    con.execute(f"CREATE TABLE {schema.MIGRATIONS} (version INTEGER PRIMARY KEY, name VARCHAR, "
+                f"applied_at TIMESTAMP DEFAULT current_timestamp)")
+    con.execute(f"CREATE TABLE {table} (edited_by_hand INTEGER)")
+    con.close()
+    with pytest.raises(StoreError) as caught:
+        MetadataStore(path)
+    message = str(caught.value)
+    assert message.startswith(f"metadata store {path}: upgrading the schema from version {current} failed at "
+                              f"migration {blocked} ({migration.name}): Catalog Error: Table with name \"{table}\" "
+                              f"already exists!")
+    assert message.endswith(f"The store was left at version {current}, unchanged by this migration. It was probably "
+                            f"edited by hand or by another tool: restore a backup, or move it away "
+                            f"(mv {path} {path}.old) and re-materialize.")
+    con = duckdb.connect(str(path))
+    try:
+        assert con.execute(f"SELECT version FROM {schema.MIGRATIONS} ORDER BY version").fetchall() == [
+            (v,) for v in range(1, current + 1)]
+    finally:
+        con.close()
