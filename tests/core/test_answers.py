@@ -547,7 +547,8 @@ def test_nesting_counts_only_brackets() -> None:
     assert answers._nesting("((x)((y)))") == 3
 
 
-@pytest.mark.parametrize("text", ["The answer is X.", "The final answer is X", "Answer: $X$", "answer = **X**!"])
+@pytest.mark.parametrize("text", ["The answer is X.", "The final answer is X", "Answer: $X$", "answer = **X**!",
+                                  "The answer is **X,**", "The answer is $X!$"])
 def test_a_stated_letter_survives_the_trimming(text: str) -> None:
     assert extract_stated(text) == "X"
 
