@@ -1,0 +1,125 @@
+"""gradient_memory's figures against hand-computed values: the too-big error, unbudgeted steps, process memory."""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+
+import psutil
+import pytest
+
+from prismatic_assets.core import gradient_memory as gm
+from prismatic_assets.core.gradient_memory import MemoryBudget, PlannedBatch, Polynomial, StepCost, unbudgeted_batches
+
+GIB = 2**30
+UNIT = 2**18  # the hand-made cost below counts in units of 256 KiB, so its figures reach GiB
+
+
+def _cost(*, split_head: bool, can_recompute: bool) -> StepCost:
+    """Two blocks keeping 100 units per token each, 10 units per token of block input, 1,000 units
+    outside the blocks, 50 units per logit position, 7 units per sample's gradient block, 3 of projection."""
+    return StepCost(blocks=(Polynomial(token=100 * UNIT), Polynomial(token=100 * UNIT)),
+                    block_inputs=(10.0 * UNIT, 10.0 * UNIT), other=Polynomial(const=1000 * UNIT),
+                    logit_position=50.0 * UNIT, sample_block=7.0 * UNIT, block_cap=1e15, projection=3.0 * UNIT,
+                    split_head=split_head, can_recompute=can_recompute)
+
+
+def _expected_message(index: int, tokens: int, need_units: float, how: str, budget: float, resident: float) -> str:
+    need = need_units * UNIT
+    least = math.ceil(10 * (resident + need / 0.8) / GIB) / 10
+    return (f"sample {index} ({tokens} tokens) needs {need / GIB:.2f} GiB for its gradient step {how}; "
+            f"{resident / GIB:.2f} GiB is already resident (model, projection table, runtime), so the memory budget "
+            f"of {budget / GIB:.2f} GiB leaves {max(0.0, budget - resident) / GIB:.2f} GiB: raise compute.memory_gb "
+            f"to at least {least:.1f}, or lower proxy.max_length so that long samples are cut")
+
+
+def test_the_too_big_error_with_recomputation_and_logit_chunks():
+    # 100 tokens, every block recomputed, logits in chunks of 16: kept 0; inputs (10 + 10) x 100 = 2,000;
+    # head max(4 x 16 x 50, 2 x 16 x 50 + 7) = 3,200; workspace 100 x 100 + 7 = 10,007; other 1,000;
+    # projection 3: 13,010 units.
+    error = gm._too_big(4, 100, _cost(split_head=True, can_recompute=True), 4 * GIB, 1.5 * GIB)
+    assert str(error) == _expected_message(
+        4, 100, 13010, "with every block recomputed in backward and the logits in chunks of 16 positions",
+        4 * GIB, 1.5 * GIB)
+
+
+def test_the_too_big_error_without_recomputation_or_chunks():
+    # 100 tokens, nothing recomputed, all 100 logit positions: kept 2 x 100 x 100 = 20,000; head
+    # max(4 x 5,000, 2 x 5,000 + 7) = 20,000; workspace 10,007; other 1,000; projection 3: 41,003 units.
+    error = gm._too_big(0, 100, _cost(split_head=False, can_recompute=False), 2 * GIB, 3 * GIB)
+    assert str(error) == _expected_message(
+        0, 100, 41003, "(this model's blocks cannot be recomputed) and all its logits", 2 * GIB, 3 * GIB)
+    assert "leaves 0.00 GiB" in str(error)  # more resident than the budget: nothing left, not a negative
+
+
+def test_a_sample_shorter_than_the_smallest_logit_chunk_names_its_own_length():
+    # 10 tokens: chunks of min(16, 10) = 10. inputs 200; head max(2,000, 1,007); workspace 1,007; 1,000; 3.
+    error = gm._too_big(2, 10, _cost(split_head=True, can_recompute=True), 1 * GIB, 0)
+    assert str(error) == _expected_message(
+        2, 10, 3203, "with every block recomputed in backward and the logits in chunks of 10 positions", GIB, 0)
+
+
+def test_a_step_recomputes_nothing_unless_asked():
+    cost = _cost(split_head=False, can_recompute=True)
+    assert cost.bytes(1, 100, 100) == cost.bytes(1, 100, 100, 0) == 41003 * UNIT
+    assert cost.bytes(1, 100, 100, 1) == (10000 + 1000 + 1000 + 20000 + 3) * UNIT  # one block kept, one recomputed
+
+
+def test_a_budget_in_gib():
+    assert MemoryBudget.gb(1.5).total_bytes == 1_610_612_736
+    assert MemoryBudget.gb(0.25).total_bytes == 268_435_456
+
+
+@pytest.mark.parametrize(
+    ("lengths", "prompts", "max_batch", "max_tokens", "expected"),
+    [
+        # longest first; at most 2 a step
+        ([5, 9, 7, 3], [1, 2, 3, 1], 2, None, [((1, 2), 9, 7), ((0, 3), 5, 4)]),
+        # 3 a step, at most 20 padded tokens: 9 + 9 fits, a third 9 does not; 5 x 3 = 15 fits
+        ([5, 9, 7, 3, 4], [0, 0, 0, 0, 0], 3, 20, [((1, 2), 9, 9), ((0, 4, 3), 5, 5)]),
+        # exactly at the token cap: 2 x 10 = 20 fits
+        ([10, 10, 10], [4, 2, 3], 5, 20, [((0, 1), 10, 8), ((2,), 10, 7)]),
+        # a sample alone above the cap still gets its step
+        ([30, 2], [5, 1], 4, 20, [((0,), 30, 25), ((1,), 2, 1)]),
+        ([6], [2], 1, None, [((0,), 6, 4)]),
+        ([], [], 3, None, []),
+    ],
+)
+def test_unbudgeted_steps(lengths, prompts, max_batch, max_tokens, expected):
+    assert unbudgeted_batches(lengths, prompts, max_batch, max_tokens) == [
+        PlannedBatch(indices, tokens, positions, 0, None, 0.0) for indices, tokens, positions in expected]
+
+
+def test_resident_memory_read_three_ways_agrees(monkeypatch):
+    rss = psutil.Process().memory_info().rss
+    assert abs(gm.resident_bytes() - rss) < 0.1 * rss  # psutil
+    monkeypatch.setitem(sys.modules, "psutil", None)  # without psutil: /proc/self/statm
+    from_statm = gm.resident_bytes("cpu")
+    assert abs(from_statm - rss) < 0.1 * rss
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(gm, "open", no_proc, raising=False)  # without /proc: the peak from getrusage
+    import resource
+
+    peak = gm.resident_bytes()
+    assert peak == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 >= 0.9 * rss
+
+
+def test_freed_memory_is_handed_back_through_glibc(monkeypatch):
+    monkeypatch.setattr(gm, "_LIBC", False)
+    gm.release_freed_memory()
+    assert isinstance(gm._LIBC, ctypes.CDLL) and hasattr(gm._LIBC, "malloc_trim")  # glibc on Linux
+    found = gm._LIBC
+    gm.release_freed_memory()
+    assert gm._LIBC is found  # looked up once
+    monkeypatch.setattr(gm, "_LIBC", False)
+    monkeypatch.setattr(gm.ctypes.util, "find_library", lambda name: None)
+    gm.release_freed_memory()  # no C library found: nothing to do, and not looked for again
+    assert gm._LIBC is None
+    monkeypatch.setattr(gm, "_LIBC", False)
+    monkeypatch.setattr(gm.ctypes.util, "find_library", lambda name: "/no/such/libc.so")
+    gm.release_freed_memory()
+    assert gm._LIBC is None
