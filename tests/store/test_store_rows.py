@@ -236,3 +236,7 @@ def test_a_migration_that_fails_names_the_version_the_store_was_left_at(tmp_path
             (v,) for v in range(1, current + 1)]
     finally:
         con.close()
+
+
+def test_ingesting_no_shards_reads_no_rows(tmp_path):
+    assert MetadataStore(tmp_path / "m.duckdb").ingest_embedding_shards([]) == 0
