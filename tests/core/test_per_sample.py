@@ -179,23 +179,34 @@ class _Block(nn.Module):
         return x + scale * self.down(torch.tanh(self.up(self.norm(x))))
 
 
-class _Stack(nn.Module):
-    """Embedding, four repeated blocks (called positionally, by keyword, or with every argument
-    positional) and a tied head."""
+class _ScaleFirstBlock(_Block):
+    """A block whose first positional argument is not its hidden states."""
 
-    def __init__(self, vocab: int = 11, width: int = 6, by_keyword: bool = False, all_positional: bool = False) -> None:
+    def forward(self, scale: float, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, scale)
+
+
+class _Stack(nn.Module):
+    """Embedding, four repeated blocks (called positionally, by keyword, with every argument
+    positional, or with the scale first) and a tied head."""
+
+    def __init__(self, vocab: int = 11, width: int = 6, by_keyword: bool = False, all_positional: bool = False,
+                 scale_first: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.layers = nn.ModuleList(_Block(width) for _ in range(4))
+        self.layers = nn.ModuleList((_ScaleFirstBlock if scale_first else _Block)(width) for _ in range(4))
         self.out = nn.Linear(width, vocab, bias=False)
         self.out.weight = self.embed.weight
         self.by_keyword = by_keyword
         self.all_positional = all_positional
+        self.scale_first = scale_first
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids)
         for layer in self.layers:
-            if self.all_positional:
+            if self.scale_first:
+                h = layer(0.5, h)
+            elif self.all_positional:
                 h = layer(h, 0.5)
             else:
                 h = layer(x=h, scale=0.5) if self.by_keyword else layer(h, scale=0.5)
@@ -230,9 +241,10 @@ def test_recomputed_blocks_give_the_same_per_sample_gradients(pattern, recompute
     assert all("forward" not in layer.__dict__ for layer in model.layers)  # unpatched on the way out
 
 
-def test_a_block_called_by_keyword_runs_plainly_and_says_why():
+@pytest.mark.parametrize("calling", ["by_keyword", "scale_first"])
+def test_a_block_whose_first_positional_argument_is_not_its_hidden_states_runs_plainly_and_says_why(calling):
     torch.manual_seed(0)
-    model = _Stack(by_keyword=True).double()
+    model = _Stack(**{calling: True}).double()
     params = list(model.named_parameters())
     ids = torch.randint(1, 11, (2, 5))
     targets = torch.randint(0, 11, (2, 5))
