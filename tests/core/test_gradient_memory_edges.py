@@ -123,3 +123,32 @@ def test_freed_memory_is_handed_back_through_glibc(monkeypatch):
     monkeypatch.setattr(gm.ctypes.util, "find_library", lambda name: "/no/such/libc.so")
     gm.release_freed_memory()
     assert gm._LIBC is None
+
+
+def test_resident_memory_without_psutil_is_statms_second_field_in_pages(monkeypatch):
+    """Field 2 of /proc/self/statm is the resident set in pages (proc(5)); a made-up file pins it."""
+    import io
+    import os
+
+    opened = []
+
+    def statm(path, *args, **kwargs):
+        opened.append(path)
+        return io.StringIO("1000 37 5 1 0 200 0\n")
+
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    monkeypatch.setattr(gm, "open", statm, raising=False)
+    assert gm.resident_bytes() == 37 * os.sysconf("SC_PAGE_SIZE")
+    assert opened == ["/proc/self/statm"]
+
+
+def test_resident_memory_on_a_gpu_is_what_torch_has_allocated_there(monkeypatch):
+    asked = []
+
+    def allocated(device):
+        asked.append(device)
+        return 123_456
+
+    monkeypatch.setattr(gm.torch.cuda, "memory_allocated", allocated)
+    assert gm.resident_bytes("cuda:1") == 123_456
+    assert asked == [gm.torch.device("cuda:1")]
