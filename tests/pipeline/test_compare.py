@@ -122,6 +122,48 @@ def test_json_report_is_strict_json(report):
     assert data["sets"][1]["metrics"]["distinct_3"]["n"] == 10
 
 
+def test_json_report_holds_each_figure_under_its_own_key(report):
+    """`prismatic compare --json`: every key against the report field it stands for, written out here."""
+    data = report.as_dict()
+    assert {k: data[k] for k in ("model", "model_fingerprint", "projection", "embedding_key", "dim")} == {
+        "model": report.model, "model_fingerprint": report.model_fingerprint, "projection": report.projection,
+        "embedding_key": report.embedding_key, "dim": 64}
+    assert data["seconds"] == round(report.seconds, 2) and data["notes"] == report.notes
+    assert data["coverage"] == {**report.coverage.as_dict(), "cluster_seed": report.cluster_seed}
+    cov = report.coverage
+    assert len(data["sets"]) == 2
+    for got, s in zip(data["sets"], report.sets):
+        metrics = {}
+        for m in s.metrics:
+            metrics[m.metric] = {"value": m.value, "n": m.n, **m.details}
+            if m.dim:
+                metrics[m.metric]["dim"] = m.dim
+        assert got == {
+            "name": s.name, "source": s.source, "n_loaded": s.n_loaded, "n_rejected": s.n_rejected,
+            "rejections": s.rejections, "n": s.n_vectors, "n_excluded": len(s.excluded), "excluded": s.excluded,
+            "g_vendi": {"1": s.g_vendi[1.0], "2": s.g_vendi[2.0], "inf": s.g_vendi[INF]},
+            "metrics": metrics,
+            "coverage_entropy": cov.entropy[s.name],
+            "effective_clusters": pytest.approx(math.exp(cov.entropy[s.name])),
+            "exclusive_clusters": cov.exclusive.get(s.name, []),
+            "vectors": {"computed": s.n_computed, "cached": s.n_cached}}
+    assert [s["n"] for s in data["sets"]] == [12, 10] and [s["n_rejected"] for s in data["sets"]] == [0, 1]
+    assert data["examples"] == [{"cluster": e.cluster, "contrast": e.contrast, "shares": e.shares,
+                                 "set": e.set_name, "samples": e.samples} for e in report.examples]
+    assert data["examples"] and all(len(e["samples"]) == 2 for e in data["examples"])
+
+
+def test_an_undefined_metric_is_null_in_the_json_report(report):
+    from dataclasses import replace
+
+    first = report.sets[0]
+    nan_metric = replace(first.metrics[0], value=float("nan"))
+    other = replace(report, sets=[replace(first, metrics=[nan_metric, *first.metrics[1:]]), *report.sets[1:]])
+    metric = other.as_dict()["sets"][0]["metrics"][nan_metric.metric]
+    assert metric["value"] is None and metric["n"] == nan_metric.n
+    json.dumps(other.as_dict(), allow_nan=False)
+
+
 @pytest.mark.parametrize("change", [{"clusters": 3}, {"cluster_seed": 5}])
 def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir, cache, change):
     other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, **change)
