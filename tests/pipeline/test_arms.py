@@ -196,6 +196,51 @@ def test_g_vendi_and_cell_coverage_match_an_independent_computation(three_rounds
     assert len(lines) == 2 + 3 * 4 and lines[2].startswith("| 1 | naive | 4 (0) |")
 
 
+def test_an_arms_pool_holds_what_it_accepted_as_it_was_written(three_rounds):
+    store, reports = three_rounds
+    for arm in ARMS:
+        written = {}
+        for report in reports:
+            by_id = {c.sample.sample_id: c.sample for c in report.arms[arm].candidates}
+            written |= {sid: (report.round, by_id[sid]) for sid in report.arms[arm].accepted}
+        pool = accepted_samples(store, arm, 4)
+        assert [s.sample_id for s in pool] == [sid for r in reports for sid in r.arms[arm].accepted]
+        for s in pool:
+            round_, w = written[s.sample_id]
+            assert (s.prompt, s.response, s.answer) == (w.prompt, w.response, w.answer) and s.answer
+            assert s.category == w.meta["family"] and s.source == f"arm:{arm}"
+            assert s.source_ref == w.source_ref and s.source_ref.startswith("reasoning_gym:")
+            assert s.meta == {"family": w.meta["family"], "level": w.meta["level"], "round": round_}
+        assert [s.sample_id for s in accepted_samples(store, arm, 2)] == reports[0].arms[arm].accepted
+
+
+def test_an_accepted_row_without_a_source_ref_has_an_empty_one():
+    from prismatic_assets.pipeline.arms import _accepted_sample
+
+    row = {"sample_id": "arm:naive:r1:0", "prompt": "2 + 2?", "response": "\\boxed{4}", "answer": "4",
+           "family": "basic_arithmetic", "level": 0, "round": 1, "arm": "naive", "source_ref": None}
+    assert _accepted_sample(row).source_ref == ""
+
+
+def test_the_closing_table_has_a_row_per_round_of_each_arm_asked_for(three_rounds, tmp_path):
+    store, reports = three_rounds
+    header = ["| round | arm | accepted (shortfall) | passed the filter | G-Vendi before -> after (gain) | "
+              "cells before -> after | cell entropy before -> after |", "|---|---|---|---|---|---|---|"]
+    for arms in (("random",), ("naive", "random")):  # the history lists arms alphabetically: random last
+        expected = []
+        for report in reports:
+            for arm in sorted(arms):
+                r = report.arms[arm]
+                passed = sum(1 for c in r.verified if c.in_sparse)
+                expected.append(
+                    f"| {report.round} | {arm} | {len(r.accepted)} ({r.budget - len(r.accepted)}) | "
+                    f"{passed} of {len(r.verified)} | {r.g_vendi_before:.2f} -> {r.g_vendi_after:.2f} "
+                    f"({r.g_vendi_after - r.g_vendi_before:+.2f}) | {r.cells_before} -> {r.cells_after} | "
+                    f"{r.cell_entropy_before:.3f} -> {r.cell_entropy_after:.3f} |")
+        assert summary_lines(store, arms) == header + expected
+    assert summary_lines(MetadataStore(tmp_path / "empty.duckdb"), ARMS) == ["no arm round in the store yet"]
+
+
 def test_a_rerun_adds_nothing_and_the_same_seed_gives_the_same_round(three_rounds, seeded, tmp_path, tiny_embedder):
     store, _ = three_rounds
     copy = MetadataStore(tmp_path / "copy.duckdb")
@@ -351,6 +396,8 @@ def test_the_sparse_cluster_order_and_the_other_arms():
     order = prismatic_order(sizes, sparse, np.random.default_rng(0))
     assert sorted(order[:5]) == [2, 3, 4, 5, 6]  # every candidate that passed the filter first
     assert order[5:] == [7, 0, 1] or order[5:] == [7, 1, 0]  # then the smallest other cluster first
+    # a mask of 0/1 integers (as a store may hand it back) is the same mask
+    assert prismatic_order(sizes, sparse.astype(np.int8), np.random.default_rng(0)) == order
     draws = {tuple(prismatic_order(sizes, sparse, np.random.default_rng(s))[:5]) for s in range(20)}
     assert len(draws) > 1  # a random draw among those that passed, not generation order
     assert choose("naive", 7, 3, rng_seed=0) == [0, 1, 2]
