@@ -164,6 +164,60 @@ def test_an_undefined_metric_is_null_in_the_json_report(report):
     json.dumps(other.as_dict(), allow_nan=False)
 
 
+def test_cluster_examples_are_the_owning_sets_members_nearest_the_centroid_ties_in_row_order():
+    """A hand-made clustering: set A fills cluster 0 (17 members, tied similarities), B fills
+    cluster 1; cluster 2 holds one of each and tells nothing apart."""
+    from types import SimpleNamespace
+
+    from prismatic_assets.core.diversity import cluster_coverage
+    from prismatic_assets.core.samples import Sample
+    from prismatic_assets.pipeline.compare import _distinguishing_examples
+
+    sim_a = [0.9, 0.7, 0.7, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.7, 0.9, 0.7, 0.7, 0.9, 0.9, 0.7, 0.4]
+    sim_b = [0.3, 0.8, 0.6, 0.2]
+    assignments = np.array([0] * 17 + [2] + [1, 1, 1, 2])
+    set_index = np.array([0] * 18 + [1] * 4)
+    clustering = SimpleNamespace(assignments=assignments, similarities=np.array(sim_a + sim_b))
+    coverage = cluster_coverage(assignments, set_index, ["A", "B"], 3)
+    ids = [[f"a{i}" for i in range(18)], [f"b{i}" for i in range(4)]]
+    samples = {(name, sid): Sample(sid, f"Question   {sid}\n about {'x' * 300}", f"Answer {sid}",
+                                   source_ref=f"{name}:{sid}")
+               for name, block in zip("AB", ids) for sid in block}
+    vectors = [np.zeros((18, 4)), np.zeros((4, 4))]
+    found = _distinguishing_examples(coverage, clustering, set_index, vectors, ids, ["A", "B"], samples,
+                                     example_clusters=2, examples=5)
+    # shares: each set's fraction of its own samples in the cluster
+    assert [(e.cluster, e.set_name) for e in found] == [(0, "A"), (1, "B")]
+    assert [e.shares for e in found] == [{"A": pytest.approx(17 / 18), "B": 0.0}, {"A": 0.0, "B": 0.75}]
+    nearest_a = sorted(range(17), key=lambda i: (-sim_a[i], i))[:5]  # [0, 9, 11, 14, 15]
+    assert [s["sample_id"] for s in found[0].samples] == [f"a{i}" for i in nearest_a]
+    assert [s["sample_id"] for s in found[1].samples] == ["b1", "b2", "b0"]  # all 3, nearest first
+    first = found[0].samples[0]
+    assert first["similarity"] == 0.9 and first["source_ref"] == "A:a0" and first["response"] == "Answer a0"
+    assert first["prompt"] == ("Question a0 about " + "x" * 300)[:237] + "..." and len(first["prompt"]) == 240
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (2, 2), (4, 2), (5, 2), (8, 3), (9, 3), (30, 5), (10_000, 100),
+                                  (20_000, 100)])
+def test_default_coverage_clusters_are_about_the_square_root(n, k):
+    from prismatic_assets.pipeline.compare import default_num_clusters
+
+    assert default_num_clusters(n) == k
+
+
+def test_excerpts_collapse_whitespace_and_cut_at_the_limit():
+    from prismatic_assets.pipeline.compare import _excerpt
+
+    assert _excerpt(" a \n\t b  ") == "a b"
+    assert _excerpt("x" * 240) == "x" * 240  # at the limit: whole
+    assert _excerpt("x" * 241) == "x" * 237 + "..."
+    assert _excerpt("abcdefghij", limit=6) == "abc..."
+
+
+def test_a_metric_a_set_lacks_is_none(report):
+    assert report.sets[0].metric("no_such_metric") is None
+
+
 @pytest.mark.parametrize("change", [{"clusters": 3}, {"cluster_seed": 5}])
 def test_clustering_parameters_change_the_coverage(report, sets, tiny_model_dir, cache, change):
     other = compare_datasets(list(sets), model=tiny_model_dir, dim=64, cache=cache, **change)
@@ -199,6 +253,46 @@ def test_store_scores_writes_every_metric_per_set(sets, tiny_model_dir, cache, t
                                    "compression_ratio"}
     assert rows.filter(rows["metric"] == "g_vendi")["c"].to_list() == [3, 3]  # q = 1, 2, inf
     assert rows.filter(rows["metric"] != "g_vendi")["c"].to_list() == [1] * 10
+
+
+def test_stored_comparison_rows_carry_the_reports_figures_under_score_pools_ids(report, sets, tmp_path):
+    """Each set's G-Vendi rows keyed like `pipeline.scores.score_pool`'s (sha256 of the sorted-key
+    JSON of scope, metric, q, members, key, first 24 hex digits), then one row per defined metric."""
+    import hashlib
+    from dataclasses import replace
+
+    from prismatic_assets.pipeline.compare import store_comparison
+    from prismatic_assets.pipeline.datasets import load_sets
+
+    loaded = load_sets(list(sets))
+    store = MetadataStore(tmp_path / "meta.duckdb")
+    assert store_comparison(store, report, loaded, run_id="run-1") == 2 * (3 + 5)  # 3 q's + 5 metrics a set
+    rows = {(r["scope"], r["metric"], r["q"] if r["metric"] == "g_vendi" else None): r
+            for r in store.query("SELECT * FROM scores").iter_rows(named=True)}
+    assert len(rows) == 16
+    for summary, one in zip(report.sets, loaded):
+        scope = f"compare:{summary.name}"
+        members = [s.sample_id for s in one.samples]
+        for q, value in summary.g_vendi.items():
+            row = rows[(scope, "g_vendi", q)]
+            payload = {"key": report.embedding_key, "members": members, "metric": "g_vendi", "q": q, "scope": scope}
+            text = json.dumps(payload, sort_keys=True, default=str)
+            assert row["score_id"] == hashlib.sha256(text.encode()).hexdigest()[:24]
+            assert (row["value"], row["n"], row["dim"], row["n_excluded"], row["embedding_key"], row["run_id"]) == (
+                value, summary.n_vectors, 64, 0, report.embedding_key, "run-1")
+            assert row["entropy"] == pytest.approx(math.log(value))
+            assert json.loads(row["config"]) == {"q": "inf" if q == INF else q, "source": str(one.source)}
+        for m in summary.metrics:
+            row = rows[(scope, m.metric, None)]
+            assert row["value"] == pytest.approx(m.value) and row["run_id"] == "run-1"
+    # An undefined metric is not stored, and the set's other metrics still are.
+    first = report.sets[0]
+    undefined = [replace(first.metrics[0], value=float("nan")), *first.metrics[1:]]
+    other = replace(report, sets=[replace(first, metrics=undefined), *report.sets[1:]])
+    again = MetadataStore(tmp_path / "again.duckdb")
+    assert store_comparison(again, other, loaded, scope_prefix="cmp") == 15
+    stored = again.query("SELECT scope, metric FROM scores WHERE scope = 'cmp:arith' AND metric != 'g_vendi'")
+    assert sorted(stored["metric"]) == sorted(m.metric for m in first.metrics[1:])
 
 
 def test_bad_inputs_give_the_errors_of_score(sets, tiny_model_dir, tmp_path):
