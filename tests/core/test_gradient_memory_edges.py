@@ -152,3 +152,84 @@ def test_resident_memory_on_a_gpu_is_what_torch_has_allocated_there(monkeypatch)
     monkeypatch.setattr(gm.torch.cuda, "memory_allocated", allocated)
     assert gm.resident_bytes("cuda:1") == 123_456
     assert asked == [gm.torch.device("cuda:1")]
+
+
+def _round_cost(split_head: bool) -> StepCost:
+    """10 bytes per token per block (2 blocks), 1 per token of a block's input, 10 per logit position
+    and copy, nothing else: B samples of T tokens, P logit positions in all, c blocks recomputed
+    take 10BT(2 - c) + cBT + max(40P, 10BT) bytes."""
+    return StepCost(blocks=(Polynomial(token=10.0), Polynomial(token=10.0)), block_inputs=(1.0, 1.0),
+                    other=Polynomial(), logit_position=10.0, sample_block=0.0, block_cap=0.0, projection=0.0,
+                    split_head=split_head, can_recompute=True)
+
+
+def _usable(usable: float) -> float:
+    """The budget that leaves `usable` bytes to plan once the 20% headroom is set aside."""
+    return usable / (1 - gm.HEADROOM)
+
+
+def test_each_planned_step_predicts_its_own_peak():
+    lengths, prompts, cost = [300, 100, 90, 80], [10, 10, 10, 10], _round_cost(split_head=True)
+    # 27,000 usable: 300 tokens, 290 positions: 6,000 + 11,600; three of 100 tokens, 3 x 90 positions:
+    # 6,000 + 10,800.
+    plan = gm.plan_batches(lengths, prompts, cost, _usable(27000), 0, max_batch=8)
+    assert [(p.indices, p.predicted_bytes) for p in plan] == [((0,), 17600), ((1, 2, 3), 16800)]
+    # 14,040 usable: the long one with one block recomputed and 268 positions at a time:
+    # 3,000 + 300 + 10,720; then two padded to 100 tokens (4,000 + 7,200) and the 80-token one alone
+    # (1,600 + 2,800).
+    plan = gm.plan_batches(lengths, prompts, cost, _usable(14040), 0, max_batch=8)
+    assert [(p.indices, p.recompute, p.logit_chunk, p.predicted_bytes) for p in plan] == [
+        ((0,), 1, 268, 14020), ((1, 2), 0, None, 11200), ((3,), 0, None, 4400)]
+
+
+def test_a_step_may_fill_the_token_cap_exactly():
+    cost = _round_cost(split_head=True)
+    plan = gm.plan_batches([100, 100, 100], [10, 10, 10], cost, 10**9, 0, max_batch=8, max_batch_tokens=200)
+    assert [p.indices for p in plan] == [(0, 1), (2,)]  # 2 x 100 = 200 fits; a third would make 300
+
+
+@pytest.mark.parametrize(("usable", "expected"), [
+    # all 90 positions of each sample at once: B = 1: 2,000 + 3,600; B = 2: 4,000 + 7,200; B = 3: 16,800
+    (12000, [((0, 1), 0, 11200), ((2,), 0, 5600)]),
+    # 5,000: alone with nothing recomputed is 5,600; one block recomputed: 1,000 + 100 + 3,600
+    (5000, [((0,), 1, 4700), ((1,), 1, 4700), ((2,), 1, 4700)]),
+    # 4,000: both blocks recomputed: 200 + 3,600
+    (4000, [((0,), 2, 3800), ((1,), 2, 3800), ((2,), 2, 3800)]),
+])
+def test_steps_of_a_model_whose_logits_cannot_be_split(usable, expected):
+    plan = gm.plan_batches([100, 100, 100], [10, 10, 10], _round_cost(split_head=False), _usable(usable), 0,
+                           max_batch=8)
+    assert [(p.indices, p.recompute, p.predicted_bytes) for p in plan] == expected
+    assert all(p.logit_chunk is None and p.positions == 90 for p in plan)
+
+
+def test_a_sample_too_big_for_a_model_whose_logits_cannot_be_split():
+    with pytest.raises(gm.MemoryBudgetError, match=r"sample 0 \(100 tokens\) .* and all its logits"):
+        gm.plan_batches([100], [10], _round_cost(split_head=False), _usable(3500), 0, max_batch=8)
+
+
+def test_freed_memory_is_trimmed_with_no_padding_and_a_libc_without_malloc_trim_is_left_alone(monkeypatch):
+    calls = []
+
+    class Libc:
+        def __init__(self, name):
+            self.name = name
+
+        def malloc_trim(self, pad):
+            calls.append(pad)
+            return 1
+
+    monkeypatch.setattr(gm, "_LIBC", False)
+    monkeypatch.setattr(gm.ctypes, "CDLL", Libc)
+    gm.release_freed_memory()
+    gm.release_freed_memory()
+    assert calls == [0, 0]  # malloc_trim(3): pad 0 keeps nothing spare at the top of the heap
+
+    class WithoutTrim:
+        def __init__(self, name):
+            self.name = name
+
+    monkeypatch.setattr(gm, "_LIBC", False)
+    monkeypatch.setattr(gm.ctypes, "CDLL", WithoutTrim)
+    gm.release_freed_memory()  # another C library (musl): nothing to call, and not looked for again
+    assert gm._LIBC is None
