@@ -233,3 +233,57 @@ def test_freed_memory_is_trimmed_with_no_padding_and_a_libc_without_malloc_trim_
     monkeypatch.setattr(gm.ctypes, "CDLL", WithoutTrim)
     gm.release_freed_memory()  # another C library (musl): nothing to call, and not looked for again
     assert gm._LIBC is None
+
+
+def test_a_model_whose_blocks_cannot_be_recomputed_is_never_planned_with_recomputation():
+    cost = StepCost(blocks=(Polynomial(token=10.0), Polynomial(token=10.0)), block_inputs=(1.0, 1.0),
+                    other=Polynomial(), logit_position=10.0, sample_block=0.0, block_cap=0.0, projection=0.0,
+                    split_head=False, can_recompute=False)
+    # alone: 2,000 + 3,600 = 5,600 bytes; 5,000 usable would fit only with a block recomputed
+    with pytest.raises(gm.MemoryBudgetError, match=r"this model's blocks cannot be recomputed"):
+        gm.plan_batches([100], [10], cost, _usable(5000), 0, max_batch=8)
+    assert [p.recompute for p in gm.plan_batches([100], [10], cost, _usable(5600), 0, max_batch=8)] == [0]
+
+
+def test_the_head_phase_counts_the_gradient_block_beside_two_copies_of_the_logits():
+    # 5 positions of 1 byte: four copies 20, or two copies and a 100-byte gradient block 110; the
+    # blocks' phase (nothing kept) is the gradient block alone, 100.
+    cost = StepCost(blocks=(Polynomial(),), block_inputs=(0.0,), other=Polynomial(), logit_position=1.0,
+                    sample_block=100.0, block_cap=1e9, projection=0.0, split_head=True, can_recompute=True)
+    assert cost.bytes(1, 10, 5) == 110
+
+
+def test_a_step_of_a_model_without_repeated_blocks():
+    # other 3 x 2 x 10 = 60; no logit position: head max(0, 0 + 4) = 4, workspace 0 + 4; projection 5
+    cost = StepCost(blocks=(), block_inputs=(), other=Polynomial(token=3.0), logit_position=1.0, sample_block=2.0,
+                    block_cap=1e9, projection=5.0, split_head=False, can_recompute=False)
+    assert cost.bytes(2, 10, 0) == 69
+    assert cost.bytes(2, 10, 20) == 60 + 80 + 5  # 20 positions: four copies of the logits
+
+
+def test_fit_polynomial_clamps_a_negative_term_to_zero_exactly():
+    # Through (16, 1,000), (32, 900), (64, 2,000) at batch 1: const 4,600/3, token -46.875,
+    # pair 1,300/1,536 (solved by hand). The token term is dropped; the constant stays (the longest
+    # point then predicts 1,533 + 64^2 x 0.846 = 5,000 >= 2,000).
+    fitted = gm.fit_polynomial((16, 32, 64), [1000.0, 900.0, 2000.0], batch=1)
+    assert fitted.token == 0.0
+    assert (fitted.const, fitted.pair) == pytest.approx((4600 / 3, 1300 / 1536))
+
+
+@pytest.mark.parametrize(("tokens", "measured"), [((16, 32), [1.0, 2.0, 3.0]), ((16, 32, 64), [1.0, 2.0]),
+                                                  ((16, 32, 64, 128), [1.0, 2.0, 3.0, 4.0])])
+def test_fit_polynomial_needs_three_points(tokens, measured):
+    with pytest.raises(ValueError, match="three lengths and three measurements"):
+        gm.fit_polynomial(tokens, measured, batch=1)
+
+
+@pytest.mark.parametrize("total", [0, -5, True, 1.5, "8"])
+def test_a_budget_is_a_positive_whole_number_of_bytes(total):
+    with pytest.raises(ValueError, match="memory budget must be a positive number of bytes"):
+        MemoryBudget(total)
+
+
+def test_the_smallest_budgets_are_accepted():
+    import numpy as np
+
+    assert MemoryBudget(1).total_bytes == 1 and MemoryBudget(np.int64(2)).total_bytes == 2
