@@ -287,3 +287,28 @@ def test_the_smallest_budgets_are_accepted():
     import numpy as np
 
     assert MemoryBudget(1).total_bytes == 1 and MemoryBudget(np.int64(2)).total_bytes == 2
+
+
+def test_kept_bytes_adds_each_distinct_storage_once_to_the_running_region():
+    import torch
+
+    weight = torch.zeros(100)
+    kept = gm.KeptBytes([weight])
+    a, b = torch.zeros(10), torch.zeros(6)  # float32: 40 and 24 bytes
+    for t in (a, b, a[2:], weight, torch.empty(0), torch.empty(5, device="meta"), None, 3.0):
+        kept.add(t)  # a view of a, the excluded weight, storages without data and non-tensors add nothing
+    assert dict(kept.bytes) == {-1: 64.0}
+    kept.region = 2
+    kept.add(torch.zeros(3, dtype=torch.float64))
+    kept.add(b)
+    assert dict(kept.bytes) == {-1: 64.0, 2: 24.0}
+    empty = gm.KeptBytes([])
+    empty.add(torch.empty(0))  # no data (address 0): not even an entry of 0 bytes
+    assert dict(empty.bytes) == {}
+
+
+def test_fit_polynomial_never_gives_a_negative_constant():
+    # Through (16, 1,000), (32, 3,000), (64, 4,000) at batch 1: const -2,000, token 218.75,
+    # pair -1.953125 (solved by hand): pair and const are clamped to zero.
+    fitted = gm.fit_polynomial((16, 32, 64), [1000.0, 3000.0, 4000.0], batch=1)
+    assert (fitted.const, fitted.pair) == (0.0, 0.0) and fitted.token == pytest.approx(218.75)
