@@ -8,6 +8,7 @@ tiny random-init Llama with the packaged tokenizer.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import subprocess
@@ -239,6 +240,67 @@ def test_the_closing_table_has_a_row_per_round_of_each_arm_asked_for(three_round
                     f"{r.cell_entropy_before:.3f} -> {r.cell_entropy_after:.3f} |")
         assert summary_lines(store, arms) == header + expected
     assert summary_lines(MetadataStore(tmp_path / "empty.duckdb"), ARMS) == ["no arm round in the store yet"]
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_every_stored_column_of_an_arm_round_is_the_reports_value(three_rounds):
+    from prismatic_assets.pipeline.arms import request_seed
+
+    store, reports = three_rounds
+
+    def rows(table, round_, arm, key):
+        found = store.query(f"SELECT * FROM {table} WHERE round = ? AND arm = ?", [round_, arm])
+        return {r[key]: r for r in found.iter_rows(named=True)}
+
+    for report in reports:
+        r = report.round
+        for arm, res in report.arms.items():
+            requests = rows(S.ARM_REQUESTS, r, arm, "request")
+            assert sorted(requests) == [q.request for q in res.requests] == list(range(5))
+            for q in res.requests:
+                row = requests[q.request]
+                assert (row["request_seed"], row["strategy"], row["target_cluster"], row["clustering_id"]) == (
+                    request_seed(CONFIG.world.seed, r, q.request), q.strategy, q.target_cluster, res.clustering_id)
+                assert list(row["exemplar_ids"]) == [e.sample_id for e in q.exemplars]
+                assert list(row["exemplar_cells"]) == [f"{e.family}:{e.level}" for e in q.exemplars]
+            candidates = rows(S.ARM_CANDIDATES, r, arm, "sample_id")
+            assert len(candidates) == len(res.candidates) == 10
+            for c in res.candidates:
+                s, w = c.sample, c.written
+                row = candidates[s.sample_id]
+                assert {k: row[k] for k in ("request", "slot", "position", "mode", "exemplar_id", "family", "level",
+                                            "attempts", "prompt", "response", "answer", "source_ref",
+                                            "content_hash", "problem_key", "status", "reason", "cluster",
+                                            "cluster_size", "in_sparse")} == {
+                    "request": c.request, "slot": w.slot, "position": c.position, "mode": w.mode,
+                    "exemplar_id": w.exemplar_id, "family": w.family, "level": w.level, "attempts": w.attempts,
+                    "prompt": s.prompt, "response": s.response, "answer": s.answer, "source_ref": s.source_ref,
+                    "content_hash": s.content_hash, "problem_key": normalize_text(s.prompt),
+                    "status": "verified" if c.reason is None else "rejected", "reason": c.reason,
+                    "cluster": c.cluster, "cluster_size": c.cluster_size, "in_sparse": c.in_sparse}
+                assert row["similarity"] == pytest.approx(c.similarity)
+            verified = [c for c in res.candidates if c.reason is None]
+            row = store.query(f"SELECT * FROM {S.ARM_ROUNDS} WHERE round = ? AND arm = ?", [r, arm]).row(0, named=True)
+            expected = {"budget": 4, "n_requests": 5, "n_candidates": 10, "n_verified": len(verified),
+                        "n_passed_filter": sum(1 for c in verified if c.in_sparse), "n_accepted": 4, "shortfall": 0,
+                        "n_in_sparse": sum(1 for c in verified if c.in_sparse and c.sample.sample_id in res.accepted),
+                        "n_pool_before": 24 + 4 * (r - 1), "k": res.k, "n_sparse": res.n_sparse,
+                        "clustering_id": res.clustering_id, "pool_digest": res.pool_digest,
+                        "embedding_key": report.embedding_key, "g_vendi_before": res.g_vendi_before,
+                        "g_vendi_after": res.g_vendi_after, "cells_before": res.cells_before,
+                        "cells_after": res.cells_after, "cell_entropy_before": res.cell_entropy_before,
+                        "cell_entropy_after": res.cell_entropy_after}
+            assert {k: row[k] for k in expected} == expected
+            assert _json(row["rejected"]) == dict(Counter(c.reason.split(":")[0] for c in res.candidates
+                                                          if c.reason is not None))
+            assert _json(row["modes"]) == dict(Counter(c.written.mode for c in res.candidates))
+            settings = _json(row["settings"])
+            assert settings["arms"] == CONFIG.arms.model_dump(mode="json", exclude={"experiment"})
+            assert settings["world"] == CONFIG.world.model_dump(mode="json")
+            assert settings["clustering"] == CONFIG.clustering.model_dump(mode="json")
 
 
 def test_a_rerun_adds_nothing_and_the_same_seed_gives_the_same_round(three_rounds, seeded, tmp_path, tiny_embedder):
