@@ -3,6 +3,7 @@
     python scripts/mutation.py                      # every module of [tool.prismatic-mutation.modules]
     python scripts/mutation.py prismatic_assets/core/gvendi.py ...
     python scripts/mutation.py --survivors MODULE   # run the last survivors again against today's tests
+    python scripts/mutation.py --no-recheck MODULE  # a first pass before adding tests: --survivors rechecks
     python scripts/mutation.py --summary            # scores per module and package from earlier runs
 
 For each module: copy the package, its tests and profiles into build/mutation/<module>/,
@@ -202,7 +203,11 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
     return killed
 
 
-def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool = False) -> dict:
+def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool = False,
+               rechecking: bool = True) -> dict:
+    """mutmut over `module`, then its survivors against the whole selection (`recheck`) unless
+    `rechecking` is off: a first pass when tests are about to be added, whose `--survivors`
+    rerun rechecks only what the new tests leave."""
     folder = prepare(module, tests, conf)
     report = OUT / f"{slug(module)}.json"
     names: list[str] = []
@@ -244,7 +249,8 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     rechecked = previous.get("rechecked", {}) if previous.get("source") == source_hash(module) else {}
     rechecked = {name: test for name, test in rechecked.items() if found.get(name) in NOT_KILLED}
     unkilled = sorted(name for name, outcome in found.items() if outcome in NOT_KILLED and name not in rechecked)
-    rechecked |= recheck(folder, tests, conf, unkilled)
+    if rechecking:
+        rechecked |= recheck(folder, tests, conf, unkilled)
     for name in rechecked:
         found[name] = WHOLE
     counts: dict[str, int] = {}
@@ -524,6 +530,9 @@ def main() -> None:
                         help="drop the reasons of mutants that a later run killed from docs/mutation/*.toml")
     parser.add_argument("--survivors", action="store_true",
                         help="run only the survivors of each module's last run again (after adding tests)")
+    parser.add_argument("--no-recheck", action="store_true",
+                        help="skip running survivors against the whole selection (a pass before adding tests; "
+                             "the --survivors rerun after them rechecks what is left)")
     args = parser.parse_args()
     conf = settings()
     if args.summary:
@@ -540,7 +549,8 @@ def main() -> None:
         raise SystemExit(f"{unknown} have no entry in [tool.prismatic-mutation.modules] of pyproject.toml: "
                          "add the module with the tests that pin it")
     for module in args.modules or list(conf["modules"]):
-        result = run_module(module, conf["modules"][module], conf, survivors_only=args.survivors)
+        result = run_module(module, conf["modules"][module], conf, survivors_only=args.survivors,
+                            rechecking=not args.no_recheck)
         killed, total, share = score(result["counts"])
         print(f"{module}: {killed}/{total} killed ({share:.1%}), {result['counts']}, {result['seconds'] / 60:.1f} min",
               flush=True)

@@ -324,6 +324,28 @@ def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutati
     assert asked == [[name(2), name(3)]]
 
 
+def test_a_pass_without_recheck_leaves_the_recheck_to_its_survivors_rerun(mutation, monkeypatch):
+    module = "pkg/mod.py"
+    name = "pkg.mod.x_f__mutmut_{}".format
+
+    class Done:
+        stdout, stderr, returncode = DIFF, "", 0
+
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Done())
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
+                                                              name(3): "survived"})
+    asked = []
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
+    first = mutation.run_module(module, ["tests/t.py"], {}, rechecking=False)
+    assert asked == [] and list(first["survivors"]) == [name(2), name(3)] and first["rechecked"] == {}
+    # New tests kill mutant 2 in the survivors rerun; only mutant 3 runs against the whole selection.
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "not checked", name(2): "killed",
+                                                              name(3): "survived"})
+    again = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    assert asked == [[name(3)]] and again["counts"] == {"killed": 2, "survived": 1}
+
+
 def test_only_test_files_with_a_shared_fixture_are_rechecked(mutation, tmp_path):
     folder = _mutants_folder(tmp_path)
     tests = folder / "mutants" / "tests"
