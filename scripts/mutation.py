@@ -11,8 +11,9 @@ write mutmut's settings there (the module to mutate, the tests that pin it, line
 mutated; all from [tool.prismatic-mutation] in pyproject.toml), run `mutmut run` with one
 worker, run each of its survivors once more against the whole selection (`recheck`), and
 write build/mutation/<module>.json: the count of each outcome, every survivor with its diff,
-and the wall time. A module's copy keeps mutmut's state, so a run stopped
-part-way continues where it stopped. Runs change nothing outside build/mutation/.
+and the wall time of mutmut's run (summed over the invocations of a run stopped and resumed).
+A module's copy keeps mutmut's state, so a run stopped part-way continues where it stopped.
+Runs change nothing outside build/mutation/.
 
     python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's per-package score table
 
@@ -31,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -221,11 +223,27 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
                              f"({sorted(set(previous['tests']) - set(tests))}), so its kills may not hold: "
                              "run it whole")
         names = sorted(previous["survivors"])
+    # A whole run may take several invocations (each stopped, then resumed from mutmut's state):
+    # its time is their sum, kept in the working copy and written even when one is stopped.
+    spent_file = folder / "mutmut-seconds"
+    spent = float(spent_file.read_text()) if spent_file.is_file() and not survivors_only else 0.0
     began = time.perf_counter()
-    done = _mutmut(folder, "run", "--max-children", "1", *names)
-    seconds = time.perf_counter() - began
+
+    def stopped(signum, frame):
+        if not survivors_only:
+            spent_file.write_text(f"{spent + time.perf_counter() - began:.1f}")
+        raise SystemExit(f"{module}: stopped; mutmut's state is kept and a rerun continues from it")
+
+    before = signal.signal(signal.SIGTERM, stopped)
+    try:
+        done = _mutmut(folder, "run", "--max-children", "1", *names)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    seconds = spent + time.perf_counter() - began
     if survivors_only:  # the module's time is that of its whole run
         seconds = previous["seconds"]
+    else:
+        spent_file.write_text(f"{seconds:.1f}")
     (folder / "run.log").write_text(done.stdout[-20000:] + "\n" + done.stderr[-20000:])
     found = outcomes(folder)
     if survivors_only:

@@ -346,6 +346,46 @@ def test_a_pass_without_recheck_leaves_the_recheck_to_its_survivors_rerun(mutati
     assert asked == [[name(3)]] and again["counts"] == {"killed": 2, "survived": 1}
 
 
+def test_a_run_stopped_and_resumed_reports_the_time_of_both_invocations(mutation, monkeypatch):
+    import os
+    import signal
+    import time
+
+    module = "pkg/mod.py"
+    name = "pkg.mod.x_f__mutmut_{}".format
+
+    class Done:
+        stdout, stderr, returncode = DIFF, "", 0
+
+    def stopped_after_a_while(folder, *args):
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` sends
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", stopped_after_a_while)
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
+    with pytest.raises(SystemExit, match="stopped; mutmut's state is kept"):
+        mutation.run_module(module, ["tests/t.py"], {})
+    assert signal.getsignal(signal.SIGTERM) == handler  # the run's handler is gone with it
+    first = float((mutation.OUT / "mutmut-seconds").read_text())
+    assert 0.3 <= first < 30
+
+    def finishes_after_a_while(folder, *args):
+        if args[0] == "run":
+            time.sleep(0.2)
+        return Done()
+
+    monkeypatch.setattr(mutation, "_mutmut", finishes_after_a_while)
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived"})
+    result = mutation.run_module(module, ["tests/t.py"], {})
+    assert first + 0.2 <= result["seconds"] < first + 30
+    # A survivors rerun reports the whole run's time and adds nothing to it.
+    again = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    assert again["seconds"] == result["seconds"]
+    assert float((mutation.OUT / "mutmut-seconds").read_text()) == pytest.approx(result["seconds"], abs=0.1)
+
+
 def test_only_test_files_with_a_shared_fixture_are_rechecked(mutation, tmp_path):
     folder = _mutants_folder(tmp_path)
     tests = folder / "mutants" / "tests"
