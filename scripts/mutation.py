@@ -279,6 +279,7 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     result = {"module": module, "source": source_hash(module), "tests": tests, "seconds": round(seconds, 1),
               "exit_code": done.returncode, "counts": counts, "survivors": survivors,
               "outcomes": {name: found[name] for name in survivors}, "all_outcomes": found, "rechecked": rechecked,
+              "rechecking": rechecking,
               "finished": time.strftime("%Y-%m-%d %H:%M")}
     report.write_text(json.dumps(result, indent=1))
     return result
@@ -456,7 +457,11 @@ def docs(conf: dict) -> list[str]:
         if not run["counts"]:
             out += ["No mutants: mutmut changes code inside functions, and this module has none that it "
                     "could change.", ""]
-        if gaps:
+        if gaps and run.get("rechecking") is False:
+            out += [f"Not killed ({len(gaps)}) in a first pass that ran no survivor against the whole selection "
+                    "(`--no-recheck`): some may be killed by it or by tests added since; the `--survivors` rerun "
+                    "tells.", ""]
+        elif gaps:
             out += [f"Not killed ({len(gaps)}): a test could tell these from the code and none does.", ""]
             out += [f"- `{_short(name)}` ({run.get('outcomes', {}).get(name, 'survived')}): "
                     f"`{changed_lines(run['survivors'][name])}`" for name in gaps]

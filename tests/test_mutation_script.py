@@ -339,11 +339,15 @@ def test_a_pass_without_recheck_leaves_the_recheck_to_its_survivors_rerun(mutati
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
     first = mutation.run_module(module, ["tests/t.py"], {}, rechecking=False)
     assert asked == [] and list(first["survivors"]) == [name(2), name(3)] and first["rechecked"] == {}
+    conf = {"modules": {module: ["tests/t.py"]}}
+    assert "Not killed (2) in a first pass that ran no survivor against the whole selection" in \
+        "\n".join(mutation.docs(conf))
     # New tests kill mutant 2 in the survivors rerun; only mutant 3 runs against the whole selection.
     monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "not checked", name(2): "killed",
                                                               name(3): "survived"})
     again = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
     assert asked == [[name(3)]] and again["counts"] == {"killed": 2, "survived": 1}
+    assert "Not killed (1): a test could tell these from the code and none does." in "\n".join(mutation.docs(conf))
 
 
 def test_a_run_stopped_and_resumed_reports_the_time_of_both_invocations(mutation, monkeypatch):
