@@ -296,17 +296,21 @@ def test_recheck_refuses_a_selection_that_fails_unmutated(mutation, tmp_path):
         mutation.recheck(folder, ["tests/test_mod.py"], {}, ["mod.x_f__mutmut_1"])
 
 
+class _Done:
+    stdout, stderr, returncode = DIFF, "", 0
+
+
+def _fake_mutmut(mutation, monkeypatch, outcomes: dict[str, str]) -> None:
+    """run_module without mutmut: a working copy, a run that says DIFF, and these outcomes."""
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: _Done())
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: outcomes)
+
+
 def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutation, monkeypatch):
     module = "pkg/mod.py"
     name = "pkg.mod.x_f__mutmut_{}".format
-
-    class Done:
-        stdout, stderr, returncode = DIFF, "", 0
-
-    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
-    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Done())
-    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
-                                                              name(3): "no tests"})
+    _fake_mutmut(mutation, monkeypatch, {name(1): "killed", name(2): "survived", name(3): "no tests"})
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {name(3): "tests/t.py::test_a"})
     result = mutation.run_module(module, ["tests/t.py"], {})
     assert result["counts"] == {"killed": 1, "survived": 1, "killed by the whole selection": 1}
@@ -327,14 +331,7 @@ def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutati
 def test_a_pass_without_recheck_leaves_the_recheck_to_its_survivors_rerun(mutation, monkeypatch):
     module = "pkg/mod.py"
     name = "pkg.mod.x_f__mutmut_{}".format
-
-    class Done:
-        stdout, stderr, returncode = DIFF, "", 0
-
-    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
-    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Done())
-    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
-                                                              name(3): "survived"})
+    _fake_mutmut(mutation, monkeypatch, {name(1): "killed", name(2): "survived", name(3): "survived"})
     asked = []
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
     first = mutation.run_module(module, ["tests/t.py"], {}, rechecking=False)
