@@ -304,7 +304,7 @@ def _fake_mutmut(mutation, monkeypatch, outcomes: dict[str, str]) -> None:
     """run_module without mutmut: a working copy, a run that says DIFF, and these outcomes."""
     monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
     monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: _Done())
-    monkeypatch.setattr(mutation, "outcomes", lambda folder: outcomes)
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: dict(outcomes))  # run_module writes into it
 
 
 def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutation, monkeypatch):
