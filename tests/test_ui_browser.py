@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,8 +30,8 @@ import yaml
 from dagster._core.instance.ref import InstanceRef
 
 from prismatic_assets.store.store import MetadataStore
+from tests.ui_process import REPO, free_port, start_ui, ui_home
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 GROUPS = ["backbone", "arms", "synthesis", "distillation", "analysis"]
 #: The global lineage with every group open (the UI keeps the open groups in the address).
@@ -41,12 +40,6 @@ LINEAGE_PATH = "/asset-groups?expanded=" + ",".join(f"global@global:{g}" for g i
 RUN_TIMEOUT_S = 1800
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +62,13 @@ def ui(tmp_path_factory, tiny_model_dir):
         "arms": {"arms": ["prismatic", "random"], "rounds": 1, "budget": 2, "requests_per_round": 3},
     }
     (root / "tiny.yaml").write_text(yaml.safe_dump(profile))
-    home = root / "home"  # the project's instance settings; state kept out of the repository
-    home.mkdir()
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    for key in ("storage", "local_artifact_storage", "compute_logs"):
-        config.pop(key, None)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    home = ui_home(root)
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
            "PRISMATIC_PROFILE": str(root / "tiny.yaml")}
     env.pop("MLFLOW_TRACKING_URI", None)
     dg_cli = str(Path(sys.executable).parent / "dg")
-    proc = subprocess.Popen([dg_cli, "dev", "-h", "127.0.0.1", "-p", str(port), "--use-active-venv"], cwd=REPO,
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=open(root / "ui.log", "w"))
+    proc = start_ui([dg_cli, "dev", "-h", "127.0.0.1", "-p", str(port), "--use-active-venv"], env, root / "ui.log")
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
