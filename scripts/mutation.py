@@ -3,6 +3,7 @@
     python scripts/mutation.py                      # every module of [tool.prismatic-mutation.modules]
     python scripts/mutation.py prismatic_assets/core/gvendi.py ...
     python scripts/mutation.py --survivors MODULE   # run the last survivors again against today's tests
+                                                    # (stopped, it resumes: what it killed is not run again)
     python scripts/mutation.py --no-recheck MODULE  # a first pass before adding tests: --survivors rechecks
     python scripts/mutation.py --summary            # scores per module and package from earlier runs
 
@@ -222,7 +223,10 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
             raise SystemExit(f"{module}: tests were taken out of its selection since its last run "
                              f"({sorted(set(previous['tests']) - set(tests))}), so its kills may not hold: "
                              "run it whole")
-        names = sorted(previous["survivors"])
+        # A survivors rerun that was stopped keeps mutmut's verdicts of the mutants it got to:
+        # those it killed are not run again (mutmut reruns every name it is given).
+        before = outcomes(folder)
+        names = sorted(name for name in previous["survivors"] if before.get(name) not in KILLED)
     # A whole run may take several invocations (each stopped, then resumed from mutmut's state):
     # its time is their sum, kept in the working copy and written even when one is stopped.
     spent_file = folder / "mutmut-seconds"
@@ -236,7 +240,10 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
 
     before = signal.signal(signal.SIGTERM, stopped)
     try:
-        done = _mutmut(folder, "run", "--max-children", "1", *names)
+        if survivors_only and not names:  # all killed by a rerun that was stopped: `mutmut run` would run all
+            done = subprocess.CompletedProcess([], 0, "", "")
+        else:
+            done = _mutmut(folder, "run", "--max-children", "1", *names)
     finally:
         signal.signal(signal.SIGTERM, before)
     seconds = spent + time.perf_counter() - began

@@ -183,9 +183,11 @@ def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_
 
     monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
     monkeypatch.setattr(mutation, "_mutmut", fake_mutmut)
-    # mutmut after a change of the test selection: only the rerun mutants have a result
-    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(0): "not checked", name(1): "killed",
-                                                              name(2): "survived", name(3): "not checked"})
+    # mutmut after a change of the test selection: nothing checked before the run, then only the
+    # rerun mutants have a result
+    told = iter([{name(0): "not checked", name(1): "not checked", name(2): "not checked", name(3): "not checked"},
+                 {name(0): "not checked", name(1): "killed", name(2): "survived", name(3): "not checked"}])
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: next(told))
     rechecked = []
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: rechecked.append(names) or {})
     result = mutation.run_module(module, ["tests/t.py", "tests/u.py"], {}, survivors_only=True)
@@ -195,6 +197,37 @@ def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_
     assert list(result["survivors"]) == [name(2)] and result["seconds"] == 60.0
     with pytest.raises(SystemExit, match=r"tests were taken out .*tests/t.py.* run it whole"):
         mutation.run_module(module, ["tests/u.py"], {}, survivors_only=True)
+
+
+def test_a_stopped_survivors_rerun_resumes_without_running_its_kills_again(mutation, monkeypatch):
+    module = "pkg/mod.py"
+    name = "pkg.mod.x_f__mutmut_{}".format
+    (mutation.OUT / "pkg.mod.json").write_text(json.dumps({
+        "module": module, "tests": ["tests/t.py"], "seconds": 60.0,
+        "survivors": {name(1): DIFF, name(2): DIFF, name(3): DIFF},
+        "all_outcomes": {name(0): "killed", name(1): "survived", name(2): "survived", name(3): "survived"}}))
+    asked = []
+
+    class Done:
+        stdout, stderr, returncode = DIFF, "", 0
+
+    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: asked.append(args) or Done())
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
+    # the stopped rerun got to mutants 1 (killed it, by timeout) and 2 (still survives)
+    state = {name(0): "killed", name(1): "timeout", name(2): "survived", name(3): "survived"}
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: dict(state))
+    result = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    runs = [a for a in asked if a[0] == "run"]
+    assert runs == [("run", "--max-children", "1", name(2), name(3))]
+    assert result["counts"] == {"killed": 1, "timeout": 1, "survived": 2}
+
+    # every survivor killed by stopped reruns: mutmut is not run at all (given no names it runs every mutant)
+    state.update({name(2): "killed", name(3): "killed"})
+    asked.clear()
+    result = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
+    assert [a for a in asked if a[0] == "run"] == []
+    assert result["counts"] == {"killed": 3, "timeout": 1} and result["survivors"] == {}
 
 
 def test_a_run_that_stops_before_its_mutants_keeps_the_last_report(mutation, monkeypatch):
