@@ -225,8 +225,8 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
                              "run it whole")
         # A survivors rerun that was stopped keeps mutmut's verdicts of the mutants it got to:
         # those it killed are not run again (mutmut reruns every name it is given).
-        before = outcomes(folder)
-        names = sorted(name for name in previous["survivors"] if before.get(name) not in KILLED)
+        known = outcomes(folder)
+        names = sorted(name for name in previous["survivors"] if known.get(name) not in KILLED)
     # A whole run may take several invocations (each stopped, then resumed from mutmut's state):
     # its time is their sum, kept in the working copy and written even when one is stopped.
     spent_file = folder / "mutmut-seconds"

@@ -206,17 +206,12 @@ def test_a_stopped_survivors_rerun_resumes_without_running_its_kills_again(mutat
         "module": module, "tests": ["tests/t.py"], "seconds": 60.0,
         "survivors": {name(1): DIFF, name(2): DIFF, name(3): DIFF},
         "all_outcomes": {name(0): "killed", name(1): "survived", name(2): "survived", name(3): "survived"}}))
-    asked = []
-
-    class Done:
-        stdout, stderr, returncode = DIFF, "", 0
-
-    monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
-    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: asked.append(args) or Done())
-    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
     # the stopped rerun got to mutants 1 (killed it, by timeout) and 2 (still survives)
     state = {name(0): "killed", name(1): "timeout", name(2): "survived", name(3): "survived"}
-    monkeypatch.setattr(mutation, "outcomes", lambda folder: dict(state))
+    _fake_mutmut(mutation, monkeypatch, state)
+    asked = []
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: asked.append(args) or _Done())
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
     result = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
     runs = [a for a in asked if a[0] == "run"]
     assert runs == [("run", "--max-children", "1", name(2), name(3))]

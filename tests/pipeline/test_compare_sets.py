@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -51,8 +52,18 @@ class NoHiddenStates:
         return iter(())
 
 
+@dataclass
+class Run:
+    store: MetadataStore
+    report: compare.ComparisonReport
+    stages: list
+    grads: list  # (done, total) of the gradient progress
+    hidden: list  # (done, total) of the hidden-state progress
+    wall: float  # seconds around the call
+
+
 @pytest.fixture(scope="module")
-def run(tiny_embedder, tmp_path_factory):
+def run(tiny_embedder, tmp_path_factory) -> Run:
     """One comparison with every argument set, and what it called back."""
     store = MetadataStore(tmp_path_factory.mktemp("compare") / "m.duckdb")
     stages, grads, hidden = [], [], []
@@ -62,11 +73,11 @@ def run(tiny_embedder, tmp_path_factory):
                           gradient_progress=lambda done, total, *_: grads.append((done, total)),
                           hidden_progress=lambda done, total: hidden.append((done, total)))
     wall = time.perf_counter() - began
-    return store, report, stages, grads, hidden, wall
+    return Run(store, report, stages, grads, hidden, wall)
 
 
 def test_the_report_names_what_it_was_given(run, tiny_embedder):
-    _, report, _, _, _, wall = run
+    report, wall = run.report, run.wall
     assert report.model == "my-proxy"
     assert report.model_fingerprint == tiny_embedder.model_fingerprint and report.model_fingerprint
     assert report.projection == tiny_embedder.projection_key and report.embedding_key == tiny_embedder.key
@@ -83,26 +94,25 @@ def test_without_a_model_name_the_report_takes_the_embedders(tiny_embedder, tmp_
 
 
 def test_each_stage_is_announced_in_order(run):
-    _, _, stages, _, _, _ = run
-    assert stages == ["gradients of a (6 samples)", "hidden states of a",
+    assert run.stages == ["gradients of a (6 samples)", "hidden states of a",
                       "gradients of s (5 samples)", "hidden states of s", "coverage clustering"]
 
 
 def test_progress_reaches_both_callbacks(run):
-    _, _, _, grads, hidden, _ = run
+    grads, hidden = run.grads, run.hidden
     assert grads and grads[-1] == (5, 5) and (6, 6) in grads
     assert hidden and hidden[-1] == (5, 5) and (6, 6) in hidden
 
 
 def test_vectors_are_stored_under_the_run_and_the_token_budget_asked_for(run, tiny_embedder):
-    store, _, _, _, _, _ = run
+    store = run.store
     rows = store.query("SELECT embedding_key, run_id, count(*) FROM embeddings GROUP BY ALL ORDER BY ALL").rows()
     hidden_key = hidden_state_key(tiny_embedder.model_fingerprint, 64)
     assert sorted(rows) == sorted([(tiny_embedder.key, "run-1", 11), (hidden_key, "run-1", 11)])
 
 
 def test_each_set_summary_carries_its_source_counts_and_first_rejections(run):
-    _, report, _, _, _, _ = run
+    report = run.report
     a, s = report.sets
     assert (a.name, a.source, a.n_loaded, a.n_rejected, a.rejections) == ("a", "a.jsonl", 6, 0, [])
     assert (s.name, s.source, s.n_loaded, s.n_rejected) == ("s", "data/s.jsonl", 5, 25)
@@ -111,13 +121,13 @@ def test_each_set_summary_carries_its_source_counts_and_first_rejections(run):
 
 
 def test_a_second_comparison_reads_every_vector_from_the_cache(run, tiny_embedder):
-    store, _, _, _, _, _ = run
+    store = run.store
     again = compare_sets(SETS, tiny_embedder, store, clusters=5, cluster_seed=7, max_length=64)
     assert [(x.n_computed, x.n_cached) for x in again.sets] == [(0, 6), (0, 5)]
 
 
 def test_examples_come_from_the_three_most_distinguishing_clusters(run):
-    _, report, _, _, _, _ = run
+    report = run.report
     filled = int((report.coverage.sizes > 0).sum())
     assert filled >= 4  # so that a default other than 3 would show
     assert len(report.examples) == 3
@@ -128,7 +138,7 @@ def test_examples_come_from_the_three_most_distinguishing_clusters(run):
 
 
 def test_the_map_shows_every_sample_up_to_the_cap(run, monkeypatch, tiny_embedder):
-    store, report, _, _, _, _ = run
+    store, report = run.store, run.report
     assert report.map_xy.shape == (11, 2) and report.map_xy.dtype == np.float32
     assert list(report.map_set) == [0] * 6 + [1] * 5
     # the map's cluster of each point, counted per set, is the coverage table
@@ -144,7 +154,7 @@ def test_the_map_shows_every_sample_up_to_the_cap(run, monkeypatch, tiny_embedde
 
 
 def test_above_the_cap_the_map_is_a_seeded_draw_without_repeats(run, monkeypatch, tiny_embedder):
-    store, _, _, _, _, _ = run
+    store = run.store
     monkeypatch.setattr(compare, "MAP_MAX_POINTS", 10)
     first = compare_sets(SETS, tiny_embedder, store, clusters=5, cluster_seed=7, max_length=64)
     again = compare_sets(SETS, tiny_embedder, store, clusters=5, cluster_seed=7, max_length=64)
