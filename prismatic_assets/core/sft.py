@@ -125,6 +125,9 @@ class SFTSettings:
     `lora_target_modules`) instead of all weights; it is merged into `final`.
     `sharding`: with several processes, "none" (DDP: a whole copy each), "fsdp" or "zero3"
     (parameters, gradients and optimizer state sharded: a 7B student on 8 GPUs).
+    `padding_free`: concatenate a batch's samples into one row (attention kept within each
+    sample through its position ids) instead of padding them to the longest: the same batches
+    and the same loss, without the compute spent on padding (`benchmarks/bench_sft_padding.py`).
     """
 
     max_steps: int = 10
@@ -147,6 +150,7 @@ class SFTSettings:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     sharding: str = "none"
+    padding_free: bool = True
 
     def __post_init__(self) -> None:
         if self.sharding not in SHARDING_CHOICES:
@@ -177,7 +181,8 @@ class SFTSettings:
     def resume_relevant(self) -> dict[str, Any]:
         """The settings that change the trained weights (checkpoint/log cadence does not)."""
         d = asdict(self)
-        for name in ("save_steps", "save_total_limit", "logging_steps", "sharding"):
+        # How batches are laid out does not change what is learned: a padded run resumes padding-free.
+        for name in ("save_steps", "save_total_limit", "logging_steps", "sharding", "padding_free"):
             d.pop(name)
         d["lora_target_modules"] = list(self.lora_target_modules)
         return d
@@ -416,14 +421,31 @@ def build_trainer(model, tokenizer, dataset, output_dir: Path, settings: SFTSett
 
     from prismatic_assets.core.sft_callbacks import as_callbacks
 
+    if settings.padding_free:
+        # What TRL sets when it builds its own collator: the saved student agrees on its pad token.
+        model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return SFTTrainer(
         model=model,
         args=build_sft_config(settings, output_dir),
+        data_collator=_padding_free_collator(tokenizer) if settings.padding_free else None,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_peft_config(settings),
         callbacks=as_callbacks(callbacks),
     )
+
+
+def _padding_free_collator(tokenizer):
+    """TRL's collator in padding-free mode: a batch is one row of its samples end to end, with
+    position ids restarting at each sample and no attention mask, so transformers attends
+    within each sample only (a block-diagonal causal mask; flash attention's varlen kernels
+    on a GPU). Passed as the Trainer's collator rather than through `SFTConfig.padding_free`,
+    which TRL refuses with `max_length` unless it packs (packing would put more samples in a
+    step): TRL still truncates each sample to `max_length` while preparing the data."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
 
 
 def train_sft(

@@ -289,7 +289,9 @@ SETTING_CASES = [
 
 
 def test_every_setting_has_a_case():
-    assert {f.name for f in dataclasses.fields(SFTSettings)} == {name for name, _, _ in SETTING_CASES}
+    # padding_free lands in the collator, not in SFTConfig: its own tests are in "padding-free" below.
+    cases = {name for name, _, _ in SETTING_CASES} | {"padding_free"}
+    assert {f.name for f in dataclasses.fields(SFTSettings)} == cases
 
 
 @pytest.mark.parametrize("name,value,read", SETTING_CASES, ids=[c[0] for c in SETTING_CASES])
@@ -366,3 +368,71 @@ def test_callbacks_are_normalised_to_trainer_callback_instances():
     assert _as_callbacks(None) == []
     with pytest.raises(TypeError, match="TrainerCallback or a callable"):
         _as_callbacks([42])
+
+
+# ---------------------------------------------------------------------------- padding-free
+
+
+def uneven_samples() -> list[Sample]:
+    """Responses of very different lengths, so that padding a batch to its longest would waste most of it."""
+    return [Sample(sample_id=f"u:{i}", prompt=f"Count to {n}.", response=" ".join(str(k) for k in range(1, n + 1)),
+                   answer=str(n)) for i, n in enumerate((2, 40, 7, 25, 3, 60))]
+
+
+def first_batch(trainer):
+    return next(iter(trainer.get_train_dataloader()))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_padding_free_batch_has_the_padded_batchs_samples_loss_and_gradients(tiny_model_dir, tmp_path, seed):
+    """The same samples end to end in one row give the loss and gradients of the padded batch: nothing
+    is spent on padding and no sample attends to another (a leak would change the loss)."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    dataset = samples_to_dataset(uneven_samples())
+    results = {}
+    for padding_free in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        settings = SFTSettings(**{**FAST, "per_device_batch_size": 3, "seed": seed, "padding_free": padding_free})
+        trainer = build_trainer(model, tok, dataset, tmp_path / str(padding_free), settings)
+        batch = first_batch(trainer)
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=batch["labels"].ne(-100).sum())
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        results[padding_free] = batch, loss.item(), grads
+        if padding_free:  # the control: one sequence without the restarts lets samples attend to each other
+            leaky = {k: v for k, v in batch.items() if k in ("input_ids", "labels")}
+            leaky["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
+            with torch.no_grad():
+                leaky_loss = trainer.compute_loss(model, leaky, num_items_in_batch=batch["labels"].ne(-100).sum())
+
+    padded, padded_loss, padded_grads = results[False]
+    flat, flat_loss, flat_grads = results[True]
+    lengths = padded["attention_mask"].sum(dim=1).tolist()
+    assert padded["input_ids"].shape == (3, max(lengths)) and len(set(lengths)) > 1  # padding was there
+    assert flat["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in flat
+    rows = [padded["input_ids"][i, :n] for i, n in enumerate(lengths)]
+    assert torch.equal(flat["input_ids"][0], torch.cat(rows))  # the same samples, in the same order
+    assert flat["position_ids"][0].tolist() == [k for n in lengths for k in range(n)]
+    # Every learned token of the padded batch is learned in the flat one, and nothing else.
+    assert torch.equal(flat["labels"][0], torch.cat([padded["labels"][i, :n] for i, n in enumerate(lengths)]))
+    assert flat_loss == pytest.approx(padded_loss, rel=1e-6)
+    assert abs(leaky_loss.item() - padded_loss) > 20 * 1e-6 * padded_loss  # a leak would show at this tolerance
+    for name, grad in padded_grads.items():
+        assert torch.allclose(flat_grads[name], grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_padding_free_and_padded_runs_learn_the_same_and_share_a_checkpoint(tiny_model_dir, tmp_path):
+    """Whole runs agree step by step, and a run started padded resumes padding-free (same run key)."""
+    samples = uneven_samples()
+    runs = {flag: train_sft(str(tiny_model_dir), samples, tmp_path / str(flag),
+                            SFTSettings(**{**FAST, "max_steps": 4, "padding_free": flag}))
+            for flag in (False, True)}
+    padded, flat = runs[False], runs[True]
+    assert [s for s, _ in flat.loss_history] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(padded.loss_history, flat.loss_history):
+        assert b == pytest.approx(a, rel=1e-4)
+    assert max_change(weights(padded.final_model_dir), weights(flat.final_model_dir)) < 1e-5
+    assert padded.run_key == flat.run_key
+    assert AutoModelForCausalLM.from_pretrained(flat.final_model_dir).generation_config.pad_token_id == \
+        AutoTokenizer.from_pretrained(tiny_model_dir).pad_token_id
