@@ -11,10 +11,12 @@ For each module: copy the package, its tests and profiles into build/mutation/<m
 write mutmut's settings there (the module to mutate, the tests that pin it, lines never
 mutated; all from [tool.prismatic-mutation] in pyproject.toml), run `mutmut run` with one
 worker, run each of its survivors once more against the whole selection (`recheck`), and
-write build/mutation/<module>.json: the count of each outcome, every survivor with its diff,
-and the wall time of mutmut's run (summed over the invocations of a run stopped and resumed).
-A module's copy keeps mutmut's state, so a run stopped part-way continues where it stopped.
-Runs change nothing outside build/mutation/.
+write the run's report, docs/mutation/runs/<module>.json: the count of each outcome, every
+survivor with its diff, each mutant's outcome where it is not a plain kill, and the wall time
+of mutmut's run (summed over the invocations of a run stopped and resumed). The reports are
+part of the project, so the scores and `--survivors` work from a fresh clone; mutmut's
+state stays in the module's copy under build/mutation/, so a run stopped part-way on this
+machine continues where it stopped.
 
     python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's per-package score table
 
@@ -43,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "mutation"
 REASONS = ROOT / "docs" / "mutation"
+#: Each module's last report (committed: --docs and --survivors read it on any machine).
+RUNS = REASONS / "runs"
 DOC = ROOT / "docs" / "MUTATION.md"
 README = ROOT / "README.md"
 #: The README's score table sits between these two lines (written by --docs).
@@ -212,7 +216,7 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     `rechecking` is off: a first pass when tests are about to be added, whose `--survivors`
     rerun rechecks only what the new tests leave."""
     folder = prepare(module, tests, conf)
-    report = OUT / f"{slug(module)}.json"
+    report = RUNS / f"{slug(module)}.json"
     names: list[str] = []
     previous: dict = {}
     if survivors_only:
@@ -255,7 +259,8 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     found = outcomes(folder)
     if survivors_only:
         # mutmut forgets its results when the test selection changes; a mutant an earlier run
-        # killed is still killed by a selection that holds every earlier test.
+        # killed is still killed by a selection that holds every earlier test (a report lists
+        # the outcome of each mutant that was not a plain kill).
         earlier = previous.get("all_outcomes", {})
         for name, outcome in found.items():
             if name not in names and outcome not in KILLED + NOT_KILLED:
@@ -285,10 +290,13 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
                  if outcome in NOT_KILLED}
     result = {"module": module, "source": source_hash(module), "tests": tests, "seconds": round(seconds, 1),
               "exit_code": done.returncode, "counts": counts, "survivors": survivors,
-              "outcomes": {name: found[name] for name in survivors}, "all_outcomes": found, "rechecked": rechecked,
+              "outcomes": {name: found[name] for name in survivors},
+              "all_outcomes": {name: outcome for name, outcome in found.items() if outcome != "killed"},
+              "rechecked": rechecked,
               "rechecking": rechecking,
               "finished": time.strftime("%Y-%m-%d %H:%M")}
-    report.write_text(json.dumps(result, indent=1))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
 
 
@@ -344,7 +352,7 @@ def module_rows(conf: dict) -> list[dict]:
     """One row per configured module with its run's figures (or run=None)."""
     rows = []
     for module in conf["modules"]:
-        path = OUT / f"{slug(module)}.json"
+        path = RUNS / f"{slug(module)}.json"
         if not path.is_file():
             rows.append({"module": module, "run": None})
             continue
@@ -447,8 +455,9 @@ def docs(conf: dict) -> list[str]:
            "module-scoped fixture counts for the first test that set it up only. So each of",
            "mutmut's survivors then runs once against the module's whole selection: *killed by the",
            "whole selection* when a test fails on it and passes on the unmutated code (the test",
-           "that killed it is in the run's report). Runs made before this second pass (their",
-           "reports have no `rechecked` entry) may understate their module's score.",
+           "that killed it is in the run's report, `docs/mutation/runs/<module>.json`). Runs made",
+           "before this second pass (their reports have no `rechecked` entry) may understate their",
+           "module's score.",
            "", *summary(conf), ""]
     for row in rows:
         if row["run"] is None:
@@ -464,8 +473,9 @@ def docs(conf: dict) -> list[str]:
         if not run["counts"]:
             out += ["No mutants: mutmut changes code inside functions, and this module has none that it "
                     "could change.", ""]
-        if gaps and run.get("rechecking") is False:
-            out += [f"Not killed ({len(gaps)}) in a first pass that ran no survivor against the whole selection "
+        unexplained = row["total"] - row["killed"] - len(kept) if run["counts"] else 0  # = len(gaps)
+        if unexplained and run.get("rechecking") is False:
+            out += [f"Not killed ({unexplained}) in a first pass that ran no survivor against the whole selection "
                     "(`--no-recheck`): some may be killed by it or by tests added since; the `--survivors` rerun "
                     "tells.", ""]
         elif gaps:
@@ -527,7 +537,7 @@ def prune_reasons(conf: dict) -> list[str]:
     """Drop from docs/mutation/*.toml the mutants a later run killed; say what went."""
     said = []
     for module in conf["modules"]:
-        path, report = REASONS / f"{slug(module)}.toml", OUT / f"{slug(module)}.json"
+        path, report = REASONS / f"{slug(module)}.toml", RUNS / f"{slug(module)}.json"
         if not path.is_file() or not report.is_file():
             continue
         data = tomllib.loads(path.read_text())

@@ -18,10 +18,11 @@ def mutation(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name, path in [("ROOT", tmp_path), ("OUT", tmp_path / "build"), ("REASONS", tmp_path / "reasons"),
+                       ("RUNS", tmp_path / "reasons" / "runs"),
                        ("DOC", tmp_path / "MUTATION.md"), ("README", tmp_path / "README.md")]:
         monkeypatch.setattr(module, name, path)
     (tmp_path / "build").mkdir()
-    (tmp_path / "reasons").mkdir()
+    (tmp_path / "reasons" / "runs").mkdir(parents=True)
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "mod.py").write_text("def f(x):\n    return x + 1\n")
     return module
@@ -32,7 +33,7 @@ def _run(mutation, counts: dict, survivors: dict[str, str]) -> None:
     run = {"module": "pkg/mod.py", "source": mutation.source_hash("pkg/mod.py"), "tests": ["tests/t.py"],
            "seconds": 90.0, "counts": counts, "survivors": survivors, "outcomes": outcomes,
            "finished": "2026-12-05 10:00"}
-    (mutation.OUT / "pkg.mod.json").write_text(json.dumps(run))
+    (mutation.RUNS / "pkg.mod.json").write_text(json.dumps(run))
 
 
 def _reasons(mutation, mutants: list[str], source: str | None = None) -> None:
@@ -105,14 +106,29 @@ def test_docs_fill_the_readme_block_and_keep_the_rest(mutation):
 def test_the_readme_table_adds_up_the_modules_of_a_package_and_names_the_weakest(mutation):
     (mutation.ROOT / "pkg" / "two.py").write_text("def g(x):\n    return x * 2\n")
     _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_1": DIFF})
-    run = json.loads((mutation.OUT / "pkg.mod.json").read_text())
+    run = json.loads((mutation.RUNS / "pkg.mod.json").read_text())
     run.update(module="pkg/two.py", source=mutation.source_hash("pkg/two.py"), finished="2026-12-07 09:00",
                counts={"killed": 3, "survived": 2}, survivors={"pkg.two.x_g__mutmut_1": DIFF,
                                                               "pkg.two.x_g__mutmut_2": DIFF})
-    (mutation.OUT / "pkg.two.json").write_text(json.dumps(run))
+    (mutation.RUNS / "pkg.two.json").write_text(json.dumps(run))
     conf = {"modules": {"pkg/mod.py": ["tests/t.py"], "pkg/two.py": ["tests/t.py"], "pkg/other.py": []}}
     (header, _, row) = mutation.package_summary(conf)
     assert row == "| pkg/ | 2 of 3 | 15 | 12 | 3 | 0 | 80.0% | two.py 60.0% | 2026-12-05 to 2026-12-07 |"  # 12 / 15
+
+
+def test_the_published_scores_are_those_of_the_committed_reports():
+    """docs/MUTATION.md and the README's score table are what --docs writes from docs/mutation/runs/ on any
+    clone (a module changed since its run shows as such): if this fails, run python scripts/mutation.py --docs."""
+    spec = importlib.util.spec_from_file_location("mutation_script", ROOT / "scripts" / "mutation.py")
+    project = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(project)
+    conf = project.settings()
+    assert sorted(p.stem for p in project.RUNS.glob("*.json")) == sorted(
+        project.slug(m) for m in conf["modules"] if (project.RUNS / f"{project.slug(m)}.json").is_file())
+    assert (ROOT / "docs" / "MUTATION.md").read_text() == "\n".join(project.docs(conf))
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(project.README_BEGIN, 1)[1].split(project.README_END, 1)[0]
+    assert block == "\n" + "\n".join(project.package_summary(conf)) + "\n"
 
 
 def test_the_projects_reasons_files_name_configured_modules_once_each():
@@ -168,8 +184,9 @@ def test_a_working_copy_keeps_its_state_for_new_tests_and_starts_again_after_a_c
 def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_still_selected(mutation, monkeypatch):
     module = "pkg/mod.py"
     name = "pkg.mod.x_f__mutmut_{}".format
-    earlier = {name(0): "timeout", name(1): "survived", name(2): "survived", name(3): "killed"}
-    (mutation.OUT / "pkg.mod.json").write_text(json.dumps({
+    # A report lists the outcome of each mutant that was not a plain kill: mutant 3 was killed.
+    earlier = {name(0): "timeout", name(1): "survived", name(2): "survived"}
+    (mutation.RUNS / "pkg.mod.json").write_text(json.dumps({
         "module": module, "tests": ["tests/t.py"], "seconds": 60.0, "survivors": {name(1): DIFF, name(2): DIFF},
         "all_outcomes": earlier}))
     asked = []
@@ -195,6 +212,8 @@ def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_
     assert rechecked == [[name(2)]]  # only mutmut's survivors run against the whole selection
     assert result["counts"] == {"timeout": 1, "killed": 2, "survived": 1}
     assert list(result["survivors"]) == [name(2)] and result["seconds"] == 60.0
+    written = json.loads((mutation.RUNS / "pkg.mod.json").read_text())
+    assert written["all_outcomes"] == {name(0): "timeout", name(2): "survived"}
     with pytest.raises(SystemExit, match=r"tests were taken out .*tests/t.py.* run it whole"):
         mutation.run_module(module, ["tests/u.py"], {}, survivors_only=True)
 
@@ -202,7 +221,7 @@ def test_a_survivors_rerun_keeps_earlier_kills_only_while_every_earlier_test_is_
 def test_a_stopped_survivors_rerun_resumes_without_running_its_kills_again(mutation, monkeypatch):
     module = "pkg/mod.py"
     name = "pkg.mod.x_f__mutmut_{}".format
-    (mutation.OUT / "pkg.mod.json").write_text(json.dumps({
+    (mutation.RUNS / "pkg.mod.json").write_text(json.dumps({
         "module": module, "tests": ["tests/t.py"], "seconds": 60.0,
         "survivors": {name(1): DIFF, name(2): DIFF, name(3): DIFF},
         "all_outcomes": {name(0): "killed", name(1): "survived", name(2): "survived", name(3): "survived"}}))
@@ -227,7 +246,7 @@ def test_a_stopped_survivors_rerun_resumes_without_running_its_kills_again(mutat
 
 def test_a_run_that_stops_before_its_mutants_keeps_the_last_report(mutation, monkeypatch):
     module = "pkg/mod.py"
-    report = mutation.OUT / "pkg.mod.json"
+    report = mutation.RUNS / "pkg.mod.json"
     report.write_text(json.dumps({"module": module, "tests": ["tests/t.py"], "counts": {"killed": 2}}))
 
     class Failed:
@@ -245,7 +264,7 @@ def test_a_run_that_stops_before_its_mutants_keeps_the_last_report(mutation, mon
 
 def test_a_survivors_rerun_whose_clean_tests_fail_keeps_the_last_report(mutation, monkeypatch):
     module = "pkg/mod.py"
-    report = mutation.OUT / "pkg.mod.json"
+    report = mutation.RUNS / "pkg.mod.json"
     name = "pkg.mod.x_f__mutmut_1"
     report.write_text(json.dumps({"module": module, "tests": ["tests/t.py"], "seconds": 5.0, "counts": {"survived": 1},
                                   "survivors": {name: DIFF}, "all_outcomes": {name: "survived"}}))
@@ -264,10 +283,10 @@ def test_a_survivors_rerun_whose_clean_tests_fail_keeps_the_last_report(mutation
 def test_a_module_without_mutants_is_run_and_scores_nothing(mutation):
     _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_1": DIFF})
     (mutation.ROOT / "pkg" / "consts.py").write_text("SQL = 'SELECT 1'\n")
-    run = json.loads((mutation.OUT / "pkg.mod.json").read_text())
+    run = json.loads((mutation.RUNS / "pkg.mod.json").read_text())
     run.update(module="pkg/consts.py", source=mutation.source_hash("pkg/consts.py"), counts={}, survivors={},
                outcomes={})
-    (mutation.OUT / "pkg.consts.json").write_text(json.dumps(run))
+    (mutation.RUNS / "pkg.consts.json").write_text(json.dumps(run))
     conf = {"modules": {"pkg/mod.py": ["tests/t.py"], "pkg/consts.py": ["tests/t.py"]}}
     assert "| pkg/consts.py | 0 | | | | no mutants | 2026-12-05 | 2 |" in mutation.summary(conf)
     assert mutation.package_summary(conf)[2] == "| pkg/ | 2 of 2 | 10 | 9 | 1 | 0 | 90.0% | mod.py 90.0% | 2026-12-05 |"
