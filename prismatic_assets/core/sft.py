@@ -37,7 +37,9 @@ one only after the newer is complete). Measured on 2 shared Zen 4 cores: one ste
 two cores are free); about 40% of it is TRL's chunked LM-head loss, which avoids
 materializing logits (a GPU memory win, a CPU time loss). So the default run takes about 2
 minutes on two free cores. Keep ``bf16=False`` on CPU: bf16 autocast made the step many
-times slower here (the vocabulary projection's bf16 matmuls), unlike on GPUs.
+times slower here (the vocabulary projection's bf16 matmuls), unlike on GPUs. Batches are
+padding-free (``padding_free``): a step costs the sum of its samples' lengths, not batch x
+the longest (`benchmarks/bench_sft.py` times both).
 
 GPU profile (paper-scale student, e.g. Qwen2.5-Math-7B): set ``bf16=True``,
 ``gradient_checkpointing=True``, a per-device batch that fits (e.g. 4) and
