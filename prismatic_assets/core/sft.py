@@ -129,7 +129,7 @@ class SFTSettings:
     (parameters, gradients and optimizer state sharded: a 7B student on 8 GPUs).
     `padding_free`: concatenate a batch's samples into one row (attention kept within each
     sample through its position ids) instead of padding them to the longest: the same batches
-    and the same loss, without the compute spent on padding (`benchmarks/bench_sft_padding.py`).
+    and the same loss, without the compute spent on padding (`benchmarks/bench_sft.py`).
     """
 
     max_steps: int = 10
