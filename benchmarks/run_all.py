@@ -22,6 +22,7 @@ BENCHMARKS = {
     "generation": ["--prompts", "8", "--max-tokens", "128"],
     "stage": ["--requests", "32", "--max-tokens", "128"],
     "round": ["--store", "data/prismatic.duckdb"],  # needs the backbone: run `make demo` first
+    "sft": [],
 }
 
 
