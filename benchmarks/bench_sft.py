@@ -35,12 +35,10 @@ from benchmarks.common import write_results
 MODES = {"padded": False, "padding_free": True}
 
 
-def world_samples(limit: int):
-    """The local profile's world seed pool (what every student's pool starts from)."""
-    from prismatic_assets.infra.config import load_config
+def world_samples(config, limit: int):
+    """The profile's world seed pool (what every student's pool starts from)."""
     from prismatic_assets.pipeline.seed import load_seed
 
-    config = load_config("local")
     return load_seed(config.seed, config.world).pool[:limit]
 
 
@@ -91,10 +89,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.tiny:
             from benchmarks.bench_scale import tiny_proxy
 
-            model_dir, samples, model_name = tiny_proxy(Path(tmp) / "tiny"), world_samples(24), "tiny random-init"
+            model_dir, model_name = tiny_proxy(Path(tmp) / "tiny"), "tiny random-init"
+            samples = world_samples(profile, 24)
             settings = replace(settings, max_length=256)  # the tiny model's positions (bytes)
         else:
-            model_dir, samples, model_name = resolve_model(PACKAGED_MODEL), world_samples(120), "SmolLM2-135M"
+            model_dir, samples, model_name = resolve_model(PACKAGED_MODEL), world_samples(profile, 120), "SmolLM2-135M"
         started = time.time()
         tokens = batch_tokens(model_dir, samples, settings)
         seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
