@@ -19,6 +19,14 @@ state stays in the module's copy under build/mutation/, so a run stopped part-wa
 machine continues where it stopped.
 
     python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's per-package score table
+    python scripts/mutation.py --save-progress MODULE  # keep a stopped whole run's verdicts in docs/mutation/progress/
+
+A whole run takes hours for some modules, more than one machine may be lent. Stopped (SIGTERM,
+or killed and then `--save-progress`), it writes mutmut's verdicts so far to
+docs/mutation/progress/<module>.json; committed, they let the run continue on a fresh clone:
+a new working copy starts from them while the module's source is the same and its test
+selection still holds every test file they were made with, and the file goes when the run
+finishes.
 
 A survivor that no test can kill (it changes no behaviour: a default argument spelled out,
 a performance-only flag) is explained in docs/mutation/<module>.toml with a one-line reason,
@@ -47,6 +55,8 @@ OUT = ROOT / "build" / "mutation"
 REASONS = ROOT / "docs" / "mutation"
 #: Each module's last report (committed: --docs and --survivors read it on any machine).
 RUNS = REASONS / "runs"
+#: Each unfinished whole run's verdicts so far (committed by --save-progress: a run resumes on another machine).
+PROGRESS = REASONS / "progress"
 DOC = ROOT / "docs" / "MUTATION.md"
 README = ROOT / "README.md"
 #: The README's score table sits between these two lines (written by --docs).
@@ -100,6 +110,7 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("prismatic_assets", "tests", "resources", "benchmarks"):  # tests import benchmarks
             shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        resume_progress(module, tests, folder)
     mutmut = {"source_paths": ["prismatic_assets"], "only_mutate": [module],
               "pytest_add_cli_args_test_selection": tests, "pytest_add_cli_args": conf["pytest_args"],
               "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources", "benchmarks"],
@@ -112,6 +123,54 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
     text = (ROOT / "pyproject.toml").read_text() + "\n[tool.mutmut]\n" + "\n".join(lines) + "\n"
     (folder / "pyproject.toml").write_text(text)
     return folder
+
+
+def _meta(module: str, folder: Path) -> Path:
+    """mutmut's record of a module's mutants in a working copy: verdicts (exit codes) and function hashes."""
+    return folder / "mutants" / (module + ".meta")
+
+
+def save_progress(module: str, tests: list[str]) -> int:
+    """Write the verdicts a stopped whole run has reached to docs/mutation/progress/; how many there are."""
+    folder = OUT / slug(module)
+    meta = _meta(module, folder)
+    if not meta.is_file() or not (folder / module).is_file():
+        raise SystemExit(f"{module}: no run to save in {folder}")
+    if (folder / module).read_bytes() != (ROOT / module).read_bytes():
+        raise SystemExit(f"{module} changed since its run in {folder} began: its verdicts are of other code")
+    data = json.loads(meta.read_text())
+    done = sum(code is not None for code in data["exit_code_by_key"].values())
+    spent = folder / "mutmut-seconds"
+    progress = {"module": module, "source": source_hash(module), "tests": tests,
+                "seconds": float(spent.read_text()) if spent.is_file() else 0.0,
+                "checked": done, "mutants": len(data["exit_code_by_key"]),
+                "saved": time.strftime("%Y-%m-%d %H:%M"), "mutmut_meta": data}
+    PROGRESS.mkdir(parents=True, exist_ok=True)
+    (PROGRESS / f"{slug(module)}.json").write_text(json.dumps(progress, indent=1, sort_keys=True) + "\n")
+    return done
+
+
+def resume_progress(module: str, tests: list[str], folder: Path) -> int:
+    """Seed a new working copy with a saved unfinished run's verdicts; how many (0: none that apply).
+
+    mutmut keeps a verdict from its record while the mutated function's hash is unchanged, and
+    runs the mutants that have none. A saved run counts only for the same source and a test
+    selection that still holds its test files (more tests kill no fewer mutants)."""
+    path = PROGRESS / f"{slug(module)}.json"
+    if not path.is_file():
+        return 0
+    saved = json.loads(path.read_text())
+    if saved["source"] != source_hash(module) or not set(saved["tests"]) <= set(tests):
+        print(f"{module}: the saved progress {path.relative_to(ROOT)} is of other code or tests; starting over",
+              flush=True)
+        return 0
+    meta = _meta(module, folder)
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(saved["mutmut_meta"]))
+    (folder / "mutmut-seconds").write_text(f"{saved['seconds']:.1f}")
+    print(f"{module}: resuming from {path.relative_to(ROOT)}: {saved['checked']} of {saved['mutants']} "
+          "mutants checked", flush=True)
+    return saved["checked"]
 
 
 def outcomes(folder: Path) -> dict[str, str]:
@@ -240,7 +299,10 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     def stopped(signum, frame):
         if not survivors_only:
             spent_file.write_text(f"{spent + time.perf_counter() - began:.1f}")
-        raise SystemExit(f"{module}: stopped; mutmut's state is kept and a rerun continues from it")
+            if _meta(module, folder).is_file():
+                save_progress(module, tests)
+        raise SystemExit(f"{module}: stopped; mutmut's state is kept and a rerun continues from it "
+                         f"(on another clone too, once docs/mutation/progress/ is committed)")
 
     before = signal.signal(signal.SIGTERM, stopped)
     try:
@@ -297,6 +359,8 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
               "finished": time.strftime("%Y-%m-%d %H:%M")}
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    if not survivors_only:
+        (PROGRESS / f"{slug(module)}.json").unlink(missing_ok=True)  # finished: its report holds it all
     return result
 
 
@@ -570,6 +634,9 @@ def main() -> None:
                         help="drop the reasons of mutants that a later run killed from docs/mutation/*.toml")
     parser.add_argument("--survivors", action="store_true",
                         help="run only the survivors of each module's last run again (after adding tests)")
+    parser.add_argument("--save-progress", action="store_true",
+                        help="write the verdicts of a stopped whole run to docs/mutation/progress/ (commit it: "
+                             "the run then continues from them on a fresh clone)")
     parser.add_argument("--no-recheck", action="store_true",
                         help="skip running survivors against the whole selection (a pass before adding tests; "
                              "the --survivors rerun after them rechecks what is left)")
@@ -588,6 +655,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"{unknown} have no entry in [tool.prismatic-mutation.modules] of pyproject.toml: "
                          "add the module with the tests that pin it")
+    if args.save_progress:
+        for module in args.modules:
+            done = save_progress(module, conf["modules"][module])
+            print(f"{module}: {done} verdicts kept in {(PROGRESS / (slug(module) + '.json')).relative_to(ROOT)}")
+        return
     for module in args.modules or list(conf["modules"]):
         result = run_module(module, conf["modules"][module], conf, survivors_only=args.survivors,
                             rechecking=not args.no_recheck)

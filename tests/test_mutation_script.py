@@ -18,7 +18,7 @@ def mutation(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name, path in [("ROOT", tmp_path), ("OUT", tmp_path / "build"), ("REASONS", tmp_path / "reasons"),
-                       ("RUNS", tmp_path / "reasons" / "runs"),
+                       ("RUNS", tmp_path / "reasons" / "runs"), ("PROGRESS", tmp_path / "reasons" / "progress"),
                        ("DOC", tmp_path / "MUTATION.md"), ("README", tmp_path / "README.md")]:
         monkeypatch.setattr(module, name, path)
     (tmp_path / "build").mkdir()
@@ -465,3 +465,104 @@ def test_recheck_runs_only_files_holding_a_test_mapped_to_the_mutated_function(m
     # no test of the file reaches f: nothing to gain from running it
     stats.write_text(json.dumps({"tests_by_mangled_function_name": {"mod.x_g": ["tests/test_mod.py::test_small"]}}))
     assert mutation.recheck(folder, ["tests/test_mod.py"], conf, ["mod.x_f__mutmut_2"]) == {}
+
+
+def _project(mutation) -> dict:
+    """A project under mutation.ROOT with one module and one test file; the settings prepare needs."""
+    root = mutation.ROOT
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    for name in ("prismatic_assets", "tests", "resources", "benchmarks"):
+        (root / name).mkdir(exist_ok=True)
+    (root / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x + 1\n")
+    (root / "tests" / "test_mod.py").write_text("def test_f():\n    pass\n")
+    return {"pytest_args": [], "skip_lines": [], "timeout_constant": 30, "timeout_multiplier": 5}
+
+
+def _meta(verdicts: dict[str, int | None]) -> dict:
+    return {"exit_code_by_key": verdicts, "hash_by_function_name": {"x_f": "abc"}, "type_check_error_by_key": {},
+            "durations_by_key": {}, "estimated_durations_by_key": {}}
+
+
+def test_a_stopped_run_saves_its_verdicts_and_a_fresh_clone_resumes_from_them(mutation, monkeypatch):
+    import os
+    import shutil
+    import signal
+    import time
+
+    conf = _project(mutation)
+    module, tests = "prismatic_assets/mod.py", ["tests/test_mod.py"]
+    name = "prismatic_assets.mod.x_f__mutmut_{}".format
+    verdicts = {name(1): 1, name(2): 0, name(3): None}  # killed, survived, not reached before the stop
+
+    def stopped_midway(folder, *args):  # mutmut wrote its record, then the run was stopped
+        meta = folder / "mutants" / "prismatic_assets" / "mod.py.meta"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(_meta(verdicts)))
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(mutation, "_mutmut", stopped_midway)
+    with pytest.raises(SystemExit, match="stopped"):
+        mutation.run_module(module, tests, conf)
+    saved = json.loads((mutation.PROGRESS / "mod.json").read_text())
+    assert (saved["checked"], saved["mutants"], saved["tests"]) == (2, 3, tests)
+    assert saved["source"] == mutation.source_hash(module) and saved["mutmut_meta"] == _meta(verdicts)
+    spent = saved["seconds"]
+    assert 0.2 <= spent < 30
+
+    # Another machine: no working copy, the committed progress file. mutmut gets its record back.
+    shutil.rmtree(mutation.OUT)
+    folder = mutation.prepare(module, tests + ["tests/test_new.py"], conf)  # a test added since: still holds
+    assert json.loads((folder / "mutants" / "prismatic_assets" / "mod.py.meta").read_text()) == _meta(verdicts)
+    assert float((folder / "mutmut-seconds").read_text()) == pytest.approx(spent, abs=0.1)
+
+    class Finished:
+        stdout, stderr, returncode = DIFF, "", 0
+
+    monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Finished())
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
+                                                             name(3): "killed"})
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
+    result = mutation.run_module(module, tests, conf)
+    assert result["counts"] == {"killed": 2, "survived": 1} and result["seconds"] >= spent
+    assert not (mutation.PROGRESS / "mod.json").exists()  # the report holds it now
+
+
+@pytest.mark.parametrize("change", ["source", "tests"])
+def test_saved_progress_of_other_code_or_fewer_tests_is_not_used(mutation, change, capsys):
+    conf = _project(mutation)
+    module, tests = "prismatic_assets/mod.py", ["tests/test_mod.py", "tests/test_two.py"]
+    folder = mutation.OUT / "mod"
+    (folder / "mutants" / "prismatic_assets").mkdir(parents=True)
+    copy = folder / "prismatic_assets"
+    copy.mkdir()
+    (copy / "mod.py").write_text((mutation.ROOT / module).read_text())
+    (folder / "mutants" / "prismatic_assets" / "mod.py.meta").write_text(
+        json.dumps(_meta({"prismatic_assets.mod.x_f__mutmut_1": 1})))
+    assert mutation.save_progress(module, tests) == 1
+    import shutil
+    shutil.rmtree(mutation.OUT)
+    if change == "source":
+        (mutation.ROOT / module).write_text("def f(x):\n    return x + 2\n")
+        selection = tests
+    else:
+        selection = tests[:1]  # test_two.py's kills may not hold without it
+    folder = mutation.prepare(module, selection, conf)
+    assert not (folder / "mutants" / "prismatic_assets" / "mod.py.meta").exists()
+    assert not (folder / "mutmut-seconds").exists()
+    assert "starting over" in capsys.readouterr().out
+
+
+def test_save_progress_refuses_a_working_copy_of_other_code(mutation):
+    _project(mutation)
+    module = "prismatic_assets/mod.py"
+    with pytest.raises(SystemExit, match="no run to save"):
+        mutation.save_progress(module, ["tests/test_mod.py"])
+    folder = mutation.OUT / "mod"
+    (folder / "mutants" / "prismatic_assets").mkdir(parents=True)
+    (folder / "prismatic_assets").mkdir()
+    (folder / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x - 1\n")
+    (folder / "mutants" / "prismatic_assets" / "mod.py.meta").write_text(json.dumps(_meta({})))
+    with pytest.raises(SystemExit, match="changed since its run"):
+        mutation.save_progress(module, ["tests/test_mod.py"])
+    assert not (mutation.PROGRESS / "mod.json").exists()
