@@ -28,6 +28,7 @@ from prismatic_assets.pipeline.arms import (
     accepted_samples,
     arm_pool,
     choose,
+    next_arm_round,
     prismatic_order,
     run_arm_round,
     summary_lines,
@@ -404,6 +405,23 @@ def test_rounds_run_in_order(seeded, tmp_path, tiny_embedder):
     with pytest.raises(ArmRoundOrderError, match=r"needs rounds \[1\] first"):
         _round(store, tiny_embedder, 2)
     assert store.query(f"SELECT count(*) AS n FROM {S.ARM_ROUNDS}")["n"][0] == 0
+
+
+def test_the_next_round_is_the_first_one_some_arm_lacks(tmp_path):
+    from prismatic_assets.store.arms_tables import write_arm_round
+    from tests.store.test_arms_tables import _record
+
+    store = MetadataStore(tmp_path / "next.duckdb")
+    assert next_arm_round(store, ["random", "naive"]) == 1
+    write_arm_round(store, _record(1, {"random": [0], "naive": [1]}))
+    assert next_arm_round(store, ["random", "naive"]) == 2
+    write_arm_round(store, _record(2, {"random": [0]}))  # naive has no round 2 yet
+    assert next_arm_round(store, ["random", "naive"]) == 2
+    assert next_arm_round(store, ["random"]) == 3
+    write_arm_round(store, _record(3, {"random": [0], "naive": [1]}))  # a gap at 2 comes first
+    assert next_arm_round(store, ["random", "naive"]) == 2
+    write_arm_round(store, _record(2, {"random": [0], "naive": [1]}))  # round 2 again for both: 3 is dropped
+    assert next_arm_round(store, ["random", "naive"]) == 3
 
 
 def test_held_out_problems_are_rejected_and_a_short_budget_is_a_recorded_shortfall(seeded, tmp_path, tiny_embedder):

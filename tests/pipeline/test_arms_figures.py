@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from vendi_score import vendi
 
+from prismatic_assets.core.world import world_seed
 from prismatic_assets.infra.config import build_config
 from prismatic_assets.pipeline.arms import arm_pool, run_arm_round
 from prismatic_assets.pipeline.embeddings import embed_samples, pool_vectors
@@ -82,6 +83,10 @@ def test_each_arm_rounds_figures_match_an_independent_computation(two_rounds, ar
             assert row["n_in_sparse"] == min(row["n_accepted"], row["n_passed_filter"])
         if arm == "naive":
             assert accepted == [c.sample.sample_id for c in verified][:CONFIG.arms.budget]
+        if arm == "random":  # numpy's draw without replacement, seeded by the round and the arm alone
+            rng = np.random.default_rng(world_seed("accept", CONFIG.world.seed, r, "random", 0))
+            drawn = sorted(rng.choice(len(verified), size=min(budget, len(verified)), replace=False).tolist())
+            assert accepted == [verified[i].sample.sample_id for i in drawn]
         by_id = {c.sample.sample_id: c.sample for c in verified}
         after = np.vstack([pool, _vectors(store, [by_id[i] for i in accepted], key, dim)])
         assert row["g_vendi_before"] == pytest.approx(vendi.score_dual(pool), rel=1e-5)
