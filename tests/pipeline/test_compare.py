@@ -173,7 +173,7 @@ def test_cluster_examples_are_the_owning_sets_members_nearest_the_centroid_ties_
     from prismatic_assets.core.samples import Sample
     from prismatic_assets.pipeline.compare import _distinguishing_examples
 
-    sim_a = [0.9, 0.7, 0.7, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.7, 0.9, 0.7, 0.7, 0.9, 0.9, 0.7, 0.4]
+    sim_a = [0.912345, 0.7, 0.7, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.7, 0.9, 0.7, 0.7, 0.9, 0.9, 0.7, 0.4]
     sim_b = [0.3, 0.8, 0.6, 0.2]
     assignments = np.array([0] * 17 + [2] + [1, 1, 1, 2])
     set_index = np.array([0] * 18 + [1] * 4)
@@ -193,7 +193,8 @@ def test_cluster_examples_are_the_owning_sets_members_nearest_the_centroid_ties_
     assert [s["sample_id"] for s in found[0].samples] == [f"a{i}" for i in nearest_a]
     assert [s["sample_id"] for s in found[1].samples] == ["b1", "b2", "b0"]  # all 3, nearest first
     first = found[0].samples[0]
-    assert first["similarity"] == 0.9 and first["source_ref"] == "A:a0" and first["response"] == "Answer a0"
+    assert first["similarity"] == 0.9123  # shown to 4 decimals
+    assert first["source_ref"] == "A:a0" and first["response"] == "Answer a0"
     assert first["prompt"] == ("Question a0 about " + "x" * 300)[:237] + "..." and len(first["prompt"]) == 240
 
 

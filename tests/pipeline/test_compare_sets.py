@@ -52,6 +52,21 @@ class NoHiddenStates:
         return iter(())
 
 
+class BatchesSeen:
+    """The embedder, noting the batch size each hidden-state pass is asked for."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.batch_sizes: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def hidden_chunks(self, samples, *, max_length, batch_size):
+        self.batch_sizes.append(batch_size)
+        return self._inner.hidden_chunks(samples, max_length=max_length, batch_size=batch_size)
+
+
 @dataclass
 class Run:
     store: MetadataStore
@@ -186,3 +201,10 @@ def test_a_set_without_hidden_states_has_no_embedding_metric(tiny_embedder, tmp_
         assert None not in summary.metrics
         assert "embedding_vendi" not in [m.metric for m in summary.metrics]
         assert summary.metrics  # the text metrics are still there
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_the_hidden_state_pass_runs_in_the_batch_size_asked_for(tiny_embedder, tmp_path, batch_size):
+    seen = BatchesSeen(tiny_embedder)
+    compare_sets(SETS, seen, MetadataStore(tmp_path / "m.duckdb"), clusters=2, batch_size=batch_size)
+    assert seen.batch_sizes == [batch_size, batch_size]  # one pass a set
