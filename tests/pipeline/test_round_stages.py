@@ -73,3 +73,43 @@ def test_the_control_is_a_seeded_draw_from_every_candidate_with_a_gradient():
     assert other_round != draws  # the round enters the seed
     assert set().union(*draws) == set(range(7))  # not confined to the accepted rows
     assert len(set(draws)) > 5
+
+
+def _sha_seed(*parts) -> int:
+    """The seed contract, written out: sha256 of the parts as a JSON list, first 4 bytes little-endian, 31 bits."""
+    import hashlib
+    import json
+
+    return int.from_bytes(hashlib.sha256(json.dumps(list(parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def test_each_sampling_seed_is_the_hash_of_its_stage_seed_round_and_item():
+    from prismatic_assets.pipeline.round_stages import request_seed, solution_seed
+
+    assert request_seed(7, 2, 3) == _sha_seed("generate", 7, 2, 3)
+    assert solution_seed(7, 2, "r2:q0003:o0:p0") == _sha_seed("solve", 7, 2, "r2:q0003:o0:p0")
+    seeds = {solution_seed(s, r, c) for s in (0, 7) for r in (1, 2) for c in ("r1:q0000:o0:p0", "r1:q0000:o0:p1")}
+    assert len(seeds) == 8 and all(0 <= s < 2 ** 31 for s in seeds)
+
+
+def test_few_shot_targets_are_the_sparse_clusters_that_hold_a_pool_member():
+    from types import SimpleNamespace
+
+    from prismatic_assets.pipeline.round_stages import sparse_targets
+
+    clustering = SimpleNamespace(sparse=np.array([True, True, False, True, True]), sizes=np.array([0, 1, 1, 4, 2]))
+    assert sparse_targets(clustering) == [1, 3, 4]  # an empty sparse cluster has nothing to draw from
+
+
+def test_a_rejection_records_its_stage_reason_and_rule():
+    from prismatic_assets.pipeline.round_stages import RoundLedger
+    from prismatic_assets.store.synthesis_tables import DecisionRow
+
+    ledger = RoundLedger(round=2)
+    kept, dropped = (CandidateRow(f"r2:q0000:o0:p{i}", 2, "r2:q0000", 0, i, f"problem {i}") for i in range(2))
+    ledger.candidates = [kept, dropped]
+    ledger.reject(dropped, "verify", "no majority", {"min_agree": 2, "n_solutions": 3})
+    assert ledger.decisions == {dropped.candidate_id: DecisionRow(dropped.candidate_id, 2, "rejected", "verify",
+                                                                  "no majority", None,
+                                                                  {"min_agree": 2, "n_solutions": 3})}
+    assert ledger.undecided() == [kept]
