@@ -198,6 +198,21 @@ def test_g_vendi_and_cell_coverage_match_an_independent_computation(three_rounds
     assert len(lines) == 2 + 3 * 4 and lines[2].startswith("| 1 | naive | 4 (0) |")
 
 
+def test_an_arm_round_scores_g_vendi_of_the_configured_order(seeded, tmp_path, tiny_embedder):
+    from vendi_score import vendi
+
+    config = build_config({**VALUES, "arms": {**VALUES["arms"], "arms": ["random"]}, "score": {"q": 2}})
+    store = seeded(tmp_path / "q2.duckdb")
+    report = _round(store, tiny_embedder, 1, config=config)
+    seed = store.load_samples(where="origin = 'seed' AND split = 'pool'")
+    key, dim = report.embedding_key, tiny_embedder.dim
+    row = store.query(f"SELECT * FROM {S.ARM_ROUNDS} WHERE arm = 'random'").row(0, named=True)
+    for column, pool in (("g_vendi_before", seed), ("g_vendi_after", arm_pool(store, "random", 2, seed))):
+        vectors = pool_vectors(store, pool, key, dim).vectors.astype(np.float64)
+        assert row[column] == pytest.approx(vendi.score_dual(vectors, q=2), rel=1e-5)
+        assert row[column] != pytest.approx(vendi.score_dual(vectors, q=1), rel=1e-3)  # so the order shows
+
+
 def test_an_arms_pool_holds_what_it_accepted_as_it_was_written(three_rounds):
     store, reports = three_rounds
     for arm in ARMS:
