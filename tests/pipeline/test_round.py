@@ -438,6 +438,51 @@ def test_a_verified_candidate_without_a_gradient_is_counted_apart(tmp_path, seed
     assert row == ("gradient", "no_gradient", "non-finite loss (nan)")
 
 
+def test_a_round_logs_its_settings_figures_and_charts_to_mlflow(round_one, tmp_path):
+    from prismatic_assets.core.tracking import Tracker
+    from prismatic_assets.pipeline.round import track_round
+    from prismatic_assets.reporting import plots
+
+    store, report, *_ = round_one
+    config = build_config({**SETTINGS.model_dump(), "data_dir": str(tmp_path / "data")})
+    syn = config.synthesis
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracker.run("round-1") as run:
+        charts = track_round(tracker, run, config, report, store)
+    logged = tracker.client.get_run(run).data
+    assert logged.params["round"] == "1"
+    assert (logged.params["generator"], logged.params["teacher"]) == (syn.generator.model, syn.teacher.model)
+    assert (logged.params["requests_per_round"], logged.params["chunk_size"]) == ("8", "2")
+    assert logged.params["problem_sampling"] == syn.problem_sampling.key()
+    assert logged.params["solution_sampling"] == syn.solution_sampling.key()
+    # The figures as the store holds them for round 1, under their metric names, at step 1.
+    row = store.query(f"SELECT * FROM {S.SYNTHESIS_ROUNDS} WHERE round = 1").row(0, named=True)
+    n = {t: int(store.query(f"SELECT count(*) AS n FROM {t} WHERE round = 1{where}")["n"][0]) for t, where in (
+        (S.SYNTHESIS_REQUESTS, ""), (S.SYNTHESIS_CANDIDATES, ""),
+        (S.SYNTHESIS_DECISIONS, " AND decision = 'accepted'"))}
+    expected = {"g_vendi/before": row["g_vendi_before"], "g_vendi/after": row["g_vendi_after"],
+                "g_vendi/random_control": row["g_vendi_random"], "pool/before": row["n_pool"],
+                "pool/after": row["n_pool"] + n[S.SYNTHESIS_DECISIONS], "count/requests": n[S.SYNTHESIS_REQUESTS],
+                "count/parsed": n[S.SYNTHESIS_CANDIDATES], "count/duplicates": report.duplicates,
+                "count/contaminated": report.contaminated, "count/verified": report.verified,
+                "count/accepted": n[S.SYNTHESIS_DECISIONS], "clusters/k": report.k,
+                "clusters/sparse": report.n_sparse, "clusters/sparse_coverage": report.sparse_coverage,
+                **{f"acceptance/{stage}": rate for stage, rate in report.acceptance_rate.items()}}
+    assert logged.metrics == pytest.approx(expected)
+    assert {m.step for name in expected for m in tracker.client.get_metric_history(run, name)} == {1}
+    # The charts: the store's history drawn by the plots module, returned, written and logged.
+    history = [(1, row["g_vendi_after"], row["g_vendi_random"], row["g_vendi_before"], row["n_accepted"])]
+    assert charts == {
+        "g_vendi_per_round": plots.series_png([1], {"after (gradient filter)": [history[0][1]],
+                                                    "random control": [history[0][2]], "before": [history[0][3]]},
+                                              "round", "G-Vendi", "G-Vendi per round"),
+        "accepted_per_round": plots.bars_png(["1"], [history[0][4]], "accepted samples", "Accepted per round")}
+    for name, png in charts.items():
+        assert (tmp_path / "data" / "plots" / f"round-1-{name}.png").read_bytes() == png
+    assert {a.path for a in tracker.client.list_artifacts(run, "plots")} == \
+        {f"plots/round-1-{name}.png" for name in charts}
+
+
 def test_round_provenance_for_every_candidate(round_one):
     store, report, *_ = round_one
     cands = _table(store, S.SYNTHESIS_CANDIDATES, "candidate_id")
