@@ -67,6 +67,9 @@ KILLED = ("killed", "timeout", "segfault", "caught by type check", "killed by th
 WHOLE = KILLED[-1]
 #: What a score counts as not killed (any other outcome means the run did not finish).
 NOT_KILLED = ("survived", "no tests")
+#: mutmut's exit codes of a mutant's run that are no kill (mutmut.stats.status_by_exit_code): survived (0),
+#: interrupted (2), no tests (5, 33), skipped (34), suspicious (35). A resumed run runs those again.
+NOT_KILLED_CODES = (0, 2, 5, 33, 34, 35)
 
 
 def settings() -> dict:
@@ -154,8 +157,9 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
     """Seed a new working copy with a saved unfinished run's verdicts; how many (0: none that apply).
 
     mutmut keeps a verdict from its record while the mutated function's hash is unchanged, and
-    runs the mutants that have none. A saved run counts only for the same source and a test
-    selection that still holds its test files (more tests kill no fewer mutants)."""
+    runs the mutants that have none: those not reached yet and those not killed (tests may have
+    been added since). A saved run counts only for the same source and a test selection that
+    still holds its test files (more tests kill no fewer mutants)."""
     path = PROGRESS / f"{slug(module)}.json"
     if not path.is_file():
         return 0
@@ -164,9 +168,14 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
         print(f"{module}: the saved progress {path.relative_to(ROOT)} is of other code or tests; starting over",
               flush=True)
         return 0
+    data = saved["mutmut_meta"]
+    # Tests may have been added since: the mutants that were not killed run again (mutmut runs
+    # every mutant without a verdict); kills (timeouts and segfaults included) stand.
+    data = {**data, "exit_code_by_key": {name: None if code in NOT_KILLED_CODES else code
+                                         for name, code in data["exit_code_by_key"].items()}}
     meta = _meta(module, folder)
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(saved["mutmut_meta"]))
+    meta.write_text(json.dumps(data))
     (folder / "mutmut-seconds").write_text(f"{saved['seconds']:.1f}")
     print(f"{module}: resuming from {path.relative_to(ROOT)}: {saved['checked']} of {saved['mutants']} "
           "mutants checked", flush=True)

@@ -492,7 +492,8 @@ def test_a_stopped_run_saves_its_verdicts_and_a_fresh_clone_resumes_from_them(mu
     conf = _project(mutation)
     module, tests = "prismatic_assets/mod.py", ["tests/test_mod.py"]
     name = "prismatic_assets.mod.x_f__mutmut_{}".format
-    verdicts = {name(1): 1, name(2): 0, name(3): None}  # killed, survived, not reached before the stop
+    # killed, survived, not reached before the stop, no test reached it, killed by timeout
+    verdicts = {name(1): 1, name(2): 0, name(3): None, name(4): 33, name(5): 36}
 
     def stopped_midway(folder, *args):  # mutmut wrote its record, then the run was stopped
         meta = folder / "mutants" / "prismatic_assets" / "mod.py.meta"
@@ -505,7 +506,7 @@ def test_a_stopped_run_saves_its_verdicts_and_a_fresh_clone_resumes_from_them(mu
     with pytest.raises(SystemExit, match="stopped"):
         mutation.run_module(module, tests, conf)
     saved = json.loads((mutation.PROGRESS / "mod.json").read_text())
-    assert (saved["checked"], saved["mutants"], saved["tests"]) == (2, 3, tests)
+    assert (saved["checked"], saved["mutants"], saved["tests"]) == (4, 5, tests)
     assert saved["source"] == mutation.source_hash(module) and saved["mutmut_meta"] == _meta(verdicts)
     spent = saved["seconds"]
     assert 0.2 <= spent < 30
@@ -513,7 +514,9 @@ def test_a_stopped_run_saves_its_verdicts_and_a_fresh_clone_resumes_from_them(mu
     # Another machine: no working copy, the committed progress file. mutmut gets its record back.
     shutil.rmtree(mutation.OUT)
     folder = mutation.prepare(module, tests + ["tests/test_new.py"], conf)  # a test added since: still holds
-    assert json.loads((folder / "mutants" / "prismatic_assets" / "mod.py.meta").read_text()) == _meta(verdicts)
+    # Kills stand; what was not killed runs again (against the tests of today).
+    assert json.loads((folder / "mutants" / "prismatic_assets" / "mod.py.meta").read_text()) == \
+        _meta({name(1): 1, name(2): None, name(3): None, name(4): None, name(5): 36})
     assert float((folder / "mutmut-seconds").read_text()) == pytest.approx(spent, abs=0.1)
 
     class Finished:
@@ -521,10 +524,11 @@ def test_a_stopped_run_saves_its_verdicts_and_a_fresh_clone_resumes_from_them(mu
 
     monkeypatch.setattr(mutation, "_mutmut", lambda folder, *args: Finished())
     monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
-                                                             name(3): "killed"})
+                                                             name(3): "killed", name(4): "killed",
+                                                             name(5): "timeout"})
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
     result = mutation.run_module(module, tests, conf)
-    assert result["counts"] == {"killed": 2, "survived": 1} and result["seconds"] >= spent
+    assert result["counts"] == {"killed": 3, "survived": 1, "timeout": 1} and result["seconds"] >= spent
     assert not (mutation.PROGRESS / "mod.json").exists()  # the report holds it now
 
 
