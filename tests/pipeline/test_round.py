@@ -319,6 +319,10 @@ def round_one(tmp_path_factory, seeded, embedder):
 def test_round_counts_per_stage(round_one):
     store, report, events, generator, teacher = round_one
     assert report.round == 1 and report.n_pool == 24 and report.k == 6  # holdout excluded; K = 0.25 * 24
+    assert report.run_id == "run-1"
+    members = store.query(f"SELECT count(*) AS n FROM {S.CLUSTER_MEMBERS} WHERE clustering_id = ?",
+                          [report.clustering_id])["n"][0]
+    assert report.n_pool_excluded == 24 - members  # pool samples without a gradient are not clustered
     assert report.requests == 8 and report.outputs == 8 and report.outputs_cached == 0
     assert report.problems_asked == 16 and report.problems_parsed == 12
     assert report.parse_failures == 2 and report.empty_outputs == 1
@@ -336,6 +340,12 @@ def test_round_counts_per_stage(round_one):
     assert set(report.seconds) == set(STAGES)
     assert {e[0] for e in events} >= {"pool", "generate", "solve", "gradients", "write"}
     assert events[-1] == ("write", 1, 1)
+
+
+def test_a_stage_nothing_entered_passes_nothing():
+    from prismatic_assets.pipeline.round import _rate
+
+    assert (_rate(0, 0), _rate(3, 4), _rate(4, 4)) == (0.0, 0.75, 1.0)
 
 
 def recompute_round(store, report, dim: int, n_parsed: int) -> dict:
