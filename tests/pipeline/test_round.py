@@ -733,3 +733,16 @@ def test_round_with_the_real_vllm_engine(tmp_path, seeded, embedder):
                       config=settings, eval_texts=EVAL, seed_source="unit", run_id="vllm-again")
     assert again.llm_requests == {"generator": 0, "teacher": 0}
     assert again.problems_parsed == report.problems_parsed and again.accepted == report.accepted
+
+
+
+def test_every_row_a_round_writes_carries_its_run(round_one):
+    store, report, *_ = round_one
+    for table in (S.CLUSTERINGS, S.SCORES, S.GENERATIONS, S.SYNTHESIS_REQUESTS, S.SYNTHESIS_CANDIDATES,
+                  S.SYNTHESIS_DECISIONS, S.SYNTHESIS_ROUNDS):
+        assert store.query(f"SELECT DISTINCT run_id FROM {table}").rows() == [("run-1",)], table
+    # Beside the round's rows: the seed's samples (their own run) and the pool's vectors (cached before it).
+    samples = dict(store.query(f"SELECT run_id, count(*) AS n FROM {S.SAMPLES} GROUP BY run_id").rows())
+    assert samples == {"seed-run": 27, "run-1": report.accepted}
+    vectors = dict(store.query(f"SELECT run_id, count(*) AS n FROM {S.EMBEDDINGS} GROUP BY run_id").rows())
+    assert set(vectors) == {None, "run-1"} and vectors[None] == 24
