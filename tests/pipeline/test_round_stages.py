@@ -113,3 +113,28 @@ def test_a_rejection_records_its_stage_reason_and_rule():
                                                                   "no majority", None,
                                                                   {"min_agree": 2, "n_solutions": 3})}
     assert ledger.undecided() == [kept]
+
+
+def test_parsing_keeps_up_to_the_configured_count_and_drops_echoed_examples():
+    import dataclasses
+
+    from prismatic_assets.core.generation import SamplingConfig
+    from prismatic_assets.infra.config import SynthesisConfig
+    from prismatic_assets.pipeline.round_services import CallStats
+    from prismatic_assets.pipeline.round_stages import Generated, RequestPlan, parse_outputs
+
+    pool, _ = _state()
+    shots = ["How many legs do three spiders and two ants have together?",
+             "What is the greatest common divisor of 84 and 126?"]
+    pool = dataclasses.replace(pool, samples=[Sample("seed:0", shots[0], "r0"), Sample("seed:1", shots[1], "r1")])
+    fresh = [f"A farmer has {n} cows and {n + 3} hens. How many legs are there in total?" for n in (4, 5, 6, 7)]
+    text = "\n".join(f"<problem>{p}</problem>" for p in [shots[1], *fresh])  # an example echoed, then four new
+    plan = RequestPlan("r1:q0000", 0, "random", None, ("seed:0", "seed:1"), [], SamplingConfig(n=1))
+    ledger = parse_outputs(1, [plan], Generated(["k0"], [[text, "  "]], CallStats()), pool, "gen",
+                           SynthesisConfig(new_per_request=3))
+    assert [c.problem for c in ledger.candidates] == fresh[:3]  # the echo dropped; three asked for
+    assert [c.candidate_id for c in ledger.candidates] == [f"r1:q0000:o0:p{k}" for k in range(3)]
+    assert [(r.output_index, r.status, r.n_problems) for r in ledger.requests] == [(0, "parsed", 3), (1, "empty", 0)]
+    garbled = parse_outputs(1, [plan], Generated(["k0"], [["no problems here"]], CallStats()), pool, "gen",
+                            SynthesisConfig(new_per_request=3))
+    assert [(r.status, r.n_problems) for r in garbled.requests] == [("parse_failed", 0)] and not garbled.candidates
