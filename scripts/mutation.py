@@ -425,7 +425,13 @@ def module_rows(conf: dict) -> list[dict]:
     """One row per configured module with its run's figures (or run=None)."""
     rows = []
     for module in conf["modules"]:
-        path = RUNS / f"{slug(module)}.json"
+        path, progress = RUNS / f"{slug(module)}.json", PROGRESS / f"{slug(module)}.json"
+        if not path.is_file() and progress.is_file():
+            saved = json.loads(progress.read_text())
+            rows.append({"module": module, "run": None, "unfinished":
+                         f"in progress, {saved['checked']} of {saved['mutants']} mutants checked "
+                         f"(saved {saved['saved'][:10]}; a rerun goes on from there)"})
+            continue
         if not path.is_file():
             rows.append({"module": module, "run": None})
             continue

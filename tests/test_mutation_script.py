@@ -570,3 +570,12 @@ def test_save_progress_refuses_a_working_copy_of_other_code(mutation):
     with pytest.raises(SystemExit, match="changed since its run"):
         mutation.save_progress(module, ["tests/test_mod.py"])
     assert not (mutation.PROGRESS / "mod.json").exists()
+
+
+def test_a_module_with_saved_progress_and_no_report_shows_how_far_it_got(mutation):
+    progress = {"module": "pkg/other.py", "source": "x", "tests": ["tests/o.py"], "seconds": 60.0, "checked": 30,
+                "mutants": 80, "saved": "2026-12-06 14:30", "mutmut_meta": {}}
+    mutation.PROGRESS.mkdir(parents=True)
+    (mutation.PROGRESS / "pkg.other.json").write_text(json.dumps(progress))
+    (row,) = [line for line in mutation.summary(CONF) if line.startswith("| pkg/other.py")]
+    assert row.startswith("| pkg/other.py | not run: in progress, 30 of 80 mutants checked (saved 2026-12-06;")
