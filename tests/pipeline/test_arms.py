@@ -213,6 +213,42 @@ def test_an_arm_round_scores_g_vendi_of_the_configured_order(seeded, tmp_path, t
         assert row[column] != pytest.approx(vendi.score_dual(vectors, q=1), rel=1e-3)  # so the order shows
 
 
+class FirstGradientFails:
+    """The embedder, except that the first sample it is asked for gets no gradient, with a long error."""
+
+    ERROR = "non-finite loss (nan) " + "at token 7 " * 30
+
+    def __init__(self, inner) -> None:
+        self.inner, self.failed = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed_chunks(self, samples):
+        import dataclasses
+
+        for chunk, out in self.inner.embed_chunks(samples):
+            if not self.failed:
+                self.failed.append(chunk[0].sample_id)
+                out = [dataclasses.replace(out[0], vector=None, error=self.ERROR), *out[1:]]
+            yield chunk, out
+
+
+def test_a_verified_candidate_without_a_gradient_is_rejected_with_its_reason(seeded, tmp_path, tiny_embedder):
+    config = build_config({**VALUES, "arms": {**VALUES["arms"], "arms": ["random"]}})
+    store = seeded(tmp_path / "nograd.duckdb")
+    embedder = FirstGradientFails(tiny_embedder)
+    result = _round(store, embedder, 1, config=config).arms["random"]
+    (failed,) = embedder.failed
+    reason = ("no_gradient: " + FirstGradientFails.ERROR)[:200]  # reasons are cut at 200 characters
+    assert {c.sample.sample_id: c.reason for c in result.candidates if c.reason} == {failed: reason}
+    assert failed not in result.accepted and len(result.accepted) == 4
+    stored = store.query(f"SELECT status, reason FROM {S.ARM_CANDIDATES} WHERE sample_id = ?", [failed]).rows()
+    assert stored == [("rejected", reason)]
+    row = store.query(f"SELECT rejected, n_verified FROM {S.ARM_ROUNDS} WHERE arm = 'random'").row(0, named=True)
+    assert _json(row["rejected"]) == {"no_gradient": 1} and row["n_verified"] == 9
+
+
 def test_an_arms_pool_holds_what_it_accepted_as_it_was_written(three_rounds):
     store, reports = three_rounds
     for arm in ARMS:
