@@ -21,7 +21,7 @@ machine continues where it stopped.
     python scripts/mutation.py --docs               # write docs/MUTATION.md and the README's per-package score table
     python scripts/mutation.py --save-progress MODULE  # keep a stopped whole run's verdicts in docs/mutation/progress/
 
-A whole run takes hours for some modules, more than one machine may be lent. Stopped (SIGTERM,
+A whole run of some modules takes hours, longer than one machine may be lent. Stopped (SIGTERM,
 or killed and then `--save-progress`), it writes mutmut's verdicts so far to
 docs/mutation/progress/<module>.json; committed, they let the run continue on a fresh clone:
 a new working copy starts from them while the module's source is the same and its test
@@ -671,6 +671,8 @@ def main() -> None:
         raise SystemExit(f"{unknown} have no entry in [tool.prismatic-mutation.modules] of pyproject.toml: "
                          "add the module with the tests that pin it")
     if args.save_progress:
+        if not args.modules:
+            parser.error("--save-progress needs the modules whose runs to save")
         for module in args.modules:
             done = save_progress(module, conf["modules"][module])
             print(f"{module}: {done} verdicts kept in {(PROGRESS / (slug(module) + '.json')).relative_to(ROOT)}")
