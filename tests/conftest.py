@@ -128,3 +128,14 @@ def write_profile(folder, values: dict, name: str = "test") -> str:
     path = Path(folder) / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"profile": name, **values}))
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _no_dagster_instance_left_current():
+    """A DagsterInstance entered (`with instance:`) makes its defs-state storage the current one
+    (a context variable); a test that never exits it would leave a dead reference that breaks the
+    next `Definitions` built in this worker. Each test starts without one."""
+    yield
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
