@@ -152,14 +152,20 @@ def test_a_run_that_did_not_finish_scores_nothing(mutation):
     assert not any(line.startswith("| **pkg/**") for line in mutation.summary(CONF))
 
 
-def test_a_working_copy_keeps_its_state_for_new_tests_and_starts_again_after_a_code_change(mutation):
+def _project(mutation) -> dict:
+    """A project under mutation.ROOT with one module and one test file; the settings prepare needs."""
     root = mutation.ROOT
     (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     for name in ("prismatic_assets", "tests", "resources", "benchmarks"):
         (root / name).mkdir(exist_ok=True)
     (root / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x + 1\n")
     (root / "tests" / "test_mod.py").write_text("def test_f():\n    pass\n")
-    conf = {"pytest_args": [], "skip_lines": [], "timeout_constant": 30, "timeout_multiplier": 5}
+    return {"pytest_args": [], "skip_lines": [], "timeout_constant": 30, "timeout_multiplier": 5}
+
+
+def test_a_working_copy_keeps_its_state_for_new_tests_and_starts_again_after_a_code_change(mutation):
+    root = mutation.ROOT
+    conf = _project(mutation)
     folder = mutation.prepare("prismatic_assets/mod.py", ["tests/test_mod.py"], conf)
     (folder / "mutants").mkdir()
     (folder / "mutants" / "state").write_text("results of the first run")
@@ -465,17 +471,6 @@ def test_recheck_runs_only_files_holding_a_test_mapped_to_the_mutated_function(m
     # no test of the file reaches f: nothing to gain from running it
     stats.write_text(json.dumps({"tests_by_mangled_function_name": {"mod.x_g": ["tests/test_mod.py::test_small"]}}))
     assert mutation.recheck(folder, ["tests/test_mod.py"], conf, ["mod.x_f__mutmut_2"]) == {}
-
-
-def _project(mutation) -> dict:
-    """A project under mutation.ROOT with one module and one test file; the settings prepare needs."""
-    root = mutation.ROOT
-    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    for name in ("prismatic_assets", "tests", "resources", "benchmarks"):
-        (root / name).mkdir(exist_ok=True)
-    (root / "prismatic_assets" / "mod.py").write_text("def f(x):\n    return x + 1\n")
-    (root / "tests" / "test_mod.py").write_text("def test_f():\n    pass\n")
-    return {"pytest_args": [], "skip_lines": [], "timeout_constant": 30, "timeout_multiplier": 5}
 
 
 def _meta(verdicts: dict[str, int | None]) -> dict:
