@@ -458,6 +458,15 @@ class FakeServer:
                     status = owner.fail.pop(0) if owner.fail else 200
                     owner.in_flight += 1
                     owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                left = False
+
+                def leave() -> None:
+                    nonlocal left
+                    if not left:
+                        left = True
+                        with owner.lock:
+                            owner.in_flight -= 1
+
                 try:
                     time.sleep(owner.delay)
                     if status != 200:
@@ -478,12 +487,14 @@ class FakeServer:
                     if status != 200 and owner.retry_after is not None:
                         self.send_header("Retry-After", owner.retry_after)
                     self.end_headers()
+                    # Out of flight before the body goes: once the client has it, its next request
+                    # may arrive before this thread runs again, and would be counted beside this one.
+                    leave()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
                 finally:
-                    with owner.lock:
-                        owner.in_flight -= 1
+                    leave()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
