@@ -26,7 +26,7 @@ from prismatic_assets.pipeline.baselines import BASELINE_METRICS
 from prismatic_assets.pipeline.embeddings import embed_samples
 from prismatic_assets.pipeline.round import STAGES, lend, run_round
 from prismatic_assets.pipeline.round_services import judge_candidates
-from prismatic_assets.pipeline.round_stages import RoundOrderError, plan_requests, request_seed
+from prismatic_assets.pipeline.round_stages import RoundOrderError, plan_requests, request_seed, solution_seed
 from prismatic_assets.store import schema as S
 from prismatic_assets.store.lineage import lineage
 from prismatic_assets.store.store import MetadataStore
@@ -348,6 +348,44 @@ def test_a_stage_nothing_entered_passes_nothing():
     assert (_rate(0, 0), _rate(3, 4), _rate(4, 4)) == (0.0, 0.75, 1.0)
 
 
+def test_build_report_counts_a_hand_made_round():
+    """build_report on a round written out by hand: every count and rate is the one read off it."""
+    from types import SimpleNamespace as NS
+
+    from prismatic_assets.pipeline.round import build_report
+
+    requests = [NS(status=s) for s in ("parsed", "parsed", "parsed", "empty", "unparsed")]  # 5 outputs
+    reasons = ["accepted"] * 4 + ["duplicate_pool", "duplicate_batch", "duplicate_batch", "contaminated"]
+    ledger = NS(round=3, requests=requests, candidates=[object()] * 8, reasons=lambda: reasons)
+    clustering = NS(k=4, sparse=np.array([True, False, True, False]))
+    pool = NS(samples=[object()] * 10, vectors=NS(excluded=[7, 9]), clustering=clustering,
+              clustering_id="c-3", embedding_key="e-3")
+    plans = [NS(strategy="sparse_cluster"), NS(strategy="random"), NS(strategy="random")]
+    clean = [NS(vote_reason=r) for r in ("accepted", "accepted", "accepted", "no_answer")]
+    solved = NS(stats=NS(cached=1, called=3))
+    embedded = NS(candidates=[NS(cluster=2), NS(cluster=1)])  # one of the three verified has no gradient
+    scores = NS(before=NS(score=5.0), after=NS(score=6.5), random=NS(score=5.5), control_rows=[0])
+    report = build_report(ledger, pool, plans, outputs_cached=2, generator_calls=4, clean=clean, solved=solved,
+                          verified=[object()] * 3, embedded=embedded, accepted=[0], scores=scores,
+                          strategy="sparse_cluster", new_per_request=2, run_id="r-3")
+    assert (report.round, report.run_id, report.clustering_id, report.embedding_key) == (3, "r-3", "c-3", "e-3")
+    assert (report.n_pool, report.n_pool_excluded, report.k, report.n_sparse) == (10, 2, 4, 2)
+    assert (report.strategy, report.strategy_fallbacks, report.requests) == ("sparse_cluster", 2, 3)
+    assert (report.outputs, report.outputs_cached, report.problems_asked, report.problems_parsed) == (5, 2, 10, 8)
+    assert (report.parse_failures, report.empty_outputs) == (2, 1)
+    assert (report.duplicates, report.duplicates_pool, report.duplicates_batch, report.contaminated) == (3, 1, 2, 1)
+    assert (report.sent_to_teacher, report.solutions_cached, report.verified) == (4, 1, 3)
+    assert report.vote_failures == {"no_answer": 1}
+    assert (report.gradient_failures, report.in_dense, report.accepted) == (1, 1, 1)
+    assert report.acceptance_rate == pytest.approx({"parse": 8 / 10, "hygiene": 4 / 8, "verification": 3 / 4,
+                                                    "gradient": 2 / 3, "cluster": 1 / 2, "overall": 1 / 8})
+    assert report.llm_requests == {"generator": 4, "teacher": 3}
+    assert (report.g_vendi_before, report.g_vendi_after, report.g_vendi_random) == (5.0, 6.5, 5.5)
+    assert report.n_random_control == 1
+    assert (report.sparse_fraction, report.sparse_coverage, report.clusters_filled) == (0.5, 0.5, [2])
+    assert report.seconds == {}  # run_round fills it from its stage timer
+
+
 def recompute_round(store, report, dim: int, n_parsed: int) -> dict:
     """A round's acceptances, stage counts, coverage and three G-Vendi scores, recomputed from
     the stored vectors and centroids: nearest centroid by a numpy argmax, sparse clusters by
@@ -520,6 +558,20 @@ def test_round_provenance_for_every_candidate(round_one):
     assert row["r1:q0002:o0:p1"]["duplicate_kind"] == "normalized"
     assert row["r1:q0003:o0:p1"]["contamination_label"] == "heldout"
     assert row["r1:q0003:o0:p1"]["teacher_model"] is None  # never sent to the teacher
+    # The hygiene stage records its rule; every request and teacher call its own seeded sampling.
+    hygiene = decisions.filter(decisions["stage"] == "hygiene")
+    assert sorted(hygiene["reason"].to_list()) == ["contaminated", "duplicate_batch", "duplicate_pool"]
+    assert {json.dumps(json.loads(r), sort_keys=True) for r in hygiene["rule"].to_list()} == {
+        json.dumps({"eval_sets": ["heldout"], "ngram": SETTINGS.synthesis.ngram}, sort_keys=True)}
+    syn = SETTINGS.synthesis
+    for r in requests.iter_rows(named=True):
+        index = int(r["request_id"].split(":q")[1])
+        assert json.loads(r["sampling"]) == syn.problem_sampling_for(request_seed(syn.seed, 1, index)).as_dict()
+    sent = cands.filter(cands["teacher_model"].is_not_null())
+    assert sent.height == report.sent_to_teacher
+    for r in sent.iter_rows(named=True):
+        expected = syn.solution_sampling_for(solution_seed(syn.seed, 1, r["candidate_id"])).as_dict()
+        assert json.loads(r["solution_sampling"]) == expected
     split = row["r1:q0007:o0:p1"]
     assert split["agreement"] == 2 and split["vote_reason"] == "accepted" and len(split["solutions"]) == 3
     assert split["majority_answer"] == split["answers"][0]
