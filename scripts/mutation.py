@@ -58,6 +58,11 @@ RUNS = REASONS / "runs"
 #: Each unfinished whole run's verdicts so far (committed by --save-progress: a run resumes on another machine).
 PROGRESS = REASONS / "progress"
 DOC = ROOT / "docs" / "MUTATION.md"
+#: A pytest plugin that loads, in mutmut's fork server, the modules a test run loads (each mutant
+#: then starts with them); copied into each working copy's PLUGINS folder, with its ENV variable.
+PRELOAD_PLUGIN = ROOT / "scripts" / "mutation_preload.py"
+PLUGINS = "plugins"
+PRELOAD_ENV = "PRISMATIC_MUTATION_PRELOAD"
 README = ROOT / "README.md"
 #: The README's score table sits between these two lines (written by --docs).
 README_BEGIN, README_END = "<!-- mutation-score: begin -->", "<!-- mutation-score: end -->"
@@ -83,6 +88,9 @@ def slug(module: str) -> str:
 def _mutmut(folder: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first itself
     env.setdefault("OMP_NUM_THREADS", "1")
+    # The preload plugin (after mutants/ on the path) and where it keeps the modules a test run loads.
+    env["PYTHONPATH"] = str(folder / PLUGINS)
+    env[PRELOAD_ENV] = str(folder / "preload-modules.txt")
     return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -114,8 +122,11 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
         for name in ("prismatic_assets", "tests", "resources", "benchmarks"):  # tests import benchmarks
             shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
         resume_progress(module, tests, folder)
+    (folder / PLUGINS).mkdir(exist_ok=True)
+    shutil.copy2(PRELOAD_PLUGIN, folder / PLUGINS / PRELOAD_PLUGIN.name)
     mutmut = {"source_paths": ["prismatic_assets"], "only_mutate": [module],
-              "pytest_add_cli_args_test_selection": tests, "pytest_add_cli_args": conf["pytest_args"],
+              "pytest_add_cli_args_test_selection": tests,
+              "pytest_add_cli_args": ["-p", "mutation_preload", *conf["pytest_args"]],
               "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources", "benchmarks"],
               "use_git_change_detection": False, "timeout_constant": conf["timeout_constant"],
               "timeout_multiplier": conf["timeout_multiplier"],

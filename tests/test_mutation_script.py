@@ -574,3 +574,38 @@ def test_a_module_with_saved_progress_and_no_report_shows_how_far_it_got(mutatio
     (mutation.PROGRESS / "pkg.other.json").write_text(json.dumps(progress))
     (row,) = [line for line in mutation.summary(CONF) if line.startswith("| pkg/other.py")]
     assert row.startswith("| pkg/other.py | not run: in progress, 30 of 80 mutants checked (saved 2026-12-06;")
+
+
+def test_the_preload_plugin_loads_in_a_collect_only_run_what_a_test_run_loaded(tmp_path):
+    """mutmut forks each mutant's tests from a collect-only process: the plugin makes that process
+    import what the first real run ended with (a module imported inside a test here), leaving the
+    test modules and conftests to pytest."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("def test_a():\n    import wave\n\n    assert wave\n")
+    (tmp_path / "tests" / "conftest.py").write_text(
+        "import sys\n\n\ndef pytest_collection_finish(session):\n"
+        "    print('WAVE', 'wave' in sys.modules)\n")
+    listed = tmp_path / "preload.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "PRISMATIC_MUTATION_PRELOAD": str(listed)}
+
+    def pytest_run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-p", "mutation_preload", "-p", "no:cacheprovider",
+                               "-s", *args, "tests"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    assert "WAVE False" in pytest_run("--collect-only", "-q")  # nothing listed yet: nothing preloaded
+    assert not listed.exists()
+    assert "WAVE False" in pytest_run("-q")
+    names = listed.read_text().split()
+    assert "wave" in names and "pytest" in names
+    assert not {"test_a", "conftest", "tests.test_a", "tests.conftest"} & set(names)
+    assert "WAVE True" in pytest_run("--collect-only", "-q")
+    written = listed.read_text()
+    pytest_run("-q")  # a later run keeps the first run's list
+    assert listed.read_text() == written
