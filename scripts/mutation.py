@@ -63,6 +63,8 @@ DOC = ROOT / "docs" / "MUTATION.md"
 PRELOAD_PLUGIN = ROOT / "scripts" / "mutation_preload.py"
 PLUGINS = "plugins"
 PRELOAD_ENV = "PRISMATIC_MUTATION_PRELOAD"
+#: The recheck's test server: it forks each pytest run from one process that did the imports once.
+FORKRUN = ROOT / "scripts" / "mutation_forkrun.py"
 README = ROOT / "README.md"
 #: The README's score table sits between these two lines (written by --docs).
 README_BEGIN, README_END = "<!-- mutation-score: begin -->", "<!-- mutation-score: end -->"
@@ -233,6 +235,53 @@ def shared_fixture_tests(root: Path, tests: list[str]) -> list[str]:
     return chosen
 
 
+class _ForkRunner:
+    """pytest runs in a working copy's mutants/, each forked from one server that collected the
+    tests and loaded what they load (scripts/mutation_forkrun.py): a run skips ~10 s of imports."""
+
+    def __init__(self, folder: Path, options: list[str], files: list[str]) -> None:
+        self.folder = folder
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env["PY_IGNORE_IMPORTMISMATCH"] = "1"
+        plugins = folder / PLUGINS
+        if plugins.is_dir():  # a working copy that mutmut ran in: its preload list and plugin
+            env["PYTHONPATH"] = str(plugins)
+            env[PRELOAD_ENV] = str(folder / "preload-modules.txt")
+            options = ["-p", PRELOAD_PLUGIN.stem, *options]
+        self.log = folder / "recheck-run.log"
+        self.server = subprocess.Popen([sys.executable, str(FORKRUN), *options, *files], cwd=folder / "mutants",
+                                       env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, mutant: str, tests: list[str], limit: float | None) -> subprocess.CompletedProcess:
+        """pytest -x on `tests` with `mutant` active (""; none); TimeoutExpired past `limit` seconds."""
+        assert self.server.stdin is not None and self.server.stdout is not None
+        request = {"mutant": mutant, "tests": tests, "limit": 1e9 if limit is None else limit, "log": str(self.log)}
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        for line in self.server.stdout:
+            if line.startswith("RESULT "):
+                code = json.loads(line[len("RESULT "):])["code"]
+                break
+        else:
+            raise SystemExit(f"the test server of {self.folder} stopped (exit code {self.server.wait()})")
+        if code is None:
+            raise subprocess.TimeoutExpired(tests, limit or 0.0)
+        return subprocess.CompletedProcess(tests, code, self.log.read_text(errors="replace"), "")
+
+    def __enter__(self) -> _ForkRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server.stdin is not None:
+            self.server.stdin.close()
+        try:
+            self.server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+
+
 def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dict[str, str]:
     """Run each survivor against more of the module's tests; name -> the test that killed it.
 
@@ -242,7 +291,7 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
     survivor runs once against every test of the files that use such a fixture
     (`shared_fixture_tests`) and hold a test mapped to its function, stopping at the first
     failure; it counts as killed when the failing test passes on the unmutated code, run
-    alone right after (so a test that fails by itself, e.g. on time under load, kills nothing).
+    alone (once per test: a test that fails by itself, e.g. on time under load, kills nothing).
     """
     shared = shared_fixture_tests(folder / "mutants", tests)
     stats_file = folder / "mutants" / "mutmut-stats.json"
@@ -258,34 +307,31 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
     files = {name: chosen for name, chosen in files.items() if chosen}
     if not files:
         return {}
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PY_IGNORE_IMPORTMISMATCH"] = "1"
-
-    def pytest(mutant: str, selection: list[str], limit: float | None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *conf.get("pytest_args", []), *selection],
-                              cwd=folder / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
-                              capture_output=True, text=True, timeout=limit)
-
     used = sorted({test for chosen in files.values() for test in chosen})
-    began = time.perf_counter()
-    clean = pytest("", used, None)
-    if clean.returncode != 0:
-        raise SystemExit(f"the selected tests fail on the unmutated code in {folder / 'mutants'}:\n"
-                         + "\n".join(clean.stdout.strip().splitlines()[-5:]))
-    limit = 3 * (time.perf_counter() - began) + 60  # a mutant that makes them loop is stopped, not counted
-    killed = {}
-    for i, (name, chosen) in enumerate(files.items(), 1):
-        try:
-            done = pytest(name, chosen, limit)
-        except subprocess.TimeoutExpired:
-            print(f"  recheck {i}/{len(files)} {name}: ran past {limit:.0f} s, not counted", flush=True)
-            continue
-        failed = re.search(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
-        if done.returncode != 0 and failed and pytest("", [failed.group(1)], limit).returncode == 0:
-            killed[name] = failed.group(1)
-        print(f"  recheck {i}/{len(files)} {name}: {'killed by ' + killed[name] if name in killed else 'survived'}",
-              flush=True)
+    with _ForkRunner(folder, conf.get("pytest_args", []), used) as runner:
+        began = time.perf_counter()
+        clean = runner.run("", used, None)
+        if clean.returncode != 0:
+            raise SystemExit(f"the selected tests fail on the unmutated code in {folder / 'mutants'}:\n"
+                             + "\n".join(clean.stdout.strip().splitlines()[-5:]))
+        limit = 3 * (time.perf_counter() - began) + 60  # a mutant that makes them loop is stopped, not counted
+        passes_alone: dict[str, bool] = {}  # test -> passes by itself on the unmutated code
+        killed = {}
+        for i, (name, chosen) in enumerate(files.items(), 1):
+            try:
+                done = runner.run(name, chosen, limit)
+            except subprocess.TimeoutExpired:
+                print(f"  recheck {i}/{len(files)} {name}: ran past {limit:.0f} s, not counted", flush=True)
+                continue
+            failed = re.search(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
+            if done.returncode != 0 and failed:
+                test = failed.group(1)
+                if test not in passes_alone:
+                    passes_alone[test] = runner.run("", [test], limit).returncode == 0
+                if passes_alone[test]:
+                    killed[name] = test
+            print(f"  recheck {i}/{len(files)} {name}: "
+                  f"{'killed by ' + killed[name] if name in killed else 'survived'}", flush=True)
     return killed
 
 

@@ -609,3 +609,25 @@ def test_the_preload_plugin_loads_in_a_collect_only_run_what_a_test_run_loaded(t
     written = listed.read_text()
     pytest_run("-q")  # a later run keeps the first run's list
     assert listed.read_text() == written
+
+
+def test_the_recheck_server_forks_each_run_apart_and_stops_one_that_loops(mutation, tmp_path):
+    """Each run is a process of its own (what one run changes, the next does not see); a run past
+    its limit is killed and reported as a timeout, and the server goes on serving."""
+    import subprocess
+    import time
+
+    folder = _mutants_folder(tmp_path)
+    (folder / "mutants" / "tests" / "test_loop.py").write_text(
+        "import os\n\nimport mod\n\n\n"
+        "def test_state():\n    assert not hasattr(mod, 'touched')\n    mod.touched = 1\n\n\n"
+        "def test_loop():\n    while os.environ['MUTANT_UNDER_TEST'] == 'loop':\n        pass\n")
+    with mutation._ForkRunner(folder, ["-p", "no:cacheprovider"], ["tests/test_loop.py"]) as runner:
+        assert runner.run("", ["tests/test_loop.py"], None).returncode == 0
+        assert runner.run("", ["tests/test_loop.py"], None).returncode == 0  # mod.touched did not carry over
+        began = time.perf_counter()
+        with pytest.raises(subprocess.TimeoutExpired):
+            runner.run("loop", ["tests/test_loop.py::test_loop"], 2.0)
+        assert time.perf_counter() - began < 20
+        done = runner.run("mod.x_f__mutmut_2", ["tests/test_mod.py"], None)
+        assert done.returncode == 1 and "FAILED tests/test_mod.py::test_big" in done.stdout
