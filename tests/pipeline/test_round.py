@@ -340,6 +340,10 @@ def test_round_counts_per_stage(round_one):
     assert set(report.seconds) == set(STAGES)
     assert {e[0] for e in events} >= {"pool", "generate", "solve", "gradients", "write"}
     assert events[-1] == ("write", 1, 1)
+    # The gradients stage counts the verified candidates up to all of them.
+    gradients = [e[1:] for e in events if e[0] == "gradients"]
+    assert gradients[-1] == (7, 7) and all(total == 7 for _, total in gradients)
+    assert [done for done, _ in gradients] == sorted(done for done, _ in gradients)
 
 
 def test_a_stage_nothing_entered_passes_nothing():
@@ -567,6 +571,29 @@ def test_round_provenance_for_every_candidate(round_one):
     for r in requests.iter_rows(named=True):
         index = int(r["request_id"].split(":q")[1])
         assert json.loads(r["sampling"]) == syn.problem_sampling_for(request_seed(syn.seed, 1, index)).as_dict()
+    # Each stage's decisions carry that stage's thresholds.
+    rules = {"verification": {"min_agree": syn.min_agree, "n_solutions": syn.n_solutions},
+             "cluster": {"clustering_id": report.clustering_id, "sparse_ratio": SETTINGS.clustering.sparse_ratio,
+                         "k": report.k}}
+    for stage, rule in rules.items():
+        stored = [json.loads(r) for r in decisions.filter(decisions["stage"] == stage)["rule"].to_list()]
+        assert stored and all(r == rule for r in stored), stage
+    # The cluster evidence is the pool's own: each candidate's cluster size is the stored size.
+    sizes = dict(store.query(f"SELECT cluster, size FROM {S.CLUSTERS} WHERE clustering_id = ?",
+                             [report.clustering_id]).rows())
+    for r in cands.filter(cands["cluster"].is_not_null()).iter_rows(named=True):
+        assert r["cluster_size"] == sizes[r["cluster"]]
+    # An accepted sample is its candidate's problem, its first majority solution and answer.
+    kept = list(store.query(f"SELECT sample_id, prompt, response, answer, source_ref FROM {S.SAMPLES} "
+                            f"WHERE origin = 'synthetic' AND round = 1").iter_rows(named=True))
+    assert len(kept) == report.accepted
+    decided = dict(zip(decisions["candidate_id"].to_list(), decisions["sample_id"].to_list()))
+    for sample in kept:
+        c = row[sample["source_ref"]]
+        assert decided[c["candidate_id"]] == sample["sample_id"]
+        assert sample["sample_id"] == f"syn:r1:{content_hash(c['problem'], c['response'])[:12]}"
+        assert (sample["prompt"], sample["response"], sample["answer"]) == (c["problem"], c["response"],
+                                                                          c["majority_answer"])
     sent = cands.filter(cands["teacher_model"].is_not_null())
     assert sent.height == report.sent_to_teacher
     for r in sent.iter_rows(named=True):

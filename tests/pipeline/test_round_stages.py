@@ -12,7 +12,7 @@ from prismatic_assets.core.clustering import spherical_kmeans
 from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.embeddings import PoolVectors
 from prismatic_assets.pipeline.round_stages import Embedded, PoolState, score_round
-from prismatic_assets.store.synthesis_tables import CandidateRow
+from prismatic_assets.store.synthesis_tables import CandidateRow, DecisionRow
 
 
 def _unit(rng, n: int, d: int) -> np.ndarray:
@@ -103,7 +103,6 @@ def test_few_shot_targets_are_the_sparse_clusters_that_hold_a_pool_member():
 
 def test_a_rejection_records_its_stage_reason_and_rule():
     from prismatic_assets.pipeline.round_stages import RoundLedger
-    from prismatic_assets.store.synthesis_tables import DecisionRow
 
     ledger = RoundLedger(round=2)
     kept, dropped = (CandidateRow(f"r2:q0000:o0:p{i}", 2, "r2:q0000", 0, i, f"problem {i}") for i in range(2))
@@ -138,3 +137,40 @@ def test_parsing_keeps_up_to_the_configured_count_and_drops_echoed_examples():
     garbled = parse_outputs(1, [plan], Generated(["k0"], [["no problems here"]], CallStats()), pool, "gen",
                             SynthesisConfig(new_per_request=3))
     assert [(r.status, r.n_problems) for r in garbled.requests] == [("parse_failed", 0)] and not garbled.candidates
+
+
+def test_the_vote_keeps_its_evidence_and_answers_with_the_first_majority_solution():
+    """Four hand-made candidates: one whose majority is solutions 1 and 2 (so the kept solution
+    is the second text), one whose answers disagree, one whose only answer is stated in words
+    (read with stated_answers) and one whose box holds code (rejected, the issue with the rule)."""
+    from prismatic_assets.core.generation import SamplingConfig
+    from prismatic_assets.infra.config import SynthesisConfig
+    from prismatic_assets.pipeline.round_services import CallStats
+    from prismatic_assets.pipeline.round_stages import RoundLedger, Solved, vote
+
+    ledger = RoundLedger(round=1)
+    ledger.candidates = [CandidateRow(f"r1:q0000:o0:p{i}", 1, "r1:q0000", 0, i, f"problem {i}") for i in range(4)]
+    solutions = [["So it is \\boxed{5}.", "Adding: \\boxed{4}.", "Counting: \\boxed{4}."],
+                 ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"],
+                 ["The answer is 7.", "The answer is 7.", "I give up."],
+                 ["\\boxed{import os; os.system('x')}"] * 3]
+    samplings = [SamplingConfig(n=3, seed=s) for s in range(4)]
+    solved = Solved(samplings, [f"key{i}" for i in range(4)], solutions, CallStats())
+    settings = SynthesisConfig(min_agree=2, n_solutions=3, stated_answers=True)
+    verified = vote(ledger, ledger.candidates, solved, "teacher-x", settings)
+    first, split, stated, code = ledger.candidates
+    assert verified == [first, stated]
+    assert (first.response, first.majority_answer, first.agreement, first.vote_reason) == (
+        "Adding: \\boxed{4}.", "4", 2, "accepted")
+    assert first.answers == ["5", "4", "4"] and first.vote_groups == [[1, 2], [0]]
+    assert (first.teacher_model, first.solution_gen_key, first.solutions) == ("teacher-x", "key0", solutions[0])
+    assert first.solution_sampling == samplings[0].as_dict()
+    assert (stated.majority_answer, stated.response) == ("7", "The answer is 7.")
+    rule = {"min_agree": 2, "n_solutions": 3}
+    assert (split.vote_reason, split.majority_answer) == ("disagreement", None)
+    assert ledger.decisions[split.candidate_id] == DecisionRow(split.candidate_id, 1, "rejected", "verification",
+                                                               "disagreement", None, rule)
+    decided = ledger.decisions[code.candidate_id]
+    assert (decided.stage, decided.reason) == ("verification", "unverifiable")
+    assert decided.rule["min_agree"] == 2 and decided.rule["n_solutions"] == 3 and decided.rule["issues"]
+    assert set(ledger.decisions) == {split.candidate_id, code.candidate_id}
