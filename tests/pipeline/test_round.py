@@ -825,3 +825,21 @@ def test_every_row_a_round_writes_carries_its_run(round_one):
     assert samples == {"seed-run": 27, "run-1": report.accepted}
     vectors = dict(store.query(f"SELECT run_id, count(*) AS n FROM {S.EMBEDDINGS} GROUP BY run_id").rows())
     assert set(vectors) == {None, "run-1"} and vectors[None] == 24
+
+
+def test_the_round_row_holds_its_settings_their_hash_and_its_seed_source(round_one):
+    from prismatic_assets.core.ids import digest
+
+    store, report, *_ = round_one
+    row = store.query(f"SELECT * FROM {S.SYNTHESIS_ROUNDS} WHERE round = 1").row(0, named=True)
+    settings = {**SETTINGS.synthesis.model_dump(mode="json", exclude={"generator", "teacher"}),
+                "clustering": SETTINGS.clustering.model_dump(mode="json"), "q": SETTINGS.score.q}
+    assert "generator" not in settings and "teacher" not in settings and "min_agree" in settings
+    assert json.loads(row["settings"]) == settings
+    assert row["settings_hash"] == digest({"settings": settings, "generator": "scripted-generator",
+                                           "teacher": "scripted-teacher", "embedding_key": report.embedding_key})
+    assert (row["round"], row["seed_source"]) == (1, "unit")
+    # The random control's draw is seeded by the round: its seed is recorded with its score.
+    (config,) = store.query(f"SELECT config FROM {S.SCORES} WHERE scope LIKE '%random%'")["config"].to_list()
+    parts = json.dumps(["random_control", SETTINGS.synthesis.seed, 1]).encode()
+    assert json.loads(config)["seed"] == int.from_bytes(hashlib.sha256(parts).digest()[:4], "little") & 0x7FFFFFFF

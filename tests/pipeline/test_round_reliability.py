@@ -102,7 +102,8 @@ def test_a_second_run_of_a_round_in_flight_is_refused_and_writes_nothing(tmp_pat
         assert slow.entered.wait(120)
         before = store.query(f"SELECT count(*) AS n FROM {S.GENERATIONS}")["n"][0]
         second = make_generator()
-        with pytest.raises(StoreBusy, match=r"round 1 was refused: round 1 holds .*synthesis-round.lock.*run_id run-1"):
+        with pytest.raises(StoreBusy, match=r"round 1 was refused: round 1 holds .*synthesis-round.lock "
+                                             r"\(pid \d+, round 1, run_id run-1, since"):
             _run(store, embedder, round=1, generator=second)
         assert second.calls == []
         assert store.query(f"SELECT count(*) AS n FROM {S.GENERATIONS}")["n"][0] == before
