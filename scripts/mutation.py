@@ -128,7 +128,7 @@ def prepare(module: str, tests: list[str], conf: dict) -> Path:
     shutil.copy2(PRELOAD_PLUGIN, folder / PLUGINS / PRELOAD_PLUGIN.name)
     mutmut = {"source_paths": ["prismatic_assets"], "only_mutate": [module],
               "pytest_add_cli_args_test_selection": tests,
-              "pytest_add_cli_args": ["-p", "mutation_preload", *conf["pytest_args"]],
+              "pytest_add_cli_args": ["-p", PRELOAD_PLUGIN.stem, *conf["pytest_args"]],
               "do_not_mutate_patterns": conf["skip_lines"], "also_copy": ["resources", "benchmarks"],
               "use_git_change_detection": False, "timeout_constant": conf["timeout_constant"],
               "timeout_multiplier": conf["timeout_multiplier"],
