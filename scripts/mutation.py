@@ -87,12 +87,18 @@ def slug(module: str) -> str:
     return module.removeprefix("prismatic_assets/").removesuffix(".py").replace("/", ".")
 
 
-def _mutmut(folder: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first itself
+def _test_env(folder: Path) -> dict[str, str]:
+    """The environment of test runs in a working copy: no PYTHONPATH of ours (mutants/ goes first)
+    but the preload plugin's folder, where the plugin keeps the modules a test run loads, one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.setdefault("OMP_NUM_THREADS", "1")
-    # The preload plugin (after mutants/ on the path) and where it keeps the modules a test run loads.
     env["PYTHONPATH"] = str(folder / PLUGINS)
     env[PRELOAD_ENV] = str(folder / "preload-modules.txt")
+    return env
+
+
+def _mutmut(folder: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    env = _test_env(folder)
     return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -241,13 +247,8 @@ class _ForkRunner:
 
     def __init__(self, folder: Path, options: list[str], files: list[str]) -> None:
         self.folder = folder
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env["PY_IGNORE_IMPORTMISMATCH"] = "1"
-        plugins = folder / PLUGINS
-        if plugins.is_dir():  # a working copy that mutmut ran in: its preload list and plugin
-            env["PYTHONPATH"] = str(plugins)
-            env[PRELOAD_ENV] = str(folder / "preload-modules.txt")
+        env = {**_test_env(folder), "PY_IGNORE_IMPORTMISMATCH": "1"}
+        if (folder / PLUGINS).is_dir():  # a working copy that mutmut ran in has the plugin
             options = ["-p", PRELOAD_PLUGIN.stem, *options]
         self.log = folder / "recheck-run.log"
         self.server = subprocess.Popen([sys.executable, str(FORKRUN), *options, *files], cwd=folder / "mutants",

@@ -29,9 +29,11 @@ def _listed() -> Path | None:
 
 def _own(name: str, rootdir: Path) -> bool:
     """A module pytest imports itself: a test module or a conftest of this run's tree."""
+    if name == "__main__":
+        return True
     file = getattr(sys.modules.get(name), "__file__", None)
-    if name == "__main__" or file is None:
-        return name == "__main__"
+    if file is None:  # built in, or a namespace package
+        return False
     path = Path(file).resolve()
     return path.name == "conftest.py" or path.name.startswith("test_") or (rootdir / "tests") in path.parents
 
