@@ -174,3 +174,40 @@ def test_the_vote_keeps_its_evidence_and_answers_with_the_first_majority_solutio
     assert (decided.stage, decided.reason) == ("verification", "unverifiable")
     assert decided.rule["min_agree"] == 2 and decided.rule["n_solutions"] == 3 and decided.rule["issues"]
     assert set(ledger.decisions) == {split.candidate_id, code.candidate_id}
+
+
+def test_a_derived_seed_ignores_key_order_and_reads_any_part_as_text():
+    from datetime import date
+
+    from prismatic_assets.pipeline.round_stages import derive_seed
+
+    assert derive_seed("x", {"b": 1, "a": 2}) == derive_seed("x", {"a": 2, "b": 1})
+    assert derive_seed("x", {"b": 1, "a": 2}) == _sha_seed("x", {"a": 2, "b": 1})
+    assert derive_seed("x", date(2026, 1, 2)) == _sha_seed("x", "2026-01-02")
+
+
+def test_each_score_row_is_the_pools_score_of_its_members_at_q(tmp_path):
+    """At q = 2 each row's value is the Vendi score of order 2 of its rows, and its id is the one
+    pipeline.scores gives the same members, scope and key (so a rescored set is one row)."""
+    from prismatic_assets.pipeline.scores import score_pool
+    from prismatic_assets.store.store import MetadataStore
+
+    pool, embedded = _state()
+    accepted = [2, 5]
+    scores = score_round(pool, embedded, accepted, q=2.0, round=3, seed=9)
+    p, v, control = pool.vectors.vectors, embedded.vectors, scores.control_rows
+    members = {"before": (pool.vectors.sample_ids, p),
+               "after": (pool.vectors.sample_ids + [embedded.drafts[r].sample_id for r in accepted],
+                         np.vstack([p, v[accepted]])),
+               "random": (pool.vectors.sample_ids + [embedded.drafts[r].sample_id for r in control],
+                          np.vstack([p, v[control]]))}
+    store = MetadataStore(tmp_path / "m.duckdb")
+    for row, (part, (ids, rows)) in zip(scores.rows, members.items(), strict=True):
+        assert row.value == pytest.approx(float(vendi.score_dual(rows.astype(np.float64), q=2)), rel=1e-5), part
+        assert (row.scope, row.q, row.n, row.dim, row.embedding_key) == (f"round:3:{part}", 2.0, len(ids), 6, "emb")
+        score_pool(store, PoolVectors(ids, rows, {}), 2.0, "emb", f"round:3:{part}")
+        (stored,) = store.query(f"SELECT score_id FROM scores WHERE scope = 'round:3:{part}'")["score_id"].to_list()
+        assert row.score_id == stored, part
+    before, after, random_row = scores.rows
+    assert before.config == after.config == {"q": 2.0, "round": 3}
+    assert random_row.config == {"q": 2.0, "round": 3, "control": "random", "seed": _sha_seed("random_control", 9, 3)}
