@@ -161,6 +161,16 @@ def save_progress(module: str, tests: list[str]) -> int:
     if (folder / module).read_bytes() != (ROOT / module).read_bytes():
         raise SystemExit(f"{module} changed since its run in {folder} began: its verdicts are of other code")
     data = json.loads(meta.read_text())
+    path = PROGRESS / f"{slug(module)}.json"
+    if path.is_file():
+        # mutmut forgets every verdict when its test settings change (a new pytest flag): a kill
+        # saved before, for this source and tests the selection still holds, is kept, not lost.
+        saved = json.loads(path.read_text())
+        if saved["source"] == source_hash(module) and set(saved["tests"]) <= set(tests):
+            earlier = saved["mutmut_meta"]["exit_code_by_key"]
+            data["exit_code_by_key"] = {
+                name: earlier[name] if code is None and earlier.get(name) not in (None, *NOT_KILLED_CODES) else code
+                for name, code in data["exit_code_by_key"].items()}
     done = sum(code is not None for code in data["exit_code_by_key"].values())
     spent = folder / "mutmut-seconds"
     progress = {"module": module, "source": source_hash(module), "tests": tests,
@@ -168,7 +178,7 @@ def save_progress(module: str, tests: list[str]) -> int:
                 "checked": done, "mutants": len(data["exit_code_by_key"]),
                 "saved": time.strftime("%Y-%m-%d %H:%M"), "mutmut_meta": data}
     PROGRESS.mkdir(parents=True, exist_ok=True)
-    (PROGRESS / f"{slug(module)}.json").write_text(json.dumps(progress, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(progress, indent=1, sort_keys=True) + "\n")
     return done
 
 

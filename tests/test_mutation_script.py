@@ -552,6 +552,28 @@ def test_saved_progress_of_other_code_or_fewer_tests_is_not_used(mutation, chang
     assert "starting over" in capsys.readouterr().out
 
 
+def test_saving_after_mutmut_forgot_its_verdicts_keeps_the_kills_saved_before(mutation):
+    """mutmut resets every verdict when its test settings change; the kills saved earlier for the
+    same source, by tests the selection still holds, stay in the saved progress."""
+    _project(mutation)
+    module, tests = "prismatic_assets/mod.py", ["tests/test_mod.py"]
+    name = "prismatic_assets.mod.x_f__mutmut_{}".format
+    folder = mutation.OUT / "mod"
+    meta = folder / "mutants" / "prismatic_assets" / "mod.py.meta"
+    meta.parent.mkdir(parents=True)
+    (folder / "prismatic_assets").mkdir()
+    (folder / "prismatic_assets" / "mod.py").write_text((mutation.ROOT / module).read_text())
+    meta.write_text(json.dumps(_meta({name(1): 1, name(2): 0, name(3): 36, name(4): None})))
+    assert mutation.save_progress(module, tests) == 3
+    meta.write_text(json.dumps(_meta({name(1): None, name(2): None, name(3): None, name(4): 1})))  # reset, one run
+    assert mutation.save_progress(module, tests + ["tests/test_new.py"]) == 3
+    saved = json.loads((mutation.PROGRESS / "mod.json").read_text())
+    # the kills stand, the survivor runs again, the new verdict is kept
+    assert saved["mutmut_meta"]["exit_code_by_key"] == {name(1): 1, name(2): None, name(3): 36, name(4): 1}
+    meta.write_text(json.dumps(_meta({name(1): None, name(2): None, name(3): None, name(4): None})))
+    assert mutation.save_progress(module, ["tests/test_new.py"]) == 0  # test_mod.py left out: its kills may not hold
+
+
 def test_save_progress_refuses_a_working_copy_of_other_code(mutation):
     _project(mutation)
     module = "prismatic_assets/mod.py"
