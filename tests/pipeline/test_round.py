@@ -316,6 +316,29 @@ def round_one(tmp_path_factory, seeded, embedder):
     return store, report, events, generator, teacher
 
 
+def test_the_pool_stage_embeds_and_clusters_only_the_seed_source_under_its_run(tmp_path, embedder):
+    """On a store whose pool has no gradients yet, holding a second seed source: the pool is the
+    chosen source's, its gradients are computed (counted as the pool stage's progress) and the
+    gradients and the clustering are recorded under the round's run."""
+    from prismatic_assets.pipeline.round_stages import prepare_pool
+
+    store = _seed_store(tmp_path / "m.duckdb")
+    other = [Sample(f"other:{i}", f"Another source's problem {i}: what is {i} + {i}?", f"It is {2 * i}.",
+                    source="other") for i in range(3)]
+    store.replace_samples(source="other", origin="seed", samples=other, splits={}, rejections=[], run_id="seed-run")
+    events: list[tuple] = []
+    pool = prepare_pool(store, 1, embedder, SETTINGS.clustering, "unit", "run-p", progress=lambda *e: events.append(e))
+    assert {s.source for s in pool.samples} == {"unit"} and len(pool.samples) == 24
+    assert (pool.seed_source, pool.dim, pool.embedding_key) == ("unit", embedder.dim, embedder.key)
+    assert {e[0] for e in events} == {"pool"} and events[-1] == ("pool", 24, 24)
+    assert len(events) > 1 and all(total == 24 for _, _, total in events)  # the gradients stage counted
+    assert [done for _, done, _ in events] == sorted(done for _, done, _ in events)
+    embedded = store.query(f"SELECT DISTINCT run_id FROM {S.EMBEDDINGS}")["run_id"].to_list()
+    clustered = store.query(f"SELECT run_id FROM {S.CLUSTERINGS} WHERE clustering_id = ?",
+                            [pool.clustering_id])["run_id"].to_list()
+    assert embedded == ["run-p"] and clustered == ["run-p"]
+
+
 def test_round_counts_per_stage(round_one):
     store, report, events, generator, teacher = round_one
     assert report.round == 1 and report.n_pool == 24 and report.k == 6  # holdout excluded; K = 0.25 * 24
@@ -343,6 +366,7 @@ def test_round_counts_per_stage(round_one):
     # The gradients stage counts the verified candidates up to all of them.
     gradients = [e[1:] for e in events if e[0] == "gradients"]
     assert gradients[-1] == (7, 7) and all(total == 7 for _, total in gradients)
+    assert [e for e in events if e[0] == "pool"] == [("pool", 24, 24)]  # the pool's gradients were cached
     assert [done for done, _ in gradients] == sorted(done for done, _ in gradients)
 
 
