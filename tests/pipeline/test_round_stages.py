@@ -211,3 +211,40 @@ def test_each_score_row_is_the_pools_score_of_its_members_at_q(tmp_path):
     before, after, random_row = scores.rows
     assert before.config == after.config == {"q": 2.0, "round": 3}
     assert random_row.config == {"q": 2.0, "round": 3, "control": "random", "seed": _sha_seed("random_control", 9, 3)}
+
+
+def test_each_request_draws_its_target_and_examples_from_its_own_seed():
+    """The draws are part of a round's reproducibility (a re-run asks the generator the same
+    requests, so its outputs come from the cache): the sparse targets in the order of a seeded
+    shuffle, request i's examples from the seed of (seed, round, i), shown in a shuffled order."""
+    import random
+    from types import SimpleNamespace
+
+    from prismatic_assets.infra.config import SynthesisConfig
+    from prismatic_assets.pipeline.round_stages import plan_requests
+
+    pool = [Sample(f"seed:{i:02d}", f"pool problem {i}", f"solution {i}") for i in range(30)]
+    ids = [s.sample_id for s in pool]
+    assignments = np.array([0] * 12 + [c for c in range(1, 7) for _ in range(3)])  # six sparse clusters of 3
+    clustering = SimpleNamespace(assignments=assignments, sizes=np.bincount(assignments),
+                                 sparse=np.array([False] + [True] * 6))
+    settings = SynthesisConfig(requests_per_round=8, few_shot=2, new_per_request=3, strategy="sparse_cluster", seed=5)
+    targets = [1, 2, 3, 4, 5, 6]
+    random.Random(_sha_seed("targets", 5, 3)).shuffle(targets)
+    plans = plan_requests(3, pool, ids, clustering, settings)  # type: ignore[arg-type]
+    assert [p.target_cluster for p in plans] == [targets[i % 6] for i in range(8)]
+    drawn = plan_requests(3, pool, ids, clustering, settings.model_copy(update={"strategy": "random"}))  # type: ignore[arg-type]
+    for p in drawn:
+        rng = random.Random(_sha_seed("few_shot", 5, 3, p.index))
+        shown = rng.sample(ids, 2)
+        rng.shuffle(shown)
+        assert list(p.few_shot_ids) == shown
+
+
+@pytest.mark.parametrize("round", [True, 0, 1.0, "1"])
+def test_a_round_is_numbered_by_a_positive_integer(tmp_path, round):
+    from prismatic_assets.pipeline.round_stages import check_round_order
+    from prismatic_assets.store.store import MetadataStore
+
+    with pytest.raises(ValueError, match="rounds are numbered 1, 2, 3"):
+        check_round_order(MetadataStore(tmp_path / "m.duckdb"), round)
