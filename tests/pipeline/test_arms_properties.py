@@ -90,3 +90,17 @@ def test_prismatic_draws_at_random_among_passing_candidates():
     first = [choose("prismatic", n, 1, rng_seed=seed, **judged.kwargs())[0] for seed in range(300)]
     counts = np.bincount(first, minlength=n)
     assert counts[::2].sum() == 0 and (counts[1::2] >= 12).all() and (counts[1::2] <= 55).all(), counts
+
+
+def test_a_filtered_arm_reads_any_truthy_mask_and_needs_both_judgements():
+    import pytest
+
+    sizes, mask = [5, 1, 3, 1, 9, 2], [0, 1, 0, 1, 0, 1]  # a 0/1 mask, as a verdict loaded from a table reads
+    for arm in sorted(FILTERED_ARMS):
+        assert choose(arm, 6, 4, rng_seed=3, cluster_sizes=sizes, in_sparse=mask) == \
+            choose(arm, 6, 4, rng_seed=3, cluster_sizes=sizes, in_sparse=[bool(v) for v in mask])
+        for missing in ({"in_sparse": mask}, {"cluster_sizes": sizes}, {}):
+            with pytest.raises(ValueError, match=f"arm '{arm}' needs each candidate's cluster size and sparse flag"):
+                choose(arm, 6, 4, rng_seed=3, **missing)
+    with pytest.raises(ValueError, match="unknown arm 'best'"):
+        choose("best", 6, 4, rng_seed=3)
