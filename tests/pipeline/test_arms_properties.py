@@ -6,6 +6,9 @@
 - prismatic: only candidates whose nearest centroid is sparse while any are left, then the
   rest from the smallest clusters up; the same random draw among passing candidates as
   long as they last.
+
+Beside them, on hand-made cases: the arguments `choose` needs, and the targets of
+prismatic_targeted's requests.
 """
 
 from __future__ import annotations
@@ -104,3 +107,30 @@ def test_a_filtered_arm_reads_any_truthy_mask_and_needs_both_judgements():
                 choose(arm, 6, 4, rng_seed=3, **missing)
     with pytest.raises(ValueError, match="unknown arm 'best'"):
         choose("best", 6, 4, rng_seed=3)
+
+
+def test_the_targeted_arm_takes_the_sparse_clusters_in_its_seeded_order_and_the_others_take_none():
+    """Request i of prismatic_targeted draws from targets[i mod n], targets the non-empty sparse
+    clusters shuffled by the seed of (world seed, round, arm): written out here with `random`."""
+    import random
+    from types import SimpleNamespace
+
+    from prismatic_assets.core.samples import Sample
+    from prismatic_assets.core.world import world_seed
+    from prismatic_assets.infra.config import ARM_NAMES, build_config
+    from prismatic_assets.pipeline.arms import plan_requests
+    from prismatic_assets.pipeline.embeddings import PoolVectors
+
+    pool = [Sample(f"w:{i:02d}", f"problem {i}", "r", meta={"family": "sum", "level": 1}) for i in range(30)]
+    assignments = np.array([0] * 12 + [c for c in range(1, 7) for _ in range(3)])  # six sparse clusters of 3
+    clustering = SimpleNamespace(assignments=assignments, sizes=np.bincount(assignments),
+                                 sparse=np.array([False] + [True] * 6))
+    vecs = PoolVectors([s.sample_id for s in pool], np.zeros((30, 2), dtype=np.float32), {})
+    config = build_config({"world": {"seed": 11}, "arms": {"requests_per_round": 8, "budget": 4}})
+    targets = [1, 2, 3, 4, 5, 6]
+    random.Random(world_seed("targets", 11, 2, "prismatic_targeted")).shuffle(targets)
+    planned = plan_requests("prismatic_targeted", 2, pool, vecs, clustering, config)  # type: ignore[arg-type]
+    assert [q.target_cluster for q in planned] == [targets[i % 6] for i in range(8)]
+    for arm in sorted(set(ARM_NAMES) - {"prismatic_targeted"}):
+        others = plan_requests(arm, 2, pool, vecs, clustering, config)  # type: ignore[arg-type]
+        assert {(q.strategy, q.target_cluster) for q in others} == {("random", None)}, arm
