@@ -509,9 +509,10 @@ def test_a_verified_candidate_without_a_gradient_is_counted_apart(tmp_path, seed
     expected = recompute_round(store, report, embedder.dim, n_parsed=12)
     assert expected["gradient_failures"] == 1
     assert _reported(report) == pytest.approx(expected, rel=1e-5)
-    (row,) = store.query(f"SELECT d.stage, d.reason, c.embedding_error FROM {S.SYNTHESIS_DECISIONS} d JOIN "
+    (row,) = store.query(f"SELECT d.stage, d.reason, c.embedding_error, d.rule FROM {S.SYNTHESIS_DECISIONS} d JOIN "
                          f"{S.SYNTHESIS_CANDIDATES} c USING (candidate_id) WHERE d.stage = 'gradient'").rows()
-    assert row == ("gradient", "no_gradient", "non-finite loss (nan)")
+    assert row[:3] == ("gradient", "no_gradient", "non-finite loss (nan)")
+    assert json.loads(row[3]) == {"embedding_key": embedder.key}
 
 
 def test_a_round_logs_its_settings_figures_and_charts_to_mlflow(round_one, tmp_path):
@@ -631,6 +632,8 @@ def test_round_provenance_for_every_candidate(round_one):
     assert verified.height == 7 and verified["cluster"].null_count() == 0
     for r in verified.iter_rows(named=True):
         assert reasons[r["candidate_id"]] == ("sparse_cluster" if r["cluster_is_sparse"] else "dense_cluster")
+    clustered = decisions.filter(decisions["stage"] == "cluster")["candidate_id"].to_list()
+    assert sorted(clustered) == sorted(verified["candidate_id"].to_list())  # accepted or not, the cluster stage decided
 
     accepted = store.query(f"SELECT * FROM {S.SAMPLES} WHERE origin = 'synthetic' ORDER BY sample_id")
     assert accepted.height == report.accepted
