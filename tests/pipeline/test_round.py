@@ -609,16 +609,25 @@ def test_round_provenance_for_every_candidate(round_one):
     for r in cands.filter(cands["cluster"].is_not_null()).iter_rows(named=True):
         assert r["cluster_size"] == sizes[r["cluster"]]
     # An accepted sample is its candidate's problem, its first majority solution and answer.
-    kept = list(store.query(f"SELECT sample_id, prompt, response, answer, source_ref FROM {S.SAMPLES} "
+    kept = list(store.query(f"SELECT sample_id, prompt, response, answer, source_ref, meta FROM {S.SAMPLES} "
                             f"WHERE origin = 'synthetic' AND round = 1").iter_rows(named=True))
     assert len(kept) == report.accepted
     decided = dict(zip(decisions["candidate_id"].to_list(), decisions["sample_id"].to_list()))
+    request_of = {r["request_id"]: r for r in requests.iter_rows(named=True)}
     for sample in kept:
         c = row[sample["source_ref"]]
         assert decided[c["candidate_id"]] == sample["sample_id"]
         assert sample["sample_id"] == f"syn:r1:{content_hash(c['problem'], c['response'])[:12]}"
         assert (sample["prompt"], sample["response"], sample["answer"]) == (c["problem"], c["response"],
                                                                           c["majority_answer"])
+        # Its provenance travels with it: the request, the models, the vote and the cluster it landed in.
+        q = request_of[c["request_id"]]
+        assert json.loads(sample["meta"]) == {
+            "candidate_id": c["candidate_id"], "request_id": c["request_id"], "round": 1,
+            "few_shot_ids": list(q["few_shot_ids"]), "strategy": q["strategy"], "target_cluster": q["target_cluster"],
+            "generator_model": q["generator_model"], "teacher_model": c["teacher_model"],
+            "agreement": c["agreement"], "clustering_id": report.clustering_id, "cluster": c["cluster"],
+            "similarity": pytest.approx(c["similarity"], rel=1e-6)}
     sent = cands.filter(cands["teacher_model"].is_not_null())
     assert sent.height == report.sent_to_teacher
     for r in sent.iter_rows(named=True):
