@@ -692,7 +692,12 @@ def prune_reasons(conf: dict) -> list[str]:
         if data.get("source") != source_hash(module) or run.get("source") != source_hash(module):
             continue  # reasons or run of other code: nothing to compare
         prefix = mutant_prefix(module)
-        out = [f"source = {json.dumps(data['source'])}"]
+        header = []  # the file's opening comment lines are kept
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line)
+        out = [*header, f"source = {json.dumps(data['source'])}"]
         gone = []
         for kind in ("equivalent", "kept"):
             for group in data.get(kind, []):

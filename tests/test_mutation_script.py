@@ -303,9 +303,12 @@ def test_prune_drops_reasons_of_mutants_a_later_run_killed(mutation):
     _run(mutation, {"killed": 9, "survived": 1}, {"pkg.mod.x_f__mutmut_2": DIFF})
     source = mutation.source_hash("pkg/mod.py")
     (mutation.REASONS / "pkg.mod.toml").write_text(
-        f'source = "{source}"\n[[equivalent]]\nreason = "the \\"same\\" value"\nmutants = ["x_f__mutmut_1"]\n'
+        f'# What these are.\n# Renew the source after a change.\nsource = "{source}"\n[[equivalent]]\n'
+        f'reason = "the \\"same\\" value"\nmutants = ["x_f__mutmut_1"]\n'
         f'[[kept]]\nreason = "CUDA only"\nmutants = ["x_f__mutmut_2", "x_f__mutmut_3"]\n')
     said = mutation.prune_reasons(CONF)
+    assert (mutation.REASONS / "pkg.mod.toml").read_text().startswith(
+        "# What these are.\n# Renew the source after a change.\nsource = ")  # the opening comment stays
     assert said == ["reasons/pkg.mod.toml: 2 killed since: x_f__mutmut_1, x_f__mutmut_3"]
     data = tomllib.loads((mutation.REASONS / "pkg.mod.toml").read_text())
     assert data == {"source": source, "kept": [{"reason": "CUDA only", "mutants": ["x_f__mutmut_2"]}]}
