@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -692,11 +693,7 @@ def prune_reasons(conf: dict) -> list[str]:
         if data.get("source") != source_hash(module) or run.get("source") != source_hash(module):
             continue  # reasons or run of other code: nothing to compare
         prefix = mutant_prefix(module)
-        header = []  # the file's opening comment lines are kept
-        for line in path.read_text().splitlines():
-            if not line.startswith("#"):
-                break
-            header.append(line)
+        header = itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines())  # kept
         out = [*header, f"source = {json.dumps(data['source'])}"]
         gone = []
         for kind in ("equivalent", "kept"):

@@ -139,3 +139,15 @@ def _no_dagster_instance_left_current():
     from dagster._core.storage.defs_state.base import _current_storage
 
     _current_storage.set(None)
+
+
+@pytest.fixture
+def six_sparse_clusters():
+    """A clustering of a 30-member pool: cluster 0 dense (12 members), clusters 1-6 sparse (3 each)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    assignments = np.array([0] * 12 + [c for c in range(1, 7) for _ in range(3)])
+    return SimpleNamespace(assignments=assignments, sizes=np.bincount(assignments),
+                           sparse=np.array([False] + [True] * 6))

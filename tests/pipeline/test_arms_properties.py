@@ -109,11 +109,10 @@ def test_a_filtered_arm_reads_any_truthy_mask_and_needs_both_judgements():
         choose("best", 6, 4, rng_seed=3)
 
 
-def test_the_targeted_arm_takes_the_sparse_clusters_in_its_seeded_order_and_the_others_take_none():
+def test_the_targeted_arm_takes_the_sparse_clusters_in_its_seeded_order_and_the_others_take_none(six_sparse_clusters):
     """Request i of prismatic_targeted draws from targets[i mod n], targets the non-empty sparse
     clusters shuffled by the seed of (world seed, round, arm): written out here with `random`."""
     import random
-    from types import SimpleNamespace
 
     from prismatic_assets.core.samples import Sample
     from prismatic_assets.core.world import world_seed
@@ -122,9 +121,7 @@ def test_the_targeted_arm_takes_the_sparse_clusters_in_its_seeded_order_and_the_
     from prismatic_assets.pipeline.embeddings import PoolVectors
 
     pool = [Sample(f"w:{i:02d}", f"problem {i}", "r", meta={"family": "sum", "level": 1}) for i in range(30)]
-    assignments = np.array([0] * 12 + [c for c in range(1, 7) for _ in range(3)])  # six sparse clusters of 3
-    clustering = SimpleNamespace(assignments=assignments, sizes=np.bincount(assignments),
-                                 sparse=np.array([False] + [True] * 6))
+    clustering = six_sparse_clusters
     vecs = PoolVectors([s.sample_id for s in pool], np.zeros((30, 2), dtype=np.float32), {})
     config = build_config({"world": {"seed": 11}, "arms": {"requests_per_round": 8, "budget": 4}})
     targets = [1, 2, 3, 4, 5, 6]

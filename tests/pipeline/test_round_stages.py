@@ -213,21 +213,18 @@ def test_each_score_row_is_the_pools_score_of_its_members_at_q(tmp_path):
     assert random_row.config == {"q": 2.0, "round": 3, "control": "random", "seed": _sha_seed("random_control", 9, 3)}
 
 
-def test_each_request_draws_its_target_and_examples_from_its_own_seed():
+def test_each_request_draws_its_target_and_examples_from_its_own_seed(six_sparse_clusters):
     """The draws are part of a round's reproducibility (a re-run asks the generator the same
     requests, so its outputs come from the cache): the sparse targets in the order of a seeded
     shuffle, request i's examples from the seed of (seed, round, i), shown in a shuffled order."""
     import random
-    from types import SimpleNamespace
 
     from prismatic_assets.infra.config import SynthesisConfig
     from prismatic_assets.pipeline.round_stages import plan_requests
 
     pool = [Sample(f"seed:{i:02d}", f"pool problem {i}", f"solution {i}") for i in range(30)]
     ids = [s.sample_id for s in pool]
-    assignments = np.array([0] * 12 + [c for c in range(1, 7) for _ in range(3)])  # six sparse clusters of 3
-    clustering = SimpleNamespace(assignments=assignments, sizes=np.bincount(assignments),
-                                 sparse=np.array([False] + [True] * 6))
+    clustering = six_sparse_clusters
     settings = SynthesisConfig(requests_per_round=8, few_shot=2, new_per_request=3, strategy="sparse_cluster", seed=5)
     targets = [1, 2, 3, 4, 5, 6]
     random.Random(_sha_seed("targets", 5, 3)).shuffle(targets)
