@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_every_arm_accepts_the_budget_from_its_own_verified_candidates(three_rou
         assert set(report.arms) == set(ARMS)
         for arm, result in report.arms.items():
             assert len(result.candidates) == 10 and len(result.requests) == 5
+            assert [c.position for c in result.candidates] == list(range(10))  # generation order
             assert len(result.accepted) == 4 and result.shortfall == 0
             own = {c.sample.sample_id for c in result.verified}
             assert set(result.accepted) <= own and all(sid.startswith(f"arm:{arm}:r{report.round}:")
@@ -488,6 +490,68 @@ def test_held_out_problems_are_rejected_and_a_short_budget_is_a_recorded_shortfa
     assert "| 1 | naive | 3 (1) |" in "\n".join(summary_lines(store, ARMS))
     keys = {normalize_text(h.prompt) for h in held}
     assert not keys & {normalize_text(s.prompt) for s in accepted_samples(store, "naive", 2)}
+
+
+def test_a_round_counts_its_progress_times_its_stages_and_writes_under_its_run(tmp_path, tiny_embedder):
+    """On a store whose seed pool has no gradients yet: each gradient stage counts up to the samples it
+    computes (the pool once, the verified candidates once, however many arms wrote them), every stage
+    is timed within the call, and the gradients and clusterings it writes carry the run's id."""
+    config = build_config({**VALUES, "arms": {**VALUES["arms"], "arms": ["random", "naive"]}})
+    store = MetadataStore(tmp_path / "progress.duckdb")
+    seed = load_seed(config.seed, config.world)
+    store_seed(store, seed, "seed")
+    events: list[tuple] = []
+    began = time.perf_counter()
+    report = _round(store, tiny_embedder, 1, config=config, run_id="run-7", progress=lambda *e: events.append(e))
+    wall = time.perf_counter() - began
+    n_pool = len({s.content_hash for s in seed.pool})
+    n_verified = len({c.sample.content_hash for r in report.arms.values() for c in r.candidates if c.reason is None})
+    assert 0 < n_verified < sum(len(r.verified) for r in report.arms.values())  # both arms wrote the same problems
+    assert events == ([("pool gradients", i, n_pool) for i in range(1, n_pool + 1)]
+                      + [("candidate gradients", i, n_verified) for i in range(1, n_verified + 1)])
+    assert set(report.seconds) == {"pool gradients", "generate", "candidate gradients", "arms", "write"}
+    assert all(0 <= seconds <= wall for seconds in report.seconds.values()), report.seconds
+    assert sum(report.seconds.values()) <= wall
+    for table in (S.EMBEDDINGS, S.CLUSTERINGS):
+        assert store.query(f"SELECT DISTINCT run_id FROM {table}")["run_id"].to_list() == ["run-7"], table
+    assert store.query(f"SELECT count(*) AS n FROM {S.EMBEDDINGS}")["n"][0] == n_pool + n_verified
+
+
+def test_an_arms_seed_pool_is_the_chosen_sources_seed_pool_alone(seeded, tmp_path, tiny_embedder):
+    """Neither another seed source nor a sample the synthesis rounds accepted joins an arm's pool."""
+    from prismatic_assets.store.synthesis_tables import SYNTHETIC_ORIGIN
+
+    config = build_config({**VALUES, "arms": {**VALUES["arms"], "arms": ["random"]}})
+    store = seeded(tmp_path / "sources.duckdb")
+    world = store.load_samples(where="origin = 'seed' AND split = 'pool'")
+    champ = [Sample(f"c:{i}", f"Problem {i}?", f"\\boxed{{{i}}}", answer=str(i), source="champ") for i in range(3)]
+    store.replace_samples(source="champ", origin="seed", samples=champ, splits={}, rejections=[], run_id="s")
+    synthetic = Sample("synthesis:r1:0", "What is 40 + 2?", "\\boxed{42}", answer="42",
+                       meta={"family": "basic_arithmetic", "level": 0})
+    store.replace_samples(source="synthesis", origin=SYNTHETIC_ORIGIN, samples=[synthetic], splits={}, rejections=[],
+                          run_id="s", round=1)
+    result = _round(store, tiny_embedder, 1, config=config).arms["random"]
+    assert result.n_pool_before == len(world) == 24
+    shown = {e.sample_id for q in result.requests for e in q.exemplars}
+    assert shown <= {s.sample_id for s in world}
+
+
+def test_candidates_sharing_an_ngram_with_an_eval_set_are_rejected_as_contaminated(seeded, tmp_path, tiny_embedder):
+    from prismatic_assets.core.decontamination import NGramIndex
+
+    config = build_config({**VALUES, "arms": {**VALUES["arms"], "arms": ["naive"]}})
+    probe = _round(seeded(tmp_path / "probe.duckdb"), tiny_embedder, 1, config=config).arms["naive"].verified
+    eval_texts = {"test": [probe[0].sample.prompt, probe[5].sample.prompt]}
+    reference = NGramIndex(n=config.synthesis.ngram)  # the eval set's n-grams, as the round must see them
+    reference.add(eval_texts["test"], "test")
+    expected = {c.sample.sample_id for c in probe if reference.is_contaminated(c.sample.prompt) is not None}
+    assert {probe[0].sample.sample_id, probe[5].sample.sample_id} <= expected < {c.sample.sample_id for c in probe}
+    store = seeded(tmp_path / "eval.duckdb")
+    result = _round(store, tiny_embedder, 1, config=config, eval_texts=eval_texts).arms["naive"]
+    assert {c.sample.sample_id for c in result.candidates if c.reason == "contaminated"} == expected
+    assert result.rejected == {"contaminated": len(expected)} and not expected & set(result.accepted)
+    stored = store.query(f"SELECT sample_id FROM {S.ARM_CANDIDATES} WHERE reason = 'contaminated'")
+    assert set(stored["sample_id"].to_list()) == expected
 
 
 def test_a_seed_pool_from_another_world_is_refused(tmp_path, tiny_embedder):

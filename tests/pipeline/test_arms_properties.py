@@ -7,13 +7,17 @@
   rest from the smallest clusters up; the same random draw among passing candidates as
   long as they last.
 
-Beside them, on hand-made cases: the arguments `choose` needs, and the targets of
-prismatic_targeted's requests.
+Beside them, on hand-made cases: the arguments `choose` needs; each request's target,
+exemplars and seed; the reason each candidate is rejected for; the seed pool the arms refuse.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,8 +100,6 @@ def test_prismatic_draws_at_random_among_passing_candidates():
 
 
 def test_a_filtered_arm_reads_any_truthy_mask_and_needs_both_judgements():
-    import pytest
-
     sizes, mask = [5, 1, 3, 1, 9, 2], [0, 1, 0, 1, 0, 1]  # a 0/1 mask, as a verdict loaded from a table reads
     for arm in sorted(FILTERED_ARMS):
         assert choose(arm, 6, 4, rng_seed=3, cluster_sizes=sizes, in_sparse=mask) == \
@@ -131,3 +133,79 @@ def test_the_targeted_arm_takes_the_sparse_clusters_in_its_seeded_order_and_the_
     for arm in sorted(set(ARM_NAMES) - {"prismatic_targeted"}):
         others = plan_requests(arm, 2, pool, vecs, clustering, config)  # type: ignore[arg-type]
         assert {(q.strategy, q.target_cluster) for q in others} == {("random", None)}, arm
+
+
+def _sha_seed(*parts) -> int:
+    """The seed contract, written out: sha256 of the parts as a JSON list, first 4 bytes little-endian, 31 bits."""
+    return int.from_bytes(hashlib.sha256(json.dumps(list(parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def test_each_request_shows_exemplars_drawn_by_its_own_seed(six_sparse_clusters):
+    """Request i: the generator's seed is the hash of ("request", world seed, round, i), the same in
+    every arm; its exemplars are `few_shot` pool members drawn by the seed of ("exemplars", world
+    seed, round, i), written out here with `random` and the hash."""
+    import random
+
+    from prismatic_assets.core.samples import Sample
+    from prismatic_assets.infra.config import build_config
+    from prismatic_assets.pipeline.arms import acceptance_seed, plan_requests
+    from prismatic_assets.pipeline.embeddings import PoolVectors
+
+    pool = [Sample(f"w:{i:02d}", f"problem {i}", "r", meta={"family": f"f{i % 3}", "level": i % 2}) for i in range(30)]
+    vecs = PoolVectors([s.sample_id for s in pool], np.zeros((30, 2), dtype=np.float32), {})
+    config = build_config({"world": {"seed": 5}, "arms": {"requests_per_round": 4, "budget": 4}})
+    k = config.world.generator.few_shot
+    assert 1 < k < len(pool)
+    planned = plan_requests("random", 3, pool, vecs, six_sparse_clusters, config)  # type: ignore[arg-type]
+    for i, q in enumerate(planned):
+        rng = random.Random(_sha_seed("exemplars", 5, 3, i))
+        ids = [pool[j].sample_id for j in rng.sample(range(len(pool)), k)]
+        assert (q.request, q.seed) == (i, _sha_seed("request", 5, 3, i))
+        assert [(e.sample_id, e.family, e.level) for e in q.exemplars] == \
+            [(sid, f"f{int(sid[2:]) % 3}", int(sid[2:]) % 2) for sid in ids]
+    assert [q.seed for q in plan_requests("naive", 3, pool, vecs, six_sparse_clusters, config)] == \
+        [q.seed for q in planned]  # type: ignore[arg-type]
+    assert acceptance_seed(5, 3, "random") == _sha_seed("accept", 5, 3, "random", 0)
+    assert acceptance_seed(5, 3, "random", 2) == _sha_seed("accept", 5, 3, "random", 2)
+
+
+def test_each_candidate_gets_the_first_reason_that_applies():
+    import dataclasses
+
+    from prismatic_assets.core.decontamination import NGramIndex
+    from prismatic_assets.core.samples import normalize_text
+    from prismatic_assets.core.world import Written, world_item
+    from prismatic_assets.pipeline.arms import Candidate, verify_candidates
+
+    items = [world_item("gcd", 0, i, sample_id=f"w:{i}") for i in range(3)]
+    held, leaked, good = items
+    eval_text = world_item("leg_counting", 0, 0, sample_id="e").sample.prompt
+    leaked = dataclasses.replace(leaked, sample=dataclasses.replace(leaked.sample, prompt=eval_text))
+
+    def answered(text: str):
+        return dataclasses.replace(good, sample=dataclasses.replace(good.sample, response=text))
+    wrong = answered(f"So the answer is \\boxed{{{int(good.sample.answer) + 1}}}.")
+    unanswered = answered("I cannot tell.")
+    written = [None, held, leaked, wrong, unanswered, good]
+    candidates = [Candidate(0, j, Written(j, "same_cell", "x", "gcd", 0, 1, item)) for j, item in enumerate(written)]
+    index = NGramIndex(n=8)
+    index.add([eval_text], "test")
+    verify_candidates(candidates, {normalize_text(held.sample.prompt)}, index)
+    assert [c.reason for c in candidates] == ["no_fresh_problem", "duplicate_held_out", "contaminated",
+                                              "scorer_rejects_answer", "no_answer_in_response", None]
+    verify_candidates(candidates[2:3], set(), None)  # no eval set: nothing is contaminated
+    assert candidates[2].reason is None
+
+
+def test_a_seed_pool_cell_needs_both_family_and_level():
+    from prismatic_assets.core.samples import Sample
+    from prismatic_assets.core.world import WorldError
+    from prismatic_assets.pipeline.arms import check_world_pool
+
+    def sample(i: int, **meta) -> Sample:
+        return Sample(f"s:{i}", f"problem {i}", "r", meta=meta)
+    check_world_pool([sample(0, family="gcd", level=1)], "world")
+    refused = r"source 'mine' has no \(family, level\) for 1 problems, e\.g\. \['s:1'\]"
+    for meta in ({"family": "gcd"}, {"level": 1}, {}):
+        with pytest.raises(WorldError, match=refused):
+            check_world_pool([sample(0, family="gcd", level=1), sample(1, **meta)], "mine")
