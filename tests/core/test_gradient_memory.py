@@ -119,6 +119,30 @@ def test_the_budget_changes_the_steps_not_the_vectors(tokenizer, one_thread):
     assert len(plans[20 * MB]) > len(plans[40 * MB]) > len(plans[400 * MB])
 
 
+def test_plan_is_the_steps_embed_many_takes(tokenizer, one_thread):
+    """`plan` gives, without a gradient, the steps `embed_many` then takes under the same limits:
+    indices into the pairs given (a pair that cannot be encoded left out), padded lengths, logit
+    chunks, recomputed blocks and predicted bytes."""
+    too_long = ("word " * 400, "a")  # its prompt alone is over max_length: never planned
+    pairs = [SHORT[0], too_long, LONG, *SHORT[1:], too_long]
+    kept = [0, 2, 3, 4, 5]
+    # (budget, batch_size, max_batch_tokens, the most samples a step takes): 40 MB fits two short
+    # samples a step and the long one only with its logits in chunks; 400 MB fits all four short
+    # ones (3 with batch_size 3), but in 90 padded tokens only the two shortest (39 and 40 tokens).
+    for budget, batch_size, max_tokens, most in ((40 * MB, 2, None, 2), (400 * MB, 3, None, 3),
+                                                 (400 * MB, 8, 90, 2), (400 * MB, None, None, 4)):
+        embedder = _embedder(tokenizer, budget)
+        planned = embedder.plan(pairs, batch_size=batch_size, max_batch_tokens=max_tokens)
+        out = embedder.embed_many(pairs, batch_size=batch_size, max_batch_tokens=max_tokens)
+        assert planned == embedder.last_plan
+        assert sorted(i for p in planned for i in p.indices) == kept == [i for i, o in enumerate(out) if not o.error]
+        assert max(len(p.indices) for p in planned) == most
+        assert all(p.predicted_bytes > 0 for p in planned)
+        assert any(p.logit_chunk is not None for p in planned) == (budget == 40 * MB)
+    with pytest.raises(ValueError, match="max_batch_tokens must be positive or None, got 0"):
+        embedder.plan(pairs, max_batch_tokens=0)
+
+
 def test_blocks_are_recomputed_when_that_is_what_fits(tokenizer, one_thread):
     model = make_tiny_llama(tokenizer, layers=4)
 
