@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -141,6 +142,39 @@ def test_plan_is_the_steps_embed_many_takes(tokenizer, one_thread):
         assert any(p.logit_chunk is not None for p in planned) == (budget == 40 * MB)
     with pytest.raises(ValueError, match="max_batch_tokens must be positive or None, got 0"):
         embedder.plan(pairs, max_batch_tokens=0)
+
+
+class _NoHeadNoVocab(torch.nn.Module):
+    """A causal LM as a bare module: no output head to ask for and a config without vocab_size."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config = inner, SimpleNamespace()
+
+    def forward(self, **kwargs):
+        return self.inner(**kwargs)
+
+
+def test_the_step_cost_counts_each_logit_row_and_the_largest_selected_parameter(tokenizer, one_thread):
+    """4 bytes per logit position and row: the rows of the output head when it has a weight, else
+    the config's vocab_size, else the tokenizer's length (a config may claim a padded vocabulary the
+    head does not have, or the reverse); 4 bytes per element of the largest selected parameter."""
+    vocab = len(tokenizer)
+
+    def cost(model, params=None):
+        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64, params=params),
+                                "fp", memory=MemoryBudget(400 * MB, resident=lambda: 0)).step_cost()
+    claims_more = make_tiny_llama(tokenizer)
+    claims_more.config.vocab_size = vocab + 64
+    found = cost(claims_more, params=r"\.mlp\.")
+    assert (found.logit_position, found.split_head, found.sample_block) == (4 * vocab, True, 4 * 32 * 64)
+    no_weight = make_tiny_llama(tokenizer)
+    no_weight.config.vocab_size = vocab + 64
+    no_weight.get_output_embeddings = torch.nn.Identity  # a head without a weight: its rows are unknown
+    found = cost(no_weight)
+    assert (found.logit_position, found.split_head, found.sample_block) == (4 * (vocab + 64), False, 4 * vocab * 32)
+    found = cost(_NoHeadNoVocab(make_tiny_llama(tokenizer)))
+    assert (found.logit_position, found.split_head) == (4 * vocab, False)
 
 
 def test_blocks_are_recomputed_when_that_is_what_fits(tokenizer, one_thread):
