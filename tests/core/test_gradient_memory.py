@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -175,6 +176,32 @@ def test_the_step_cost_counts_each_logit_row_and_the_largest_selected_parameter(
     assert (found.logit_position, found.split_head, found.sample_block) == (4 * (vocab + 64), False, 4 * vocab * 32)
     found = cost(_NoHeadNoVocab(make_tiny_llama(tokenizer)))
     assert (found.logit_position, found.split_head) == (4 * vocab, False)
+
+
+class _KeywordBlocks(torch.nn.Module):
+    """A causal LM whose blocks take their hidden states by keyword: backward cannot recompute them."""
+
+    def __init__(self, vocab: int) -> None:
+        from tests.core.test_per_sample import _Stack
+
+        super().__init__()
+        self.inner, self.config = _Stack(vocab=vocab, width=8, by_keyword=True), SimpleNamespace(vocab_size=vocab)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return SimpleNamespace(logits=self.inner(input_ids))
+
+
+def test_blocks_that_cannot_be_recomputed_are_found_by_a_probe_with_a_warning(tokenizer, one_thread):
+    def cost(model):
+        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
+                                memory=MemoryBudget(400 * MB, resident=lambda: 0)).step_cost()
+    with pytest.warns(RuntimeWarning, match=r"decoder blocks cannot be recomputed in backward \(block 3 \(_Block\) "
+                                            r"does not take its hidden states as its first positional argument\)"):
+        found = cost(_KeywordBlocks(len(tokenizer)))
+    assert len(found.blocks) == 4 and not found.can_recompute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cost(make_tiny_llama(tokenizer)).can_recompute
 
 
 def test_blocks_are_recomputed_when_that_is_what_fits(tokenizer, one_thread):
