@@ -22,8 +22,8 @@ machine continues where it stopped.
     python scripts/mutation.py --save-progress MODULE  # keep a stopped whole run's verdicts in docs/mutation/progress/
 
 A whole run of some modules takes hours, longer than one machine may be lent. Stopped (SIGTERM,
-or killed and then `--save-progress`), it writes mutmut's verdicts so far to
-docs/mutation/progress/<module>.json; committed, they let the run continue on a fresh clone:
+or killed and then `--save-progress`), it writes mutmut's verdicts so far, and the kills its
+recheck has made (kept in the working copy as it goes), to docs/mutation/progress/<module>.json; committed, they let the run continue on a fresh clone:
 a new working copy starts from them while the module's source is the same and its test
 selection still holds every test file they were made with, and the file goes when the run
 finishes.
@@ -64,6 +64,9 @@ DOC = ROOT / "docs" / "MUTATION.md"
 PRELOAD_PLUGIN = ROOT / "scripts" / "mutation_preload.py"
 PLUGINS = "plugins"
 PRELOAD_ENV = "PRISMATIC_MUTATION_PRELOAD"
+#: In a working copy: the whole selection's kills so far (name -> test), written as the recheck goes,
+#: so that a recheck stopped part-way keeps them (`--save-progress` carries them to a fresh clone).
+RECHECK_LOG = "rechecked.json"
 #: The recheck's test server: it forks each pytest run from one process that did the imports once.
 FORKRUN = ROOT / "scripts" / "mutation_forkrun.py"
 README = ROOT / "README.md"
@@ -172,12 +175,14 @@ def save_progress(module: str, tests: list[str]) -> int:
             data["exit_code_by_key"] = {
                 name: earlier[name] if code is None and earlier.get(name) not in (None, *NOT_KILLED_CODES) else code
                 for name, code in data["exit_code_by_key"].items()}
+            _log_rechecked(folder, _held(saved.get("rechecked", {}), tests))
     done = sum(code is not None for code in data["exit_code_by_key"].values())
     spent = folder / "mutmut-seconds"
     progress = {"module": module, "source": source_hash(module), "tests": tests,
                 "seconds": float(spent.read_text()) if spent.is_file() else 0.0,
                 "checked": done, "mutants": len(data["exit_code_by_key"]),
-                "saved": time.strftime("%Y-%m-%d %H:%M"), "mutmut_meta": data}
+                "saved": time.strftime("%Y-%m-%d %H:%M"), "mutmut_meta": data,
+                "rechecked": rechecked_so_far(folder, tests)}
     PROGRESS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(progress, indent=1, sort_keys=True) + "\n")
     return done
@@ -200,16 +205,42 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
         return 0
     data = saved["mutmut_meta"]
     # Tests may have been added since: the mutants that were not killed run again (mutmut runs
-    # every mutant without a verdict); kills (timeouts and segfaults included) stand.
-    data = {**data, "exit_code_by_key": {name: None if code in NOT_KILLED_CODES else code
+    # every mutant without a verdict); kills (timeouts and segfaults included) stand, and so do
+    # the whole selection's kills of mutmut's survivors (they keep mutmut's verdict and their kill).
+    rechecked = _held(saved.get("rechecked", {}), tests)
+    data = {**data, "exit_code_by_key": {name: None if code in NOT_KILLED_CODES and name not in rechecked else code
                                          for name, code in data["exit_code_by_key"].items()}}
     meta = _meta(module, folder)
     meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps(data))
+    _log_rechecked(folder, rechecked)
     (folder / "mutmut-seconds").write_text(f"{saved['seconds']:.1f}")
     print(f"{module}: resuming from {path.relative_to(ROOT)}: {saved['checked']} of {saved['mutants']} "
           "mutants checked", flush=True)
     return saved["checked"]
+
+
+def _held(kills: dict[str, str], tests: list[str]) -> dict[str, str]:
+    """The kills (name -> test id) made by a test file the selection still holds."""
+    return {name: test for name, test in kills.items() if test.split("::")[0] in tests}
+
+
+def rechecked_so_far(folder: Path, tests: list[str]) -> dict[str, str]:
+    """The whole selection's kills recorded in a working copy (by tests the selection still holds)."""
+    log = folder / RECHECK_LOG
+    return _held(json.loads(log.read_text()), tests) if log.is_file() else {}
+
+
+def _log_rechecked(folder: Path, kills: dict[str, str]) -> None:
+    """Add kills to the working copy's recheck log (written whole, then renamed: a stop never leaves half)."""
+    if not kills:
+        return
+    log = folder / RECHECK_LOG
+    known = json.loads(log.read_text()) if log.is_file() else {}
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = log.with_suffix(".partial")
+    partial.write_text(json.dumps({**known, **kills}, indent=1, sort_keys=True) + "\n")
+    partial.replace(log)
 
 
 def outcomes(folder: Path) -> dict[str, str]:
@@ -342,6 +373,7 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
                     passes_alone[test] = runner.run("", [test], limit).returncode == 0
                 if passes_alone[test]:
                     killed[name] = test
+                    _log_rechecked(folder, {name: test})
             print(f"  recheck {i}/{len(files)} {name}: "
                   f"{'killed by ' + killed[name] if name in killed else 'survived'}", flush=True)
     return killed
@@ -374,13 +406,16 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
     spent = float(spent_file.read_text()) if spent_file.is_file() and not survivors_only else 0.0
     began = time.perf_counter()
 
+    mutmut_over = False  # once it is, its time is written: a stop in the recheck adds nothing to it
+
     def stopped(signum, frame):
         if not survivors_only:
-            spent_file.write_text(f"{spent + time.perf_counter() - began:.1f}")
+            if not mutmut_over:
+                spent_file.write_text(f"{spent + time.perf_counter() - began:.1f}")
             if _meta(module, folder).is_file():
                 save_progress(module, tests)
-        raise SystemExit(f"{module}: stopped; mutmut's state is kept and a rerun continues from it "
-                         f"(on another clone too, once docs/mutation/progress/ is committed)")
+        raise SystemExit(f"{module}: stopped; mutmut's state and the recheck's kills are kept and a rerun "
+                         f"continues from them (on another clone too, once docs/mutation/progress/ is committed)")
 
     before = signal.signal(signal.SIGTERM, stopped)
     try:
@@ -388,39 +423,42 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
             done = subprocess.CompletedProcess([], 0, "", "")
         else:
             done = _mutmut(folder, "run", "--max-children", "1", *names)
+        seconds = spent + time.perf_counter() - began
+        if survivors_only:  # the module's time is that of its whole run
+            seconds = previous["seconds"]
+        else:
+            spent_file.write_text(f"{seconds:.1f}")
+        mutmut_over = True
+        (folder / "run.log").write_text(done.stdout[-20000:] + "\n" + done.stderr[-20000:])
+        found = outcomes(folder)
+        if survivors_only:
+            # mutmut forgets its results when the test selection changes; a mutant an earlier run
+            # killed is still killed by a selection that holds every earlier test (a report lists
+            # the outcome of each mutant that was not a plain kill).
+            earlier = previous.get("all_outcomes", {})
+            for name, outcome in found.items():
+                if name not in names and outcome not in KILLED + NOT_KILLED:
+                    found[name] = earlier.get(name, "killed")
+        unfinished = sorted(name for name, outcome in found.items() if outcome not in KILLED + NOT_KILLED)
+        said = done.stdout + done.stderr
+        if any(line in said for line in ("Failed to run clean test", "failed to collect stats")):
+            unfinished = unfinished or sorted(names or found)  # mutmut stopped first: nothing it shows is new
+        if unfinished and report.is_file():
+            # mutmut stops before any mutant when the tests fail on the unmutated code ("failed to
+            # collect stats"): keep the last finished report instead of one that scores nothing.
+            tail = "\n".join(said.strip().splitlines()[-3:])
+            raise SystemExit(f"{module}: {len(unfinished)} of {len(found)} mutants not checked, the last report is "
+                             f"kept. mutmut said:\n{tail}\nRun the module's tests in {folder} to see which one fails.")
+        # Kills of the whole selection made before, for this source and a selection that still holds their
+        # tests: by an earlier finished run, or by this run's recheck before it was stopped.
+        rechecked = previous.get("rechecked", {}) if previous.get("source") == source_hash(module) else {}
+        rechecked = _held(rechecked, tests) | rechecked_so_far(folder, tests)
+        rechecked = {name: test for name, test in rechecked.items() if found.get(name) in NOT_KILLED}
+        unkilled = sorted(name for name, outcome in found.items() if outcome in NOT_KILLED and name not in rechecked)
+        if rechecking:
+            rechecked |= recheck(folder, tests, conf, unkilled)
     finally:
         signal.signal(signal.SIGTERM, before)
-    seconds = spent + time.perf_counter() - began
-    if survivors_only:  # the module's time is that of its whole run
-        seconds = previous["seconds"]
-    else:
-        spent_file.write_text(f"{seconds:.1f}")
-    (folder / "run.log").write_text(done.stdout[-20000:] + "\n" + done.stderr[-20000:])
-    found = outcomes(folder)
-    if survivors_only:
-        # mutmut forgets its results when the test selection changes; a mutant an earlier run
-        # killed is still killed by a selection that holds every earlier test (a report lists
-        # the outcome of each mutant that was not a plain kill).
-        earlier = previous.get("all_outcomes", {})
-        for name, outcome in found.items():
-            if name not in names and outcome not in KILLED + NOT_KILLED:
-                found[name] = earlier.get(name, "killed")
-    unfinished = sorted(name for name, outcome in found.items() if outcome not in KILLED + NOT_KILLED)
-    said = done.stdout + done.stderr
-    if any(line in said for line in ("Failed to run clean test", "failed to collect stats")):
-        unfinished = unfinished or sorted(names or found)  # mutmut stopped first: nothing it shows is new
-    if unfinished and report.is_file():
-        # mutmut stops before any mutant when the tests fail on the unmutated code ("failed to
-        # collect stats"): keep the last finished report instead of one that scores nothing.
-        tail = "\n".join(said.strip().splitlines()[-3:])
-        raise SystemExit(f"{module}: {len(unfinished)} of {len(found)} mutants not checked, the last report is "
-                         f"kept. mutmut said:\n{tail}\nRun the module's tests in {folder} to see which one fails.")
-    # Kills of the whole selection made before, for this source and a selection that still holds their tests.
-    rechecked = previous.get("rechecked", {}) if previous.get("source") == source_hash(module) else {}
-    rechecked = {name: test for name, test in rechecked.items() if found.get(name) in NOT_KILLED}
-    unkilled = sorted(name for name, outcome in found.items() if outcome in NOT_KILLED and name not in rechecked)
-    if rechecking:
-        rechecked |= recheck(folder, tests, conf, unkilled)
     for name in rechecked:
         found[name] = WHOLE
     counts: dict[str, int] = {}

@@ -343,6 +343,64 @@ def test_recheck_counts_a_survivor_killed_by_a_later_test_of_the_selection(mutat
     assert mutation.recheck(folder, ["tests/test_mod.py"], {}, []) == {}
 
 
+def test_recheck_records_each_kill_in_the_working_copy_as_it_goes(mutation, tmp_path):
+    folder = _mutants_folder(tmp_path)
+    names = ["mod.x_f__mutmut_1", "mod.x_f__mutmut_2"]
+    mutation.recheck(folder, ["tests/test_mod.py"], {"pytest_args": ["-p", "no:cacheprovider"]}, names)
+    assert mutation.rechecked_so_far(folder, ["tests/test_mod.py", "tests/t.py"]) == {
+        "mod.x_f__mutmut_2": "tests/test_mod.py::test_big"}
+    assert mutation.rechecked_so_far(folder, ["tests/t.py"]) == {}  # its killer is no longer selected
+
+
+def test_a_recheck_stopped_part_way_keeps_its_kills_on_a_fresh_clone(mutation, monkeypatch):
+    import os
+    import shutil
+    import signal
+    import time
+
+    conf = _project(mutation)
+    module, tests = "prismatic_assets/mod.py", ["tests/test_mod.py"]
+    name = "prismatic_assets.mod.x_f__mutmut_{}".format
+    verdicts = {name(1): 1, name(2): 0, name(3): 0}  # killed, then two survivors of mutmut's pass
+
+    def mutmut_finished(folder, *args):
+        if args[0] == "run":
+            meta = folder / "mutants" / "prismatic_assets" / "mod.py.meta"
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps(_meta(verdicts)))
+        return _Done()
+
+    def stopped_after_one_kill(folder, tests, conf, names):
+        mutation._log_rechecked(folder, {name(2): "tests/test_mod.py::test_f"})
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(mutation, "_mutmut", mutmut_finished)
+    monkeypatch.setattr(mutation, "outcomes", lambda folder: {name(1): "killed", name(2): "survived",
+                                                             name(3): "survived"})
+    monkeypatch.setattr(mutation, "recheck", stopped_after_one_kill)
+    with pytest.raises(SystemExit, match="the recheck's kills are kept"):
+        mutation.run_module(module, tests, conf)
+    assert signal.getsignal(signal.SIGTERM) == handler
+    saved = json.loads((mutation.PROGRESS / "mod.json").read_text())
+    assert saved["rechecked"] == {name(2): "tests/test_mod.py::test_f"} and saved["checked"] == 3
+    assert saved["seconds"] < 0.3  # mutmut's time, without the recheck's
+
+    # Another machine: mutant 2 keeps mutmut's verdict and its kill; mutant 3 runs through mutmut again.
+    shutil.rmtree(mutation.OUT)
+    folder = mutation.prepare(module, tests, conf)
+    assert json.loads((folder / "mutants" / "prismatic_assets" / "mod.py.meta").read_text())["exit_code_by_key"] \
+        == {name(1): 1, name(2): 0, name(3): None}
+    asked = []
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
+    result = mutation.run_module(module, tests, conf)
+    assert asked == [[name(3)]]
+    assert result["counts"] == {"killed": 1, "killed by the whole selection": 1, "survived": 1}
+    assert result["rechecked"] == {name(2): "tests/test_mod.py::test_f"}
+    assert not (mutation.PROGRESS / "mod.json").exists()
+
+
 def test_recheck_refuses_a_selection_that_fails_unmutated(mutation, tmp_path):
     folder = _mutants_folder(tmp_path)
     (folder / "mutants" / "tests" / "test_mod.py").write_text(
@@ -422,7 +480,7 @@ def test_a_run_stopped_and_resumed_reports_the_time_of_both_invocations(mutation
     monkeypatch.setattr(mutation, "prepare", lambda *a: mutation.OUT)
     monkeypatch.setattr(mutation, "_mutmut", stopped_after_a_while)
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {})
-    with pytest.raises(SystemExit, match="stopped; mutmut's state is kept"):
+    with pytest.raises(SystemExit, match="stopped; mutmut's state and the recheck's kills are kept"):
         mutation.run_module(module, ["tests/t.py"], {})
     assert signal.getsignal(signal.SIGTERM) == handler  # the run's handler is gone with it
     first = float((mutation.OUT / "mutmut-seconds").read_text())
