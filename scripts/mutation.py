@@ -23,10 +23,10 @@ machine continues where it stopped.
 
 A whole run of some modules takes hours, longer than one machine may be lent. Stopped (SIGTERM,
 or killed and then `--save-progress`), it writes mutmut's verdicts so far, and the kills its
-recheck has made (kept in the working copy as it goes), to docs/mutation/progress/<module>.json; committed, they let the run continue on a fresh clone:
-a new working copy starts from them while the module's source is the same and its test
-selection still holds every test file they were made with, and the file goes when the run
-finishes.
+recheck has made (kept in the working copy as it goes), to docs/mutation/progress/<module>.json;
+committed, they let the run continue on a fresh clone: a new working copy starts from them while
+the module's source is the same and its test selection still holds every test file they were
+made with, and the file goes when the run finishes.
 
 A survivor that no test can kill (it changes no behaviour: a default argument spelled out,
 a performance-only flag) is explained in docs/mutation/<module>.toml with a one-line reason,
