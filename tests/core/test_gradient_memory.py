@@ -191,6 +191,37 @@ class _KeywordBlocks(torch.nn.Module):
         return SimpleNamespace(logits=self.inner(input_ids))
 
 
+class _Plain(torch.nn.Module):
+    """A causal LM's whole forward and nothing else: no head to split off, no logits_to_keep."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config = inner, SimpleNamespace(vocab_size=inner.config.vocab_size)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_the_probe_measures_the_same_blocks_whichever_way_it_runs_the_model(tokenizer, one_thread):
+    """The decoder alone (a split head), the whole model with logits_to_keep=1, or the whole model:
+    the blocks save the same bytes. Outside them, per token: a split head holds three copies of
+    the hidden states (the head's input, its gradient, the full-size gradient) where the whole
+    model's probe saw one (the final norm's output the head reads): two more, 4 bytes x 32 each."""
+    def cost(model):
+        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
+                                memory=MemoryBudget(400 * MB, resident=lambda: 0)).step_cost()
+    split = cost(make_tiny_llama(tokenizer))
+    kept_logits = make_tiny_llama(tokenizer)
+    kept_logits.get_output_embeddings = torch.nn.Identity  # no head to split off: logits_to_keep=1
+    whole = [cost(kept_logits), cost(_Plain(make_tiny_llama(tokenizer)))]
+    assert split.split_head and not any(c.split_head for c in whole)
+    assert all(block.token > 0 and block.pair > 0 for block in split.blocks) and len(split.blocks) == 2
+    assert split.block_inputs == (4 * 32.0, 4 * 32.0)  # each block's input: the hidden states, float32
+    for c in whole:
+        assert (c.blocks, c.block_inputs) == (split.blocks, split.block_inputs)
+        assert split.other.token - c.other.token == 2 * 4 * 32 and split.other.const == c.other.const
+
+
 def test_blocks_that_cannot_be_recomputed_are_found_by_a_probe_with_a_warning(tokenizer, one_thread):
     def cost(model):
         return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
