@@ -222,6 +222,23 @@ def test_the_probe_measures_the_same_blocks_whichever_way_it_runs_the_model(toke
         assert split.other.token - c.other.token == 2 * 4 * 32 and split.other.const == c.other.const
 
 
+def test_a_model_that_changes_its_logits_after_the_head_computes_them_all_at_once(tokenizer, one_thread):
+    """Logits scaled after the head (as softcapping models do): the head cannot be split off, so no
+    step computes its logits in chunks, and the vectors are still the one-at-a-time ones."""
+    model = make_tiny_llama(tokenizer)
+
+    def scaled(module, args, out):
+        out["logits"] = 2.0 * out.logits
+        return out
+    model.register_forward_hook(scaled)
+    embedder = GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=320), "fp",
+                                memory=MemoryBudget(400 * MB, resident=lambda: 0))
+    assert not embedder.step_cost().split_head
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    _assert_same(embedder.embed_many(PAIRS, batch_size=2), one)
+    assert len(embedder.last_plan) == 3 and all(p.logit_chunk is None for p in embedder.last_plan)
+
+
 def test_blocks_that_cannot_be_recomputed_are_found_by_a_probe_with_a_warning(tokenizer, one_thread):
     def cost(model):
         return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
