@@ -239,6 +239,21 @@ def test_a_model_that_changes_its_logits_after_the_head_computes_them_all_at_onc
     assert len(embedder.last_plan) == 3 and all(p.logit_chunk is None for p in embedder.last_plan)
 
 
+def test_a_step_of_several_samples_with_its_logits_in_chunks_gives_each_its_own_vector(tokenizer, one_thread):
+    """On a tiny model the planner chunks only lone long samples; a step of three samples of other
+    lengths, its logits 7 positions at a time (or all at once), gives each its one-at-a-time
+    vector and loss."""
+    from prismatic_assets.core.gradients import encode_chat_sample
+
+    embedder = _embedder(tokenizer, 400 * MB)
+    pairs = [LONG, (LONG[0], LONG[1][:200]), SHORT[1]]
+    one = [embedder.embed(p, r) for p, r in pairs]
+    encoded = [encode_chat_sample(tokenizer, p, r, 320) for p, r in pairs]
+    assert embedder.step_cost().split_head and len({e.n_response_tokens for e in encoded}) == 3  # as a plan would
+    for chunk in (7, None):
+        _assert_same(embedder._embed_batch_hooks(encoded, 0, chunk), one)
+
+
 def test_blocks_that_cannot_be_recomputed_are_found_by_a_probe_with_a_warning(tokenizer, one_thread):
     def cost(model):
         return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
