@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -280,3 +283,46 @@ def test_max_length_of_8_tokens_is_the_smallest_allowed():
     assert GradientSpec(max_length=8).max_length == 8
     with pytest.raises(ValueError, match="max_length=7: must be at least 8 tokens"):
         GradientSpec(max_length=7)
+
+
+class _SlowTokenizer:
+    """The packaged tokenizer, 0.1 s slower at each chat template (two per sample)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def apply_chat_template(self, *args, **kwargs):
+        time.sleep(0.1)
+        return self.inner.apply_chat_template(*args, **kwargs)
+
+
+def test_every_row_carries_its_figures_and_a_time_that_counts_its_encoding(packaged_tokenizer, tiny_llama):
+    """A row that cannot be encoded, a computed one and one with a non-finite loss: each field as
+    the sample gives it, and each row's seconds from before its encoding (0.2 s here) to its end."""
+    embedder = GradientEmbedder(tiny_llama, _SlowTokenizer(packaged_tokenizer), ProjectionSpec(dim=64),
+                                GradientSpec(max_length=64), "fp")
+    encoded = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE * 2, 64)
+    assert encoded.truncated
+    began = time.perf_counter()
+    too_long = embedder.embed("x " * 400, "short")
+    computed = embedder.embed(PROMPT, RESPONSE * 2)
+    wall = time.perf_counter() - began
+    row = too_long
+    assert (row.vector, row.grad_norm, row.n_response_tokens, row.truncated) == (None, 0.0, 0, False)
+    assert math.isnan(too_long.loss) and too_long.error.startswith("the prompt alone is")
+    assert computed.error is None and computed.grad_norm > 0 and np.isfinite(computed.loss)
+    assert (computed.n_response_tokens, computed.truncated) == (encoded.n_response_tokens, True)
+    assert 0.2 <= too_long.seconds and 0.2 <= computed.seconds and too_long.seconds + computed.seconds <= wall
+    with torch.no_grad():
+        tiny_llama.model.norm.weight.fill_(float("nan"))
+    began = time.perf_counter()
+    broken = embedder.embed(PROMPT, RESPONSE * 2)
+    assert (broken.vector, broken.grad_norm, broken.error) == (None, 0.0, "non-finite loss (nan)")
+    assert math.isnan(broken.loss) and (broken.n_response_tokens, broken.truncated) == (encoded.n_response_tokens, True)
+    assert 0.2 <= broken.seconds <= time.perf_counter() - began
