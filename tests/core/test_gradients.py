@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 import time
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -326,3 +329,42 @@ def test_every_row_carries_its_figures_and_a_time_that_counts_its_encoding(packa
     assert (broken.vector, broken.grad_norm, broken.error) == (None, 0.0, "non-finite loss (nan)")
     assert math.isnan(broken.loss) and (broken.n_response_tokens, broken.truncated) == (encoded.n_response_tokens, True)
     assert 0.2 <= broken.seconds <= time.perf_counter() - began
+
+
+class _TwoInputLayer(torch.nn.Module):
+    """A causal LM (position-wise) with a layer of two inputs: its forward cannot be replayed per sample."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.mix, self.out = (torch.nn.Embedding(vocab, 8), torch.nn.Bilinear(8, 8, 8),
+                                          torch.nn.Linear(8, vocab))
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        h = self.embed(input_ids)
+        return SimpleNamespace(logits=self.out(self.mix(h, h)))
+
+
+def _embedding_with_max_norm(tokenizer):
+    model = make_tiny_llama(tokenizer)
+    model.model.embed_tokens.max_norm = 1e6  # never reached, but the hooks cannot replay a renormalizing embedding
+    return model
+
+
+@pytest.mark.parametrize("make, reason", [
+    (_embedding_with_max_norm, "embedding model.embed_tokens uses max_norm"),  # found when the hooks are made
+    (lambda tok: _TwoInputLayer(len(tok)), "module mix (Bilinear) owns selected parameters and takes more than one "
+                                           "input"),  # found in the first step
+])
+def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged_tokenizer, make, reason):
+    embedder = GradientEmbedder(make(packaged_tokenizer), packaged_tokenizer, ProjectionSpec(dim=64),
+                                GradientSpec(max_length=96), "fp")
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    said = r"batched gradients are not available for this model \(" + re.escape(reason)
+    with pytest.warns(RuntimeWarning, match=said):
+        many = embedder.embed_many(PAIRS, batch_size=3)
+    _assert_same_embeddings(many, one)
+    assert embedder.batched_unsupported is not None and embedder.batched_unsupported.startswith(reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the next call goes one at a time without trying again
+        _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), one)
