@@ -368,3 +368,15 @@ def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once: the next call goes one at a time without trying again
         _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), one)
+
+
+def test_a_selected_parameter_the_loss_does_not_reach_counts_as_zeros(packaged_tokenizer, tiny_llama):
+    tiny_llama.model.unused = torch.nn.Linear(3, 2)  # never called: no gradient reaches it
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(params=r"unused|layers\.1\.mlp",
+                                                                              max_length=96))
+    assert [name for name, _ in embedder.params][-2:] == ["model.unused.weight", "model.unused.bias"]
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    assert sum(o.error is None for o in one) == 5
+    assert all(p.grad is None for p in tiny_llama.parameters())  # nothing left behind
+    _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), one)
+    assert all(p.grad is None for p in tiny_llama.parameters())
