@@ -380,3 +380,26 @@ def test_a_selected_parameter_the_loss_does_not_reach_counts_as_zeros(packaged_t
     assert all(p.grad is None for p in tiny_llama.parameters())  # nothing left behind
     _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), one)
     assert all(p.grad is None for p in tiny_llama.parameters())
+
+
+def test_a_step_of_several_samples_times_each_row_as_its_share_and_keeps_error_rows_whole(packaged_tokenizer,
+                                                                                          tiny_llama):
+    """One step of four samples: each row's seconds is a quarter of the step's, within the call;
+    a non-finite loss gives each row the one-at-a-time error row's figures."""
+    pairs = [PAIRS[0], PAIRS[1], PAIRS[3], PAIRS[5]]
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=64))
+    began = time.perf_counter()
+    rows = embedder.embed_many(pairs, batch_size=4)
+    wall = time.perf_counter() - began
+    assert len(embedder.last_plan) == 1 and all(r.error is None for r in rows)
+    assert len({r.seconds for r in rows}) == 1 and 0 < 4 * rows[0].seconds <= wall
+    with torch.no_grad():
+        tiny_llama.model.norm.weight.fill_(float("nan"))
+    one = [embedder.embed(p, r) for p, r in pairs]
+    many = embedder.embed_many(pairs, batch_size=4)
+    assert [o.error for o in one] == [m.error for m in many] == ["non-finite loss (nan)"] * 4
+    for o, m in zip(one, many, strict=True):
+        assert (m.vector, m.grad_norm) == (None, 0.0)
+        assert (m.n_response_tokens, m.truncated) == (o.n_response_tokens, o.truncated)
+        assert math.isnan(m.loss) and m.seconds >= 0
+    assert {o.truncated for o in one} == {False, True}  # both kinds of row
