@@ -285,9 +285,14 @@ def test_blocks_are_recomputed_when_that_is_what_fits(tokenizer, one_thread):
     assert saved > 0
     # Room for all the logits only if at least one block is recomputed.
     embedder = budgeted(int((need - saved / 2) / (1 - HEADROOM)))
+    embedder.step_cost()  # its probes run the model too: measured first
+    runs = []  # the step's forwards of the last block: without gradients (keeping nothing), then in backward
+    hook = model.model.layers[-1].mlp.register_forward_hook(lambda *a: runs.append(torch.is_grad_enabled()))
     out = embedder.embed_many([LONG])
+    hook.remove()
     (step,) = embedder.last_plan
     assert step.recompute >= 1 and step.logit_chunk is None
+    assert runs == [False, True]
     _assert_same(out, one)
 
 
