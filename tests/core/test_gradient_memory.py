@@ -239,13 +239,29 @@ def test_a_model_that_changes_its_logits_after_the_head_computes_them_all_at_onc
     assert len(embedder.last_plan) == 3 and all(p.logit_chunk is None for p in embedder.last_plan)
 
 
-def test_a_step_of_several_samples_with_its_logits_in_chunks_gives_each_its_own_vector(tokenizer, one_thread):
+def _untied_head_only(tokenizer) -> GradientEmbedder:
+    """A Qwen2-shaped model with its own output matrix, and only that matrix selected: no gradient
+    flows back into the decoder."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    return GradientEmbedder(Qwen2ForCausalLM(config).eval(), tokenizer, ProjectionSpec(dim=64),
+                            GradientSpec(max_length=320, params=r"^lm_head\."), "fp",
+                            memory=MemoryBudget(400 * MB, resident=lambda: 0))
+
+
+@pytest.mark.parametrize("make", [lambda tok: _embedder(tok, 400 * MB), _untied_head_only],
+                         ids=["every-parameter", "untied-head-only"])
+def test_a_step_of_several_samples_with_its_logits_in_chunks_gives_each_its_own_vector(tokenizer, one_thread, make):
     """On a tiny model the planner chunks only lone long samples; a step of three samples of other
     lengths, its logits 7 positions at a time (or all at once), gives each its one-at-a-time
     vector and loss."""
     from prismatic_assets.core.gradients import encode_chat_sample
 
-    embedder = _embedder(tokenizer, 400 * MB)
+    embedder = make(tokenizer)
     pairs = [LONG, (LONG[0], LONG[1][:200]), SHORT[1]]
     one = [embedder.embed(p, r) for p, r in pairs]
     encoded = [encode_chat_sample(tokenizer, p, r, 320) for p, r in pairs]
