@@ -183,8 +183,10 @@ def _assert_same_embeddings(many, one, atol=1e-5):
     assert len(many) == len(one)
     for m, o in zip(many, one):
         assert m.error == o.error
-        if o.vector is None:
+        if o.vector is None:  # an error row: the same figures as far as the sample got
             assert m.vector is None
+            assert (m.grad_norm, m.n_response_tokens, m.truncated) == (o.grad_norm, o.n_response_tokens, o.truncated)
+            assert m.loss == o.loss or (math.isnan(m.loss) and math.isnan(o.loss))
             continue
         # Unit vectors: entries ~0.1; rtol 1e-5 plus an absolute floor for entries near zero.
         np.testing.assert_allclose(m.vector, o.vector, rtol=1e-5, atol=atol)
@@ -389,10 +391,11 @@ def test_a_step_of_several_samples_times_each_row_as_its_share_and_keeps_error_r
     pairs = [PAIRS[0], PAIRS[1], PAIRS[3], PAIRS[5]]
     embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=64))
     began = time.perf_counter()
-    rows = embedder.embed_many(pairs, batch_size=4)
+    *rows, too_long = embedder.embed_many(pairs + [PAIRS[2]], batch_size=4)
     wall = time.perf_counter() - began
     assert len(embedder.last_plan) == 1 and all(r.error is None for r in rows)
     assert len({r.seconds for r in rows}) == 1 and 0 < 4 * rows[0].seconds <= wall
+    assert too_long.error.startswith("the prompt alone is") and 0 <= too_long.seconds <= wall - 4 * rows[0].seconds
     with torch.no_grad():
         tiny_llama.model.norm.weight.fill_(float("nan"))
     one = [embedder.embed(p, r) for p, r in pairs]
@@ -403,3 +406,43 @@ def test_a_step_of_several_samples_times_each_row_as_its_share_and_keeps_error_r
         assert (m.n_response_tokens, m.truncated) == (o.n_response_tokens, o.truncated)
         assert math.isnan(m.loss) and m.seconds >= 0
     assert {o.truncated for o in one} == {False, True}  # both kinds of row
+
+
+def test_one_samples_non_finite_loss_spoils_no_other_row_of_its_step(packaged_tokenizer):
+    """A token whose input embedding is NaN appears in one sample only (the output matrix is its
+    own, so no logit is NaN): that row is an error, the other rows of the same step are the
+    one-at-a-time vectors."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(packaged_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=False, pad_token_id=packaged_tokenizer.pad_token_id)
+    model = Qwen2ForCausalLM(config).eval()
+    pairs = [(PROMPT, RESPONSE), ("What is 2 + 2?", "4"), ("Name a colour.", "Purple.")]
+    ids = [set(encode_chat_sample(packaged_tokenizer, p, r, 96).input_ids[0].tolist()) for p, r in pairs]
+    (token, *_) = sorted(ids[2] - ids[0] - ids[1])
+    with torch.no_grad():
+        model.model.embed_tokens.weight[token] = float("nan")
+    embedder = _embedder(model, packaged_tokenizer, gradient=GradientSpec(max_length=96))
+    one = [embedder.embed(p, r) for p, r in pairs]
+    assert [o.error for o in one] == [None, None, "non-finite loss (nan)"]
+    _assert_same_embeddings(embedder.embed_many(pairs, batch_size=3), one)
+    assert len(embedder.last_plan) == 1
+
+
+def test_a_model_without_logits_to_keep_slices_its_logits_itself(packaged_tokenizer):
+    from tests.core.test_gradient_memory import _Plain
+
+    embedder = GradientEmbedder(_Plain(make_tiny_llama(packaged_tokenizer)), packaged_tokenizer,
+                                ProjectionSpec(dim=64), GradientSpec(max_length=96), "fp")
+    assert not embedder._keeps_logits
+    _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), [embedder.embed(p, r) for p, r in PAIRS])
+    assert embedder.batched_unsupported is None
+
+
+def test_embed_many_refuses_a_token_cap_below_one(packaged_tokenizer, tiny_llama):
+    embedder = _embedder(tiny_llama, packaged_tokenizer)
+    for cap in (0, -5):
+        with pytest.raises(ValueError, match=f"max_batch_tokens must be positive or None, got {cap}"):
+            embedder.embed_many(PAIRS, max_batch_tokens=cap)
