@@ -130,16 +130,17 @@ def test_plan_is_the_steps_embed_many_takes(tokenizer, one_thread):
     kept = [0, 2, 3, 4, 5]
     # (budget, batch_size, max_batch_tokens, the most samples a step takes): 40 MB fits two short
     # samples a step and the long one only with its logits in chunks; 400 MB fits all four short
-    # ones (3 with batch_size 3), but in 90 padded tokens only the two shortest (39 and 40 tokens).
+    # ones (3 with batch_size 3), but in 90 padded tokens only the two shortest (39 and 40 tokens),
+    # with a budget or without.
     for budget, batch_size, max_tokens, most in ((40 * MB, 2, None, 2), (400 * MB, 3, None, 3),
-                                                 (400 * MB, 8, 90, 2), (400 * MB, None, None, 4)):
+                                                 (400 * MB, 8, 90, 2), (400 * MB, None, None, 4), (None, 8, 90, 2)):
         embedder = _embedder(tokenizer, budget)
         planned = embedder.plan(pairs, batch_size=batch_size, max_batch_tokens=max_tokens)
         out = embedder.embed_many(pairs, batch_size=batch_size, max_batch_tokens=max_tokens)
         assert planned == embedder.last_plan
         assert sorted(i for p in planned for i in p.indices) == kept == [i for i, o in enumerate(out) if not o.error]
         assert max(len(p.indices) for p in planned) == most
-        assert all(p.predicted_bytes > 0 for p in planned)
+        assert all((p.predicted_bytes > 0) == (budget is not None) for p in planned)  # no budget: nothing predicted
         assert any(p.logit_chunk is not None for p in planned) == (budget == 40 * MB)
     with pytest.raises(ValueError, match="max_batch_tokens must be positive or None, got 0"):
         embedder.plan(pairs, max_batch_tokens=0)
@@ -176,6 +177,11 @@ def test_the_step_cost_counts_each_logit_row_and_the_largest_selected_parameter(
     assert (found.logit_position, found.split_head, found.sample_block) == (4 * (vocab + 64), False, 4 * vocab * 32)
     found = cost(_NoHeadNoVocab(make_tiny_llama(tokenizer)))
     assert (found.logit_position, found.split_head) == (4 * vocab, False)
+    # Per-sample gradient blocks: 1/32 of the budget, at least 1 MiB, at most the default 256 MiB.
+    for budget, cap in ((400 * MB, 400 * MB // 32), (16 * MB, 2**20), (64 * 2**30, 256 * 2**20)):
+        embedder = GradientEmbedder(make_tiny_llama(tokenizer), tokenizer, ProjectionSpec(dim=16), GradientSpec(),
+                                    "fp", memory=MemoryBudget(budget, resident=lambda: 0))
+        assert embedder.step_cost().block_cap == cap
 
 
 class _KeywordBlocks(torch.nn.Module):
@@ -436,3 +442,29 @@ def test_a_graph_recorded_for_counting_refuses_backward():
         y = torch.tanh(layer(x)).sum()
     with pytest.raises(RuntimeError, match="cannot run backward"):
         y.backward()
+
+
+def test_memory_a_step_freed_is_handed_back_before_the_next_within_a_budget(tokenizer, one_thread, monkeypatch):
+    import prismatic_assets.core.gradients as gradients
+
+    handed_back = []
+    monkeypatch.setattr(gradients, "release_freed_memory", lambda: handed_back.append(1))
+    _embedder(tokenizer, None).embed_many(PAIRS, batch_size=8)
+    assert handed_back == []  # no budget: nothing to keep under
+    embedder = _embedder(tokenizer, 40 * MB)
+    embedder.embed_many(PAIRS, batch_size=8)
+    assert len(embedder.last_plan) > 1
+    assert len(handed_back) == 1 + len(embedder.last_plan)  # once the step cost is measured, then after each step
+
+
+def test_a_budget_without_a_resident_reader_counts_this_process(tokenizer, one_thread):
+    """resident=None: the process's own resident memory counts against the budget (a few hundred MB
+    here), so a budget of 64 GiB plans steps and one of 50 MB has no room left."""
+    model = make_tiny_llama(tokenizer)
+    ample = GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=320), "fp",
+                             memory=MemoryBudget.gb(64))
+    assert [o.error for o in ample.embed_many(PAIRS)] == [None] * len(PAIRS)
+    tight = GradientEmbedder(model, tokenizer, ProjectionSpec(dim=64), GradientSpec(max_length=320), "fp",
+                             memory=MemoryBudget(50 * MB))
+    with pytest.raises(MemoryBudgetError, match="already resident"):
+        tight.plan(PAIRS)
