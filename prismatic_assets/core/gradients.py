@@ -271,7 +271,11 @@ class GradientEmbedder:
         prompts = [e.n_prompt_tokens for e in encs]
         if self.memory is None or not encs or not self._batched_available():
             return unbudgeted_batches(lengths, prompts, batch_size, max_batch_tokens)
-        cost = self.step_cost()  # first: its forwards also page in every weight, which then counts as resident
+        try:
+            cost = self.step_cost()  # first: its forwards also page in every weight, which then counts as resident
+        except UnsupportedModule as exc:  # a module the hooks cannot replay, met by the probe's forwards
+            self._fall_back(str(exc))
+            return unbudgeted_batches(lengths, prompts, batch_size, max_batch_tokens)
         release_freed_memory()
         resident = self.memory.resident() if self.memory.resident is not None else resident_bytes(self.device)
         return plan_batches(lengths, prompts, cost, self.memory.total_bytes, resident, batch_size, max_batch_tokens)

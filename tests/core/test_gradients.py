@@ -341,6 +341,7 @@ class _TwoInputLayer(torch.nn.Module):
         torch.manual_seed(0)
         self.embed, self.mix, self.out = (torch.nn.Embedding(vocab, 8), torch.nn.Bilinear(8, 8, 8),
                                           torch.nn.Linear(8, vocab))
+        self.config = SimpleNamespace(vocab_size=vocab)
 
     def forward(self, input_ids, attention_mask=None, use_cache=None):
         h = self.embed(input_ids)
@@ -358,9 +359,13 @@ def _embedding_with_max_norm(tokenizer):
     (lambda tok: _TwoInputLayer(len(tok)), "module mix (Bilinear) owns selected parameters and takes more than one "
                                            "input"),  # found in the first step
 ])
-def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged_tokenizer, make, reason):
+@pytest.mark.parametrize("budget", [None, 400_000_000], ids=["no-budget", "budget"])
+def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged_tokenizer, make, reason, budget):
+    from prismatic_assets.core.gradient_memory import MemoryBudget
+
+    memory = None if budget is None else MemoryBudget(budget, resident=lambda: 0)
     embedder = GradientEmbedder(make(packaged_tokenizer), packaged_tokenizer, ProjectionSpec(dim=64),
-                                GradientSpec(max_length=96), "fp")
+                                GradientSpec(max_length=96), "fp", memory=memory)
     one = [embedder.embed(p, r) for p, r in PAIRS]
     said = r"batched gradients are not available for this model \(" + re.escape(reason)
     with pytest.warns(RuntimeWarning, match=said):
@@ -441,8 +446,30 @@ def test_a_model_without_logits_to_keep_slices_its_logits_itself(packaged_tokeni
     assert embedder.batched_unsupported is None
 
 
-def test_embed_many_refuses_a_token_cap_below_one(packaged_tokenizer, tiny_llama):
-    embedder = _embedder(tiny_llama, packaged_tokenizer)
+def test_embed_many_takes_a_whole_positive_batch_size_and_a_positive_token_cap(packaged_tokenizer, tiny_llama):
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=96))
     for cap in (0, -5):
         with pytest.raises(ValueError, match=f"max_batch_tokens must be positive or None, got {cap}"):
             embedder.embed_many(PAIRS, max_batch_tokens=cap)
+    for size in (True, 2.0, "4", 0):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {size!r}"):
+            embedder.embed_many(PAIRS, batch_size=size)
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    _assert_same_embeddings(embedder.embed_many(PAIRS, max_batch_tokens=1), one)  # one sample per step
+    assert [len(p.indices) for p in embedder.last_plan] == [1] * 5
+
+
+def test_a_projected_gradient_becomes_a_unit_vector_or_an_error_row():
+    from prismatic_assets.core.gradients import EncodedSample, _finish
+
+    encoded = EncodedSample(torch.zeros(1, 9, dtype=torch.long), torch.zeros(1, 9, dtype=torch.long), 5, 4, True)
+    row = _finish(np.array([3.0, -4.0]), 2.5, encoded, 0.25)
+    assert (row.grad_norm, row.loss, row.n_response_tokens, row.truncated, row.seconds, row.error) == \
+        (5.0, 2.5, 4, True, 0.25, None)
+    assert row.vector.dtype == np.float32 and row.vector.tolist() == [0.6000000238418579, -0.800000011920929]
+    for vector, norm, error in (([0.0, 0.0], 0.0, "zero gradient"), ([1.0, np.nan], np.nan, "non-finite gradient"),
+                                ([np.inf, 1.0], np.inf, "non-finite gradient")):
+        row = _finish(np.array(vector), 2.5, encoded, 0.25)
+        assert (row.vector, row.loss, row.n_response_tokens, row.truncated, row.seconds, row.error) == \
+            (None, 2.5, 4, True, 0.25, error)
+        assert row.grad_norm == norm or (np.isnan(norm) and np.isnan(row.grad_norm))
