@@ -444,7 +444,7 @@ def test_a_graph_recorded_for_counting_refuses_backward():
         y.backward()
 
 
-def test_memory_a_step_freed_is_handed_back_before_the_next_within_a_budget(tokenizer, one_thread, monkeypatch):
+def test_the_memory_a_step_freed_is_handed_back_before_the_next_within_a_budget(tokenizer, one_thread, monkeypatch):
     import prismatic_assets.core.gradients as gradients
 
     handed_back = []
