@@ -585,6 +585,31 @@ def test_a_world_that_cannot_write_anything_new_is_an_error_naming_the_setting(t
     assert store.query(f"SELECT count(*) AS n FROM {S.ARM_CANDIDATES}")["n"][0] == 0
 
 
+def test_a_slot_without_a_fresh_problem_is_stored_as_a_rejected_row_without_a_problem(tmp_path, tiny_embedder):
+    """The seed pool holds 92 of the 100 products problems at level 0: in 5 tries a slot finds one of
+    the other 8 or none. A slot with none is a rejected row under its slot's id, with no problem."""
+    every = {}
+    for i in range(3000):
+        every.setdefault(normalize_text(draw_entry("products", 0, i)["question"]), i)
+    seed = [world_item("products", 0, i, sample_id=f"world:products:L0:{n:03d}").sample
+            for n, i in enumerate(list(every.values())[:92])]
+    store = MetadataStore(tmp_path / "scarce.duckdb")
+    store.replace_samples(source="world", origin="seed", samples=seed, splits={}, rejections=[], run_id="s")
+    config = build_config({"seed": {"source": "world"}, "clustering": {"ratio": 0.05},
+                           "world": {"families": ["products"], "levels": [0, 1],
+                                     "generator": {"same_cell": 1.0, "neighbour_level": 0.0, "new_family": 0.0,
+                                                   "max_attempts": 5}},
+                           "arms": {"arms": ["random"], "requests_per_round": 4, "budget": 2}})
+    result = run_arm_round(store, 1, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=config,
+                           seed_source="world").arms["random"]
+    empty = [c for c in result.candidates if c.written.item is None]
+    assert empty and len(empty) < len(result.candidates)
+    rows = store.query(f"SELECT sample_id, request, slot, prompt, response, answer, source_ref, content_hash, "
+                       f"problem_key, status, reason FROM {S.ARM_CANDIDATES} WHERE prompt IS NULL ORDER BY position")
+    assert rows.rows() == [(f"arm:random:r1:q{c.request:03d}:p{c.written.slot}", c.request, c.written.slot,
+                            None, None, None, None, None, None, "rejected", "no_fresh_problem") for c in empty]
+
+
 def test_the_sparse_cluster_order_and_the_other_arms():
     sizes = np.array([9, 9, 2, 5, 5, 2, 1, 7])  # pool sizes of each candidate's nearest cluster
     sparse = np.array([False, False, True, True, True, True, True, False])
