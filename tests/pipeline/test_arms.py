@@ -92,7 +92,7 @@ def test_every_arm_accepts_the_budget_from_its_own_verified_candidates(three_rou
     for report in reports:
         assert set(report.arms) == set(ARMS)
         for arm, result in report.arms.items():
-            assert len(result.candidates) == 10 and len(result.requests) == 5
+            assert result.arm == arm and len(result.candidates) == 10 and len(result.requests) == 5
             assert [c.position for c in result.candidates] == list(range(10))  # generation order
             assert len(result.accepted) == 4 and result.shortfall == 0
             own = {c.sample.sample_id for c in result.verified}
