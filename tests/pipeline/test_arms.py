@@ -512,7 +512,7 @@ def test_a_round_counts_its_progress_times_its_stages_and_writes_under_its_run(t
     assert set(report.seconds) == {"pool gradients", "generate", "candidate gradients", "arms", "write"}
     assert all(0 <= seconds <= wall for seconds in report.seconds.values()), report.seconds
     assert sum(report.seconds.values()) <= wall
-    for table in (S.EMBEDDINGS, S.CLUSTERINGS, S.ARM_REQUESTS, S.ARM_CANDIDATES, S.ARM_ACCEPTED, S.ARM_ROUNDS):
+    for table in (S.EMBEDDINGS, S.CLUSTERINGS, S.ARM_REQUESTS, S.ARM_CANDIDATES, S.ARM_ROUNDS):
         assert store.query(f"SELECT DISTINCT run_id FROM {table}")["run_id"].to_list() == ["run-7"], table
     assert store.query(f"SELECT count(*) AS n FROM {S.EMBEDDINGS}")["n"][0] == n_pool + n_verified
 
