@@ -23,7 +23,7 @@ import pytest
 
 from prismatic_assets.core.samples import Sample, normalize_text
 from prismatic_assets.core.world import WorldError, draw_entry, world_item
-from prismatic_assets.infra.config import build_config
+from prismatic_assets.infra.config import Config, build_config
 from prismatic_assets.pipeline.arms import (
     ArmRoundOrderError,
     accepted_samples,
@@ -563,22 +563,28 @@ def test_a_seed_pool_from_another_world_is_refused(tmp_path, tiny_embedder):
                       seed_source="champ")
 
 
-def test_a_world_that_cannot_write_anything_new_is_an_error_naming_the_setting(tmp_path, tiny_embedder):
-    """Every one of the 100 products problems at level 0 is already in the seed pool."""
+def _products_world(path, keep: int, requests: int) -> tuple[MetadataStore, Config]:
+    """A store whose seed pool holds `keep` of the 100 products problems at level 0, and a config
+    whose generator writes only from that cell, in 5 tries a slot."""
     every = {}
     for i in range(3000):
-        entry = draw_entry("products", 0, i)
-        every.setdefault(normalize_text(entry["question"]), i)
+        every.setdefault(normalize_text(draw_entry("products", 0, i)["question"]), i)
     assert len(every) == 100
     seed = [world_item("products", 0, i, sample_id=f"world:products:L0:{n:03d}").sample
-            for n, i in enumerate(every.values())]
-    store = MetadataStore(tmp_path / "full.duckdb")
+            for n, i in enumerate(list(every.values())[:keep])]
+    store = MetadataStore(path)
     store.replace_samples(source="world", origin="seed", samples=seed, splits={}, rejections=[], run_id="s")
     config = build_config({"seed": {"source": "world"}, "clustering": {"ratio": 0.05},
                            "world": {"families": ["products"], "levels": [0, 1],
                                      "generator": {"same_cell": 1.0, "neighbour_level": 0.0, "new_family": 0.0,
                                                    "max_attempts": 5}},
-                           "arms": {"arms": ["random"], "requests_per_round": 2, "budget": 2}})
+                           "arms": {"arms": ["random"], "requests_per_round": requests, "budget": 2}})
+    return store, config
+
+
+def test_a_world_that_cannot_write_anything_new_is_an_error_naming_the_setting(tmp_path, tiny_embedder):
+    """Every one of the 100 products problems at level 0 is already in the seed pool."""
+    store, config = _products_world(tmp_path / "full.duckdb", keep=100, requests=2)
     with pytest.raises(WorldError, match=r"arm random, round 1: the generator found no new problem.*max_attempts=5"):
         run_arm_round(store, 1, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=config,
                       seed_source="world")
@@ -588,18 +594,7 @@ def test_a_world_that_cannot_write_anything_new_is_an_error_naming_the_setting(t
 def test_a_slot_without_a_fresh_problem_is_stored_as_a_rejected_row_without_a_problem(tmp_path, tiny_embedder):
     """The seed pool holds 92 of the 100 products problems at level 0: in 5 tries a slot finds one of
     the other 8 or none. A slot with none is a rejected row under its slot's id, with no problem."""
-    every = {}
-    for i in range(3000):
-        every.setdefault(normalize_text(draw_entry("products", 0, i)["question"]), i)
-    seed = [world_item("products", 0, i, sample_id=f"world:products:L0:{n:03d}").sample
-            for n, i in enumerate(list(every.values())[:92])]
-    store = MetadataStore(tmp_path / "scarce.duckdb")
-    store.replace_samples(source="world", origin="seed", samples=seed, splits={}, rejections=[], run_id="s")
-    config = build_config({"seed": {"source": "world"}, "clustering": {"ratio": 0.05},
-                           "world": {"families": ["products"], "levels": [0, 1],
-                                     "generator": {"same_cell": 1.0, "neighbour_level": 0.0, "new_family": 0.0,
-                                                   "max_attempts": 5}},
-                           "arms": {"arms": ["random"], "requests_per_round": 4, "budget": 2}})
+    store, config = _products_world(tmp_path / "scarce.duckdb", keep=92, requests=4)
     result = run_arm_round(store, 1, proxy=lambda: contextlib.nullcontext(tiny_embedder), config=config,
                            seed_source="world").arms["random"]
     empty = [c for c in result.candidates if c.written.item is None]
