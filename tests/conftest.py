@@ -83,6 +83,26 @@ def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2):
     return model
 
 
+def make_tiny_qwen2(tokenizer, seed: int = 0):
+    """A random-init Qwen2 with its own output matrix (untied) and biased q/k/v projections."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def sha_seed(*parts) -> int:
+    """The seed contract, written out: sha256 of the parts as a JSON list, first 4 bytes little-endian, 31 bits."""
+    import hashlib
+    import json
+
+    return int.from_bytes(hashlib.sha256(json.dumps(list(parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
 @pytest.fixture
 def tiny_llama(packaged_tokenizer):
     return make_tiny_llama(packaged_tokenizer)

@@ -25,7 +25,7 @@ from prismatic_assets.core.gradient_memory import (
 from prismatic_assets.core.gradients import GradientEmbedder, GradientSpec
 from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama, make_tiny_qwen2
 
 LONG = ("Prove that the sum of two odd numbers is even. " * 2,
         "Write them as 2a + 1 and 2b + 1; their sum is 2(a + b + 1), a multiple of two. " * 8)
@@ -146,15 +146,23 @@ def test_plan_is_the_steps_embed_many_takes(tokenizer, one_thread):
         embedder.plan(pairs, max_batch_tokens=0)
 
 
-class _NoHeadNoVocab(torch.nn.Module):
-    """A causal LM as a bare module: no output head to ask for and a config without vocab_size."""
+def _step_cost(tokenizer, model, params: str | None = None, budget: int = 400 * MB):
+    """The step cost a budgeted embedder measures on `model` (short samples, d = 16)."""
+    return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64, params=params),
+                            "fp", memory=MemoryBudget(budget, resident=lambda: 0)).step_cost()
 
-    def __init__(self, inner) -> None:
+
+class _Plain(torch.nn.Module):
+    """A causal LM's whole forward and nothing else: no head to split off, no logits_to_keep, and a
+    config with the inner model's vocab_size (or, `with_vocab=False`, none)."""
+
+    def __init__(self, inner, with_vocab: bool = True) -> None:
         super().__init__()
-        self.inner, self.config = inner, SimpleNamespace()
+        self.inner = inner
+        self.config = SimpleNamespace(vocab_size=inner.config.vocab_size) if with_vocab else SimpleNamespace()
 
-    def forward(self, **kwargs):
-        return self.inner(**kwargs)
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
 
 
 def test_the_step_cost_counts_each_logit_row_and_the_largest_selected_parameter(tokenizer, one_thread):
@@ -162,10 +170,7 @@ def test_the_step_cost_counts_each_logit_row_and_the_largest_selected_parameter(
     the config's vocab_size, else the tokenizer's length (a config may claim a padded vocabulary the
     head does not have, or the reverse); 4 bytes per element of the largest selected parameter."""
     vocab = len(tokenizer)
-
-    def cost(model, params=None):
-        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64, params=params),
-                                "fp", memory=MemoryBudget(400 * MB, resident=lambda: 0)).step_cost()
+    cost = functools.partial(_step_cost, tokenizer)
     claims_more = make_tiny_llama(tokenizer)
     claims_more.config.vocab_size = vocab + 64
     found = cost(claims_more, params=r"\.mlp\.")
@@ -175,13 +180,11 @@ def test_the_step_cost_counts_each_logit_row_and_the_largest_selected_parameter(
     no_weight.get_output_embeddings = torch.nn.Identity  # a head without a weight: its rows are unknown
     found = cost(no_weight)
     assert (found.logit_position, found.split_head, found.sample_block) == (4 * (vocab + 64), False, 4 * vocab * 32)
-    found = cost(_NoHeadNoVocab(make_tiny_llama(tokenizer)))
+    found = cost(_Plain(make_tiny_llama(tokenizer), with_vocab=False))
     assert (found.logit_position, found.split_head) == (4 * vocab, False)
     # Per-sample gradient blocks: 1/32 of the budget, at least 1 MiB, at most the default 256 MiB.
     for budget, cap in ((400 * MB, 400 * MB // 32), (16 * MB, 2**20), (64 * 2**30, 256 * 2**20)):
-        embedder = GradientEmbedder(make_tiny_llama(tokenizer), tokenizer, ProjectionSpec(dim=16), GradientSpec(),
-                                    "fp", memory=MemoryBudget(budget, resident=lambda: 0))
-        assert embedder.step_cost().block_cap == cap
+        assert cost(make_tiny_llama(tokenizer), budget=budget).block_cap == cap
 
 
 class _KeywordBlocks(torch.nn.Module):
@@ -197,25 +200,12 @@ class _KeywordBlocks(torch.nn.Module):
         return SimpleNamespace(logits=self.inner(input_ids))
 
 
-class _Plain(torch.nn.Module):
-    """A causal LM's whole forward and nothing else: no head to split off, no logits_to_keep."""
-
-    def __init__(self, inner) -> None:
-        super().__init__()
-        self.inner, self.config = inner, SimpleNamespace(vocab_size=inner.config.vocab_size)
-
-    def forward(self, input_ids, attention_mask=None, use_cache=None):
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
-
-
 def test_the_probe_measures_the_same_blocks_whichever_way_it_runs_the_model(tokenizer, one_thread):
     """The decoder alone (a split head), the whole model with logits_to_keep=1, or the whole model:
     the blocks save the same bytes. Outside them, per token: a split head holds three copies of
     the hidden states (the head's input, its gradient, the full-size gradient) where the whole
     model's probe saw one (the final norm's output the head reads): two more, 4 bytes x 32 each."""
-    def cost(model):
-        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
-                                memory=MemoryBudget(400 * MB, resident=lambda: 0)).step_cost()
+    cost = functools.partial(_step_cost, tokenizer)
     split = cost(make_tiny_llama(tokenizer))
     kept_logits = make_tiny_llama(tokenizer)
     kept_logits.get_output_embeddings = torch.nn.Identity  # no head to split off: logits_to_keep=1
@@ -248,13 +238,7 @@ def test_a_model_that_changes_its_logits_after_the_head_computes_them_all_at_onc
 def _untied_head_only(tokenizer) -> GradientEmbedder:
     """A Qwen2-shaped model with its own output matrix, and only that matrix selected: no gradient
     flows back into the decoder."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id)
-    return GradientEmbedder(Qwen2ForCausalLM(config).eval(), tokenizer, ProjectionSpec(dim=64),
+    return GradientEmbedder(make_tiny_qwen2(tokenizer), tokenizer, ProjectionSpec(dim=64),
                             GradientSpec(max_length=320, params=r"^lm_head\."), "fp",
                             memory=MemoryBudget(400 * MB, resident=lambda: 0))
 
@@ -277,9 +261,7 @@ def test_a_step_of_several_samples_with_its_logits_in_chunks_gives_each_its_own_
 
 
 def test_blocks_that_cannot_be_recomputed_are_found_by_a_probe_with_a_warning(tokenizer, one_thread):
-    def cost(model):
-        return GradientEmbedder(model, tokenizer, ProjectionSpec(dim=16), GradientSpec(max_length=64), "fp",
-                                memory=MemoryBudget(400 * MB, resident=lambda: 0)).step_cost()
+    cost = functools.partial(_step_cost, tokenizer)
     with pytest.warns(RuntimeWarning, match=r"decoder blocks cannot be recomputed in backward \(block 3 \(_Block\) "
                                             r"does not take its hidden states as its first positional argument\)"):
         found = cost(_KeywordBlocks(len(tokenizer)))

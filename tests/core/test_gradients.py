@@ -23,7 +23,7 @@ from prismatic_assets.core.gradients import (
 )
 from prismatic_assets.core.models import model_fingerprint
 from prismatic_assets.core.projection import ProjectionSpec
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama, make_tiny_qwen2
 
 PROMPT = "Find all integers n such that n^2 + 1 is divisible by n + 1."
 RESPONSE = "Since n^2 + 1 = (n + 1)(n - 1) + 2, n + 1 divides 2, so n is in {-3, -2, 0, 1}."
@@ -224,13 +224,7 @@ def test_embed_many_equals_embed_one_at_a_time(packaged_tokenizer, kind, params,
 
 def test_embed_many_with_biases_and_untied_embeddings(packaged_tokenizer):
     """Qwen2 shapes: biased q/k/v projections and a separate output matrix."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(packaged_tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=False, pad_token_id=packaged_tokenizer.pad_token_id)
-    model = Qwen2ForCausalLM(config).eval()
+    model = make_tiny_qwen2(packaged_tokenizer)
     assert model.model.layers[0].self_attn.q_proj.bias is not None
     embedder = _embedder(model, packaged_tokenizer, gradient=GradientSpec(max_length=96))
     _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=6), [embedder.embed(p, r) for p, r in PAIRS])
@@ -417,13 +411,7 @@ def test_one_samples_non_finite_loss_spoils_no_other_row_of_its_step(packaged_to
     """A token whose input embedding is NaN appears in one sample only (the output matrix is its
     own, so no logit is NaN): that row is an error, the other rows of the same step are the
     one-at-a-time vectors."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(packaged_tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=False, pad_token_id=packaged_tokenizer.pad_token_id)
-    model = Qwen2ForCausalLM(config).eval()
+    model = make_tiny_qwen2(packaged_tokenizer)
     pairs = [(PROMPT, RESPONSE), ("What is 2 + 2?", "4"), ("Name a colour.", "Purple.")]
     ids = [set(encode_chat_sample(packaged_tokenizer, p, r, 96).input_ids[0].tolist()) for p, r in pairs]
     (token, *_) = sorted(ids[2] - ids[0] - ids[1])

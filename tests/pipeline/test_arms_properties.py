@@ -13,15 +13,13 @@ exemplars and seed; the reason each candidate is rejected for; the seed pool the
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prismatic_assets.pipeline.arms import FILTERED_ARMS, choose
+from tests.conftest import sha_seed
 
 
 class Judged:
@@ -135,11 +133,6 @@ def test_the_targeted_arm_takes_the_sparse_clusters_in_its_seeded_order_and_the_
         assert {(q.strategy, q.target_cluster) for q in others} == {("random", None)}, arm
 
 
-def _sha_seed(*parts) -> int:
-    """The seed contract, written out: sha256 of the parts as a JSON list, first 4 bytes little-endian, 31 bits."""
-    return int.from_bytes(hashlib.sha256(json.dumps(list(parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
 def test_each_request_shows_exemplars_drawn_by_its_own_seed(six_sparse_clusters):
     """Request i: the generator's seed is the hash of ("request", world seed, round, i), the same in
     every arm; its exemplars are `few_shot` pool members drawn by the seed of ("exemplars", world
@@ -158,15 +151,15 @@ def test_each_request_shows_exemplars_drawn_by_its_own_seed(six_sparse_clusters)
     assert 1 < k < len(pool)
     planned = plan_requests("random", 3, pool, vecs, six_sparse_clusters, config)  # type: ignore[arg-type]
     for i, q in enumerate(planned):
-        rng = random.Random(_sha_seed("exemplars", 5, 3, i))
+        rng = random.Random(sha_seed("exemplars", 5, 3, i))
         ids = [pool[j].sample_id for j in rng.sample(range(len(pool)), k)]
-        assert (q.request, q.seed) == (i, _sha_seed("request", 5, 3, i))
+        assert (q.request, q.seed) == (i, sha_seed("request", 5, 3, i))
         assert [(e.sample_id, e.family, e.level) for e in q.exemplars] == \
             [(sid, f"f{int(sid[2:]) % 3}", int(sid[2:]) % 2) for sid in ids]
     assert [q.seed for q in plan_requests("naive", 3, pool, vecs, six_sparse_clusters, config)] == \
         [q.seed for q in planned]  # type: ignore[arg-type]
-    assert acceptance_seed(5, 3, "random") == _sha_seed("accept", 5, 3, "random", 0)
-    assert acceptance_seed(5, 3, "random", 2) == _sha_seed("accept", 5, 3, "random", 2)
+    assert acceptance_seed(5, 3, "random") == sha_seed("accept", 5, 3, "random", 0)
+    assert acceptance_seed(5, 3, "random", 2) == sha_seed("accept", 5, 3, "random", 2)
 
 
 def test_each_candidate_gets_the_first_reason_that_applies():

@@ -13,6 +13,7 @@ from prismatic_assets.core.samples import Sample
 from prismatic_assets.pipeline.embeddings import PoolVectors
 from prismatic_assets.pipeline.round_stages import Embedded, PoolState, score_round
 from prismatic_assets.store.synthesis_tables import CandidateRow, DecisionRow
+from tests.conftest import sha_seed
 
 
 def _unit(rng, n: int, d: int) -> np.ndarray:
@@ -75,19 +76,11 @@ def test_the_control_is_a_seeded_draw_from_every_candidate_with_a_gradient():
     assert len(set(draws)) > 5
 
 
-def _sha_seed(*parts) -> int:
-    """The seed contract, written out: sha256 of the parts as a JSON list, first 4 bytes little-endian, 31 bits."""
-    import hashlib
-    import json
-
-    return int.from_bytes(hashlib.sha256(json.dumps(list(parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
 def test_each_sampling_seed_is_the_hash_of_its_stage_seed_round_and_item():
     from prismatic_assets.pipeline.round_stages import request_seed, solution_seed
 
-    assert request_seed(7, 2, 3) == _sha_seed("generate", 7, 2, 3)
-    assert solution_seed(7, 2, "r2:q0003:o0:p0") == _sha_seed("solve", 7, 2, "r2:q0003:o0:p0")
+    assert request_seed(7, 2, 3) == sha_seed("generate", 7, 2, 3)
+    assert solution_seed(7, 2, "r2:q0003:o0:p0") == sha_seed("solve", 7, 2, "r2:q0003:o0:p0")
     seeds = {solution_seed(s, r, c) for s in (0, 7) for r in (1, 2) for c in ("r1:q0000:o0:p0", "r1:q0000:o0:p1")}
     assert len(seeds) == 8 and all(0 <= s < 2 ** 31 for s in seeds)
 
@@ -182,8 +175,8 @@ def test_a_derived_seed_ignores_key_order_and_reads_any_part_as_text():
     from prismatic_assets.pipeline.round_stages import derive_seed
 
     assert derive_seed("x", {"b": 1, "a": 2}) == derive_seed("x", {"a": 2, "b": 1})
-    assert derive_seed("x", {"b": 1, "a": 2}) == _sha_seed("x", {"a": 2, "b": 1})
-    assert derive_seed("x", date(2026, 1, 2)) == _sha_seed("x", "2026-01-02")
+    assert derive_seed("x", {"b": 1, "a": 2}) == sha_seed("x", {"a": 2, "b": 1})
+    assert derive_seed("x", date(2026, 1, 2)) == sha_seed("x", "2026-01-02")
 
 
 def test_each_score_row_is_the_pools_score_of_its_members_at_q(tmp_path):
@@ -210,7 +203,7 @@ def test_each_score_row_is_the_pools_score_of_its_members_at_q(tmp_path):
         assert row.score_id == stored, part
     before, after, random_row = scores.rows
     assert before.config == after.config == {"q": 2.0, "round": 3}
-    assert random_row.config == {"q": 2.0, "round": 3, "control": "random", "seed": _sha_seed("random_control", 9, 3)}
+    assert random_row.config == {"q": 2.0, "round": 3, "control": "random", "seed": sha_seed("random_control", 9, 3)}
 
 
 def test_each_request_draws_its_target_and_examples_from_its_own_seed(six_sparse_clusters):
@@ -227,12 +220,12 @@ def test_each_request_draws_its_target_and_examples_from_its_own_seed(six_sparse
     clustering = six_sparse_clusters
     settings = SynthesisConfig(requests_per_round=8, few_shot=2, new_per_request=3, strategy="sparse_cluster", seed=5)
     targets = [1, 2, 3, 4, 5, 6]
-    random.Random(_sha_seed("targets", 5, 3)).shuffle(targets)
+    random.Random(sha_seed("targets", 5, 3)).shuffle(targets)
     plans = plan_requests(3, pool, ids, clustering, settings)  # type: ignore[arg-type]
     assert [p.target_cluster for p in plans] == [targets[i % 6] for i in range(8)]
     drawn = plan_requests(3, pool, ids, clustering, settings.model_copy(update={"strategy": "random"}))  # type: ignore[arg-type]
     for p in drawn:
-        rng = random.Random(_sha_seed("few_shot", 5, 3, p.index))
+        rng = random.Random(sha_seed("few_shot", 5, 3, p.index))
         shown = rng.sample(ids, 2)
         rng.shuffle(shown)
         assert list(p.few_shot_ids) == shown
