@@ -67,6 +67,9 @@ PRELOAD_ENV = "PRISMATIC_MUTATION_PRELOAD"
 #: In a working copy: the whole selection's kills so far (name -> test), written as the recheck goes,
 #: so that a recheck stopped part-way keeps them (`--save-progress` carries them to a fresh clone).
 RECHECK_LOG = "rechecked.json"
+#: In a working copy: the survivors the recheck ran and did not kill (name -> digest of the tests it ran
+#: them against): a later recheck skips those whose tests are unchanged (it would run them for nothing).
+SURVIVED_LOG = "recheck-survived.json"
 #: The recheck's test server: it forks each pytest run from one process that did the imports once.
 FORKRUN = ROOT / "scripts" / "mutation_forkrun.py"
 README = ROOT / "README.md"
@@ -176,13 +179,14 @@ def save_progress(module: str, tests: list[str]) -> int:
                 name: earlier[name] if code is None and earlier.get(name) not in (None, *NOT_KILLED_CODES) else code
                 for name, code in data["exit_code_by_key"].items()}
             _log_rechecked(folder, _held(saved.get("rechecked", {}), tests))
+            _log_json(folder / SURVIVED_LOG, saved.get("recheck_survived", {}))
     done = sum(code is not None for code in data["exit_code_by_key"].values())
     spent = folder / "mutmut-seconds"
     progress = {"module": module, "source": source_hash(module), "tests": tests,
                 "seconds": float(spent.read_text()) if spent.is_file() else 0.0,
                 "checked": done, "mutants": len(data["exit_code_by_key"]),
                 "saved": time.strftime("%Y-%m-%d %H:%M"), "mutmut_meta": data,
-                "rechecked": rechecked_so_far(folder, tests)}
+                "rechecked": rechecked_so_far(folder, tests), "recheck_survived": _read_json(folder / SURVIVED_LOG)}
     PROGRESS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(progress, indent=1, sort_keys=True) + "\n")
     return done
@@ -214,6 +218,7 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
     meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps(data))
     _log_rechecked(folder, rechecked)
+    _log_json(folder / SURVIVED_LOG, saved.get("recheck_survived", {}))
     (folder / "mutmut-seconds").write_text(f"{saved['seconds']:.1f}")
     print(f"{module}: resuming from {path.relative_to(ROOT)}: {saved['checked']} of {saved['mutants']} "
           "mutants checked", flush=True)
@@ -232,15 +237,34 @@ def rechecked_so_far(folder: Path, tests: list[str]) -> dict[str, str]:
 
 
 def _log_rechecked(folder: Path, kills: dict[str, str]) -> None:
-    """Add kills to the working copy's recheck log (written whole, then renamed: a stop never leaves half)."""
-    if not kills:
+    """Add kills to the working copy's recheck log."""
+    _log_json(folder / RECHECK_LOG, kills)
+
+
+def _read_json(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _log_json(log: Path, entries: dict[str, str]) -> None:
+    """Add entries to a working copy's log (written whole, then renamed: a stop never leaves half)."""
+    if not entries:
         return
-    log = folder / RECHECK_LOG
-    known = json.loads(log.read_text()) if log.is_file() else {}
-    folder.mkdir(parents=True, exist_ok=True)
+    known = _read_json(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
     partial = log.with_suffix(".partial")
-    partial.write_text(json.dumps({**known, **kills}, indent=1, sort_keys=True) + "\n")
+    partial.write_text(json.dumps({**known, **entries}, indent=1, sort_keys=True) + "\n")
     partial.replace(log)
+
+
+def tests_digest(root: Path, files: list[str]) -> str:
+    """What a recheck ran a survivor against: the test files and every conftest.py above them, by content."""
+    found = {root / test for test in files}
+    found |= {p / "conftest.py" for test in files for p in (root / test).parents
+              if (p == root or root in p.parents) and (p / "conftest.py").is_file()}
+    h = hashlib.sha256()
+    for path in sorted(found):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
+    return h.hexdigest()[:16]
 
 
 def outcomes(folder: Path) -> dict[str, str]:
@@ -335,6 +359,7 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
     (`shared_fixture_tests`) and hold a test mapped to its function, stopping at the first
     failure; it counts as killed when the failing test passes on the unmutated code, run
     alone (once per test: a test that fails by itself, e.g. on time under load, kills nothing).
+    A survivor it ran before against the same test files (`SURVIVED_LOG`) is not run again.
     """
     shared = shared_fixture_tests(folder / "mutants", tests)
     stats_file = folder / "mutants" / "mutmut-stats.json"
@@ -348,6 +373,13 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
             reached = {test.split("::")[0] for test in mapped.get(name.rsplit("__mutmut_", 1)[0], [])}
             files[name] = [test for test in shared if test in reached]
     files = {name: chosen for name, chosen in files.items() if chosen}
+    digests = {name: tests_digest(folder / "mutants", chosen) for name, chosen in files.items()}
+    survived_before = _read_json(folder / SURVIVED_LOG)
+    known = sorted(name for name in files if survived_before.get(name) == digests[name])
+    if known:
+        print(f"  recheck: {len(known)} survivors ran before against the same tests and survived: not run again",
+              flush=True)
+    files = {name: chosen for name, chosen in files.items() if name not in known}
     if not files:
         return {}
     used = sorted({test for chosen in files.values() for test in chosen})
@@ -374,6 +406,8 @@ def recheck(folder: Path, tests: list[str], conf: dict, names: list[str]) -> dic
                 if passes_alone[test]:
                     killed[name] = test
                     _log_rechecked(folder, {name: test})
+            if name not in killed:
+                _log_json(folder / SURVIVED_LOG, {name: digests[name]})
             print(f"  recheck {i}/{len(files)} {name}: "
                   f"{'killed by ' + killed[name] if name in killed else 'survived'}", flush=True)
     return killed

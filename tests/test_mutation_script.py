@@ -352,6 +352,32 @@ def test_recheck_records_each_kill_in_the_working_copy_as_it_goes(mutation, tmp_
     assert mutation.rechecked_so_far(folder, ["tests/t.py"]) == {}  # its killer is no longer selected
 
 
+def test_recheck_does_not_run_again_a_survivor_of_the_same_tests(mutation, tmp_path, monkeypatch):
+    folder = _mutants_folder(tmp_path)
+    conf = {"pytest_args": ["-p", "no:cacheprovider"]}
+    names = ["mod.x_f__mutmut_1", "mod.x_f__mutmut_2"]
+    assert mutation.recheck(folder, ["tests/test_mod.py"], conf, names) == {
+        "mod.x_f__mutmut_2": "tests/test_mod.py::test_big"}
+    logged = json.loads((folder / mutation.SURVIVED_LOG).read_text())
+    assert list(logged) == ["mod.x_f__mutmut_1"]
+
+    class NoRun:  # the survivor is known: no test server starts
+        def __init__(self, *args):
+            raise AssertionError("a known survivor ran again")
+
+    real = mutation._ForkRunner
+    monkeypatch.setattr(mutation, "_ForkRunner", NoRun)
+    assert mutation.recheck(folder, ["tests/test_mod.py"], conf, ["mod.x_f__mutmut_1"]) == {}
+
+    # A new test (or a changed conftest.py) changes what it runs against: it runs again, and is killed.
+    monkeypatch.setattr(mutation, "_ForkRunner", real)
+    (folder / "mutants" / "tests" / "conftest.py").write_text(
+        "import os\n\n\ndef pytest_runtest_setup(item):\n"
+        "    assert not os.environ.get('MUTANT_UNDER_TEST', '').endswith('_1')\n")
+    assert mutation.recheck(folder, ["tests/test_mod.py"], conf, ["mod.x_f__mutmut_1"]) == {
+        "mod.x_f__mutmut_1": "tests/test_mod.py::test_small"}
+
+
 def test_a_recheck_stopped_part_way_keeps_its_kills_on_a_fresh_clone(mutation, monkeypatch):
     import os
     import shutil
@@ -372,6 +398,7 @@ def test_a_recheck_stopped_part_way_keeps_its_kills_on_a_fresh_clone(mutation, m
 
     def stopped_after_one_kill(folder, tests, conf, names):
         mutation._log_rechecked(folder, {name(2): "tests/test_mod.py::test_f"})
+        mutation._log_json(folder / mutation.SURVIVED_LOG, {name(3): "digest"})
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -385,6 +412,7 @@ def test_a_recheck_stopped_part_way_keeps_its_kills_on_a_fresh_clone(mutation, m
     assert signal.getsignal(signal.SIGTERM) == handler
     saved = json.loads((mutation.PROGRESS / "mod.json").read_text())
     assert saved["rechecked"] == {name(2): "tests/test_mod.py::test_f"} and saved["checked"] == 3
+    assert saved["recheck_survived"] == {name(3): "digest"}
     assert saved["seconds"] < 0.3  # mutmut's time, without the recheck's
 
     # Another machine: mutant 2 keeps mutmut's verdict and its kill; mutant 3 runs through mutmut again.
@@ -392,6 +420,7 @@ def test_a_recheck_stopped_part_way_keeps_its_kills_on_a_fresh_clone(mutation, m
     folder = mutation.prepare(module, tests, conf)
     assert json.loads((folder / "mutants" / "prismatic_assets" / "mod.py.meta").read_text())["exit_code_by_key"] \
         == {name(1): 1, name(2): 0, name(3): None}
+    assert json.loads((folder / mutation.SURVIVED_LOG).read_text()) == {name(3): "digest"}  # skipped if unchanged
     asked = []
     monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
     result = mutation.run_module(module, tests, conf)
