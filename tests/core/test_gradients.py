@@ -16,6 +16,7 @@ from prismatic_assets.core.gradients import (
     IGNORE_INDEX,
     GradientEmbedder,
     GradientSpec,
+    SampleError,
     embedding_key,
     encode_chat_sample,
     response_loss,
@@ -362,13 +363,35 @@ def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged
                                 GradientSpec(max_length=96), "fp", memory=memory)
     one = [embedder.embed(p, r) for p, r in PAIRS]
     said = r"batched gradients are not available for this model \(" + re.escape(reason)
-    with pytest.warns(RuntimeWarning, match=said):
+    with pytest.warns(RuntimeWarning, match=said) as record:
         many = embedder.embed_many(PAIRS, batch_size=3)
     _assert_same_embeddings(many, one)
+    assert [str(w.message) for w in record if "not available" in str(w.message)] == [
+        f"batched gradients are not available for this model ({embedder.batched_unsupported}); embedding one "
+        "sample at a time"]  # said once, with its reason, and never tried batched after
     assert embedder.batched_unsupported is not None and embedder.batched_unsupported.startswith(reason)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once: the next call goes one at a time without trying again
         _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), one)
+
+
+def test_a_budgeted_plan_that_falls_back_keeps_the_token_cap(packaged_tokenizer):
+    from prismatic_assets.core.gradient_memory import MemoryBudget
+
+    embedder = GradientEmbedder(_TwoInputLayer(len(packaged_tokenizer)), packaged_tokenizer, ProjectionSpec(dim=64),
+                                GradientSpec(max_length=96), "fp", memory=MemoryBudget(400_000_000, resident=lambda: 0))
+    lengths = {}
+    for i, (prompt, response) in enumerate(PAIRS):
+        try:
+            lengths[i] = encode_chat_sample(packaged_tokenizer, prompt, response, 96).input_ids.shape[1]
+        except SampleError:
+            continue
+    cap = 2 * min(lengths.values()) - 1  # no two samples fit together under it
+    with pytest.warns(RuntimeWarning, match="module mix"):
+        plan = embedder.plan(PAIRS, batch_size=3, max_batch_tokens=cap)  # the probe finds the two-input layer
+    assert sorted(p.indices for p in plan) == [(i,) for i in sorted(lengths)]
+    assert [p.tokens for p in plan] == [lengths[p.indices[0]] for p in plan]
+    assert sorted(len(p.indices) for p in embedder.plan(PAIRS, batch_size=3))[-1] == 3  # without the cap: batches of 3
 
 
 def test_a_selected_parameter_the_loss_does_not_reach_counts_as_zeros(packaged_tokenizer, tiny_llama):
