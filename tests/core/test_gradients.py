@@ -394,6 +394,23 @@ def test_a_budgeted_plan_that_falls_back_keeps_the_token_cap(packaged_tokenizer)
     assert sorted(len(p.indices) for p in embedder.plan(PAIRS, batch_size=3))[-1] == 3  # without the cap: batches of 3
 
 
+@pytest.mark.parametrize("kind", ["rademacher", "countsketch"])
+def test_the_step_cost_counts_the_projections_working_memory_at_the_step_batch(packaged_tokenizer, kind):
+    from prismatic_assets.core.gradient_memory import MemoryBudget
+
+    costs = {}
+    for batch in (1, 2, 8):
+        embedder = GradientEmbedder(make_tiny_llama(packaged_tokenizer), packaged_tokenizer,
+                                    ProjectionSpec(dim=64, kind=kind), GradientSpec(max_length=96), "fp",
+                                    memory=MemoryBudget(400_000_000, resident=lambda: 0))
+        embedder.batch_size = batch
+        costs[batch] = embedder.step_cost().projection
+    if kind == "rademacher":  # a block of each sample's values per step: linear in the batch
+        assert 0 < costs[1] < costs[2] and costs[8] - costs[1] == 7 * (costs[2] - costs[1])
+    else:  # hash buffers of a fixed block, whatever the batch
+        assert costs[1] == costs[2] == costs[8] > 0
+
+
 def test_a_selected_parameter_the_loss_does_not_reach_counts_as_zeros(packaged_tokenizer, tiny_llama):
     tiny_llama.model.unused = torch.nn.Linear(3, 2)  # never called: no gradient reaches it
     embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(params=r"unused|layers\.1\.mlp",
