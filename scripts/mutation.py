@@ -434,6 +434,8 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
         # those it killed are not run again (mutmut reruns every name it is given).
         known = outcomes(folder)
         names = sorted(name for name in previous["survivors"] if known.get(name) not in KILLED)
+        if previous.get("source") == source_hash(module):  # its recheck's survivors skip a recheck of the same tests
+            _log_json(folder / SURVIVED_LOG, previous.get("recheck_survived", {}))
     # A whole run may take several invocations (each stopped, then resumed from mutmut's state):
     # its time is their sum, kept in the working copy and written even when one is stopped.
     spent_file = folder / "mutmut-seconds"
@@ -505,6 +507,8 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
               "outcomes": {name: found[name] for name in survivors},
               "all_outcomes": {name: outcome for name, outcome in found.items() if outcome != "killed"},
               "rechecked": rechecked,
+              "recheck_survived": {name: digest for name, digest in _read_json(folder / SURVIVED_LOG).items()
+                                   if name in survivors},
               "rechecking": rechecking,
               "finished": time.strftime("%Y-%m-%d %H:%M")}
     report.parent.mkdir(parents=True, exist_ok=True)

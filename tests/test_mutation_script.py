@@ -451,24 +451,41 @@ def _fake_mutmut(mutation, monkeypatch, outcomes: dict[str, str]) -> None:
 
 
 def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutation, monkeypatch):
+    import shutil
+
     module = "pkg/mod.py"
     name = "pkg.mod.x_f__mutmut_{}".format
     _fake_mutmut(mutation, monkeypatch, {name(1): "killed", name(2): "survived", name(3): "no tests"})
-    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {name(3): "tests/t.py::test_a"})
+
+    def recheck(folder, tests, conf, names):  # kills 3; 2 survives it, and so did 4 (killed by mutmut since)
+        mutation._log_json(folder / mutation.SURVIVED_LOG, {name(2): "digest", name(4): "digest"})
+        return {name(3): "tests/t.py::test_a"}
+
+    monkeypatch.setattr(mutation, "recheck", recheck)
     result = mutation.run_module(module, ["tests/t.py"], {})
     assert result["counts"] == {"killed": 1, "survived": 1, "killed by the whole selection": 1}
     assert list(result["survivors"]) == [name(2)] and result["rechecked"] == {name(3): "tests/t.py::test_a"}
+    assert result["recheck_survived"] == {name(2): "digest"}  # a survivors rerun's recheck skips it, tests unchanged
     assert mutation.score(result["counts"])[:2] == (2, 3)
-    # A survivors rerun: mutmut still calls mutant 3 "no tests"; the earlier recheck stands and is not run again.
+    # A survivors rerun (on another machine): mutmut still calls mutant 3 "no tests"; the earlier recheck stands
+    # and is not run again; the recheck gets back what survived it.
+    shutil.rmtree(mutation.OUT)
+    mutation.OUT.mkdir()
     asked = []
-    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
+
+    def recheck_again(folder, tests, conf, names):
+        asked.append((names, mutation._read_json(folder / mutation.SURVIVED_LOG)))
+        return {}
+
+    monkeypatch.setattr(mutation, "recheck", recheck_again)
     again = mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
-    assert asked == [[name(2)]] and again["all_outcomes"][name(3)] == "killed by the whole selection"
+    assert asked == [([name(2)], {name(2): "digest"})]
+    assert again["all_outcomes"][name(3)] == "killed by the whole selection"
     # After the module changes, an earlier recheck counts for nothing.
     (mutation.ROOT / "pkg" / "mod.py").write_text("def f(x):\n    return x + 3\n")
     asked.clear()
     mutation.run_module(module, ["tests/t.py"], {}, survivors_only=True)
-    assert asked == [[name(2), name(3)]]
+    assert [names for names, _ in asked] == [[name(2), name(3)]]
 
 
 def test_a_pass_without_recheck_leaves_the_recheck_to_its_survivors_rerun(mutation, monkeypatch):
