@@ -26,7 +26,10 @@ or killed and then `--save-progress`), it writes mutmut's verdicts so far, and t
 recheck has made (kept in the working copy as it goes), to docs/mutation/progress/<module>.json;
 committed, they let the run continue on a fresh clone: a new working copy starts from them while
 the module's source is the same and its test selection still holds every test file they were
-made with, and the file goes when the run finishes.
+made with, and the file goes when the run finishes. Survivors run through mutmut again only
+when those test files (or a conftest.py above them) changed since; the recheck runs none again
+that it ran and did not kill against the same tests (kept with the progress, then the report,
+so a `--survivors` rerun rechecks only what new tests may kill).
 
 A survivor that no test can kill (it changes no behaviour: a default argument spelled out,
 a performance-only flag) is explained in docs/mutation/<module>.toml with a one-line reason,
@@ -183,6 +186,7 @@ def save_progress(module: str, tests: list[str]) -> int:
     done = sum(code is not None for code in data["exit_code_by_key"].values())
     spent = folder / "mutmut-seconds"
     progress = {"module": module, "source": source_hash(module), "tests": tests,
+                "tests_digest": tests_digest(folder, tests),  # what the verdicts were reached with
                 "seconds": float(spent.read_text()) if spent.is_file() else 0.0,
                 "checked": done, "mutants": len(data["exit_code_by_key"]),
                 "saved": time.strftime("%Y-%m-%d %H:%M"), "mutmut_meta": data,
@@ -197,8 +201,9 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
 
     mutmut keeps a verdict from its record while the mutated function's hash is unchanged, and
     runs the mutants that have none: those not reached yet and those not killed (tests may have
-    been added since). A saved run counts only for the same source and a test selection that
-    still holds its test files (more tests kill no fewer mutants)."""
+    been added since; while the selection's test files are those the verdicts were reached with,
+    survivors keep theirs). A saved run counts only for the same source and a test selection
+    that still holds its test files (more tests kill no fewer mutants)."""
     path = PROGRESS / f"{slug(module)}.json"
     if not path.is_file():
         return 0
@@ -212,8 +217,10 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
     # every mutant without a verdict); kills (timeouts and segfaults included) stand, and so do
     # the whole selection's kills of mutmut's survivors (they keep mutmut's verdict and their kill).
     rechecked = _held(saved.get("rechecked", {}), tests)
-    data = {**data, "exit_code_by_key": {name: None if code in NOT_KILLED_CODES and name not in rechecked else code
-                                         for name, code in data["exit_code_by_key"].items()}}
+    same_tests = saved.get("tests_digest") == tests_digest(ROOT, tests)
+    data = {**data, "exit_code_by_key": {
+        name: None if code in NOT_KILLED_CODES and name not in rechecked and not same_tests else code
+        for name, code in data["exit_code_by_key"].items()}}
     meta = _meta(module, folder)
     meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps(data))
@@ -221,7 +228,7 @@ def resume_progress(module: str, tests: list[str], folder: Path) -> int:
     _log_json(folder / SURVIVED_LOG, saved.get("recheck_survived", {}))
     (folder / "mutmut-seconds").write_text(f"{saved['seconds']:.1f}")
     print(f"{module}: resuming from {path.relative_to(ROOT)}: {saved['checked']} of {saved['mutants']} "
-          "mutants checked", flush=True)
+          f"mutants checked{' (same tests: survivors keep their verdicts)' if same_tests else ''}", flush=True)
     return saved["checked"]
 
 

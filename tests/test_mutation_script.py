@@ -415,8 +415,10 @@ def test_a_recheck_stopped_part_way_keeps_its_kills_on_a_fresh_clone(mutation, m
     assert saved["recheck_survived"] == {name(3): "digest"}
     assert saved["seconds"] < 0.3  # mutmut's time, without the recheck's
 
-    # Another machine: mutant 2 keeps mutmut's verdict and its kill; mutant 3 runs through mutmut again.
+    # Another machine, a test changed since: mutant 2 keeps mutmut's verdict and its kill; mutant 3 runs
+    # through mutmut again.
     shutil.rmtree(mutation.OUT)
+    (mutation.ROOT / "tests" / "test_mod.py").write_text("def test_f():\n    assert True\n")
     folder = mutation.prepare(module, tests, conf)
     assert json.loads((folder / "mutants" / "prismatic_assets" / "mod.py.meta").read_text())["exit_code_by_key"] \
         == {name(1): 1, name(2): 0, name(3): None}
@@ -632,6 +634,27 @@ def test_a_stopped_run_saves_its_verdicts_and_a_fresh_clone_resumes_from_them(mu
     result = mutation.run_module(module, tests, conf)
     assert result["counts"] == {"killed": 3, "survived": 1, "timeout": 1} and result["seconds"] >= spent
     assert not (mutation.PROGRESS / "mod.json").exists()  # the report holds it now
+
+
+@pytest.mark.parametrize("edit", [None, "tests/test_mod.py", "tests/conftest.py"])
+def test_a_resumed_run_runs_its_survivors_again_only_after_a_change_of_its_tests(mutation, edit):
+    import shutil
+
+    conf = _project(mutation)
+    module, tests = "prismatic_assets/mod.py", ["tests/test_mod.py"]
+    name = "prismatic_assets.mod.x_f__mutmut_{}".format
+    folder = mutation.prepare(module, tests, conf)
+    meta = folder / "mutants" / "prismatic_assets" / "mod.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps(_meta({name(1): 1, name(2): 0, name(3): 33, name(4): None})))
+    mutation.save_progress(module, tests)
+    shutil.rmtree(mutation.OUT)
+    if edit:
+        (mutation.ROOT / edit).write_text("def test_g():\n    pass\n")
+    folder = mutation.prepare(module, tests, conf)
+    kept = {name(1): 1, name(2): 0, name(3): 33, name(4): None}  # survived, no tests: nothing new could kill them
+    rerun = {name(1): 1, name(2): None, name(3): None, name(4): None}
+    assert json.loads(meta.read_text())["exit_code_by_key"] == (rerun if edit else kept)
 
 
 @pytest.mark.parametrize("change", ["source", "tests"])
