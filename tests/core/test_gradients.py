@@ -46,6 +46,38 @@ def test_only_the_assistant_turn_is_labelled(packaged_tokenizer):
     assert enc.n_response_tokens == len(response_ids)
 
 
+def test_the_prompt_is_the_user_turn_and_the_response_the_assistant_turn(packaged_tokenizer):
+    enc = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE)
+    ids = enc.input_ids[0].tolist()
+    assert packaged_tokenizer.decode(ids[: enc.n_prompt_tokens]).endswith(
+        f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
+    assert packaged_tokenizer.decode(ids[enc.n_prompt_tokens:]) == RESPONSE + "<|im_end|>"
+
+
+def test_a_template_without_an_end_of_turn_token_keeps_every_response_token(packaged_tokenizer):
+    import copy
+
+    plain = copy.deepcopy(packaged_tokenizer)
+    plain.chat_template = ("{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
+                           "{% if add_generation_prompt %}assistant:\n{% endif %}")
+    enc = encode_chat_sample(plain, PROMPT, RESPONSE)
+    assert plain.eos_token_id not in enc.input_ids[0].tolist()
+    assert plain.decode(enc.input_ids[0, enc.n_prompt_tokens:].tolist()) == RESPONSE + "\n"
+
+
+def test_max_length_counts_prompt_and_response_tokens_at_its_bounds(packaged_tokenizer):
+    whole = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE, max_length=10_000)
+    n, prompt = whole.input_ids.shape[1], whole.n_prompt_tokens
+    exact = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE, max_length=n)
+    assert not exact.truncated and torch.equal(exact.input_ids, whole.input_ids)
+    short = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE, max_length=n - 1)
+    assert short.truncated and short.n_response_tokens == n - 1 - prompt
+    one = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE, max_length=prompt + 1)
+    assert one.truncated and one.n_response_tokens == 1
+    with pytest.raises(SampleError, match=f"the prompt alone is {prompt} tokens"):
+        encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE, max_length=prompt)
+
+
 def test_loss_is_mean_cross_entropy_over_response_tokens(packaged_tokenizer, tiny_llama):
     enc = encode_chat_sample(packaged_tokenizer, PROMPT, RESPONSE)
     with torch.no_grad():
