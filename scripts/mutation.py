@@ -264,7 +264,8 @@ def _log_json(log: Path, entries: dict[str, str]) -> None:
 
 
 def tests_digest(root: Path, files: list[str]) -> str:
-    """What a recheck ran a survivor against: the test files and every conftest.py above them, by content."""
+    """Test files under `root` and every conftest.py above them, by content: what a recheck ran a
+    survivor against, or what a run's verdicts were reached with."""
     found = {root / test for test in files}
     found |= {p / "conftest.py" for test in files for p in (root / test).parents
               if (p == root or root in p.parents) and (p / "conftest.py").is_file()}
