@@ -443,6 +443,34 @@ def test_the_step_cost_counts_the_projections_working_memory_at_the_step_batch(p
         assert costs[1] == costs[2] == costs[8] > 0
 
 
+def test_a_pattern_matching_no_parameter_names_the_first_four_parameters(tiny_llama):
+    first = [name for name, _ in tiny_llama.named_parameters()][:4]
+    with pytest.raises(ValueError, match=re.escape(f"names look like: {', '.join(first)}") + "$"):
+        select_parameters(tiny_llama, r"no_such_parameter")
+
+
+def test_a_memory_budget_sizes_the_projection_cache_and_the_gradient_blocks(packaged_tokenizer):
+    """A quarter of the budget at most for the projection's cached signs (2 GiB without a budget) and
+    1/32 of it for a block of per-sample gradients (1 MiB to 256 MiB), in whole bytes."""
+    from prismatic_assets.core.gradient_memory import MemoryBudget
+
+    MB, GB = 2**20, 2**30
+    for budget, cache, block in ((None, 2 * GB, 256 * MB), (400 * MB + 7, (400 * MB + 7) // 4, (400 * MB + 7) // 32),
+                                 (64 * GB, 2 * GB, 256 * MB)):
+        memory = None if budget is None else MemoryBudget(budget, resident=lambda: 0)
+        embedder = GradientEmbedder(make_tiny_llama(packaged_tokenizer), packaged_tokenizer, ProjectionSpec(dim=64),
+                                    GradientSpec(max_length=96), "fp", memory=memory)
+        assert embedder.projector.cache_bytes == cache
+        assert embedder.step_cost().block_cap == block and isinstance(embedder.step_cost().block_cap, int)
+
+
+def test_a_step_holds_eight_samples_unless_the_call_says(packaged_tokenizer, tiny_llama):
+    embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=96))
+    pairs = [(f"What is {i} + {i}?", str(2 * i)) for i in range(20)]
+    assert sorted(len(p.indices) for p in embedder.plan(pairs)) == [4, 8, 8]
+    assert sorted(len(p.indices) for p in embedder.plan(pairs, batch_size=5)) == [5, 5, 5, 5]
+
+
 def test_a_selected_parameter_the_loss_does_not_reach_counts_as_zeros(packaged_tokenizer, tiny_llama):
     tiny_llama.model.unused = torch.nn.Linear(3, 2)  # never called: no gradient reaches it
     embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(params=r"unused|layers\.1\.mlp",
