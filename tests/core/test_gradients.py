@@ -468,6 +468,7 @@ def test_a_step_holds_eight_samples_unless_the_call_says(packaged_tokenizer, tin
     embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(max_length=96))
     pairs = [(f"What is {i} + {i}?", str(2 * i)) for i in range(20)]
     assert sorted(len(p.indices) for p in embedder.plan(pairs)) == [4, 8, 8]
+    assert embedder.last_plan == []  # no embed_many call yet: no steps taken
     assert sorted(len(p.indices) for p in embedder.plan(pairs, batch_size=5)) == [5, 5, 5, 5]
 
 
