@@ -472,6 +472,19 @@ def test_a_step_holds_eight_samples_unless_the_call_says(packaged_tokenizer, tin
     assert sorted(len(p.indices) for p in embedder.plan(pairs, batch_size=5)) == [5, 5, 5, 5]
 
 
+def test_a_tokenizer_without_pad_and_end_tokens_still_batches(packaged_tokenizer, tiny_llama):
+    """Padding goes where the attention mask and the labels drop it: any id does, 0 when the
+    tokenizer names neither a pad nor an end token."""
+    import copy
+
+    bare = copy.deepcopy(packaged_tokenizer)
+    bare.pad_token = bare.eos_token = None
+    embedder = _embedder(tiny_llama, bare, gradient=GradientSpec(max_length=96))
+    one = [embedder.embed(p, r) for p, r in PAIRS]
+    _assert_same_embeddings(embedder.embed_many(PAIRS, batch_size=3), one)
+    assert any(len(p.indices) > 1 for p in embedder.last_plan)  # steps of samples of other lengths: padded
+
+
 def test_a_selected_parameter_the_loss_does_not_reach_counts_as_zeros(packaged_tokenizer, tiny_llama):
     tiny_llama.model.unused = torch.nn.Linear(3, 2)  # never called: no gradient reaches it
     embedder = _embedder(tiny_llama, packaged_tokenizer, gradient=GradientSpec(params=r"unused|layers\.1\.mlp",
