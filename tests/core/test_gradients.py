@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from prismatic_assets.core.gradient_memory import MemoryBudget
 from prismatic_assets.core.gradients import (
     IGNORE_INDEX,
     GradientEmbedder,
@@ -212,6 +213,12 @@ PAIRS = [
 ]
 
 
+def _budgeted(model, tokenizer, budget: int | None, projection=ProjectionSpec(dim=64)) -> GradientEmbedder:
+    """An embedder of 96-token samples planning within `budget` bytes (None: no budget), nothing resident."""
+    memory = None if budget is None else MemoryBudget(budget, resident=lambda: 0)
+    return GradientEmbedder(model, tokenizer, projection, GradientSpec(max_length=96), "fp", memory=memory)
+
+
 def _assert_same_embeddings(many, one, atol=1e-5):
     assert len(many) == len(one)
     for m, o in zip(many, one):
@@ -388,11 +395,7 @@ def _embedding_with_max_norm(tokenizer):
 ])
 @pytest.mark.parametrize("budget", [None, 400_000_000], ids=["no-budget", "budget"])
 def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged_tokenizer, make, reason, budget):
-    from prismatic_assets.core.gradient_memory import MemoryBudget
-
-    memory = None if budget is None else MemoryBudget(budget, resident=lambda: 0)
-    embedder = GradientEmbedder(make(packaged_tokenizer), packaged_tokenizer, ProjectionSpec(dim=64),
-                                GradientSpec(max_length=96), "fp", memory=memory)
+    embedder = _budgeted(make(packaged_tokenizer), packaged_tokenizer, budget)
     one = [embedder.embed(p, r) for p, r in PAIRS]
     said = r"batched gradients are not available for this model \(" + re.escape(reason)
     with pytest.warns(RuntimeWarning, match=said) as record:
@@ -408,10 +411,7 @@ def test_a_model_the_hooks_cannot_take_is_embedded_one_sample_at_a_time(packaged
 
 
 def test_a_budgeted_plan_that_falls_back_keeps_the_token_cap(packaged_tokenizer):
-    from prismatic_assets.core.gradient_memory import MemoryBudget
-
-    embedder = GradientEmbedder(_TwoInputLayer(len(packaged_tokenizer)), packaged_tokenizer, ProjectionSpec(dim=64),
-                                GradientSpec(max_length=96), "fp", memory=MemoryBudget(400_000_000, resident=lambda: 0))
+    embedder = _budgeted(_TwoInputLayer(len(packaged_tokenizer)), packaged_tokenizer, 400_000_000)
     lengths = {}
     for i, (prompt, response) in enumerate(PAIRS):
         try:
@@ -428,13 +428,10 @@ def test_a_budgeted_plan_that_falls_back_keeps_the_token_cap(packaged_tokenizer)
 
 @pytest.mark.parametrize("kind", ["rademacher", "countsketch"])
 def test_the_step_cost_counts_the_projections_working_memory_at_the_step_batch(packaged_tokenizer, kind):
-    from prismatic_assets.core.gradient_memory import MemoryBudget
-
     costs = {}
     for batch in (1, 2, 8):
-        embedder = GradientEmbedder(make_tiny_llama(packaged_tokenizer), packaged_tokenizer,
-                                    ProjectionSpec(dim=64, kind=kind), GradientSpec(max_length=96), "fp",
-                                    memory=MemoryBudget(400_000_000, resident=lambda: 0))
+        embedder = _budgeted(make_tiny_llama(packaged_tokenizer), packaged_tokenizer, 400_000_000,
+                             ProjectionSpec(dim=64, kind=kind))
         embedder.batch_size = batch
         costs[batch] = embedder.step_cost().projection
     if kind == "rademacher":  # a block of each sample's values per step: linear in the batch
@@ -452,14 +449,10 @@ def test_a_pattern_matching_no_parameter_names_the_first_four_parameters(tiny_ll
 def test_a_memory_budget_sizes_the_projection_cache_and_the_gradient_blocks(packaged_tokenizer):
     """A quarter of the budget at most for the projection's cached signs (2 GiB without a budget) and
     1/32 of it for a block of per-sample gradients (1 MiB to 256 MiB), in whole bytes."""
-    from prismatic_assets.core.gradient_memory import MemoryBudget
-
     MB, GB = 2**20, 2**30
     for budget, cache, block in ((None, 2 * GB, 256 * MB), (400 * MB + 7, (400 * MB + 7) // 4, (400 * MB + 7) // 32),
                                  (64 * GB, 2 * GB, 256 * MB)):
-        memory = None if budget is None else MemoryBudget(budget, resident=lambda: 0)
-        embedder = GradientEmbedder(make_tiny_llama(packaged_tokenizer), packaged_tokenizer, ProjectionSpec(dim=64),
-                                    GradientSpec(max_length=96), "fp", memory=memory)
+        embedder = _budgeted(make_tiny_llama(packaged_tokenizer), packaged_tokenizer, budget)
         assert embedder.projector.cache_bytes == cache
         assert embedder.step_cost().block_cap == block and isinstance(embedder.step_cost().block_cap, int)
 
