@@ -18,12 +18,13 @@ study: setup
 	$(PY) -m prismatic_assets.interfaces.cli study
 
 # The linter and the type checker first: they take seconds to minutes and fail fast. The suite runs
-# in TEST_WORKERS processes, a test file to a worker (one test: .venv/bin/python -m pytest tests/x.py).
+# in TEST_WORKERS processes, a test file to a worker (one test: .venv/bin/python -m pytest tests/x.py),
+# and names its 25 slowest tests at the end: where the time went, on any machine.
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: setup
 	$(PY) -m benchmarks.run_all
