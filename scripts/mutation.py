@@ -497,7 +497,9 @@ def run_module(module: str, tests: list[str], conf: dict, survivors_only: bool =
         # tests: by an earlier finished run, or by this run's recheck before it was stopped.
         rechecked = previous.get("rechecked", {}) if previous.get("source") == source_hash(module) else {}
         rechecked = _held(rechecked, tests) | rechecked_so_far(folder, tests)
-        rechecked = {name: test for name, test in rechecked.items() if found.get(name) in NOT_KILLED}
+        # Kept for the mutants mutmut still leaves alive, and for those it did not run this time (a survivors
+        # rerun): the report names the test of every kill of the whole selection, however old.
+        rechecked = {name: test for name, test in rechecked.items() if found.get(name) in NOT_KILLED + (WHOLE,)}
         unkilled = sorted(name for name, outcome in found.items() if outcome in NOT_KILLED and name not in rechecked)
         if rechecking:
             rechecked |= recheck(folder, tests, conf, unkilled)

@@ -490,6 +490,25 @@ def test_a_recheck_kill_counts_as_killed_and_carries_to_a_survivors_rerun(mutati
     assert [names for names, _ in asked] == [[name(2), name(3)]]
 
 
+def test_a_survivors_rerun_after_tests_joined_the_selection_names_the_test_of_each_earlier_recheck_kill(
+        mutation, monkeypatch):
+    module = "pkg/mod.py"
+    name = "pkg.mod.x_f__mutmut_{}".format
+    _fake_mutmut(mutation, monkeypatch, {name(1): "killed", name(2): "survived", name(3): "survived"})
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: {name(3): "tests/t.py::test_a"})
+    first = mutation.run_module(module, ["tests/t.py"], {})
+    assert first["rechecked"] == {name(3): "tests/t.py::test_a"}
+    # tests/u.py joins the selection: mutmut forgets the verdicts of the mutants it is not asked to run again.
+    monkeypatch.setattr(mutation, "outcomes",
+                        lambda folder: {name(1): "not checked", name(2): "survived", name(3): "not checked"})
+    asked = []
+    monkeypatch.setattr(mutation, "recheck", lambda folder, tests, conf, names: asked.append(names) or {})
+    again = mutation.run_module(module, ["tests/t.py", "tests/u.py"], {}, survivors_only=True)
+    assert asked == [[name(2)]]
+    assert again["counts"] == {"killed": 1, "survived": 1, "killed by the whole selection": 1}
+    assert again["rechecked"] == {name(3): "tests/t.py::test_a"}
+
+
 def test_a_pass_without_recheck_leaves_the_recheck_to_its_survivors_rerun(mutation, monkeypatch):
     module = "pkg/mod.py"
     name = "pkg.mod.x_f__mutmut_{}".format
